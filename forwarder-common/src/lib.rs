@@ -1,16 +1,186 @@
-//! The only contract between the XDP programs and the agent: map names, capacities and the
-//! `#[repr(C)]` types stored in the maps. Both sides compile this crate; nothing here may
-//! depend on `std`.
+//! The only contract between the XDP programs and the agent: map names, capacities, the
+//! `#[repr(C)]` types stored in the maps, counter indices, and the two pure functions both
+//! sides must agree on (the flow hash and the outer IPv4 checksum). Both sides compile this
+//! crate; nothing here may depend on `std`.
 #![no_std]
 
-/// Index of the "untagged frame" slot in [`VLAN_COUNTERS`]: VLAN ids are 0..=4095.
-pub const VLAN_UNTAGGED_SLOT: u32 = 4096;
+use core::mem::size_of;
 
-/// Per-CPU array of [`PacketCounter`], one slot per VLAN id plus one for untagged frames.
-pub const VLAN_COUNTERS: &str = "VLAN_COUNTERS";
-pub const VLAN_COUNTERS_LEN: u32 = VLAN_UNTAGGED_SLOT + 1;
+// ---------------------------------------------------------------------------------------------
+// Map names and capacities.
 
-/// Packets and bytes seen, one per CPU per slot; the agent sums the CPUs.
+/// `HashMap<VifKey, u32>`: (connection port ifindex, VLAN id) → VIF id.
+pub const MAP_VIFS: &str = "VIFS";
+/// `Array<Vif>` indexed by VIF id.
+pub const MAP_VIF_TABLE: &str = "VIF_TABLE";
+/// `HashMap<u32, u32>`: ifindex of a VIF's control veth (host end) → VIF id.
+pub const MAP_CONTROL_PORTS: &str = "CONTROL_PORTS";
+/// `Array<Attachment>` indexed by attachment id.
+pub const MAP_ATTACHMENTS: &str = "ATTACHMENTS";
+/// `HashMap<VtepKey, u32>`: (VNI, remote VTEP) → attachment id.
+pub const MAP_VTEPS: &str = "VTEPS";
+/// `LpmTrie<RouteKey, u32>`: (border gateway id, IPv4 prefix) → next-hop id.
+pub const MAP_ROUTES: &str = "ROUTES";
+/// `Array<NextHop>` indexed by next-hop id.
+pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
+/// `DevMapHash`: ifindex → ifindex, every port a frame may be redirected to.
+pub const MAP_TX_PORTS: &str = "TX_PORTS";
+/// `PerCpuArray<TrafficCounters>` indexed by VIF id.
+pub const MAP_VIF_STATS: &str = "VIF_STATS";
+/// `PerCpuArray<TrafficCounters>` indexed by attachment id.
+pub const MAP_ATTACHMENT_STATS: &str = "ATTACHMENT_STATS";
+/// `PerCpuArray<u64>` indexed by [`drop_reason`].
+pub const MAP_DROPS: &str = "DROPS";
+/// `PerCpuArray<u64>` indexed by [`pass_reason`]: frames handed to the host or a control plane.
+pub const MAP_PASSES: &str = "PASSES";
+
+/// VIF ids are 0..MAX_VIFS (4094 VLANs on each of several connections).
+pub const MAX_VIFS: u32 = 16_384;
+pub const MAX_ATTACHMENTS: u32 = 4_096;
+pub const MAX_NEXT_HOPS: u32 = 65_536;
+pub const MAX_ROUTES: u32 = 1_048_576;
+pub const MAX_PORTS: u32 = 1_024;
+/// Members of one next-hop group (ECMP by flow hash).
+pub const MAX_GROUP_MEMBERS: usize = 8;
+
+/// Where every program's maps are pinned (maps/) and its links (links/), so that forwarding
+/// survives the agent and a new agent re-adopts the state.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/forwarder";
+
+// ---------------------------------------------------------------------------------------------
+// Wire constants.
+
+pub const VXLAN_PORT: u16 = 4789;
+/// Outer Ethernet + IPv4 + UDP + VXLAN.
+pub const VXLAN_OVERHEAD: usize = 14 + 20 + 8 + 8;
+/// UDP source ports for VXLAN come from this range (RFC 7348 recommends 49152–65535).
+pub const VXLAN_SPORT_BASE: u16 = 49_152;
+
+// ---------------------------------------------------------------------------------------------
+// Map types.
+
+/// Key of [`MAP_VIFS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VifKey {
+    pub ifindex: u32,
+    pub vlan: u16,
+    pub _pad: u16,
+}
+
+/// VIF states as stored in [`Vif::state`]. `VIF_ABSENT` is an empty array slot.
+pub mod vif_state {
+    pub const ABSENT: u32 = 0;
+    pub const CONFIGURING: u32 = 1;
+    pub const AVAILABLE: u32 = 2;
+    pub const UNAVAILABLE: u32 = 3;
+    pub const DELETING: u32 = 4;
+}
+
+/// Value of [`MAP_VIF_TABLE`]. Control traffic passes in every state but `ABSENT` and
+/// `DELETING` (BGP must come up while `CONFIGURING`); data only when `AVAILABLE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vif {
+    pub state: u32,
+    pub gateway_id: u32,
+    /// Connection port the VIF lives on: where frames toward the customer go.
+    pub port_ifindex: u32,
+    /// Host end of the VIF's control veth; 0 = no control plane yet.
+    pub control_ifindex: u32,
+    /// The cloud interconnect addresses (up to two /30 pairs); 0.0.0.0 = unused.
+    pub cloud_addrs: [[u8; 4]; 2],
+    pub vlan: u16,
+    /// Source MAC toward the customer (the MAC the customer resolves the cloud address to).
+    pub mac: [u8; 6],
+}
+
+/// Value of [`MAP_ATTACHMENTS`]: everything the encapsulation needs that does not change per
+/// packet. `state` 0 is an empty slot, 1 an active attachment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attachment {
+    pub state: u32,
+    pub gateway_id: u32,
+    pub vni: u32,
+    pub local_vtep: [u8; 4],
+    pub remote_vtep: [u8; 4],
+    /// Underlay port: where the FIB lookup for the remote VTEP starts.
+    pub underlay_ifindex: u32,
+    /// [`outer_ipv4_partial_csum`] of (local_vtep, remote_vtep), computed once in userspace.
+    pub ip_csum_partial: u32,
+    /// Inner destination MAC on the VPC side.
+    pub router_mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of [`MAP_VTEPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VtepKey {
+    pub vni: u32,
+    pub remote_vtep: [u8; 4],
+}
+
+/// Data part of the [`MAP_ROUTES`] LPM key. The gateway id is big-endian so that the trie,
+/// which matches bits from the first byte on, keeps gateways apart: the key's prefix length is
+/// `32 + prefix length of the route`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    pub gateway_be: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+impl RouteKey {
+    pub const fn new(gateway_id: u32, addr: [u8; 4]) -> Self {
+        Self {
+            gateway_be: gateway_id.to_be_bytes(),
+            addr,
+        }
+    }
+    /// LPM prefix length for an IPv4 prefix of `len` bits in this key.
+    pub const fn lpm_len(prefix_len: u8) -> u32 {
+        32 + prefix_len as u32
+    }
+}
+
+/// Kinds of [`NextHop`].
+pub mod next_hop_kind {
+    pub const NONE: u32 = 0;
+    /// `target` is an attachment id: encapsulate toward the VPC.
+    pub const ATTACHMENT: u32 = 1;
+    /// `target` is a VIF id, `mac` the client router's MAC on it.
+    pub const VIF: u32 = 2;
+    /// `members[..member_count]` are next-hop ids (never groups), chosen by flow hash.
+    pub const GROUP: u32 = 3;
+}
+
+/// Value of [`MAP_NEXT_HOPS`]. Routes point here, so a failed group member is removed from
+/// every route behind it by one write of the group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub kind: u32,
+    pub target: u32,
+    pub mac: [u8; 6],
+    pub member_count: u16,
+    pub members: [u32; MAX_GROUP_MEMBERS],
+}
+
+/// Value of [`MAP_VIF_STATS`] and [`MAP_ATTACHMENT_STATS`], per CPU.
+/// VIF: rx = from the customer, tx = toward the customer.
+/// Attachment: rx = decapsulated from the VPC, tx = encapsulated toward the VPC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// Packets and bytes, one per CPU per slot; the agent sums the CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacketCounter {
@@ -18,11 +188,223 @@ pub struct PacketCounter {
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PacketCounter>() == 16);
+const _: () = assert!(size_of::<VifKey>() == 8);
+const _: () = assert!(size_of::<Vif>() == 32);
+const _: () = assert!(size_of::<Attachment>() == 36);
+const _: () = assert!(size_of::<VtepKey>() == 8);
+const _: () = assert!(size_of::<RouteKey>() == 8);
+const _: () = assert!(size_of::<NextHop>() == 48);
+const _: () = assert!(size_of::<TrafficCounters>() == 32);
+const _: () = assert!(size_of::<PacketCounter>() == 16);
+
+// ---------------------------------------------------------------------------------------------
+// Counter indices.
+
+/// Why a frame was dropped: indices of [`MAP_DROPS`].
+pub mod drop_reason {
+    /// Untagged frame on a connection port.
+    pub const NOT_TAGGED: u32 = 0;
+    /// An 802.1ad (0x88a8) service tag: not configured on any port.
+    pub const SERVICE_TAG: u32 = 1;
+    /// (port, VLAN) belongs to no VIF.
+    pub const UNKNOWN_VLAN: u32 = 2;
+    /// The VIF (or the next hop's VIF) is not `available`.
+    pub const VIF_DOWN: u32 = 3;
+    /// No route in the border gateway's table, or the route leads nowhere this direction serves.
+    pub const NO_ROUTE: u32 = 4;
+    /// TTL ≤ 1.
+    pub const TTL: u32 = 5;
+    /// Encapsulated frame would exceed the underlay MTU.
+    pub const MTU: u32 = 6;
+    /// Truncated or inconsistent headers.
+    pub const MALFORMED: u32 = 7;
+    /// VXLAN whose (VNI, outer source) matches no attachment.
+    pub const BAD_VXLAN: u32 = 8;
+    /// The underlay next hop (or the client router) has no resolved MAC.
+    pub const NO_NEIGHBOUR: u32 = 9;
+    /// Data frame that is not IPv4.
+    pub const NOT_IPV4: u32 = 10;
+    /// Control frame for a VIF whose control plane is not set up.
+    pub const NO_CONTROL_PLANE: u32 = 11;
+    /// A route's next hop is empty or a group holds no usable member.
+    pub const BAD_NEXT_HOP: u32 = 12;
+    /// The output port is not in the TX port map.
+    pub const NO_TX_PORT: u32 = 13;
+    /// The kernel FIB has no usable route to the remote VTEP.
+    pub const UNDERLAY_UNREACHABLE: u32 = 14;
+    pub const COUNT: u32 = 15;
+
+    /// Names as the CLI and metrics show them, in index order.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "not_tagged",
+        "service_tag",
+        "unknown_vlan",
+        "vif_down",
+        "no_route",
+        "ttl_exceeded",
+        "mtu_exceeded",
+        "malformed",
+        "bad_vxlan",
+        "no_neighbour",
+        "not_ipv4",
+        "no_control_plane",
+        "bad_next_hop",
+        "no_tx_port",
+        "underlay_unreachable",
+    ];
+}
+
+/// Frames not forwarded by XDP but not dropped either: indices of [`MAP_PASSES`].
+pub mod pass_reason {
+    /// Underlay traffic that is not VXLAN: the host's own, handed to its stack.
+    pub const HOST: u32 = 0;
+    /// Customer control frame (ARP, BGP, ICMP to the cloud address) into a VIF's control plane.
+    pub const CONTROL_IN: u32 = 1;
+    /// Frame from a VIF's control plane, tagged and sent to the customer.
+    pub const CONTROL_OUT: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["host", "control_in", "control_out"];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Functions both sides must compute identically.
+
+/// Flow hash of an IPv4 flow (addresses in network byte order as read from the header, ports
+/// 0 when absent). Chooses the VXLAN UDP source port and the member of a next-hop group, so
+/// one flow always takes one path.
+#[inline(always)]
+pub const fn flow_hash(src: u32, dst: u32, proto: u8, sport: u16, dport: u16) -> u32 {
+    let mut h = src.wrapping_mul(0x9e37_79b1);
+    h ^= dst.rotate_left(13).wrapping_mul(0x85eb_ca6b);
+    h ^= ((sport as u32) << 16 | dport as u32).wrapping_mul(0xc2b2_ae35);
+    h ^= proto as u32;
+    // murmur3 finalizer: every input bit reaches every output bit.
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// UDP source port of the VXLAN header for a flow hash.
+#[inline(always)]
+pub const fn vxlan_source_port(hash: u32) -> u16 {
+    VXLAN_SPORT_BASE | (hash & 0x3fff) as u16
+}
+
+/// Index into a group's members for a flow hash.
+#[inline(always)]
+pub const fn group_member(hash: u32, count: u16) -> usize {
+    // High bits, so the choice is independent of the source port (low bits).
+    ((hash >> 16) % count as u32) as usize
+}
+
+/// Ones'-complement sum of the outer IPv4 header the XDP program writes (version 4, IHL 5,
+/// TOS 0, ID 0, DF, TTL 64, UDP) with total length and checksum zero. The program adds the
+/// total length and folds: the per-packet work is two additions.
+pub const fn outer_ipv4_partial_csum(src: [u8; 4], dst: [u8; 4]) -> u32 {
+    0x4500
+        + 0x4000
+        + ((OUTER_TTL as u32) << 8 | 17)
+        + ((src[0] as u32) << 8 | src[1] as u32)
+        + ((src[2] as u32) << 8 | src[3] as u32)
+        + ((dst[0] as u32) << 8 | dst[1] as u32)
+        + ((dst[2] as u32) << 8 | dst[3] as u32)
+}
+
+/// TTL of the outer IPv4 header.
+pub const OUTER_TTL: u8 = 64;
+
+/// Final IPv4 header checksum from a partial sum plus the total length (host order result).
+#[inline(always)]
+pub const fn finish_ipv4_csum(partial: u32, total_len: u16) -> u16 {
+    let mut sum = partial + total_len as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Legacy: frames per VLAN id counted by the `vlan_count` diagnostic program.
+pub const VLAN_COUNTERS: &str = "VLAN_COUNTERS";
+/// Index of the "untagged frame" slot in [`VLAN_COUNTERS`]: VLAN ids are 0..=4095.
+pub const VLAN_UNTAGGED_SLOT: u32 = 4096;
+pub const VLAN_COUNTERS_LEN: u32 = VLAN_UNTAGGED_SLOT + 1;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: every type here is #[repr(C)], Copy, made only of integers, with no implicit
-    // padding (checked by the size assertions above), so any byte pattern is a valid value.
+    // SAFETY: every type here is #[repr(C)], Copy, made only of integers and byte arrays, with
+    // no implicit padding (checked by the size assertions above), so any byte pattern is a
+    // valid value and no uninitialised byte reaches the kernel.
+    unsafe impl aya::Pod for super::VifKey {}
+    unsafe impl aya::Pod for super::Vif {}
+    unsafe impl aya::Pod for super::Attachment {}
+    unsafe impl aya::Pod for super::VtepKey {}
+    unsafe impl aya::Pod for super::RouteKey {}
+    unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::PacketCounter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_checksum_matches_a_full_header_checksum() {
+        let src = [172, 31, 0, 1];
+        let dst = [172, 31, 0, 2];
+        let total_len: u16 = 134;
+        let header: [u8; 20] = [
+            0x45,
+            0,
+            (total_len >> 8) as u8,
+            total_len as u8,
+            0,
+            0,
+            0x40,
+            0,
+            OUTER_TTL,
+            17,
+            0,
+            0,
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
+        ];
+        let mut sum = 0u32;
+        for pair in header.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(
+            finish_ipv4_csum(outer_ipv4_partial_csum(src, dst), total_len),
+            !(sum as u16)
+        );
+    }
+
+    #[test]
+    fn source_port_stays_in_the_dynamic_range() {
+        for i in 0..10_000u32 {
+            let port = vxlan_source_port(flow_hash(i, !i, 6, i as u16, 80));
+            assert!(port >= VXLAN_SPORT_BASE, "{port}");
+        }
+    }
+
+    #[test]
+    fn flows_spread_over_group_members() {
+        let mut seen = [0u32; MAX_GROUP_MEMBERS];
+        for i in 0..8_000u32 {
+            seen[group_member(flow_hash(0x0a00_0001, 0x0a01_0000 + i, 17, 40000, 53), 8)] += 1;
+        }
+        // Uniform would be 1000 each; a bad hash leaves members empty.
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+    }
 }

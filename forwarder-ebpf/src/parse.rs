@@ -1,33 +1,131 @@
-//! Bounds-checked header access. The verifier needs one explicit `data_end` comparison per
-//! header; every read of packet memory goes through [`ptr_at`].
+//! Bounds-checked header access. The verifier needs an explicit `data_end` comparison before
+//! each access; every read or write of packet memory goes through [`ptr_at`] / [`ptr_at_mut`].
 
 use aya_ebpf::programs::XdpContext;
 
-pub const ETH_HLEN: usize = 14;
-pub const ETH_P_8021Q: u16 = 0x8100;
+use crate::Drop;
 
-/// A pointer to a `T` at `offset` bytes into the frame, or `Err` if the frame is too short.
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// IPv4 header (no options), fields as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Ipv4Hdr {
+    pub ver_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+/// A pointer to a `T` at `offset` bytes into the frame, or a malformed-frame drop if the frame
+/// is too short.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, ()> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Drop> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
-        return Err(());
+        return Err(Drop::Malformed);
     }
     Ok((start + offset) as *const T)
 }
 
-/// The VLAN id of the outer 802.1Q tag, `None` for an untagged frame.
 #[inline(always)]
-pub fn vlan_id(ctx: &XdpContext) -> Result<Option<u16>, ()> {
-    let ethertype: *const [u8; 2] = ptr_at(ctx, 12)?;
-    // SAFETY: ptr_at checked that the two bytes are inside the frame.
-    let ethertype = u16::from_be_bytes(unsafe { *ethertype });
-    if ethertype != ETH_P_8021Q {
-        return Ok(None);
+pub fn ptr_at_mut<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Drop> {
+    Ok(ptr_at::<T>(ctx, offset)?.cast_mut())
+}
+
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, Drop> {
+    // SAFETY: ptr_at checked that size_of::<T>() bytes at offset are inside the frame;
+    // read_unaligned because packet data has no alignment guarantee.
+    Ok(unsafe { ptr_at::<T>(ctx, offset)?.read_unaligned() })
+}
+
+#[inline(always)]
+pub fn write<T: Copy>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), Drop> {
+    // SAFETY: as in `read`.
+    unsafe { ptr_at_mut::<T>(ctx, offset)?.write_unaligned(value) };
+    Ok(())
+}
+
+#[inline(always)]
+pub fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+/// What the forwarding decision needs from an IPv4 header that passed [`check_ipv4`].
+#[derive(Clone, Copy)]
+pub struct Ipv4Info {
+    pub dst: [u8; 4],
+    pub tot_len: u16,
+    pub ttl: u8,
+    pub hash: u32,
+}
+
+/// Validates the IPv4 header at `off` (version, IHL, total length within the frame) and
+/// computes the flow hash from addresses, protocol and, for unfragmented TCP/UDP, ports.
+#[inline(always)]
+pub fn check_ipv4(ctx: &XdpContext, off: usize) -> Result<Ipv4Info, Drop> {
+    let ip: Ipv4Hdr = read(ctx, off)?;
+    if ip.ver_ihl >> 4 != 4 {
+        return Err(Drop::Malformed);
     }
-    let tci: *const [u8; 2] = ptr_at(ctx, ETH_HLEN)?;
-    // SAFETY: as above.
-    let tci = u16::from_be_bytes(unsafe { *tci });
-    Ok(Some(tci & 0x0fff))
+    let ihl = usize::from(ip.ver_ihl & 0x0f) * 4;
+    let tot_len = u16::from_be_bytes(ip.tot_len);
+    if ihl < 20 || usize::from(tot_len) < ihl {
+        return Err(Drop::Malformed);
+    }
+    if ctx.data() + off + usize::from(tot_len) > ctx.data_end() {
+        return Err(Drop::Malformed);
+    }
+    let frag = u16::from_be_bytes(ip.frag_off) & 0x3fff; // MF + offset
+    let (mut sport, mut dport) = (0u16, 0u16);
+    if frag == 0 && ihl == 20 && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP) {
+        // Ports are optional for the hash: a header too short for them just hashes without.
+        if let Ok(ports) = read::<[u8; 4]>(ctx, off + 20) {
+            sport = u16::from_be_bytes([ports[0], ports[1]]);
+            dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+    }
+    let hash = forwarder_common::flow_hash(
+        u32::from_be_bytes(ip.src),
+        u32::from_be_bytes(ip.dst),
+        ip.proto,
+        sport,
+        dport,
+    );
+    Ok(Ipv4Info {
+        dst: ip.dst,
+        tot_len,
+        ttl: ip.ttl,
+        hash,
+    })
+}
+
+/// Decrements the TTL of the IPv4 header at `off` and patches its checksum incrementally
+/// (RFC 1624; the same arithmetic as the kernel's `ip_decrease_ttl`).
+#[inline(always)]
+pub fn decrement_ttl(ctx: &XdpContext, off: usize) -> Result<(), Drop> {
+    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, off)?;
+    // SAFETY: ptr_at_mut checked the whole header is inside the frame; all fields are bytes.
+    unsafe {
+        let check = u32::from(u16::from_be_bytes((*ip).check)) + 0x0100;
+        let check = (check + u32::from(check >= 0xffff)) as u16;
+        (*ip).check = check.to_be_bytes();
+        (*ip).ttl -= 1;
+    }
+    Ok(())
 }

@@ -1,20 +1,72 @@
-//! The XDP data plane as the agent sees it: the embedded eBPF object, loading it, and typed
-//! access to its maps. Map names and value types come from `forwarder-common` only.
+//! The XDP data plane as the agent sees it: the embedded eBPF object, loading it (with maps
+//! pinned under a directory so that forwarding outlives the agent), attaching it to ports
+//! (re-adopting pinned links), and typed operations on its maps. Map names and value types
+//! come from `forwarder-common` only.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf,
-    maps::{MapError, PerCpuArray},
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    pin::PinError,
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+    },
 };
-use forwarder_common::{PacketCounter, VLAN_COUNTERS, VLAN_UNTAGGED_SLOT};
+use forwarder_common::{
+    Attachment, MAP_ATTACHMENT_STATS, MAP_ATTACHMENTS, MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS,
+    MAP_PASSES, MAP_ROUTES, MAP_TX_PORTS, MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS,
+    MAX_GROUP_MEMBERS, NextHop, PacketCounter, RouteKey, TrafficCounters, VLAN_COUNTERS,
+    VLAN_UNTAGGED_SLOT, Vif, VifKey, VtepKey, drop_reason, next_hop_kind, outer_ipv4_partial_csum,
+    pass_reason,
+};
+use ipnet::Ipv4Net;
 
 /// The eBPF object built by `build.rs` from `forwarder-ebpf`.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder-ebpf"));
 
+/// Every map the agent pins and re-adopts.
+const PINNED_MAPS: [&str; 12] = [
+    MAP_VIFS,
+    MAP_VIF_TABLE,
+    MAP_CONTROL_PORTS,
+    MAP_ATTACHMENTS,
+    MAP_VTEPS,
+    MAP_ROUTES,
+    MAP_NEXT_HOPS,
+    MAP_TX_PORTS,
+    MAP_VIF_STATS,
+    MAP_ATTACHMENT_STATS,
+    MAP_DROPS,
+    MAP_PASSES,
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("loading the eBPF object")]
-    Load(#[source] aya::EbpfError),
+    #[error("loading the eBPF object (maps pinned under {pin_dir:?})")]
+    Load {
+        pin_dir: Option<PathBuf>,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("program {0} not found in the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("program {name}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
     #[error("map {0} not found in the eBPF object")]
     MissingMap(&'static str),
     #[error("map {name}")]
@@ -23,11 +75,605 @@ pub enum Error {
         #[source]
         source: MapError,
     },
+    #[error("adding port {ifindex} to the TX map")]
+    TxPort {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    #[error("no interface {0}")]
+    NoInterface(String),
+    #[error("attaching XDP to {ifname}")]
+    Attach {
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinned link {path}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("pinning {path}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} id {id} out of range (max {max})")]
+    OutOfRange {
+        what: &'static str,
+        id: u32,
+        max: u32,
+    },
+    #[error("next-hop group {id} has {count} members; 1..={MAX_GROUP_MEMBERS} allowed")]
+    GroupSize { id: u32, count: usize },
 }
 
-/// Loads the embedded object into the kernel (programs verified, maps created, nothing attached).
+fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+/// Which program a port runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortRole {
+    /// A hosted or dedicated connection toward customers (802.1Q trunk).
+    Connection,
+    /// The port toward the VPCs' VTEPs.
+    Underlay,
+    /// The host end of a VIF's control veth.
+    Control,
+}
+
+impl PortRole {
+    pub const fn program(self) -> &'static str {
+        match self {
+            Self::Connection => "xdp_customer",
+            Self::Underlay => "xdp_underlay",
+            Self::Control => "xdp_control",
+        }
+    }
+}
+
+const PROGRAMS: [&str; 3] = ["xdp_customer", "xdp_underlay", "xdp_control"];
+
+/// What a VIF looks like to the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VifSpec {
+    pub id: u32,
+    /// Connection port ifindex and VLAN id.
+    pub port_ifindex: u32,
+    pub vlan: u16,
+    pub gateway_id: u32,
+    /// One of [`forwarder_common::vif_state`].
+    pub state: u32,
+    /// Host end of the control veth, 0 until the control plane exists.
+    pub control_ifindex: u32,
+    pub cloud_addrs: [Option<Ipv4Addr>; 2],
+    /// Source MAC toward the customer.
+    pub mac: [u8; 6],
+}
+
+/// What a VPC attachment looks like to the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachmentSpec {
+    pub id: u32,
+    pub gateway_id: u32,
+    pub vni: u32,
+    pub local_vtep: Ipv4Addr,
+    pub remote_vtep: Ipv4Addr,
+    pub underlay_ifindex: u32,
+    pub router_mac: [u8; 6],
+}
+
+/// A next hop as routes see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextHopSpec {
+    Attachment(u32),
+    /// A VIF and the client router MAC frames toward it carry.
+    Vif {
+        vif: u32,
+        mac: [u8; 6],
+    },
+    /// Member next-hop ids (each an attachment or VIF next hop), chosen by flow hash.
+    Group(Vec<u32>),
+}
+
+/// Options for [`Dataplane::load`].
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Pin maps under `DIR/maps` and links under `DIR/links`, re-adopting what is there.
+    /// `None` (tests): everything lives as long as the [`Dataplane`].
+    pub pin_dir: Option<PathBuf>,
+    /// Capacity of the route map (default: [`forwarder_common::MAX_ROUTES`]); only takes
+    /// effect when the map is created, not when a pinned one is adopted.
+    pub max_routes: Option<u32>,
+}
+
+/// The loaded programs and maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+}
+
+impl Dataplane {
+    /// Loads the embedded object: maps created or (when pinned) re-adopted, programs
+    /// verified. Nothing is attached yet.
+    pub fn load(options: &LoadOptions) -> Result<Self, Error> {
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<(&str, PathBuf)> = match &options.pin_dir {
+            Some(dir) => {
+                let maps = dir.join("maps");
+                fs::create_dir_all(&maps).map_err(|source| Error::Io {
+                    path: maps.clone(),
+                    source,
+                })?;
+                PINNED_MAPS
+                    .iter()
+                    .map(|name| (*name, maps.join(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        if let Some(max) = options.max_routes {
+            loader.map_max_entries(MAP_ROUTES, max);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| Error::Load {
+            pin_dir: options.pin_dir.clone(),
+            source,
+        })?;
+        for name in PROGRAMS {
+            let program: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| Error::Program { name, source })?;
+            program
+                .load()
+                .map_err(|source| Error::Program { name, source })?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: options.pin_dir.clone(),
+        })
+    }
+
+    /// The underlying object, for tests and diagnostics.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Attaches the program for `role` to `ifname` in the calling thread's network namespace
+    /// and adds the port to the TX map. With a pin directory, an existing pinned link for the
+    /// port is re-adopted and its program replaced atomically (no moment without XDP);
+    /// otherwise a new link is made and pinned.
+    pub fn attach(&mut self, ifname: &str, role: PortRole, mode: XdpMode) -> Result<u32, Error> {
+        let ifindex = if_index(ifname)?;
+        let name = role.program();
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(Error::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| Error::Program { name, source })?;
+        let attach_err = |source| Error::Attach {
+            ifname: ifname.to_owned(),
+            source,
+        };
+        match &self.pin_dir {
+            None => {
+                program
+                    .attach_to_if_index(ifindex, mode)
+                    .map_err(attach_err)?;
+            }
+            Some(dir) => {
+                let links = dir.join("links");
+                fs::create_dir_all(&links).map_err(|source| Error::Io {
+                    path: links.clone(),
+                    source,
+                })?;
+                let path = links.join(ifname);
+                if !(path.exists() && readopt(program, &path)?) {
+                    let id = program
+                        .attach_to_if_index(ifindex, mode)
+                        .map_err(attach_err)?;
+                    let link = program.take_link(id).map_err(attach_err)?;
+                    let fd_link = FdLink::try_from(link).map_err(|source| Error::Link {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    // The pin keeps the link (and XDP on the port) alive after we exit.
+                    fd_link.pin(&path).map_err(|source| Error::Pin {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        self.add_tx_port(ifindex)?;
+        Ok(ifindex)
+    }
+
+    /// Removes XDP from `ifname` (its pinned link too) and the port from the TX map.
+    pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
+        if let Some(dir) = &self.pin_dir {
+            let path = dir.join("links").join(ifname);
+            if path.exists() {
+                let link = PinnedLink::from_pin(&path).map_err(|source| Error::Link {
+                    path: path.clone(),
+                    source,
+                })?;
+                // Unpinning and dropping the last fd detaches the program.
+                drop(link.unpin().map_err(|source| Error::Io { path, source })?);
+            }
+        }
+        if let Ok(ifindex) = if_index(ifname) {
+            let mut tx =
+                DevMapHash::try_from(self.map_mut(MAP_TX_PORTS)?).map_err(map_err(MAP_TX_PORTS))?;
+            match tx.remove(ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_TX_PORTS)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Allows redirects to `ifindex`.
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), Error> {
+        let mut tx =
+            DevMapHash::try_from(self.map_mut(MAP_TX_PORTS)?).map_err(map_err(MAP_TX_PORTS))?;
+        tx.insert(ifindex, ifindex, None, 0)
+            .map_err(|source| Error::TxPort { ifindex, source })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error> {
+        self.ebpf.map_mut(name).ok_or(Error::MissingMap(name))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, Error> {
+        self.ebpf.map(name).ok_or(Error::MissingMap(name))
+    }
+
+    fn array<T: aya::Pod>(&mut self, name: &'static str) -> Result<Array<&mut MapData, T>, Error> {
+        Array::try_from(self.map_mut(name)?).map_err(map_err(name))
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, Error> {
+        HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))
+    }
+
+    fn routes(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey, u32>, Error> {
+        LpmTrie::try_from(self.map_mut(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))
+    }
+
+    /// Creates or replaces a VIF: its table entry, its (port, VLAN) key, its control port.
+    pub fn upsert_vif(&mut self, spec: &VifSpec) -> Result<(), Error> {
+        check_id("VIF", spec.id, forwarder_common::MAX_VIFS)?;
+        let vif = Vif {
+            state: spec.state,
+            gateway_id: spec.gateway_id,
+            port_ifindex: spec.port_ifindex,
+            control_ifindex: spec.control_ifindex,
+            cloud_addrs: spec.cloud_addrs.map(|a| a.map_or([0; 4], |a| a.octets())),
+            vlan: spec.vlan,
+            mac: spec.mac,
+        };
+        // Table entry first: the key never points to a stale entry.
+        self.array(MAP_VIF_TABLE)?
+            .set(spec.id, vif, 0)
+            .map_err(map_err(MAP_VIF_TABLE))?;
+        let key = VifKey {
+            ifindex: spec.port_ifindex,
+            vlan: spec.vlan,
+            _pad: 0,
+        };
+        self.hash::<VifKey, u32>(MAP_VIFS)?
+            .insert(key, spec.id, 0)
+            .map_err(map_err(MAP_VIFS))?;
+        if spec.control_ifindex != 0 {
+            self.hash::<u32, u32>(MAP_CONTROL_PORTS)?
+                .insert(spec.control_ifindex, spec.id, 0)
+                .map_err(map_err(MAP_CONTROL_PORTS))?;
+            self.add_tx_port(spec.control_ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// Changes only a VIF's state (one map write).
+    pub fn set_vif_state(&mut self, id: u32, state: u32) -> Result<(), Error> {
+        check_id("VIF", id, forwarder_common::MAX_VIFS)?;
+        let mut table = self.array::<Vif>(MAP_VIF_TABLE)?;
+        let mut vif = table.get(&id, 0).map_err(map_err(MAP_VIF_TABLE))?;
+        vif.state = state;
+        table.set(id, vif, 0).map_err(map_err(MAP_VIF_TABLE))
+    }
+
+    /// Removes a VIF: its key first (no new frames reach it), then its table entry.
+    pub fn remove_vif(&mut self, spec: &VifSpec) -> Result<(), Error> {
+        let key = VifKey {
+            ifindex: spec.port_ifindex,
+            vlan: spec.vlan,
+            _pad: 0,
+        };
+        ignore_missing(self.hash::<VifKey, u32>(MAP_VIFS)?.remove(&key), MAP_VIFS)?;
+        if spec.control_ifindex != 0 {
+            ignore_missing(
+                self.hash::<u32, u32>(MAP_CONTROL_PORTS)?
+                    .remove(&spec.control_ifindex),
+                MAP_CONTROL_PORTS,
+            )?;
+        }
+        self.array(MAP_VIF_TABLE)?
+            .set(spec.id, Vif::default(), 0)
+            .map_err(map_err(MAP_VIF_TABLE))
+    }
+
+    /// Creates or replaces an attachment and its (VNI, remote VTEP) key.
+    pub fn upsert_attachment(&mut self, spec: &AttachmentSpec) -> Result<(), Error> {
+        check_id("attachment", spec.id, forwarder_common::MAX_ATTACHMENTS)?;
+        let (local, remote) = (spec.local_vtep.octets(), spec.remote_vtep.octets());
+        let att = Attachment {
+            state: 1,
+            gateway_id: spec.gateway_id,
+            vni: spec.vni,
+            local_vtep: local,
+            remote_vtep: remote,
+            underlay_ifindex: spec.underlay_ifindex,
+            ip_csum_partial: outer_ipv4_partial_csum(local, remote),
+            router_mac: spec.router_mac,
+            _pad: [0; 2],
+        };
+        self.array(MAP_ATTACHMENTS)?
+            .set(spec.id, att, 0)
+            .map_err(map_err(MAP_ATTACHMENTS))?;
+        let key = VtepKey {
+            vni: spec.vni,
+            remote_vtep: remote,
+        };
+        self.hash::<VtepKey, u32>(MAP_VTEPS)?
+            .insert(key, spec.id, 0)
+            .map_err(map_err(MAP_VTEPS))
+    }
+
+    pub fn remove_attachment(&mut self, spec: &AttachmentSpec) -> Result<(), Error> {
+        let key = VtepKey {
+            vni: spec.vni,
+            remote_vtep: spec.remote_vtep.octets(),
+        };
+        ignore_missing(
+            self.hash::<VtepKey, u32>(MAP_VTEPS)?.remove(&key),
+            MAP_VTEPS,
+        )?;
+        self.array(MAP_ATTACHMENTS)?
+            .set(spec.id, Attachment::default(), 0)
+            .map_err(map_err(MAP_ATTACHMENTS))
+    }
+
+    /// Writes next hop `id`. Every route pointing to `id` follows in the same write: this is
+    /// how a failed group member leaves all its routes at once.
+    pub fn set_next_hop(&mut self, id: u32, spec: &NextHopSpec) -> Result<(), Error> {
+        check_id("next hop", id, forwarder_common::MAX_NEXT_HOPS)?;
+        let mut nh = NextHop::default();
+        match spec {
+            NextHopSpec::Attachment(att) => {
+                nh.kind = next_hop_kind::ATTACHMENT;
+                nh.target = *att;
+            }
+            NextHopSpec::Vif { vif, mac } => {
+                nh.kind = next_hop_kind::VIF;
+                nh.target = *vif;
+                nh.mac = *mac;
+            }
+            NextHopSpec::Group(members) => {
+                if members.is_empty() || members.len() > MAX_GROUP_MEMBERS {
+                    return Err(Error::GroupSize {
+                        id,
+                        count: members.len(),
+                    });
+                }
+                nh.kind = next_hop_kind::GROUP;
+                nh.member_count = members.len() as u16;
+                nh.members[..members.len()].copy_from_slice(members);
+            }
+        }
+        self.array(MAP_NEXT_HOPS)?
+            .set(id, nh, 0)
+            .map_err(map_err(MAP_NEXT_HOPS))
+    }
+
+    pub fn clear_next_hop(&mut self, id: u32) -> Result<(), Error> {
+        check_id("next hop", id, forwarder_common::MAX_NEXT_HOPS)?;
+        self.array(MAP_NEXT_HOPS)?
+            .set(id, NextHop::default(), 0)
+            .map_err(map_err(MAP_NEXT_HOPS))
+    }
+
+    /// Installs or replaces a route of border gateway `gateway_id`.
+    pub fn upsert_route(
+        &mut self,
+        gateway_id: u32,
+        prefix: Ipv4Net,
+        next_hop: u32,
+    ) -> Result<(), Error> {
+        self.routes()?
+            .insert(&route_key(gateway_id, prefix), next_hop, 0)
+            .map_err(map_err(MAP_ROUTES))
+    }
+
+    /// Installs many routes with one map handle; stops at the first failure.
+    pub fn upsert_routes(&mut self, routes: &[(u32, Ipv4Net, u32)]) -> Result<(), Error> {
+        let mut map = self.routes()?;
+        for (gateway_id, prefix, next_hop) in routes {
+            map.insert(&route_key(*gateway_id, *prefix), *next_hop, 0)
+                .map_err(map_err(MAP_ROUTES))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a route; a route that is not there is not an error.
+    pub fn remove_route(&mut self, gateway_id: u32, prefix: Ipv4Net) -> Result<(), Error> {
+        ignore_missing(
+            self.routes()?.remove(&route_key(gateway_id, prefix)),
+            MAP_ROUTES,
+        )
+    }
+
+    pub fn remove_routes(&mut self, routes: &[(u32, Ipv4Net)]) -> Result<(), Error> {
+        let mut map = self.routes()?;
+        for (gateway_id, prefix) in routes {
+            ignore_missing(map.remove(&route_key(*gateway_id, *prefix)), MAP_ROUTES)?;
+        }
+        Ok(())
+    }
+
+    /// What the data plane answers for `addr` in gateway `gateway_id`: the next-hop id of the
+    /// longest matching prefix.
+    pub fn lookup(&self, gateway_id: u32, addr: Ipv4Addr) -> Result<Option<u32>, Error> {
+        let map: LpmTrie<&MapData, RouteKey, u32> =
+            LpmTrie::try_from(self.map(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))?;
+        let key = Key::new(
+            RouteKey::lpm_len(32),
+            RouteKey::new(gateway_id, addr.octets()),
+        );
+        match map.get(&key, 0) {
+            Ok(nh) => Ok(Some(nh)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_ROUTES)(e)),
+        }
+    }
+
+    pub fn vif_counters(&self, id: u32) -> Result<TrafficCounters, Error> {
+        self.traffic(MAP_VIF_STATS, id)
+    }
+
+    pub fn attachment_counters(&self, id: u32) -> Result<TrafficCounters, Error> {
+        self.traffic(MAP_ATTACHMENT_STATS, id)
+    }
+
+    fn traffic(&self, name: &'static str, id: u32) -> Result<TrafficCounters, Error> {
+        let map: PerCpuArray<&MapData, TrafficCounters> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        let per_cpu = map.get(&id, 0).map_err(map_err(name))?;
+        Ok(per_cpu
+            .iter()
+            .fold(TrafficCounters::default(), |s, c| TrafficCounters {
+                rx_packets: s.rx_packets + c.rx_packets,
+                rx_bytes: s.rx_bytes + c.rx_bytes,
+                tx_packets: s.tx_packets + c.tx_packets,
+                tx_bytes: s.tx_bytes + c.tx_bytes,
+            }))
+    }
+
+    /// Drops by reason (index = [`forwarder_common::drop_reason`]), summed over CPUs.
+    pub fn drops(&self) -> Result<[u64; drop_reason::COUNT as usize], Error> {
+        let mut out = [0; drop_reason::COUNT as usize];
+        self.sum_into(MAP_DROPS, &mut out)?;
+        Ok(out)
+    }
+
+    /// Frames passed to the host or a control plane (index = [`forwarder_common::pass_reason`]).
+    pub fn passes(&self) -> Result<[u64; pass_reason::COUNT as usize], Error> {
+        let mut out = [0; pass_reason::COUNT as usize];
+        self.sum_into(MAP_PASSES, &mut out)?;
+        Ok(out)
+    }
+
+    fn sum_into(&self, name: &'static str, out: &mut [u64]) -> Result<(), Error> {
+        let map: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
+        for (index, slot) in out.iter_mut().enumerate() {
+            *slot = map
+                .get(&(index as u32), 0)
+                .map_err(map_err(name))?
+                .iter()
+                .sum();
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the program behind the pinned link at `path`. `false` if the link is defunct
+/// (its interface went away): the caller attaches afresh.
+fn readopt(program: &mut Xdp, path: &Path) -> Result<bool, Error> {
+    let pinned = PinnedLink::from_pin(path).map_err(|source| Error::Link {
+        path: path.to_owned(),
+        source,
+    })?;
+    let fd_link: FdLink = pinned.into();
+    let link = XdpLink::try_from(fd_link).map_err(|source| Error::Link {
+        path: path.to_owned(),
+        source,
+    })?;
+    match program.attach_to_link(link) {
+        Ok(_) => Ok(true),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "pinned XDP link is stale; attaching afresh");
+            fs::remove_file(path).map_err(|source| Error::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+            Ok(false)
+        }
+    }
+}
+
+fn route_key(gateway_id: u32, prefix: Ipv4Net) -> Key<RouteKey> {
+    let prefix = prefix.trunc();
+    Key::new(
+        RouteKey::lpm_len(prefix.prefix_len()),
+        RouteKey::new(gateway_id, prefix.addr().octets()),
+    )
+}
+
+fn check_id(what: &'static str, id: u32, max: u32) -> Result<(), Error> {
+    if id >= max {
+        return Err(Error::OutOfRange {
+            what,
+            id,
+            max: max - 1,
+        });
+    }
+    Ok(())
+}
+
+fn ignore_missing(result: Result<(), MapError>, name: &'static str) -> Result<(), Error> {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+/// `if_nametoindex` in the calling thread's network namespace.
+pub fn if_index(ifname: &str) -> Result<u32, Error> {
+    let c = std::ffi::CString::new(ifname).map_err(|_| Error::NoInterface(ifname.to_owned()))?;
+    // SAFETY: c is a valid NUL-terminated string for the duration of the call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(Error::NoInterface(ifname.to_owned()));
+    }
+    Ok(index)
+}
+
+/// Loads the embedded object into the kernel without attaching anything (used by the
+/// foundation smoke test for the `vlan_count` diagnostic program).
 pub fn load() -> Result<Ebpf, Error> {
-    Ebpf::load(EBPF_OBJECT).map_err(Error::Load)
+    Ebpf::load(EBPF_OBJECT).map_err(|source| Error::Load {
+        pin_dir: None,
+        source,
+    })
 }
 
 /// Packets and bytes counted by `vlan_count` for one VLAN id (`None`: untagged), summed over
@@ -36,15 +682,10 @@ pub fn vlan_counter(ebpf: &Ebpf, vlan: Option<u16>) -> Result<PacketCounter, Err
     let map = ebpf
         .map(VLAN_COUNTERS)
         .ok_or(Error::MissingMap(VLAN_COUNTERS))?;
-    let counters = PerCpuArray::<_, PacketCounter>::try_from(map).map_err(|source| Error::Map {
-        name: VLAN_COUNTERS,
-        source,
-    })?;
+    let counters =
+        PerCpuArray::<_, PacketCounter>::try_from(map).map_err(map_err(VLAN_COUNTERS))?;
     let slot = vlan.map_or(VLAN_UNTAGGED_SLOT, u32::from);
-    let per_cpu = counters.get(&slot, 0).map_err(|source| Error::Map {
-        name: VLAN_COUNTERS,
-        source,
-    })?;
+    let per_cpu = counters.get(&slot, 0).map_err(map_err(VLAN_COUNTERS))?;
     Ok(per_cpu
         .iter()
         .fold(PacketCounter::default(), |sum, c| PacketCounter {

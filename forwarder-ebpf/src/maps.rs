@@ -1,0 +1,51 @@
+//! Every map of the data plane. Names, key and value types and capacities come from
+//! `forwarder-common`; the agent may pin them (maps are created unpinned here and pinned by
+//! path at load time) and may resize `ROUTES` at load time.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+};
+use forwarder_common::{
+    Attachment, MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, RouteKey,
+    TrafficCounters, Vif, VifKey, VtepKey, drop_reason, pass_reason,
+};
+
+#[map(name = "VIFS")]
+pub static VIFS: HashMap<VifKey, u32> = HashMap::with_max_entries(MAX_VIFS, 0);
+
+#[map(name = "VIF_TABLE")]
+pub static VIF_TABLE: Array<Vif> = Array::with_max_entries(MAX_VIFS, 0);
+
+#[map(name = "CONTROL_PORTS")]
+pub static CONTROL_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIFS, 0);
+
+#[map(name = "ATTACHMENTS")]
+pub static ATTACHMENTS: Array<Attachment> = Array::with_max_entries(MAX_ATTACHMENTS, 0);
+
+#[map(name = "VTEPS")]
+pub static VTEPS: HashMap<VtepKey, u32> = HashMap::with_max_entries(MAX_ATTACHMENTS, 0);
+
+#[map(name = "ROUTES")]
+pub static ROUTES: LpmTrie<RouteKey, u32> =
+    LpmTrie::with_max_entries(MAX_ROUTES, BPF_F_NO_PREALLOC);
+
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(MAX_NEXT_HOPS, 0);
+
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_PORTS, 0);
+
+#[map(name = "VIF_STATS")]
+pub static VIF_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_VIFS, 0);
+
+#[map(name = "ATTACHMENT_STATS")]
+pub static ATTACHMENT_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(MAX_ATTACHMENTS, 0);
+
+#[map(name = "DROPS")]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
+
+#[map(name = "PASSES")]
+pub static PASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(pass_reason::COUNT, 0);

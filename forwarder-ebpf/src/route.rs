@@ -1,0 +1,44 @@
+//! Longest-prefix match in a border gateway's table and next-hop resolution, including the
+//! choice of a group member by flow hash.
+
+use aya_ebpf::maps::lpm_trie::Key;
+use forwarder_common::{RouteKey, group_member, next_hop_kind};
+
+use crate::{
+    Drop,
+    maps::{NEXT_HOPS, ROUTES},
+};
+
+/// A next hop after group resolution: an attachment or a VIF, never a group.
+#[derive(Clone, Copy)]
+pub struct Resolved {
+    pub kind: u32,
+    pub target: u32,
+    pub mac: [u8; 6],
+}
+
+#[inline(always)]
+pub fn lookup(gateway_id: u32, dst: [u8; 4], hash: u32) -> Result<Resolved, Drop> {
+    let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, dst));
+    let id = *ROUTES.get(&key).ok_or(Drop::NoRoute)?;
+    let mut nh = NEXT_HOPS.get(id).ok_or(Drop::BadNextHop)?;
+    if nh.kind == next_hop_kind::GROUP {
+        let count = nh.member_count;
+        if count == 0 || usize::from(count) > nh.members.len() {
+            return Err(Drop::BadNextHop);
+        }
+        let member = *nh
+            .members
+            .get(group_member(hash, count))
+            .ok_or(Drop::BadNextHop)?;
+        nh = NEXT_HOPS.get(member).ok_or(Drop::BadNextHop)?;
+    }
+    match nh.kind {
+        next_hop_kind::ATTACHMENT | next_hop_kind::VIF => Ok(Resolved {
+            kind: nh.kind,
+            target: nh.target,
+            mac: nh.mac,
+        }),
+        _ => Err(Drop::BadNextHop),
+    }
+}

@@ -1,0 +1,202 @@
+//! The VPC side: VXLAN encapsulation toward an attachment (outer headers from the attachment
+//! and the kernel FIB) and, on the underlay port, decapsulation and tagging toward a VIF.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_fib_lookup,
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
+use forwarder_common::{
+    Attachment, OUTER_TTL, VXLAN_OVERHEAD, VXLAN_PORT, Vif, VtepKey, finish_ipv4_csum,
+    next_hop_kind, pass_reason, vif_state, vxlan_source_port,
+};
+
+use crate::{
+    Drop,
+    maps::{ATTACHMENTS, VIF_TABLE, VTEPS},
+    parse::{
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, Ipv4Hdr, Ipv4Info, VLAN_HLEN, check_ipv4,
+        decrement_ttl, frame_len, read, write,
+    },
+    redirect, route, stats,
+};
+
+const AF_INET: u8 = 2;
+const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
+const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+const BPF_FIB_LKUP_RET_FRAG_NEEDED: i64 = 8;
+
+/// Bytes the frame grows by: outer headers minus the VLAN tag that goes away.
+const GROW: i32 = (VXLAN_OVERHEAD - VLAN_HLEN) as i32;
+/// Offsets in an encapsulated frame.
+const OUTER_IP: usize = ETH_HLEN;
+const OUTER_UDP: usize = OUTER_IP + 20;
+const VXLAN_HDR: usize = OUTER_UDP + 8;
+const INNER_ETH: usize = VXLAN_HDR + 8;
+const INNER_IP: usize = INNER_ETH + ETH_HLEN;
+
+/// Customer → VPC: the tagged frame with its IPv4 packet at offset 18 becomes
+/// outer Ethernet/IPv4/UDP/VXLAN + inner Ethernet + the same packet (TTL − 1).
+#[inline(always)]
+pub fn encap(
+    ctx: &XdpContext,
+    att_id: u32,
+    ip: &Ipv4Info,
+    inner_src: [u8; 6],
+) -> Result<u32, Drop> {
+    let att: Attachment = *ATTACHMENTS.get(att_id).ok_or(Drop::BadNextHop)?;
+    if att.state == 0 {
+        return Err(Drop::BadNextHop);
+    }
+    let outer_len = ip.tot_len + (VXLAN_OVERHEAD - ETH_HLEN) as u16;
+
+    // Underlay next hop, and the MTU check, before the frame grows.
+    // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = att.underlay_ifindex;
+    fib.__bindgen_anon_1.tot_len = outer_len;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(att.local_vtep);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(att.remote_vtep);
+    // SAFETY: ctx is the program's context and fib a properly sized, initialised struct.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.as_ptr(),
+            &raw mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    match rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Drop::NoNeighbour),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Drop::Mtu),
+        _ => return Err(Drop::UnderlayUnreachable),
+    }
+
+    decrement_ttl(ctx, ETH_HLEN + VLAN_HLEN)?;
+    // SAFETY: growing the head; every write below is bounds-checked again.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -GROW) } != 0 {
+        return Err(Drop::Malformed);
+    }
+
+    write(ctx, 0, fib.dmac)?;
+    write(ctx, 6, fib.smac)?;
+    write(ctx, 12, ETH_P_IP.to_be_bytes())?;
+    let csum = finish_ipv4_csum(att.ip_csum_partial, outer_len);
+    write(
+        ctx,
+        OUTER_IP,
+        Ipv4Hdr {
+            ver_ihl: 0x45,
+            tos: 0,
+            tot_len: outer_len.to_be_bytes(),
+            id: [0, 0],
+            frag_off: [0x40, 0], // DF
+            ttl: OUTER_TTL,
+            proto: IPPROTO_UDP,
+            check: csum.to_be_bytes(),
+            src: att.local_vtep,
+            dst: att.remote_vtep,
+        },
+    )?;
+    let sport = vxlan_source_port(ip.hash).to_be_bytes();
+    let dport = VXLAN_PORT.to_be_bytes();
+    let udp_len = (outer_len - 20).to_be_bytes();
+    // UDP checksum 0: allowed for VXLAN over IPv4 (RFC 7348).
+    write(
+        ctx,
+        OUTER_UDP,
+        [
+            sport[0], sport[1], dport[0], dport[1], udp_len[0], udp_len[1], 0, 0,
+        ],
+    )?;
+    let vni = (att.vni << 8).to_be_bytes();
+    write(
+        ctx,
+        VXLAN_HDR,
+        [0x08, 0, 0, 0, vni[0], vni[1], vni[2], vni[3]],
+    )?;
+    write(ctx, INNER_ETH, att.router_mac)?;
+    write(ctx, INNER_ETH + 6, inner_src)?;
+    write(ctx, INNER_ETH + 12, ETH_P_IP.to_be_bytes())?;
+
+    stats::attachment_tx(att_id, frame_len(ctx));
+    redirect(fib.ifindex)
+}
+
+/// XDP on the underlay port: VXLAN from a configured attachment is decapsulated and routed
+/// toward a VIF; other VXLAN is dropped; everything else is the host's and passes.
+#[inline(always)]
+pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
+    use aya_ebpf::bindings::xdp_action::XDP_PASS;
+    let host = || {
+        stats::pass(pass_reason::HOST);
+        Ok(XDP_PASS)
+    };
+    if u16::from_be_bytes(read(ctx, 12)?) != ETH_P_IP {
+        return host();
+    }
+    let outer: Ipv4Hdr = read(ctx, OUTER_IP)?;
+    if outer.ver_ihl != 0x45 || outer.proto != IPPROTO_UDP {
+        return host();
+    }
+    let udp: [u8; 4] = read(ctx, OUTER_UDP)?;
+    if u16::from_be_bytes([udp[2], udp[3]]) != VXLAN_PORT {
+        return host();
+    }
+    // From here on it is VXLAN: ours, or dropped.
+    if u16::from_be_bytes(outer.frag_off) & 0x3fff != 0 {
+        return Err(Drop::Malformed);
+    }
+    let vxlan: [u8; 8] = read(ctx, VXLAN_HDR)?;
+    if vxlan[0] & 0x08 == 0 {
+        return Err(Drop::Malformed);
+    }
+    let vni = u32::from_be_bytes([0, vxlan[4], vxlan[5], vxlan[6]]);
+    let key = VtepKey {
+        vni,
+        remote_vtep: outer.src,
+    };
+    // SAFETY: the value is copied out at once.
+    let att_id = *unsafe { VTEPS.get(&key) }.ok_or(Drop::BadVxlan)?;
+    let att: Attachment = *ATTACHMENTS.get(att_id).ok_or(Drop::BadVxlan)?;
+    if att.state == 0 || att.local_vtep != outer.dst {
+        return Err(Drop::BadVxlan);
+    }
+    stats::attachment_rx(att_id, frame_len(ctx));
+
+    if u16::from_be_bytes(read(ctx, INNER_ETH + 12)?) != ETH_P_IP {
+        return Err(Drop::NotIpv4);
+    }
+    let ip = check_ipv4(ctx, INNER_IP)?;
+    if ip.ttl <= 1 {
+        return Err(Drop::Ttl);
+    }
+    let nh = route::lookup(att.gateway_id, ip.dst, ip.hash)?;
+    if nh.kind != next_hop_kind::VIF {
+        // VPC-to-VPC transit through the gateway is not offered.
+        return Err(Drop::NoRoute);
+    }
+    let vif: Vif = *VIF_TABLE.get(nh.target).ok_or(Drop::BadNextHop)?;
+    if vif.state != vif_state::AVAILABLE {
+        return Err(Drop::VifDown);
+    }
+    if nh.mac == [0; 6] {
+        return Err(Drop::NoNeighbour);
+    }
+    decrement_ttl(ctx, INNER_IP)?;
+    // SAFETY: shrinking the head of a frame checked to hold every header removed.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), GROW) } != 0 {
+        return Err(Drop::Malformed);
+    }
+    write(ctx, 0, nh.mac)?;
+    write(ctx, 6, vif.mac)?;
+    let tpid = ETH_P_8021Q.to_be_bytes();
+    let tci = vif.vlan.to_be_bytes();
+    let ipt = ETH_P_IP.to_be_bytes();
+    write(ctx, 12, [tpid[0], tpid[1], tci[0], tci[1], ipt[0], ipt[1]])?;
+    stats::vif_tx(nh.target, frame_len(ctx));
+    redirect(vif.port_ifindex)
+}

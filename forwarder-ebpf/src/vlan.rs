@@ -34,7 +34,7 @@ pub fn try_customer(ctx: &XdpContext) -> Result<u32, Drop> {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once; a concurrent update can only make it stale.
-    let vif_id = *unsafe { VIFS.get(&key) }.ok_or(Drop::UnknownVlan)?;
+    let vif_id = *unsafe { VIFS.get(key) }.ok_or(Drop::UnknownVlan)?;
     let vif: Vif = *VIF_TABLE.get(vif_id).ok_or(Drop::UnknownVlan)?;
     if vif.state == vif_state::ABSENT {
         return Err(Drop::UnknownVlan);
@@ -115,7 +115,7 @@ fn hairpin(ctx: &XdpContext, tci: u16, nh: route::Resolved) -> Result<u32, Drop>
 pub fn try_control(ctx: &XdpContext) -> Result<u32, Drop> {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the value is copied out at once.
-    let vif_id = *unsafe { CONTROL_PORTS.get(&ifindex) }.ok_or(Drop::NoControlPlane)?;
+    let vif_id = *unsafe { CONTROL_PORTS.get(ifindex) }.ok_or(Drop::NoControlPlane)?;
     let vif: Vif = *VIF_TABLE.get(vif_id).ok_or(Drop::NoControlPlane)?;
     if vif.state == vif_state::ABSENT || vif.state == vif_state::DELETING {
         return Err(Drop::VifDown);

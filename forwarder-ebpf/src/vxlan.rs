@@ -160,7 +160,7 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
         remote_vtep: outer.src,
     };
     // SAFETY: the value is copied out at once.
-    let att_id = *unsafe { VTEPS.get(&key) }.ok_or(Drop::BadVxlan)?;
+    let att_id = *unsafe { VTEPS.get(key) }.ok_or(Drop::BadVxlan)?;
     let att: Attachment = *ATTACHMENTS.get(att_id).ok_or(Drop::BadVxlan)?;
     if att.state == 0 || att.local_vtep != outer.dst {
         return Err(Drop::BadVxlan);

@@ -57,7 +57,7 @@ pub enum Error {
     Load {
         pin_dir: Option<PathBuf>,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("program {0} not found in the eBPF object")]
     MissingProgram(&'static str),
@@ -65,7 +65,7 @@ pub enum Error {
     Program {
         name: &'static str,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("map {0} not found in the eBPF object")]
     MissingMap(&'static str),
@@ -73,33 +73,35 @@ pub enum Error {
     Map {
         name: &'static str,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("adding port {ifindex} to the TX map")]
     TxPort {
         ifindex: u32,
         #[source]
-        source: aya::maps::xdp::XdpMapError,
+        source: Box<aya::maps::xdp::XdpMapError>,
     },
+    #[error("`{command}`: {message}")]
+    Command { command: String, message: String },
     #[error("no interface {0}")]
     NoInterface(String),
     #[error("attaching XDP to {ifname}")]
     Attach {
         ifname: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("pinned link {path}")]
     Link {
         path: PathBuf,
         #[source]
-        source: LinkError,
+        source: Box<LinkError>,
     },
     #[error("pinning {path}")]
     Pin {
         path: PathBuf,
         #[source]
-        source: PinError,
+        source: Box<PinError>,
     },
     #[error("{path}")]
     Io {
@@ -118,7 +120,10 @@ pub enum Error {
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
-    move |source| Error::Map { name, source }
+    move |source| Error::Map {
+        name,
+        source: Box::new(source),
+    }
 }
 
 /// Which program a port runs.
@@ -230,17 +235,21 @@ impl Dataplane {
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| Error::Load {
             pin_dir: options.pin_dir.clone(),
-            source,
+            source: Box::new(source),
         })?;
         for name in PROGRAMS {
             let program: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(Error::MissingProgram(name))?
                 .try_into()
-                .map_err(|source| Error::Program { name, source })?;
-            program
-                .load()
-                .map_err(|source| Error::Program { name, source })?;
+                .map_err(|source| Error::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            program.load().map_err(|source| Error::Program {
+                name,
+                source: Box::new(source),
+            })?;
         }
         Ok(Self {
             ebpf,
@@ -265,10 +274,13 @@ impl Dataplane {
             .program_mut(name)
             .ok_or(Error::MissingProgram(name))?
             .try_into()
-            .map_err(|source| Error::Program { name, source })?;
+            .map_err(|source| Error::Program {
+                name,
+                source: Box::new(source),
+            })?;
         let attach_err = |source| Error::Attach {
             ifname: ifname.to_owned(),
-            source,
+            source: Box::new(source),
         };
         match &self.pin_dir {
             None => {
@@ -290,12 +302,12 @@ impl Dataplane {
                     let link = program.take_link(id).map_err(attach_err)?;
                     let fd_link = FdLink::try_from(link).map_err(|source| Error::Link {
                         path: path.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                     // The pin keeps the link (and XDP on the port) alive after we exit.
                     fd_link.pin(&path).map_err(|source| Error::Pin {
                         path: path.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 }
             }
@@ -311,7 +323,7 @@ impl Dataplane {
             if path.exists() {
                 let link = PinnedLink::from_pin(&path).map_err(|source| Error::Link {
                     path: path.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 // Unpinning and dropping the last fd detaches the program.
                 drop(link.unpin().map_err(|source| Error::Io { path, source })?);
@@ -333,7 +345,10 @@ impl Dataplane {
         let mut tx =
             DevMapHash::try_from(self.map_mut(MAP_TX_PORTS)?).map_err(map_err(MAP_TX_PORTS))?;
         tx.insert(ifindex, ifindex, None, 0)
-            .map_err(|source| Error::TxPort { ifindex, source })
+            .map_err(|source| Error::TxPort {
+                ifindex,
+                source: Box::new(source),
+            })
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, Error> {
@@ -610,12 +625,12 @@ impl Dataplane {
 fn readopt(program: &mut Xdp, path: &Path) -> Result<bool, Error> {
     let pinned = PinnedLink::from_pin(path).map_err(|source| Error::Link {
         path: path.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     let fd_link: FdLink = pinned.into();
     let link = XdpLink::try_from(fd_link).map_err(|source| Error::Link {
         path: path.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     match program.attach_to_link(link) {
         Ok(_) => Ok(true),
@@ -672,7 +687,7 @@ pub fn if_index(ifname: &str) -> Result<u32, Error> {
 pub fn load() -> Result<Ebpf, Error> {
     Ebpf::load(EBPF_OBJECT).map_err(|source| Error::Load {
         pin_dir: None,
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -692,4 +707,68 @@ pub fn vlan_counter(ebpf: &Ebpf, vlan: Option<u16>) -> Result<PacketCounter, Err
             packets: sum.packets + c.packets,
             bytes: sum.bytes + c.bytes,
         }))
+}
+
+/// Host settings a port needs before XDP can work on it, applied in the calling thread's
+/// network namespace through iproute2/ethtool/procfs (see docs/decisions.md):
+/// - every port: `rxvlan off` (XDP must see 802.1Q tags inline) and `gro on` (a veth only
+///   accepts XDP redirects when its peer runs XDP or GRO);
+/// - the underlay: IPv4 forwarding on (`bpf_fib_lookup` refuses interfaces without it).
+pub fn prepare_port(ifname: &str, role: PortRole) -> Result<(), Error> {
+    // Offload toggles a device does not support are not fatal: ethtool says so and the frame
+    // path still works on NICs that deliver tags inline.
+    if let Err(e) = netcmd("ethtool", &["-K", ifname, "rxvlan", "off", "txvlan", "off"]) {
+        tracing::warn!(port = ifname, error = %e, "could not turn VLAN offload off");
+    }
+    if let Err(e) = netcmd("ethtool", &["-K", ifname, "gro", "on"]) {
+        tracing::warn!(port = ifname, error = %e, "could not turn GRO on");
+    }
+    if role == PortRole::Underlay {
+        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"));
+        fs::write(&path, "1").map_err(|source| Error::Io { path, source })?;
+    }
+    Ok(())
+}
+
+/// Keeps the kernel's neighbour entry for the underlay next hop toward `remote_vtep`
+/// resolved (a `managed` neighbour, Linux ≥ 5.16), so `bpf_fib_lookup` finds a MAC without
+/// waiting for traffic the host itself would send.
+pub fn track_vtep(remote_vtep: Ipv4Addr) -> Result<(), Error> {
+    let route = netcmd("ip", &["-o", "route", "get", &remote_vtep.to_string()])?;
+    // `172.31.0.2 dev ul0 src 172.31.0.1 ...` or `... via 172.31.0.254 dev ul0 ...`
+    let words: Vec<&str> = route.split_whitespace().collect();
+    let after = |key: &str| {
+        words
+            .iter()
+            .position(|w| *w == key)
+            .and_then(|i| words.get(i + 1))
+    };
+    let dev = after("dev").ok_or_else(|| Error::Command {
+        command: format!("ip route get {remote_vtep}"),
+        message: format!("no device in `{}`", route.trim()),
+    })?;
+    let next_hop = after("via").map_or_else(|| remote_vtep.to_string(), |s| (*s).to_owned());
+    netcmd(
+        "ip",
+        &["neigh", "replace", &next_hop, "dev", dev, "managed"],
+    )?;
+    Ok(())
+}
+
+fn netcmd(program: &str, args: &[&str]) -> Result<String, Error> {
+    let command = format!("{program} {}", args.join(" "));
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| Error::Command {
+            command: command.clone(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            command,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

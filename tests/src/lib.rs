@@ -126,6 +126,7 @@ pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
         &[
             "link",
             "add",
+            "name",
             a_if,
             "netns",
             a.name(),

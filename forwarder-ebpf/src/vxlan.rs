@@ -49,7 +49,8 @@ pub fn encap(
     if att.state == 0 {
         return Err(Drop::BadNextHop);
     }
-    let outer_len = ip.tot_len + (VXLAN_OVERHEAD - ETH_HLEN) as u16;
+    // Outer IPv4 + UDP + VXLAN + inner Ethernet, then the packet.
+    let outer_len = ip.tot_len + VXLAN_OVERHEAD as u16;
 
     // Underlay next hop, and the MTU check, before the frame grows.
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.

@@ -1,0 +1,1026 @@
+//! Every branch of the XDP programs through BPF_PROG_TEST_RUN: frames built with etherparse,
+//! outputs compared byte for byte with frames built the same way, drop counters read back.
+//!
+//! The programs run inside a namespace that has the ports (ifindexes for the VIF keys and the
+//! TX map) and an underlay with a neighbour for the VTEP, because `bpf_fib_lookup` consults
+//! the namespace of the device the test run pretends the frame arrived on.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use etherparse::{
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, PacketBuilder, SingleVlanHeader, UdpHeader,
+    VlanId, VlanPcp,
+};
+use forwarder::dataplane::{
+    AttachmentSpec, Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec,
+};
+use forwarder_common::{
+    drop_reason, flow_hash, group_member, pass_reason, vif_state, vxlan_source_port,
+};
+use forwarder_tests::{NetNs, veth};
+use ipnet::Ipv4Net;
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT1: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x01];
+const CLIENT2: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x02];
+const CLIENT3: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x03];
+const VIF_MAC: [[u8; 6]; 6] = [
+    [0; 6],
+    [0x02, 0xf0, 0, 0, 0, 0x01],
+    [0x02, 0xf0, 0, 0, 0, 0x02],
+    [0x02, 0xf0, 0, 0, 0, 0x03],
+    [0x02, 0xf0, 0, 0, 0, 0x04],
+    [0x02, 0xf0, 0, 0, 0, 0x05],
+];
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+/// The underlay next hop's MAC, a permanent neighbour of 172.31.0.2 in the test namespace.
+const VTEP_MAC: [u8; 6] = [0x02, 0x5e, 0, 0, 0, 0x02];
+const ECMP_MACS: [[u8; 6]; 4] = [
+    [0x02, 0xec, 0, 0, 0, 1],
+    [0x02, 0xec, 0, 0, 0, 2],
+    [0x02, 0xec, 0, 0, 0, 3],
+    [0x02, 0xec, 0, 0, 0, 4],
+];
+const LOCAL_VTEP: [u8; 4] = [172, 31, 0, 1];
+const REMOTE_VTEP: [u8; 4] = [172, 31, 0, 2];
+const CLOUD_ADDR: [u8; 4] = [169, 254, 10, 1];
+
+/// A loaded data plane with two border gateways, five VIFs and six attachments, and the
+/// namespace its programs run in.
+struct Fixture {
+    gw: NetNs,
+    _cust: NetNs,
+    _vpc: NetNs,
+    _ctl: NetNs,
+    dp: Dataplane,
+    trunk: u32,
+    ul0: u32,
+    ctl: u32,
+    ul0_mac: [u8; 6],
+}
+
+/// (gateway, prefix, next hop) — the route table the fixture installs; the random-frame test
+/// uses it as the model of what the data plane must answer.
+const ROUTES: &[(u32, &str, u32)] = &[
+    (1, "10.0.0.0/16", 1),
+    (1, "10.0.128.0/17", 8),
+    (1, "10.0.128.7/32", 9),
+    (1, "192.168.50.0/24", 3),
+    (1, "192.168.60.0/24", 4),
+    (1, "10.3.0.0/16", 6),
+    (1, "10.4.0.0/16", 7),
+    (1, "10.6.0.0/16", 10),
+    (1, "10.7.0.0/16", 30),
+    (1, "192.168.70.0/24", 20),
+    (1, "192.168.80.0/24", 11),
+    (1, "192.168.90.0/24", 12),
+    (2, "10.0.0.0/16", 2),
+    (2, "192.168.50.0/24", 5),
+];
+
+impl Fixture {
+    fn new() -> anyhow::Result<Self> {
+        let gw = NetNs::new("trgw")?;
+        let cust = NetNs::new("trcust")?;
+        let vpc = NetNs::new("trvpc")?;
+        let ctl = NetNs::new("trctl")?;
+        veth(&gw, "trunk", &cust, "cust0")?;
+        veth(&gw, "ul0", &vpc, "eth0")?;
+        veth(&gw, "ctl1", &ctl, "cp0")?;
+        gw.exec(&["ip", "addr", "add", "172.31.0.1/24", "dev", "ul0"])?;
+        let vtep_mac = mac_str(VTEP_MAC);
+        for (addr, mac) in [
+            ("172.31.0.2", vtep_mac.as_str()),
+            ("172.31.9.2", vtep_mac.as_str()),
+        ] {
+            gw.exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                "ul0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        // A path with a small MTU, for the MTU drop.
+        gw.exec(&[
+            "ip",
+            "route",
+            "add",
+            "172.31.9.0/24",
+            "dev",
+            "ul0",
+            "mtu",
+            "lock",
+            "600",
+        ])?;
+        // `ip netns exec` mounts the namespace's own /sys; a setns'd thread would see ours.
+        let mac = gw.exec(&["cat", "/sys/class/net/ul0/address"])?;
+        let ul0_mac = parse_mac(String::from_utf8_lossy(&mac.stdout).trim());
+        let (dp, trunk, ul0, ctl_if) = gw.enter(|| {
+            forwarder::dataplane::prepare_port("ul0", PortRole::Underlay)?;
+            let mut dp = Dataplane::load(&LoadOptions::default())?;
+            let trunk = forwarder::dataplane::if_index("trunk")?;
+            let ul0 = forwarder::dataplane::if_index("ul0")?;
+            let ctl = forwarder::dataplane::if_index("ctl1")?;
+            for port in [trunk, ul0, ctl] {
+                dp.add_tx_port(port)?;
+            }
+            Ok((dp, trunk, ul0, ctl))
+        })?;
+        let mut f = Self {
+            gw,
+            _cust: cust,
+            _vpc: vpc,
+            _ctl: ctl,
+            dp,
+            trunk,
+            ul0,
+            ctl: ctl_if,
+            ul0_mac,
+        };
+        f.program()?;
+        Ok(f)
+    }
+
+    fn program(&mut self) -> anyhow::Result<()> {
+        let vif =
+            |id: u32, vlan: u16, gateway_id: u32, state: u32, control: u32, port: u32| VifSpec {
+                id,
+                port_ifindex: port,
+                vlan,
+                gateway_id,
+                state,
+                control_ifindex: control,
+                cloud_addrs: [Some(Ipv4Addr::from(CLOUD_ADDR)), None],
+                mac: VIF_MAC[id as usize],
+            };
+        let (trunk, ctl) = (self.trunk, self.ctl);
+        self.dp
+            .upsert_vif(&vif(1, 100, 1, vif_state::AVAILABLE, ctl, trunk))?;
+        self.dp
+            .upsert_vif(&vif(2, 200, 1, vif_state::AVAILABLE, 0, trunk))?;
+        self.dp
+            .upsert_vif(&vif(3, 300, 2, vif_state::AVAILABLE, 0, trunk))?;
+        self.dp
+            .upsert_vif(&vif(4, 400, 1, vif_state::CONFIGURING, 0, trunk))?;
+        // VIF 5 lives on a port that is not in the TX map.
+        self.dp
+            .upsert_vif(&vif(5, 500, 1, vif_state::AVAILABLE, 0, 999))?;
+
+        let att = |id: u32, gateway_id: u32, vni: u32, remote: [u8; 4]| AttachmentSpec {
+            id,
+            gateway_id,
+            vni,
+            local_vtep: Ipv4Addr::from(LOCAL_VTEP),
+            remote_vtep: Ipv4Addr::from(remote),
+            underlay_ifindex: self.ul0,
+            router_mac: ROUTER_MAC,
+        };
+        self.dp.upsert_attachment(&att(1, 1, 1001, REMOTE_VTEP))?;
+        self.dp.upsert_attachment(&att(2, 2, 1002, REMOTE_VTEP))?;
+        self.dp
+            .upsert_attachment(&att(3, 1, 1003, [172, 31, 0, 3]))?; // no neighbour
+        self.dp
+            .upsert_attachment(&att(4, 1, 1004, [172, 31, 9, 2]))?; // MTU 600 path
+        self.dp.upsert_attachment(&att(5, 1, 1005, REMOTE_VTEP))?;
+        self.dp.upsert_attachment(&att(6, 1, 1006, REMOTE_VTEP))?;
+        self.dp
+            .upsert_attachment(&att(7, 1, 1007, [198, 18, 0, 1]))?; // no underlay route
+
+        use NextHopSpec::{Attachment, Group, Vif};
+        self.dp.set_next_hop(1, &Attachment(1))?;
+        self.dp.set_next_hop(2, &Attachment(2))?;
+        self.dp.set_next_hop(
+            3,
+            &Vif {
+                vif: 1,
+                mac: CLIENT1,
+            },
+        )?;
+        self.dp.set_next_hop(
+            4,
+            &Vif {
+                vif: 2,
+                mac: CLIENT2,
+            },
+        )?;
+        self.dp.set_next_hop(
+            5,
+            &Vif {
+                vif: 3,
+                mac: CLIENT3,
+            },
+        )?;
+        self.dp.set_next_hop(6, &Attachment(3))?;
+        self.dp.set_next_hop(7, &Attachment(4))?;
+        self.dp.set_next_hop(8, &Attachment(5))?;
+        self.dp.set_next_hop(9, &Attachment(6))?;
+        self.dp.set_next_hop(10, &Attachment(7))?;
+        self.dp.set_next_hop(
+            11,
+            &Vif {
+                vif: 4,
+                mac: CLIENT1,
+            },
+        )?;
+        self.dp.set_next_hop(
+            12,
+            &Vif {
+                vif: 5,
+                mac: CLIENT1,
+            },
+        )?;
+        for (i, mac) in ECMP_MACS.iter().enumerate() {
+            self.dp
+                .set_next_hop(21 + i as u32, &Vif { vif: 1, mac: *mac })?;
+        }
+        self.dp.set_next_hop(20, &Group(vec![21, 22, 23, 24]))?;
+        // Next hop 30 stays empty: a route to it is a bad next hop.
+        let routes: Vec<_> = ROUTES
+            .iter()
+            .map(|(gw, prefix, nh)| (*gw, prefix.parse::<Ipv4Net>().expect("prefix"), *nh))
+            .collect();
+        self.dp.upsert_routes(&routes)?;
+        Ok(())
+    }
+
+    /// Runs `program` on `frame` as if it arrived on `ifindex`; returns the action and the
+    /// frame as the program left it.
+    fn run(&mut self, program: &str, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut Xdp = self
+            .dp
+            .ebpf_mut()
+            .program_mut(program)
+            .expect("program")
+            .try_into()
+            .expect("xdp");
+        let ctx = xdp_md(frame.len(), ifindex);
+        let mut out = vec![0u8; 4096];
+        let prog = &*prog;
+        let (action, len) = self
+            .gw
+            .enter(|| {
+                let result = prog.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..TestRunOptions::new()
+                })?;
+                Ok((result.return_value, result.data_size_out as usize))
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(len);
+        (action, out)
+    }
+
+    fn customer(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let trunk = self.trunk;
+        self.run("xdp_customer", trunk, frame)
+    }
+
+    fn underlay(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let ul0 = self.ul0;
+        self.run("xdp_underlay", ul0, frame)
+    }
+
+    fn drops(&self) -> [u64; drop_reason::COUNT as usize] {
+        self.dp.drops().expect("drops")
+    }
+
+    /// Runs `f`, then asserts that exactly one drop was counted, under `reason`.
+    fn expect_drop(&mut self, reason: u32, f: impl FnOnce(&mut Self) -> (u32, Vec<u8>)) {
+        let before = self.drops();
+        let (action, _) = f(self);
+        let after = self.drops();
+        let name = drop_reason::NAMES[reason as usize];
+        assert_eq!(action, XDP_DROP, "expected a {name} drop");
+        for (i, (a, b)) in after.iter().zip(before.iter()).enumerate() {
+            let want = u64::from(i as u32 == reason);
+            assert_eq!(
+                a - b,
+                want,
+                "counter {} after a {name} drop",
+                drop_reason::NAMES[i]
+            );
+        }
+    }
+}
+
+/// `struct xdp_md` for ctx_in: the frame starts at 0, arrives on `ifindex`, queue 0.
+fn xdp_md(len: usize, ifindex: u32) -> Vec<u8> {
+    [0u32, len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
+}
+
+fn parse_mac(s: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(s.split(':')) {
+        *byte = u8::from_str_radix(part, 16).expect("mac");
+    }
+    mac
+}
+
+fn mac_str(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// An IPv4 UDP packet (no link layer) with a checksum, as a host would send it.
+fn ipv4_udp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut packet = Vec::new();
+    PacketBuilder::ipv4(src, dst, ttl)
+        .udp(sport, dport)
+        .write(&mut packet, payload)
+        .expect("ipv4");
+    packet
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16) -> Vec<u8> {
+    Ethernet2Header {
+        source: src,
+        destination: dst,
+        ether_type: EtherType(ether_type),
+    }
+    .to_bytes()
+    .to_vec()
+}
+
+fn tagged(dst: [u8; 6], src: [u8; 6], vlan: u16, ether_type: u16, l3: &[u8]) -> Vec<u8> {
+    let mut frame = eth(dst, src, 0x8100);
+    frame.extend_from_slice(
+        &SingleVlanHeader {
+            pcp: VlanPcp::ZERO,
+            drop_eligible_indicator: false,
+            vlan_id: VlanId::try_new(vlan).expect("vlan"),
+            ether_type: EtherType(ether_type),
+        }
+        .to_bytes(),
+    );
+    frame.extend_from_slice(l3);
+    frame
+}
+
+/// The same IPv4 packet one hop later: TTL − 1, checksum recomputed from scratch.
+fn forwarded(packet: &[u8]) -> Vec<u8> {
+    let (mut header, rest) = Ipv4Header::from_slice(packet).expect("ipv4 header");
+    header.time_to_live -= 1;
+    header.header_checksum = header.calc_header_checksum();
+    let mut out = header.to_bytes().to_vec();
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The frame the gateway must send toward a VTEP for `inner` (an IPv4 packet, already
+/// forwarded), built independently of the data plane.
+fn vxlan_frame(
+    f: &Fixture,
+    vni: u32,
+    remote: [u8; 4],
+    inner_src_mac: [u8; 6],
+    inner: &[u8],
+    hash: u32,
+) -> Vec<u8> {
+    let mut vxlan_payload = vec![0x08, 0, 0, 0];
+    vxlan_payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    vxlan_payload.extend(eth(ROUTER_MAC, inner_src_mac, 0x0800));
+    vxlan_payload.extend_from_slice(inner);
+    let udp_len = (8 + vxlan_payload.len()) as u16;
+    let mut ip = Ipv4Header::new(udp_len, 64, IpNumber::UDP, LOCAL_VTEP, remote).expect("outer");
+    ip.dont_fragment = true;
+    ip.header_checksum = ip.calc_header_checksum();
+    let udp = UdpHeader {
+        source_port: vxlan_source_port(hash),
+        destination_port: 4789,
+        length: udp_len,
+        checksum: 0,
+    };
+    let mut frame = eth(VTEP_MAC, f.ul0_mac, 0x0800);
+    frame.extend_from_slice(&ip.to_bytes());
+    frame.extend_from_slice(&udp.to_bytes());
+    frame.extend(vxlan_payload);
+    frame
+}
+
+/// A VXLAN frame as a VPC's VTEP sends it toward the gateway.
+fn from_vpc(vni: u32, remote: [u8; 4], inner: &[u8]) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&(vni << 8).to_be_bytes());
+    payload.extend(eth([0x02, 0xf0, 0, 0, 0, 0xee], ROUTER_MAC, 0x0800));
+    payload.extend_from_slice(inner);
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(VTEP_MAC, [0x02, 0xaa, 0, 0, 0, 1])
+        .ipv4(remote, LOCAL_VTEP, 64)
+        .udp(51234, 4789)
+        .write(&mut frame, &payload)
+        .expect("vxlan");
+    frame
+}
+
+fn hash_of(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> u32 {
+    flow_hash(
+        u32::from_be_bytes(src),
+        u32::from_be_bytes(dst),
+        17,
+        sport,
+        dport,
+    )
+}
+
+const IDC_HOST: [u8; 4] = [192, 168, 50, 10];
+const VPC_HOST: [u8; 4] = [10, 0, 1, 10];
+
+#[test]
+fn encapsulates_customer_traffic_toward_the_attachment() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let payload = b"hello vpc".repeat(10);
+    let packet = ipv4_udp(IDC_HOST, VPC_HOST, 64, 40000, 5001, &payload);
+    let frame = tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet);
+    let vif_before = f.dp.vif_counters(1)?;
+    let att_before = f.dp.attachment_counters(1)?;
+
+    let (action, out) = f.customer(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    let hash = hash_of(IDC_HOST, VPC_HOST, 40000, 5001);
+    let expected = vxlan_frame(&f, 1001, REMOTE_VTEP, VIF_MAC[1], &forwarded(&packet), hash);
+    assert_eq!(out, expected, "encapsulated frame, byte for byte");
+
+    // Checked field by field too, so a failure says which one.
+    let sliced = etherparse::SlicedPacket::from_ethernet(&out)?;
+    let Some(etherparse::NetSlice::Ipv4(outer)) = &sliced.net else {
+        panic!("outer IPv4")
+    };
+    let h = outer.header();
+    assert_eq!(
+        (h.source(), h.destination(), h.ttl(), h.dont_fragment()),
+        (LOCAL_VTEP, REMOTE_VTEP, 64, true)
+    );
+    assert_eq!(
+        h.header_checksum(),
+        h.to_header().calc_header_checksum(),
+        "outer checksum"
+    );
+    let Some(etherparse::TransportSlice::Udp(udp)) = &sliced.transport else {
+        panic!("UDP")
+    };
+    assert_eq!(udp.destination_port(), 4789);
+    assert!(
+        udp.source_port() >= 49152,
+        "source port {} in 49152..=65535",
+        udp.source_port()
+    );
+    assert_eq!(udp.checksum(), 0);
+    let vxlan = udp.payload();
+    assert_eq!(
+        &vxlan[..8],
+        &[0x08, 0, 0, 0, 0, 0x03, 0xe9, 0],
+        "VXLAN header, VNI 1001"
+    );
+    let (inner_ip, _) = Ipv4Header::from_slice(&vxlan[8 + 14..])?;
+    assert_eq!(inner_ip.time_to_live, 63);
+    assert_eq!(
+        inner_ip.header_checksum,
+        inner_ip.calc_header_checksum(),
+        "inner checksum"
+    );
+
+    // Same flow, same source port; another flow is hashed on its own.
+    let (_, again) = f.customer(&frame);
+    assert_eq!(again, out);
+    let other = ipv4_udp(IDC_HOST, VPC_HOST, 64, 40001, 5001, &payload);
+    let (_, out2) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &other));
+    let sport2 = u16::from_be_bytes([out2[34], out2[35]]);
+    assert_eq!(
+        sport2,
+        vxlan_source_port(hash_of(IDC_HOST, VPC_HOST, 40001, 5001))
+    );
+
+    let vif_after = f.dp.vif_counters(1)?;
+    let att_after = f.dp.attachment_counters(1)?;
+    assert_eq!(vif_after.rx_packets - vif_before.rx_packets, 3);
+    assert_eq!(
+        vif_after.rx_bytes - vif_before.rx_bytes,
+        2 * frame.len() as u64 + frame.len() as u64
+    );
+    assert_eq!(att_after.tx_packets - att_before.tx_packets, 3);
+    assert_eq!(
+        att_after.tx_bytes - att_before.tx_bytes,
+        3 * out.len() as u64
+    );
+    Ok(())
+}
+
+#[test]
+fn decapsulates_vpc_traffic_and_tags_it_for_the_vif() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let packet = ipv4_udp(VPC_HOST, IDC_HOST, 64, 5001, 40000, b"hello idc");
+    let frame = from_vpc(1001, REMOTE_VTEP, &packet);
+    let (action, out) = f.underlay(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        tagged(CLIENT1, VIF_MAC[1], 100, 0x0800, &forwarded(&packet))
+    );
+    assert_eq!(f.dp.attachment_counters(1)?.rx_packets, 1);
+    assert_eq!(f.dp.attachment_counters(1)?.rx_bytes, frame.len() as u64);
+    assert_eq!(f.dp.vif_counters(1)?.tx_packets, 1);
+    assert_eq!(f.dp.vif_counters(1)?.tx_bytes, out.len() as u64);
+    Ok(())
+}
+
+#[test]
+fn hairpins_between_vifs_of_one_gateway() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let packet = ipv4_udp(IDC_HOST, [192, 168, 60, 5], 64, 1, 2, b"to the other vif");
+    let mut frame = tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet);
+    frame[14] |= 0xa0; // PCP 5 must survive the re-tag
+    let (action, out) = f.customer(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    let mut expected = tagged(CLIENT2, VIF_MAC[2], 200, 0x0800, &forwarded(&packet));
+    expected[14] |= 0xa0;
+    assert_eq!(out, expected);
+    assert_eq!(f.dp.vif_counters(2)?.tx_packets, 1);
+    Ok(())
+}
+
+#[test]
+fn longest_prefix_wins_among_overlapping_routes() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    for (dst, vni) in [
+        ([10, 0, 1, 10], 1001),
+        ([10, 0, 200, 1], 1005),
+        ([10, 0, 128, 7], 1006),
+        ([10, 0, 128, 8], 1005),
+    ] {
+        let packet = ipv4_udp(IDC_HOST, dst, 64, 7, 7, b"lpm");
+        let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet));
+        assert_eq!(action, XDP_REDIRECT, "{dst:?}");
+        let got = u32::from_be_bytes([0, out[46], out[47], out[48]]);
+        assert_eq!(got, vni, "VNI for {dst:?}");
+    }
+    // The control-plane view agrees with the data plane.
+    assert_eq!(f.dp.lookup(1, Ipv4Addr::new(10, 0, 128, 7))?, Some(9));
+    assert_eq!(f.dp.lookup(1, Ipv4Addr::new(10, 0, 128, 8))?, Some(8));
+    assert_eq!(f.dp.lookup(1, Ipv4Addr::new(10, 0, 1, 1))?, Some(1));
+    assert_eq!(f.dp.lookup(1, Ipv4Addr::new(10, 99, 0, 1))?, None);
+    Ok(())
+}
+
+#[test]
+fn the_same_prefix_in_two_gateways_stays_apart() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let packet = ipv4_udp(IDC_HOST, VPC_HOST, 64, 9, 9, b"isolation");
+    let (_, from_gw1) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet));
+    let (_, from_gw2) = f.customer(&tagged(VIF_MAC[3], CLIENT3, 300, 0x0800, &packet));
+    let h = hash_of(IDC_HOST, VPC_HOST, 9, 9);
+    assert_eq!(
+        from_gw1,
+        vxlan_frame(&f, 1001, REMOTE_VTEP, VIF_MAC[1], &forwarded(&packet), h)
+    );
+    assert_eq!(
+        from_gw2,
+        vxlan_frame(&f, 1002, REMOTE_VTEP, VIF_MAC[3], &forwarded(&packet), h)
+    );
+    // And back: VNI 1002 reaches only gateway 2's VIF.
+    let reply = ipv4_udp(VPC_HOST, IDC_HOST, 64, 9, 9, b"back");
+    let (_, out) = f.underlay(&from_vpc(1002, REMOTE_VTEP, &reply));
+    assert_eq!(
+        out,
+        tagged(CLIENT3, VIF_MAC[3], 300, 0x0800, &forwarded(&reply))
+    );
+    let (_, out) = f.underlay(&from_vpc(1001, REMOTE_VTEP, &reply));
+    assert_eq!(
+        out,
+        tagged(CLIENT1, VIF_MAC[1], 100, 0x0800, &forwarded(&reply))
+    );
+    Ok(())
+}
+
+#[test]
+fn control_frames_go_to_the_vif_control_plane_untagged() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let arp = {
+        let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
+        a.extend_from_slice(&CLIENT1);
+        a.extend_from_slice(&[169, 254, 10, 2]);
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&CLOUD_ADDR);
+        a
+    };
+    let mut bgp = Vec::new();
+    PacketBuilder::ipv4([169, 254, 10, 2], CLOUD_ADDR, 1)
+        .tcp(41000, 179, 1, 65535)
+        .syn()
+        .write(&mut bgp, &[])?;
+    let passes_before = f.dp.passes()?;
+    for (ether_type, dst, l3) in [(0x0806, [0xff; 6], &arp), (0x0800, VIF_MAC[1], &bgp)] {
+        let (action, out) = f.customer(&tagged(dst, CLIENT1, 100, ether_type, l3));
+        assert_eq!(action, XDP_REDIRECT);
+        let mut expected = eth(dst, CLIENT1, ether_type);
+        expected.extend_from_slice(l3);
+        assert_eq!(
+            out, expected,
+            "tag removed, nothing else touched (TTL 1 BGP is fine)"
+        );
+    }
+    // What the control plane answers leaves tagged on the VIF's port.
+    let mut reply = eth(CLIENT1, VIF_MAC[1], 0x0806);
+    reply.extend_from_slice(&arp);
+    let ctl = f.ctl;
+    let (action, out) = f.run("xdp_control", ctl, &reply);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out, tagged(CLIENT1, VIF_MAC[1], 100, 0x0806, &arp));
+    let passes = f.dp.passes()?;
+    assert_eq!(
+        passes[pass_reason::CONTROL_IN as usize] - passes_before[pass_reason::CONTROL_IN as usize],
+        2
+    );
+    assert_eq!(
+        passes[pass_reason::CONTROL_OUT as usize]
+            - passes_before[pass_reason::CONTROL_OUT as usize],
+        1
+    );
+    Ok(())
+}
+
+#[test]
+fn host_traffic_on_the_underlay_passes_to_the_stack() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let mut arp = eth([0xff; 6], VTEP_MAC, 0x0806);
+    arp.extend_from_slice(&[
+        0, 1, 8, 0, 6, 4, 0, 1, 2, 0x5e, 0, 0, 0, 2, 172, 31, 0, 2, 0, 0, 0, 0, 0, 0, 172, 31, 0, 1,
+    ]);
+    let mut ssh = Vec::new();
+    PacketBuilder::ethernet2(VTEP_MAC, f.ul0_mac)
+        .ipv4(REMOTE_VTEP, LOCAL_VTEP, 64)
+        .tcp(50000, 22, 1, 1000)
+        .write(&mut ssh, b"")?;
+    let mut dns = Vec::new();
+    PacketBuilder::ethernet2(VTEP_MAC, f.ul0_mac)
+        .ipv4(REMOTE_VTEP, LOCAL_VTEP, 64)
+        .udp(50000, 53)
+        .write(&mut dns, b"q")?;
+    for frame in [&arp, &ssh, &dns] {
+        let (action, out) = f.underlay(frame);
+        assert_eq!(action, XDP_PASS);
+        assert_eq!(&out, frame);
+    }
+    assert_eq!(f.dp.passes()?[pass_reason::HOST as usize], 3);
+    Ok(())
+}
+
+#[test]
+fn every_drop_reason_is_counted() -> anyhow::Result<()> {
+    use drop_reason::*;
+    let mut f = Fixture::new()?;
+    let udp =
+        |dst: [u8; 4], ttl: u8, len: usize| ipv4_udp(IDC_HOST, dst, ttl, 1, 2, &vec![0u8; len]);
+    let from_vif =
+        |vlan: u16, vif: usize, packet: &[u8]| tagged(VIF_MAC[vif], CLIENT1, vlan, 0x0800, packet);
+
+    let mut untagged = eth(VIF_MAC[1], CLIENT1, 0x0800);
+    untagged.extend(udp(VPC_HOST, 64, 10));
+    f.expect_drop(NOT_TAGGED, |f| f.customer(&untagged));
+    let mut qinq = from_vif(100, 1, &udp(VPC_HOST, 64, 10));
+    qinq[12..14].copy_from_slice(&[0x88, 0xa8]);
+    f.expect_drop(SERVICE_TAG, |f| f.customer(&qinq));
+    f.expect_drop(UNKNOWN_VLAN, |f| {
+        f.customer(&from_vif(999, 1, &udp(VPC_HOST, 64, 10)))
+    });
+    f.expect_drop(VIF_DOWN, |f| {
+        f.customer(&from_vif(400, 4, &udp(VPC_HOST, 64, 10)))
+    });
+    f.expect_drop(VIF_DOWN, |f| {
+        f.underlay(&from_vpc(
+            1001,
+            REMOTE_VTEP,
+            &ipv4_udp(VPC_HOST, [192, 168, 80, 1], 64, 1, 2, b"x"),
+        ))
+    });
+    f.expect_drop(NO_ROUTE, |f| {
+        f.customer(&from_vif(100, 1, &udp([10, 99, 0, 1], 64, 10)))
+    });
+    // VPC to VPC through the gateway is not offered.
+    f.expect_drop(NO_ROUTE, |f| {
+        f.underlay(&from_vpc(
+            1001,
+            REMOTE_VTEP,
+            &ipv4_udp(VPC_HOST, [10, 0, 2, 2], 64, 1, 2, b"x"),
+        ))
+    });
+    f.expect_drop(TTL, |f| {
+        f.customer(&from_vif(100, 1, &udp(VPC_HOST, 1, 10)))
+    });
+    f.expect_drop(TTL, |f| {
+        f.underlay(&from_vpc(
+            1001,
+            REMOTE_VTEP,
+            &ipv4_udp(VPC_HOST, IDC_HOST, 1, 1, 2, b"x"),
+        ))
+    });
+    f.expect_drop(MTU, |f| {
+        f.customer(&from_vif(100, 1, &udp([10, 4, 0, 1], 64, 600)))
+    });
+    // The same path takes a packet that fits once encapsulated (528 + 50 ≤ 600).
+    let (action, _) = f.customer(&from_vif(100, 1, &udp([10, 4, 0, 1], 64, 500)));
+    assert_eq!(action, XDP_REDIRECT, "a packet that fits the path MTU");
+    let mut bad_version = udp(VPC_HOST, 64, 10);
+    bad_version[0] = 0x65;
+    f.expect_drop(MALFORMED, |f| f.customer(&from_vif(100, 1, &bad_version)));
+    let mut long_claim = udp(VPC_HOST, 64, 10);
+    long_claim[2..4].copy_from_slice(&1000u16.to_be_bytes());
+    f.expect_drop(MALFORMED, |f| f.customer(&from_vif(100, 1, &long_claim)));
+    f.expect_drop(BAD_VXLAN, |f| {
+        f.underlay(&from_vpc(4242, REMOTE_VTEP, &udp(IDC_HOST, 64, 10)))
+    });
+    f.expect_drop(BAD_VXLAN, |f| {
+        f.underlay(&from_vpc(1001, [172, 31, 0, 99], &udp(IDC_HOST, 64, 10)))
+    });
+    f.expect_drop(NO_NEIGHBOUR, |f| {
+        f.customer(&from_vif(100, 1, &udp([10, 3, 0, 1], 64, 10)))
+    });
+    let ipv6 = tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &[0x60; 40]);
+    f.expect_drop(NOT_IPV4, |f| f.customer(&ipv6));
+    let arp_vif2 = tagged([0xff; 6], CLIENT2, 200, 0x0806, &[0; 28]);
+    f.expect_drop(NO_CONTROL_PLANE, |f| f.customer(&arp_vif2));
+    f.expect_drop(BAD_NEXT_HOP, |f| {
+        f.customer(&from_vif(100, 1, &udp([10, 7, 0, 1], 64, 10)))
+    });
+    f.expect_drop(NO_TX_PORT, |f| {
+        f.customer(&from_vif(100, 1, &udp([192, 168, 90, 1], 64, 10)))
+    });
+    f.expect_drop(UNDERLAY_UNREACHABLE, |f| {
+        f.customer(&from_vif(100, 1, &udp([10, 6, 0, 1], 64, 10)))
+    });
+
+    let drops = f.drops();
+    for (i, name) in drop_reason::NAMES.iter().enumerate() {
+        assert!(drops[i] > 0, "drop reason {name} never exercised");
+    }
+    Ok(())
+}
+
+#[test]
+fn ecmp_spreads_flows_and_keeps_each_flow_on_one_member() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let mut per_member = [0u32; 4];
+    for sport in 0..2000u16 {
+        let packet = ipv4_udp(VPC_HOST, [192, 168, 70, 9], 64, 10000 + sport, 80, b"ecmp");
+        let frame = from_vpc(1001, REMOTE_VTEP, &packet);
+        let (action, out) = f.underlay(&frame);
+        assert_eq!(action, XDP_REDIRECT);
+        let member = ECMP_MACS
+            .iter()
+            .position(|m| out[..6] == *m)
+            .expect("a group member's MAC");
+        let predicted = group_member(hash_of(VPC_HOST, [192, 168, 70, 9], 10000 + sport, 80), 4);
+        assert_eq!(member, predicted, "member chosen by the shared flow hash");
+        if sport % 100 == 0 {
+            let (_, again) = f.underlay(&frame);
+            assert_eq!(again[..6], out[..6], "one flow, one member");
+        }
+        per_member[member] += 1;
+    }
+    println!("flows per member: {per_member:?}");
+    assert!(
+        per_member.iter().all(|&n| (350..650).contains(&n)),
+        "spread {per_member:?}"
+    );
+
+    // Failover: one write of the group moves the flows of a lost member, and only those.
+    f.dp.set_next_hop(20, &NextHopSpec::Group(vec![21, 22, 23]))?;
+    for sport in 0..200u16 {
+        let packet = ipv4_udp(VPC_HOST, [192, 168, 70, 9], 64, 10000 + sport, 80, b"ecmp");
+        let (_, out) = f.underlay(&from_vpc(1001, REMOTE_VTEP, &packet));
+        assert_ne!(out[..6], ECMP_MACS[3], "removed member still used");
+    }
+    Ok(())
+}
+
+/// Every truncation of a valid frame is dropped (never aborted, never forwarded).
+#[test]
+fn truncated_frames_are_dropped_never_aborted() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let customer = tagged(
+        VIF_MAC[1],
+        CLIENT1,
+        100,
+        0x0800,
+        &ipv4_udp(IDC_HOST, VPC_HOST, 64, 1, 2, b"payload!"),
+    );
+    let vpc = from_vpc(
+        1001,
+        REMOTE_VTEP,
+        &ipv4_udp(VPC_HOST, IDC_HOST, 64, 2, 1, b"payload!"),
+    );
+    for (name, frame) in [("customer", &customer), ("underlay", &vpc)] {
+        let (full, _) = if name == "customer" {
+            f.customer(frame)
+        } else {
+            f.underlay(frame)
+        };
+        assert_eq!(full, XDP_REDIRECT);
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
+        for len in 14..frame.len() {
+            let cut = &frame[..len];
+            let (action, _) = if name == "customer" {
+                f.customer(cut)
+            } else {
+                f.underlay(cut)
+            };
+            // An underlay frame cut before the UDP port is not VXLAN yet: it is the host's.
+            let ok = action == XDP_DROP || (name == "underlay" && len < 38 && action == XDP_PASS);
+            assert!(ok, "{name} frame cut to {len} bytes: action {action}");
+        }
+    }
+    Ok(())
+}
+
+/// A longest-prefix match over [`ROUTES`], the model the random test checks against.
+fn model_lookup(gateway: u32, dst: [u8; 4]) -> Option<u32> {
+    let addr = Ipv4Addr::from(dst);
+    ROUTES
+        .iter()
+        .filter(|(gw, _, _)| *gw == gateway)
+        .map(|(_, p, nh)| (p.parse::<Ipv4Net>().expect("prefix"), *nh))
+        .filter(|(p, _)| p.contains(&addr))
+        .max_by_key(|(p, _)| p.prefix_len())
+        .map(|(_, nh)| nh)
+}
+
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// 100k random frames, half of them with a valid prefix so they reach deep into the programs:
+/// never XDP_ABORTED, and whatever is forwarded goes where the route table says.
+#[test]
+fn random_frames_never_abort_or_leak() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let seed = 0x5eed_f00d_u64 ^ u64::from(std::process::id());
+    println!("seed {seed:#x}");
+    let mut rng = XorShift(seed);
+    let (mut forwarded_frames, mut dropped) = (0u32, 0u32);
+    let vni_of = |nh: u32| -> Option<u32> {
+        Some(match nh {
+            1 => 1001,
+            2 => 1002,
+            8 => 1005,
+            9 => 1006,
+            7 => 1004,
+            _ => return None,
+        })
+    };
+    for i in 0..100_000u32 {
+        let len = 14 + (rng.next() % 200) as usize;
+        let mut frame: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let underlay = i % 2 == 1;
+        if i % 4 < 2 {
+            // A plausible start: the right ethertypes and VLANs / a VXLAN header.
+            let valid = if underlay {
+                let vni = [1001, 1002, 4242][(rng.next() % 3) as usize];
+                let third = [50, 60, 70, 80, 90, rng.next() as u8][(rng.next() % 6) as usize];
+                let dst = [192, 168, third, rng.next() as u8];
+                from_vpc(
+                    vni,
+                    REMOTE_VTEP,
+                    &ipv4_udp(VPC_HOST, dst, 2, rng.next() as u16, 2, &[0; 8]),
+                )
+            } else {
+                let vlan = [100, 200, 300, 400, 999][(rng.next() % 5) as usize];
+                let dst = match rng.next() % 4 {
+                    0 => [10, 0, rng.next() as u8, 7],
+                    1 => [10, (rng.next() % 8) as u8, rng.next() as u8, 7],
+                    2 => [192, 168, 60, rng.next() as u8],
+                    _ => [192, 168, 50, rng.next() as u8],
+                };
+                tagged(
+                    VIF_MAC[1],
+                    CLIENT1,
+                    vlan,
+                    0x0800,
+                    &ipv4_udp(IDC_HOST, dst, 2, 1, 2, &[0; 8]),
+                )
+            };
+            // Flip a few bytes anywhere (headers included), sometimes cut the tail.
+            frame = valid;
+            for _ in 0..(rng.next() % 4) {
+                let at = (rng.next() as usize) % frame.len();
+                frame[at] = rng.next() as u8;
+            }
+            if rng.next().is_multiple_of(4) {
+                frame.truncate(14 + (rng.next() as usize) % (frame.len() - 13));
+            }
+        }
+        let input = frame.clone();
+        let (action, out) = if underlay {
+            f.underlay(&frame)
+        } else {
+            f.customer(&frame)
+        };
+        assert_ne!(action, XDP_ABORTED, "frame {i} aborted: {input:02x?}");
+        match action {
+            XDP_DROP => dropped += 1,
+            XDP_PASS => {}
+            XDP_REDIRECT => {
+                forwarded_frames += 1;
+                check_redirect(underlay, &input, &out, vni_of);
+            }
+            other => panic!("frame {i}: unexpected action {other}"),
+        }
+    }
+    println!("100000 random frames: {forwarded_frames} forwarded, {dropped} dropped, none aborted");
+    Ok(())
+}
+
+/// A forwarded random frame must have gone where the model says.
+fn check_redirect(underlay: bool, input: &[u8], out: &[u8], vni_of: impl Fn(u32) -> Option<u32>) {
+    if underlay {
+        // Decapsulated: VNI → gateway, inner destination → VIF next hop.
+        let vni = u32::from_be_bytes([0, input[46], input[47], input[48]]);
+        let gateway = match vni {
+            1002 => 2,
+            1001 | 1003..=1007 => 1,
+            _ => panic!("forwarded unknown VNI {vni}"),
+        };
+        let dst = [input[80], input[81], input[82], input[83]];
+        let nh = model_lookup(gateway, dst).expect("forwarded without a route");
+        let (vlan, mac) = match nh {
+            3 => (100, CLIENT1),
+            4 => (200, CLIENT2),
+            5 => (300, CLIENT3),
+            21..=24 => (100, ECMP_MACS[(nh - 21) as usize]),
+            20 => (100, [out[0], out[1], out[2], out[3], out[4], out[5]]),
+            other => panic!("decapsulated toward next hop {other}"),
+        };
+        assert_eq!(
+            u16::from_be_bytes([out[14], out[15]]) & 0xfff,
+            vlan,
+            "VLAN for {dst:?}"
+        );
+        if nh == 20 {
+            assert!(ECMP_MACS.contains(&mac));
+        } else {
+            assert_eq!(out[..6], mac);
+        }
+        return;
+    }
+    let vlan = u16::from_be_bytes([input[14], input[15]]) & 0xfff;
+    let ether_type = u16::from_be_bytes([input[16], input[17]]);
+    let gateway = match vlan {
+        100 | 200 | 400 | 500 => 1,
+        300 => 2,
+        _ => panic!("forwarded from VLAN {vlan}"),
+    };
+    let control = ether_type == 0x0806
+        || input[0] & 1 == 1
+        || (ether_type == 0x0800 && input[34..38] == CLOUD_ADDR);
+    if control {
+        assert_eq!(vlan, 100, "only VIF 1 has a control plane");
+        assert_eq!(out.len(), input.len() - 4, "control frames leave untagged");
+        return;
+    }
+    let dst = [input[34], input[35], input[36], input[37]];
+    let nh = model_lookup(gateway, dst).expect("forwarded without a route");
+    if let Some(vni) = vni_of(nh) {
+        assert_eq!(
+            u32::from_be_bytes([0, out[46], out[47], out[48]]),
+            vni,
+            "VNI for {dst:?} in gateway {gateway}"
+        );
+    } else {
+        let want = match nh {
+            3 => 100,
+            4 => 200,
+            5 => 300,
+            other => panic!("hairpin toward next hop {other}"),
+        };
+        assert_eq!(u16::from_be_bytes([out[14], out[15]]) & 0xfff, want);
+    }
+}

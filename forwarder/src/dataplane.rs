@@ -19,7 +19,7 @@ use aya::{
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
-        xdp::XdpLink,
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use forwarder_common::{
@@ -83,6 +83,8 @@ pub enum Error {
     },
     #[error("`{command}`: {message}")]
     Command { command: String, message: String },
+    #[error("{0} is not on a bpf filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs(PathBuf),
     #[error("no interface {0}")]
     NoInterface(String),
     #[error("attaching XDP to {ifname}")]
@@ -206,6 +208,9 @@ pub struct LoadOptions {
 pub struct Dataplane {
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
+    /// Ports this Dataplane attached, and the link its program holds for each, if any (a
+    /// link that lives only in its pin is not held here).
+    attached: std::collections::HashMap<String, (PortRole, Option<XdpLinkId>)>,
 }
 
 impl Dataplane {
@@ -215,6 +220,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         let map_paths: Vec<(&str, PathBuf)> = match &options.pin_dir {
             Some(dir) => {
+                ensure_bpffs(dir)?;
                 let maps = dir.join("maps");
                 fs::create_dir_all(&maps).map_err(|source| Error::Io {
                     path: maps.clone(),
@@ -254,6 +260,7 @@ impl Dataplane {
         Ok(Self {
             ebpf,
             pin_dir: options.pin_dir.clone(),
+            attached: std::collections::HashMap::new(),
         })
     }
 
@@ -282,12 +289,12 @@ impl Dataplane {
             ifname: ifname.to_owned(),
             source: Box::new(source),
         };
-        match &self.pin_dir {
-            None => {
+        let held = match &self.pin_dir {
+            None => Some(
                 program
                     .attach_to_if_index(ifindex, mode)
-                    .map_err(attach_err)?;
-            }
+                    .map_err(attach_err)?,
+            ),
             Some(dir) => {
                 let links = dir.join("links");
                 fs::create_dir_all(&links).map_err(|source| Error::Io {
@@ -295,7 +302,12 @@ impl Dataplane {
                     source,
                 })?;
                 let path = links.join(ifname);
-                if !(path.exists() && readopt(program, &path)?) {
+                let readopted = if path.exists() {
+                    readopt(program, &path)?
+                } else {
+                    None
+                };
+                if readopted.is_none() {
                     let id = program
                         .attach_to_if_index(ifindex, mode)
                         .map_err(attach_err)?;
@@ -310,14 +322,32 @@ impl Dataplane {
                         source: Box::new(source),
                     })?;
                 }
+                readopted
             }
-        }
+        };
+        self.attached.insert(ifname.to_owned(), (role, held));
         self.add_tx_port(ifindex)?;
         Ok(ifindex)
     }
 
     /// Removes XDP from `ifname` (its pinned link too) and the port from the TX map.
     pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
+        if let Some((role, Some(id))) = self.attached.remove(ifname) {
+            let name = role.program();
+            let program: &mut Xdp = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| Error::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            program.detach(id).map_err(|source| Error::Attach {
+                ifname: ifname.to_owned(),
+                source: Box::new(source),
+            })?;
+        }
         if let Some(dir) = &self.pin_dir {
             let path = dir.join("links").join(ifname);
             if path.exists() {
@@ -621,8 +651,9 @@ impl Dataplane {
 }
 
 /// Replaces the program behind the pinned link at `path`. `false` if the link is defunct
-/// (its interface went away): the caller attaches afresh.
-fn readopt(program: &mut Xdp, path: &Path) -> Result<bool, Error> {
+/// (its interface went away): the caller attaches afresh. The program holds the re-adopted
+/// link; its pin stays.
+fn readopt(program: &mut Xdp, path: &Path) -> Result<Option<XdpLinkId>, Error> {
     let pinned = PinnedLink::from_pin(path).map_err(|source| Error::Link {
         path: path.to_owned(),
         source: Box::new(source),
@@ -633,16 +664,68 @@ fn readopt(program: &mut Xdp, path: &Path) -> Result<bool, Error> {
         source: Box::new(source),
     })?;
     match program.attach_to_link(link) {
-        Ok(_) => Ok(true),
+        Ok(id) => Ok(Some(id)),
         Err(e) => {
             tracing::warn!(path = %path.display(), error = %e, "pinned XDP link is stale; attaching afresh");
             fs::remove_file(path).map_err(|source| Error::Io {
                 path: path.to_owned(),
                 source,
             })?;
-            Ok(false)
+            Ok(None)
         }
     }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> Result<bool, Error> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::NotBpffs(path.to_owned()))?;
+    // SAFETY: statfs is plain data; c is NUL-terminated and outlives the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
+        return Err(Error::Io {
+            path: path.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(st.f_type == BPF_FS_MAGIC)
+}
+
+/// Pins need a bpf filesystem. Under /sys/fs/bpf one is mounted if the host has none yet (as
+/// systemd would); any other pin directory must already be on one.
+fn ensure_bpffs(dir: &Path) -> Result<(), Error> {
+    let root = Path::new("/sys/fs/bpf");
+    let mount_point = if dir.starts_with(root) {
+        root
+    } else {
+        dir.ancestors().find(|p| p.exists()).unwrap_or(dir)
+    };
+    if is_bpffs(mount_point)? {
+        return Ok(());
+    }
+    if mount_point != root {
+        return Err(Error::NotBpffs(dir.to_owned()));
+    }
+    tracing::info!("mounting a bpf filesystem on /sys/fs/bpf");
+    // SAFETY: constant NUL-terminated strings; mount(2) has no memory preconditions.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Io {
+            path: root.to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 fn route_key(gateway_id: u32, prefix: Ipv4Net) -> Key<RouteKey> {

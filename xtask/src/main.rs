@@ -1,6 +1,7 @@
 //! Project tasks: `setup` (toolchain and packages), `test` (every check and test), `demo`.
 //! Run them as `cargo xtask <task>` from anywhere in the workspace.
 
+mod bench;
 mod setup;
 mod test;
 
@@ -23,6 +24,8 @@ enum Task {
     Test,
     /// Show the gateway working in network namespaces; needs root.
     Demo,
+    /// Run the benchmarks and write BENCHMARKS.md; needs root.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Test => test::run(),
         Task::Demo => test::demo(),
+        Task::Bench => bench::run(),
     };
     match result {
         Ok(code) => code,

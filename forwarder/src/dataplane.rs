@@ -81,8 +81,8 @@ pub enum Error {
         #[source]
         source: Box<aya::maps::xdp::XdpMapError>,
     },
-    #[error("`{command}`: {message}")]
-    Command { command: String, message: String },
+    #[error(transparent)]
+    Host(#[from] crate::host::Error),
     #[error("{0} is not on a bpf filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`)")]
     NotBpffs(PathBuf),
     #[error("no interface {0}")]
@@ -400,7 +400,7 @@ impl Dataplane {
         HashMap::try_from(self.map_mut(name)?).map_err(map_err(name))
     }
 
-    fn routes(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey, u32>, Error> {
+    fn routes_mut(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey, u32>, Error> {
         LpmTrie::try_from(self.map_mut(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))
     }
 
@@ -553,14 +553,14 @@ impl Dataplane {
         prefix: Ipv4Net,
         next_hop: u32,
     ) -> Result<(), Error> {
-        self.routes()?
+        self.routes_mut()?
             .insert(&route_key(gateway_id, prefix), next_hop, 0)
             .map_err(map_err(MAP_ROUTES))
     }
 
     /// Installs many routes with one map handle; stops at the first failure.
     pub fn upsert_routes(&mut self, routes: &[(u32, Ipv4Net, u32)]) -> Result<(), Error> {
-        let mut map = self.routes()?;
+        let mut map = self.routes_mut()?;
         for (gateway_id, prefix, next_hop) in routes {
             map.insert(&route_key(*gateway_id, *prefix), *next_hop, 0)
                 .map_err(map_err(MAP_ROUTES))?;
@@ -571,13 +571,13 @@ impl Dataplane {
     /// Removes a route; a route that is not there is not an error.
     pub fn remove_route(&mut self, gateway_id: u32, prefix: Ipv4Net) -> Result<(), Error> {
         ignore_missing(
-            self.routes()?.remove(&route_key(gateway_id, prefix)),
+            self.routes_mut()?.remove(&route_key(gateway_id, prefix)),
             MAP_ROUTES,
         )
     }
 
     pub fn remove_routes(&mut self, routes: &[(u32, Ipv4Net)]) -> Result<(), Error> {
-        let mut map = self.routes()?;
+        let mut map = self.routes_mut()?;
         for (gateway_id, prefix) in routes {
             ignore_missing(map.remove(&route_key(*gateway_id, *prefix)), MAP_ROUTES)?;
         }
@@ -598,6 +598,85 @@ impl Dataplane {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(MAP_ROUTES)(e)),
         }
+    }
+
+    /// Every route in the map: (gateway id, prefix, next-hop id). The agent reads this once
+    /// when it re-adopts pinned maps, then diffs against it.
+    pub fn routes(&self) -> Result<Vec<(u32, Ipv4Net, u32)>, Error> {
+        let map: LpmTrie<&MapData, RouteKey, u32> =
+            LpmTrie::try_from(self.map(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (key, nh) = entry.map_err(map_err(MAP_ROUTES))?;
+            let data = key.data();
+            let len = key.prefix_len().saturating_sub(32).min(32) as u8;
+            let prefix =
+                Ipv4Net::new(Ipv4Addr::from(data.addr), len).map_err(|_| Error::OutOfRange {
+                    what: "route prefix length",
+                    id: key.prefix_len(),
+                    max: 64,
+                })?;
+            out.push((u32::from_be_bytes(data.gateway_be), prefix, nh));
+        }
+        Ok(out)
+    }
+
+    /// Non-empty next-hop slots: (id, entry).
+    pub fn next_hops(&self) -> Result<Vec<(u32, NextHop)>, Error> {
+        let map: Array<&MapData, NextHop> =
+            Array::try_from(self.map(MAP_NEXT_HOPS)?).map_err(map_err(MAP_NEXT_HOPS))?;
+        let mut out = Vec::new();
+        for (id, entry) in map.iter().enumerate() {
+            let nh = entry.map_err(map_err(MAP_NEXT_HOPS))?;
+            if nh.kind != next_hop_kind::NONE {
+                out.push((id as u32, nh));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The VIF table entry `id` as the data plane has it.
+    pub fn vif(&self, id: u32) -> Result<Vif, Error> {
+        let map: Array<&MapData, Vif> =
+            Array::try_from(self.map(MAP_VIF_TABLE)?).map_err(map_err(MAP_VIF_TABLE))?;
+        map.get(&id, 0).map_err(map_err(MAP_VIF_TABLE))
+    }
+
+    /// Every (port, VLAN) → VIF id key.
+    pub fn vif_keys(&self) -> Result<Vec<(VifKey, u32)>, Error> {
+        let map: HashMap<&MapData, VifKey, u32> =
+            HashMap::try_from(self.map(MAP_VIFS)?).map_err(map_err(MAP_VIFS))?;
+        map.iter().map(|e| e.map_err(map_err(MAP_VIFS))).collect()
+    }
+
+    /// Removes a (port, VLAN) key, whatever VIF it pointed to (stale state).
+    pub fn remove_vif_key(&mut self, key: VifKey) -> Result<(), Error> {
+        ignore_missing(self.hash::<VifKey, u32>(MAP_VIFS)?.remove(&key), MAP_VIFS)
+    }
+
+    /// Empties VIF table slot `id` (after its keys are gone).
+    pub fn clear_vif(&mut self, id: u32) -> Result<(), Error> {
+        check_id("VIF", id, forwarder_common::MAX_VIFS)?;
+        self.array(MAP_VIF_TABLE)?
+            .set(id, Vif::default(), 0)
+            .map_err(map_err(MAP_VIF_TABLE))
+    }
+
+    /// Every (VNI, remote VTEP) → attachment id key.
+    pub fn vtep_keys(&self) -> Result<Vec<(VtepKey, u32)>, Error> {
+        let map: HashMap<&MapData, VtepKey, u32> =
+            HashMap::try_from(self.map(MAP_VTEPS)?).map_err(map_err(MAP_VTEPS))?;
+        map.iter().map(|e| e.map_err(map_err(MAP_VTEPS))).collect()
+    }
+
+    pub fn remove_vtep_key(&mut self, key: VtepKey, id: u32) -> Result<(), Error> {
+        ignore_missing(
+            self.hash::<VtepKey, u32>(MAP_VTEPS)?.remove(&key),
+            MAP_VTEPS,
+        )?;
+        self.array(MAP_ATTACHMENTS)?
+            .set(id, Attachment::default(), 0)
+            .map_err(map_err(MAP_ATTACHMENTS))
     }
 
     pub fn vif_counters(&self, id: u32) -> Result<TrafficCounters, Error> {
@@ -800,10 +879,10 @@ pub fn vlan_counter(ebpf: &Ebpf, vlan: Option<u16>) -> Result<PacketCounter, Err
 pub fn prepare_port(ifname: &str, role: PortRole) -> Result<(), Error> {
     // Offload toggles a device does not support are not fatal: ethtool says so and the frame
     // path still works on NICs that deliver tags inline.
-    if let Err(e) = netcmd("ethtool", &["-K", ifname, "rxvlan", "off", "txvlan", "off"]) {
+    if let Err(e) = crate::host::run("ethtool", &["-K", ifname, "rxvlan", "off", "txvlan", "off"]) {
         tracing::warn!(port = ifname, error = %e, "could not turn VLAN offload off");
     }
-    if let Err(e) = netcmd("ethtool", &["-K", ifname, "gro", "on"]) {
+    if let Err(e) = crate::host::run("ethtool", &["-K", ifname, "gro", "on"]) {
         tracing::warn!(port = ifname, error = %e, "could not turn GRO on");
     }
     if role == PortRole::Underlay {
@@ -817,7 +896,7 @@ pub fn prepare_port(ifname: &str, role: PortRole) -> Result<(), Error> {
 /// resolved (a `managed` neighbour, Linux ≥ 5.16), so `bpf_fib_lookup` finds a MAC without
 /// waiting for traffic the host itself would send.
 pub fn track_vtep(remote_vtep: Ipv4Addr) -> Result<(), Error> {
-    let route = netcmd("ip", &["-o", "route", "get", &remote_vtep.to_string()])?;
+    let route = crate::host::run("ip", &["-o", "route", "get", &remote_vtep.to_string()])?;
     // `172.31.0.2 dev ul0 src 172.31.0.1 ...` or `... via 172.31.0.254 dev ul0 ...`
     let words: Vec<&str> = route.split_whitespace().collect();
     let after = |key: &str| {
@@ -826,32 +905,14 @@ pub fn track_vtep(remote_vtep: Ipv4Addr) -> Result<(), Error> {
             .position(|w| *w == key)
             .and_then(|i| words.get(i + 1))
     };
-    let dev = after("dev").ok_or_else(|| Error::Command {
+    let dev = after("dev").ok_or_else(|| crate::host::Error {
         command: format!("ip route get {remote_vtep}"),
         message: format!("no device in `{}`", route.trim()),
     })?;
     let next_hop = after("via").map_or_else(|| remote_vtep.to_string(), |s| (*s).to_owned());
-    netcmd(
+    crate::host::run(
         "ip",
         &["neigh", "replace", &next_hop, "dev", dev, "managed"],
     )?;
     Ok(())
-}
-
-fn netcmd(program: &str, args: &[&str]) -> Result<String, Error> {
-    let command = format!("{program} {}", args.join(" "));
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| Error::Command {
-            command: command.clone(),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            command,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -3,4 +3,12 @@
 //! The library holds everything; the `forwarder` binary is a thin command line over it.
 //! `dataplane` owns the XDP programs and their maps.
 
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod control;
 pub mod dataplane;
+pub mod host;
+pub mod rib;
+pub mod state;
+pub mod vifcp;

@@ -1,14 +1,56 @@
 //! The `forwarder` command: the agent daemon and the control CLI.
 
-use clap::Parser;
+use std::process::ExitCode;
 
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Border gateway for hosted and dedicated direct connections"
-)]
-struct Cli {}
+use clap::Parser as _;
+use forwarder::cli::{Cli, Command};
 
-fn main() {
-    let _cli = Cli::parse();
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // A malformed argument is an error like any other: exit code 1.
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match &cli.command {
+        Command::Agent { config } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(forwarder::agent::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {:#}", anyhow::Error::from(e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => match forwarder::config::load(config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => forwarder::cli::control(&cli),
+    }
 }

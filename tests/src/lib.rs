@@ -14,6 +14,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub mod customer;
+pub use customer::{CustomerRouter, ShimCounters, SubInterface};
+
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// Fails with a clear message when the test is not running as root.

@@ -66,11 +66,10 @@ pub fn run() -> Result<ExitCode> {
             ],
         ),
     );
-    step(
-        &mut tally,
-        "clippy (forwarder-ebpf, bpfel-unknown-none)",
-        ebpf_clippy(&root),
-    );
+    for package in ["forwarder-ebpf", "forwarder-test-ebpf"] {
+        let name = format!("clippy ({package}, bpfel-unknown-none)");
+        step(&mut tally, &name, ebpf_clippy(&root, package));
+    }
 
     cargo_test(&mut tally, &root)?;
 
@@ -87,8 +86,8 @@ pub fn run() -> Result<ExitCode> {
     })
 }
 
-/// Clippy for the eBPF crate on its own target, as aya-build compiles it.
-fn ebpf_clippy(root: &std::path::Path) -> Command {
+/// Clippy for an eBPF crate on its own target, as aya-build compiles it.
+fn ebpf_clippy(root: &std::path::Path, package: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(root).args([
         "run",
@@ -96,16 +95,16 @@ fn ebpf_clippy(root: &std::path::Path) -> Command {
         "cargo",
         "clippy",
         "--package",
-        "forwarder-ebpf",
+        package,
+    ]);
+    cmd.args([
         "--target",
         "bpfel-unknown-none",
         "-Z",
         "build-std=core",
         "--release",
-        "--",
-        "-D",
-        "warnings",
     ]);
+    cmd.args(["--", "-D", "warnings"]);
     cmd
 }
 

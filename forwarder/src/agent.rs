@@ -1,0 +1,1063 @@
+//! The agent: owns the configuration, the VIF control planes, the border gateways' route
+//! tables and the data plane, and keeps the three in step. Every change (start, reload, a CLI
+//! route, a link or neighbour change seen by the periodic check) goes through one
+//! `reconcile`, which computes what the maps should hold and writes only the difference.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::programs::XdpMode;
+use forwarder_common::{
+    MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_VIFS, drop_reason, pass_reason, vif_state,
+};
+use ipnet::Ipv4Net;
+
+use crate::{
+    config::{self, Config, Routing},
+    control::{self, Request, Response},
+    dataplane::{self, AttachmentSpec, Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec},
+    host,
+    rib::{self, Route, Source, Target},
+    state::{self, CliRoute, State},
+    vifcp::{ControlPlane, Pair},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Dataplane(#[from] dataplane::Error),
+    #[error(transparent)]
+    State(#[from] state::Error),
+    #[error(transparent)]
+    Host(#[from] host::Error),
+    #[error(
+        "underlay interface {interface} does not carry local_vtep {vtep}; add it first (`ip addr add {vtep}/.. dev {interface}`)"
+    )]
+    NoLocalVtep { interface: String, vtep: Ipv4Addr },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A VIF as the agent tracks it between reconciliations.
+#[derive(Clone, Debug)]
+struct VifRuntime {
+    id: u32,
+    port_ifindex: u32,
+    control: ControlPlane,
+    control_ifindex: u32,
+    mac: [u8; 6],
+    state: u32,
+    client_macs: Vec<Option<[u8; 6]>>,
+}
+
+#[derive(Clone, Debug)]
+struct Port {
+    role: PortRole,
+    ifindex: u32,
+}
+
+pub struct Agent {
+    config_path: PathBuf,
+    config: Config,
+    state: State,
+    dp: Dataplane,
+    mode: XdpMode,
+    ports: BTreeMap<String, Port>,
+    vifs: BTreeMap<String, VifRuntime>,
+    tables: BTreeMap<String, rib::Table>,
+    installed_routes: BTreeMap<(u32, Ipv4Net), u32>,
+    installed_next_hops: BTreeMap<u32, NextHopSpec>,
+    started: Instant,
+}
+
+fn xdp_mode(mode: config::XdpMode) -> XdpMode {
+    match mode {
+        config::XdpMode::Native => XdpMode::Driver,
+        config::XdpMode::Skb => XdpMode::Skb,
+    }
+}
+
+fn state_name(state: u32) -> &'static str {
+    match state {
+        vif_state::CONFIGURING => "configuring",
+        vif_state::AVAILABLE => "available",
+        vif_state::UNAVAILABLE => "unavailable",
+        vif_state::DELETING => "deleting",
+        _ => "absent",
+    }
+}
+
+impl Agent {
+    /// Loads the configuration and the persisted state, re-adopts (or creates) the pinned data
+    /// plane, attaches it to every port and programs it.
+    pub fn start(config_path: &Path) -> Result<Self, Error> {
+        let config = config::load(config_path)?;
+        let state = State::load(&config.agent.state_dir)?;
+        check_local_vtep(&config)?;
+        let dp = Dataplane::load(&LoadOptions {
+            pin_dir: Some(config.agent.pin_dir.clone()),
+            max_routes: None,
+        })?;
+        let installed_routes = dp
+            .routes()?
+            .into_iter()
+            .map(|(gw, prefix, nh)| ((gw, prefix), nh))
+            .collect();
+        let mut agent = Self {
+            config_path: config_path.to_owned(),
+            mode: xdp_mode(config.agent.xdp_mode),
+            config,
+            state,
+            dp,
+            ports: BTreeMap::new(),
+            vifs: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            installed_routes,
+            // Unknown until written: the first reconcile rewrites every next hop it needs
+            // (same values, so traffic does not notice) and clears the ones it does not.
+            installed_next_hops: BTreeMap::new(),
+            started: Instant::now(),
+        };
+        let stale: Vec<u32> = agent
+            .dp
+            .next_hops()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        agent.apply_config()?;
+        let wanted: BTreeSet<u32> = agent.installed_next_hops.keys().copied().collect();
+        for id in stale.into_iter().filter(|id| !wanted.contains(id)) {
+            agent.dp.clear_next_hop(id)?;
+        }
+        Ok(agent)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Brings ports, attachments, VIFs and route tables in line with `self.config`.
+    fn apply_config(&mut self) -> Result<(), Error> {
+        self.sync_ids()?;
+        self.sync_ports()?;
+        self.sync_attachments()?;
+        self.sync_vifs()?;
+        self.rebuild_tables();
+        self.reconcile()?;
+        self.state.save(&self.config.agent.state_dir)?;
+        Ok(())
+    }
+
+    /// Gives every object of the config an id (kept across restarts), releases the ids of
+    /// objects that are gone.
+    fn sync_ids(&mut self) -> Result<(), Error> {
+        let ids = &mut self.state.ids;
+        let gateways: BTreeSet<&str> = self
+            .config
+            .border_gateways
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        ids.gateways
+            .retain(|name, _| gateways.contains(name.as_str()));
+        for name in &gateways {
+            state::allocate(&mut ids.gateways, name, "border gateway", 1, u32::MAX)?;
+        }
+        let vifs: BTreeSet<&str> = self.config.vifs.iter().map(|v| v.name.as_str()).collect();
+        ids.vifs.retain(|name, _| vifs.contains(name.as_str()));
+        for name in &vifs {
+            state::allocate(&mut ids.vifs, name, "VIF", 1, MAX_VIFS)?;
+        }
+        let atts: BTreeSet<&str> = self
+            .config
+            .vpc_attachments
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        ids.attachments
+            .retain(|name, _| atts.contains(name.as_str()));
+        for name in &atts {
+            state::allocate(&mut ids.attachments, name, "attachment", 1, MAX_ATTACHMENTS)?;
+        }
+        Ok(())
+    }
+
+    fn gateway_id(&self, name: &str) -> u32 {
+        self.state.ids.gateways.get(name).copied().unwrap_or(0)
+    }
+
+    fn next_hop_id(&mut self, key: &str) -> Result<u32, Error> {
+        Ok(state::allocate(
+            &mut self.state.ids.next_hops,
+            key,
+            "next hop",
+            1,
+            MAX_NEXT_HOPS,
+        )?)
+    }
+
+    fn sync_ports(&mut self) -> Result<(), Error> {
+        let mut wanted: BTreeMap<String, PortRole> = self
+            .config
+            .connections
+            .iter()
+            .map(|c| (c.interface.clone(), PortRole::Connection))
+            .collect();
+        wanted.insert(self.config.underlay.interface.clone(), PortRole::Underlay);
+        let gone: Vec<String> = self
+            .ports
+            .iter()
+            .filter(|(name, p)| p.role != PortRole::Control && !wanted.contains_key(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            tracing::info!(port = %name, "detaching XDP from a port no longer configured");
+            self.dp.detach(&name)?;
+            self.ports.remove(&name);
+        }
+        for (name, role) in wanted {
+            if self.ports.get(&name).is_some_and(|p| p.role == role) {
+                continue;
+            }
+            dataplane::prepare_port(&name, role)?;
+            let ifindex = self.dp.attach(&name, role, self.mode)?;
+            tracing::info!(port = %name, ?role, ifindex, "XDP attached");
+            self.ports.insert(name, Port { role, ifindex });
+        }
+        Ok(())
+    }
+
+    fn sync_attachments(&mut self) -> Result<(), Error> {
+        let underlay = self
+            .ports
+            .get(&self.config.underlay.interface)
+            .map_or(0, |p| p.ifindex);
+        let mut wanted = BTreeSet::new();
+        for att in self.config.vpc_attachments.clone() {
+            let id = self
+                .state
+                .ids
+                .attachments
+                .get(&att.name)
+                .copied()
+                .unwrap_or(0);
+            let spec = AttachmentSpec {
+                id,
+                gateway_id: self.gateway_id(&att.border_gateway),
+                vni: att.vni,
+                local_vtep: self.config.underlay.local_vtep,
+                remote_vtep: att.remote_vtep,
+                underlay_ifindex: underlay,
+                router_mac: att.router_mac.0,
+            };
+            self.dp.upsert_attachment(&spec)?;
+            if let Err(e) = dataplane::track_vtep(att.remote_vtep) {
+                tracing::warn!(attachment = %att.name, error = %e, "cannot keep the VTEP's neighbour resolved");
+            }
+            wanted.insert((att.vni, att.remote_vtep.octets(), id));
+        }
+        for (key, id) in self.dp.vtep_keys()? {
+            if !wanted.contains(&(key.vni, key.remote_vtep, id)) {
+                tracing::info!(vni = key.vni, "removing an attachment no longer configured");
+                self.dp.remove_vtep_key(key, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_vifs(&mut self) -> Result<(), Error> {
+        let configured: BTreeSet<String> =
+            self.config.vifs.iter().map(|v| v.name.clone()).collect();
+        // VIFs that went away: withdraw their routes first (tables rebuilt without them),
+        // then remove them from the maps and their control planes.
+        let gone: Vec<String> = self
+            .vifs
+            .keys()
+            .filter(|n| !configured.contains(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.remove_vif(&name)?;
+        }
+        let mut keys = BTreeSet::new();
+        for vif in self.config.vifs.clone() {
+            let id = self.state.ids.vifs.get(&vif.name).copied().unwrap_or(0);
+            let connection = self
+                .config
+                .connection(&vif.connection)
+                .map(|c| c.interface.clone())
+                .unwrap_or_default();
+            let port_ifindex = self.ports.get(&connection).map_or(0, |p| p.ifindex);
+            let control = ControlPlane::new(&self.config.agent.netns_prefix, &vif.name, id);
+            let pairs: Vec<Pair> = vif
+                .peers
+                .iter()
+                .map(|p| Pair {
+                    cloud: p.cloud_address,
+                    client: p.client_address,
+                    prefix_len: p.prefix_len,
+                })
+                .collect();
+            let mac = control.ensure(&pairs)?;
+            let control_port = control.host_if.clone();
+            if !self.ports.contains_key(&control_port) {
+                dataplane::prepare_port(&control_port, PortRole::Control)?;
+                let ifindex = self
+                    .dp
+                    .attach(&control_port, PortRole::Control, self.mode)?;
+                self.ports.insert(
+                    control_port.clone(),
+                    Port {
+                        role: PortRole::Control,
+                        ifindex,
+                    },
+                );
+            }
+            let control_ifindex = self.ports.get(&control_port).map_or(0, |p| p.ifindex);
+            // A re-adopted VIF keeps the state the data plane has (no blip on restart).
+            let previous = self.vifs.get(&vif.name).map(|v| v.state);
+            let adopted = self
+                .dp
+                .vif(id)
+                .map(|v| v.state)
+                .unwrap_or(vif_state::ABSENT);
+            let state = previous.unwrap_or(if adopted == vif_state::ABSENT {
+                vif_state::CONFIGURING
+            } else {
+                adopted
+            });
+            let runtime = VifRuntime {
+                id,
+                port_ifindex,
+                control,
+                control_ifindex,
+                mac,
+                state,
+                client_macs: self
+                    .vifs
+                    .get(&vif.name)
+                    .map(|v| v.client_macs.clone())
+                    .unwrap_or_default(),
+            };
+            self.dp.upsert_vif(&self.vif_spec(&vif, &runtime))?;
+            keys.insert((port_ifindex, vif.vlan, id));
+            self.vifs.insert(vif.name.clone(), runtime);
+        }
+        // (port, VLAN) keys that no configured VIF owns any more (changed VLAN or connection,
+        // state left by an earlier run), and table slots no VIF uses.
+        let live_ids: BTreeSet<u32> = self.vifs.values().map(|v| v.id).collect();
+        for (key, id) in self.dp.vif_keys()? {
+            if !keys.contains(&(key.ifindex, key.vlan, id)) {
+                self.dp.remove_vif_key(key)?;
+                if !live_ids.contains(&id) {
+                    self.dp.clear_vif(id)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn vif_spec(&self, vif: &config::Vif, rt: &VifRuntime) -> VifSpec {
+        let mut cloud_addrs = [None, None];
+        for (slot, peer) in cloud_addrs.iter_mut().zip(&vif.peers) {
+            *slot = Some(peer.cloud_address);
+        }
+        VifSpec {
+            id: rt.id,
+            port_ifindex: rt.port_ifindex,
+            vlan: vif.vlan,
+            gateway_id: self.gateway_id(&vif.border_gateway),
+            state: rt.state,
+            control_ifindex: rt.control_ifindex,
+            cloud_addrs,
+            mac: rt.mac,
+        }
+    }
+
+    fn remove_vif(&mut self, name: &str) -> Result<(), Error> {
+        let Some(rt) = self.vifs.get(name).cloned() else {
+            return Ok(());
+        };
+        tracing::info!(vif = name, "deleting VIF: withdrawing its routes");
+        self.dp.set_vif_state(rt.id, vif_state::DELETING)?;
+        for table in self.tables.values_mut() {
+            table.remove_where(|r| r.target != Target::Vif(name.to_owned()));
+        }
+        self.vifs.remove(name);
+        self.reconcile()?;
+        for (key, id) in self.dp.vif_keys()? {
+            if id == rt.id {
+                self.dp.remove_vif_key(key)?;
+            }
+        }
+        self.dp.clear_vif(rt.id)?;
+        self.dp.detach(&rt.control.host_if)?;
+        self.ports.remove(&rt.control.host_if);
+        rt.control.destroy()?;
+        Ok(())
+    }
+
+    /// Every candidate route: propagated VPC CIDRs, static routes of the config and of the CLI.
+    fn rebuild_tables(&mut self) {
+        let mut tables: BTreeMap<String, rib::Table> = self
+            .config
+            .border_gateways
+            .iter()
+            .map(|g| (g.name.clone(), rib::Table::default()))
+            .collect();
+        for att in &self.config.vpc_attachments {
+            if let Some(t) = tables.get_mut(&att.border_gateway) {
+                for prefix in &att.propagate {
+                    t.insert(Route {
+                        prefix: *prefix,
+                        source: Source::Propagated,
+                        target: Target::Attachment(att.name.clone()),
+                    });
+                }
+            }
+        }
+        let statics = self
+            .config
+            .static_routes
+            .iter()
+            .map(|r| (r.border_gateway.clone(), r.prefix, r.via.clone()))
+            .chain(
+                self.state
+                    .routes
+                    .iter()
+                    .map(|r| (r.gateway.clone(), r.prefix, r.via.clone())),
+            );
+        for (gateway, prefix, via) in statics {
+            let target = match self.config.via(&via) {
+                Some(config::Via::Vif(_)) => Target::Vif(via),
+                Some(config::Via::Attachment(_)) => Target::Attachment(via),
+                None => continue,
+            };
+            if let Some(t) = tables.get_mut(&gateway) {
+                t.insert(Route {
+                    prefix,
+                    source: Source::Static,
+                    target,
+                });
+            }
+        }
+        self.tables = tables;
+    }
+
+    /// Observes links and neighbours, updates VIF states, and writes the next hops and routes
+    /// that differ from what the data plane holds.
+    pub fn reconcile(&mut self) -> Result<(), Error> {
+        self.observe_vifs()?;
+        // Next hops: one per attachment, one per (VIF, resolved client router), one group per
+        // VIF over its resolved client routers.
+        let mut wanted_nh: BTreeMap<u32, NextHopSpec> = BTreeMap::new();
+        let mut target_nh: BTreeMap<Target, u32> = BTreeMap::new();
+        for att in self.config.vpc_attachments.clone() {
+            let id = self.next_hop_id(&format!("att:{}", att.name))?;
+            let att_id = self
+                .state
+                .ids
+                .attachments
+                .get(&att.name)
+                .copied()
+                .unwrap_or(0);
+            wanted_nh.insert(id, NextHopSpec::Attachment(att_id));
+            target_nh.insert(Target::Attachment(att.name.clone()), id);
+        }
+        for (name, rt) in self.vifs.clone() {
+            if rt.state != vif_state::AVAILABLE {
+                continue;
+            }
+            let mut members = Vec::new();
+            for (i, mac) in rt.client_macs.iter().enumerate() {
+                if let Some(mac) = mac {
+                    let id = self.next_hop_id(&format!("vif:{name}:{i}"))?;
+                    wanted_nh.insert(
+                        id,
+                        NextHopSpec::Vif {
+                            vif: rt.id,
+                            mac: *mac,
+                        },
+                    );
+                    members.push(id);
+                }
+            }
+            if !members.is_empty() {
+                let id = self.next_hop_id(&format!("vif:{name}"))?;
+                wanted_nh.insert(id, NextHopSpec::Group(members));
+                target_nh.insert(Target::Vif(name.clone()), id);
+            }
+        }
+        // Routes: the selection of each table among targets that can carry traffic.
+        let mut wanted_routes: BTreeMap<(u32, Ipv4Net), u32> = BTreeMap::new();
+        for (gateway, table) in &self.tables {
+            let gw = self.gateway_id(gateway);
+            for (prefix, route) in table.select(|t| target_nh.contains_key(t)) {
+                if let Some(nh) = target_nh.get(&route.target) {
+                    wanted_routes.insert((gw, prefix), *nh);
+                }
+            }
+        }
+
+        // Write order: next hops members first, then groups, then routes; clean up last.
+        let nh_diff = rib::diff(&self.installed_next_hops, &wanted_nh);
+        let (groups, singles): (Vec<_>, Vec<_>) = nh_diff
+            .upsert
+            .iter()
+            .partition(|(_, spec)| matches!(spec, NextHopSpec::Group(_)));
+        for (id, spec) in singles.into_iter().chain(groups) {
+            self.dp.set_next_hop(*id, spec)?;
+            self.installed_next_hops.insert(*id, spec.clone());
+        }
+        let route_diff = rib::diff(&self.installed_routes, &wanted_routes);
+        if !route_diff.is_empty() {
+            tracing::info!(
+                add = route_diff.upsert.len(),
+                remove = route_diff.remove.len(),
+                "updating routes"
+            );
+        }
+        let upserts: Vec<(u32, Ipv4Net, u32)> = route_diff
+            .upsert
+            .iter()
+            .map(|((g, p), nh)| (*g, *p, *nh))
+            .collect();
+        self.dp.upsert_routes(&upserts)?;
+        let removes: Vec<(u32, Ipv4Net)> = route_diff.remove.clone();
+        self.dp.remove_routes(&removes)?;
+        self.installed_routes = wanted_routes;
+        for id in nh_diff.remove {
+            self.dp.clear_next_hop(id)?;
+            self.installed_next_hops.remove(&id);
+        }
+        // Next-hop ids no object needs any more are released.
+        let live: BTreeSet<u32> = self.installed_next_hops.keys().copied().collect();
+        let keep_names: BTreeSet<String> = self
+            .config
+            .vpc_attachments
+            .iter()
+            .map(|a| format!("att:{}", a.name))
+            .chain(self.config.vifs.iter().flat_map(|v| {
+                (0..v.peers.len())
+                    .map(move |i| format!("vif:{}:{i}", v.name))
+                    .chain([format!("vif:{}", v.name)])
+            }))
+            .collect();
+        self.state
+            .ids
+            .next_hops
+            .retain(|name, id| live.contains(id) || keep_names.contains(name));
+        Ok(())
+    }
+
+    /// Link state of each VIF's connection and its client routers' MACs → VIF state.
+    fn observe_vifs(&mut self) -> Result<(), Error> {
+        let configs: BTreeMap<String, config::Vif> = self
+            .config
+            .vifs
+            .iter()
+            .map(|v| (v.name.clone(), v.clone()))
+            .collect();
+        let names: Vec<String> = self.vifs.keys().cloned().collect();
+        for name in names {
+            let Some(vif) = configs.get(&name) else {
+                continue;
+            };
+            let Some(rt) = self.vifs.get(&name).cloned() else {
+                continue;
+            };
+            let interface = self
+                .config
+                .connection(&vif.connection)
+                .map(|c| c.interface.clone())
+                .unwrap_or_default();
+            let link_up = host::link_up(&interface).unwrap_or(false);
+            let clients: Vec<Ipv4Addr> = vif.peers.iter().map(|p| p.client_address).collect();
+            let client_macs = rt.control.client_macs(&clients).unwrap_or_else(|e| {
+                tracing::warn!(vif = %name, error = %e, "cannot read the control plane's neighbours");
+                vec![None; clients.len()]
+            });
+            let resolved = client_macs.iter().any(Option::is_some);
+            let state = match vif.routing {
+                Routing::Static if link_up && resolved => vif_state::AVAILABLE,
+                // BGP sessions come with the BGP speaker; until then a BGP VIF carries only
+                // control traffic.
+                _ if rt.state == vif_state::CONFIGURING => vif_state::CONFIGURING,
+                Routing::Bgp => rt.state,
+                Routing::Static => vif_state::UNAVAILABLE,
+            };
+            if state != rt.state {
+                tracing::info!(vif = %name, from = state_name(rt.state), to = state_name(state), link_up, resolved, "VIF state");
+                self.dp.set_vif_state(rt.id, state)?;
+            }
+            if let Some(rt) = self.vifs.get_mut(&name) {
+                rt.state = state;
+                rt.client_macs = client_macs;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- control requests --------------------------------------------------------------
+
+    pub fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Status => Ok(Response::ok(self.status())),
+            Request::VifList => Ok(Response::ok(self.vif_summaries())),
+            Request::VifShow { name } => self.vif_detail(&name).map(Response::ok),
+            Request::RouteList { gateway } => self.route_list(gateway.as_deref()).map(Response::ok),
+            Request::RouteAdd {
+                gateway,
+                prefix,
+                via,
+            } => self
+                .route_add(gateway, prefix, via)
+                .map(|()| Response::ok("route added")),
+            Request::RouteDel { gateway, prefix } => self
+                .route_del(&gateway, prefix)
+                .map(|()| Response::ok("route deleted")),
+            Request::Lookup { gateway, address } => {
+                self.lookup(&gateway, address).map(Response::ok)
+            }
+            Request::Stats { vif, attachment } => self
+                .stats(vif.as_deref(), attachment.as_deref())
+                .map(Response::ok),
+            Request::Reload => self
+                .reload()
+                .map(|()| Response::ok("configuration reloaded")),
+        };
+        result.unwrap_or_else(|e| Response::err(format!("{e:#}")))
+    }
+
+    fn status(&self) -> control::Status {
+        let ports = self
+            .ports
+            .iter()
+            .map(|(name, p)| control::PortStatus {
+                name: name.clone(),
+                role: match p.role {
+                    PortRole::Connection => "connection",
+                    PortRole::Underlay => "underlay",
+                    PortRole::Control => "control",
+                }
+                .into(),
+                ifindex: p.ifindex,
+                xdp_mode: match self.mode {
+                    XdpMode::Skb => "skb",
+                    _ => "native",
+                }
+                .into(),
+                up: host::link_up(name).unwrap_or(false),
+            })
+            .collect();
+        let gateways = self
+            .config
+            .border_gateways
+            .iter()
+            .map(|g| {
+                let gw = self.gateway_id(&g.name);
+                control::GatewayStatus {
+                    name: g.name.clone(),
+                    routes: self.tables.get(&g.name).map_or(0, |t| t.routes().count()),
+                    installed: self
+                        .installed_routes
+                        .keys()
+                        .filter(|(id, _)| *id == gw)
+                        .count(),
+                }
+            })
+            .collect();
+        control::Status {
+            uptime_seconds: self.started.elapsed().as_secs(),
+            config: self.config_path.clone(),
+            ports,
+            vifs: self.vif_summaries(),
+            gateways,
+        }
+    }
+
+    fn vif_summaries(&self) -> Vec<control::VifSummary> {
+        self.config
+            .vifs
+            .iter()
+            .map(|v| self.vif_summary(v))
+            .collect()
+    }
+
+    fn vif_summary(&self, v: &config::Vif) -> control::VifSummary {
+        control::VifSummary {
+            name: v.name.clone(),
+            connection: v.connection.clone(),
+            vlan: v.vlan,
+            border_gateway: v.border_gateway.clone(),
+            routing: match v.routing {
+                Routing::Bgp => "bgp",
+                Routing::Static => "static",
+            }
+            .into(),
+            state: state_name(
+                self.vifs
+                    .get(&v.name)
+                    .map_or(vif_state::ABSENT, |r| r.state),
+            )
+            .into(),
+        }
+    }
+
+    fn vif_detail(&self, name: &str) -> Result<control::VifDetail, Error> {
+        let vif = self
+            .config
+            .vif(name)
+            .ok_or_else(|| Error::Refused(format!("no VIF named {name:?}")))?;
+        let rt = self
+            .vifs
+            .get(name)
+            .ok_or_else(|| Error::Refused(format!("VIF {name:?} is not set up")))?;
+        Ok(control::VifDetail {
+            summary: self.vif_summary(vif),
+            id: rt.id,
+            control_netns: rt.control.netns.clone(),
+            control_interface: rt.control.host_if.clone(),
+            mac: host::format_mac(rt.mac),
+            peers: vif
+                .peers
+                .iter()
+                .enumerate()
+                .map(|(i, p)| control::PeerStatus {
+                    cloud_address: format!("{}/{}", p.cloud_address, p.prefix_len),
+                    client_address: p.client_address.to_string(),
+                    client_mac: rt
+                        .client_macs
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .map(host::format_mac),
+                })
+                .collect(),
+        })
+    }
+
+    fn check_gateway(&self, gateway: &str) -> Result<u32, Error> {
+        self.config
+            .border_gateway(gateway)
+            .map(|_| self.gateway_id(gateway))
+            .ok_or_else(|| Error::Refused(format!("no border gateway named {gateway:?}")))
+    }
+
+    fn route_list(&self, gateway: Option<&str>) -> Result<Vec<control::RouteEntry>, Error> {
+        if let Some(g) = gateway {
+            self.check_gateway(g)?;
+        }
+        let mut out = Vec::new();
+        for (name, table) in &self.tables {
+            if gateway.is_some_and(|g| g != name) {
+                continue;
+            }
+            let gw = self.gateway_id(name);
+            let installed_targets: BTreeMap<u32, Target> = self.nh_targets();
+            for route in table.routes() {
+                let installed_nh = self.installed_routes.get(&(gw, route.prefix));
+                let installed =
+                    installed_nh.and_then(|nh| installed_targets.get(nh)) == Some(&route.target);
+                let reason = (!installed).then(|| {
+                    if installed_nh.is_some() {
+                        "a preferred route for the prefix is installed".to_owned()
+                    } else if let Target::Vif(v) = &route.target {
+                        format!(
+                            "vif {v} is {}",
+                            state_name(self.vifs.get(v).map_or(0, |r| r.state))
+                        )
+                    } else {
+                        "not selected".to_owned()
+                    }
+                });
+                out.push(control::RouteEntry {
+                    gateway: name.clone(),
+                    prefix: route.prefix,
+                    source: route.source.to_string(),
+                    next_hop: route.target.to_string(),
+                    installed,
+                    reason,
+                    cli: route.source == Source::Static
+                        && self.state.routes.iter().any(|r| {
+                            r.gateway == *name
+                                && r.prefix == route.prefix
+                                && r.via == route.target.name()
+                        }),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Next-hop id → the target it serves (groups and attachments, as routes use them).
+    fn nh_targets(&self) -> BTreeMap<u32, Target> {
+        let mut out = BTreeMap::new();
+        for (name, id) in &self.state.ids.next_hops {
+            if let Some(att) = name.strip_prefix("att:") {
+                out.insert(*id, Target::Attachment(att.to_owned()));
+            } else if let Some(vif) = name.strip_prefix("vif:")
+                && !vif.contains(':')
+            {
+                out.insert(*id, Target::Vif(vif.to_owned()));
+            }
+        }
+        out
+    }
+
+    fn route_add(&mut self, gateway: String, prefix: Ipv4Net, via: String) -> Result<(), Error> {
+        self.check_gateway(&gateway)?;
+        if prefix.trunc() != prefix {
+            return Err(Error::Refused(format!(
+                "prefix {prefix} has host bits set (did you mean {}?)",
+                prefix.trunc()
+            )));
+        }
+        let target = self
+            .config
+            .via(&via)
+            .ok_or_else(|| Error::Refused(format!("no VIF or attachment named {via:?}")))?;
+        if target.border_gateway() != gateway {
+            return Err(Error::Refused(format!(
+                "{} {via:?} belongs to border gateway {:?}, not {gateway:?}",
+                target.kind(),
+                target.border_gateway()
+            )));
+        }
+        if let config::Via::Vif(_) = target
+            && let Some((att, cidr)) = self.config.overlapping_propagated(&gateway, prefix)
+        {
+            return Err(Error::Refused(format!(
+                "{prefix} overlaps VPC CIDR {cidr} of attachment {:?}: customer segments must not overlap VPC segments",
+                att.name
+            )));
+        }
+        let exists = self
+            .config
+            .static_routes
+            .iter()
+            .any(|r| r.border_gateway == gateway && r.prefix == prefix)
+            || self
+                .state
+                .routes
+                .iter()
+                .any(|r| r.gateway == gateway && r.prefix == prefix);
+        if exists {
+            return Err(Error::Refused(format!(
+                "a static route for {prefix} already exists in {gateway:?}; delete it first"
+            )));
+        }
+        self.state.routes.push(CliRoute {
+            gateway,
+            prefix,
+            via,
+        });
+        self.state.routes.sort();
+        // Persisted before it is applied: an acknowledged route survives a crash.
+        self.state.save(&self.config.agent.state_dir)?;
+        self.rebuild_tables();
+        self.reconcile()
+    }
+
+    fn route_del(&mut self, gateway: &str, prefix: Ipv4Net) -> Result<(), Error> {
+        self.check_gateway(gateway)?;
+        let before = self.state.routes.len();
+        self.state
+            .routes
+            .retain(|r| !(r.gateway == gateway && r.prefix == prefix));
+        if self.state.routes.len() == before {
+            if self
+                .config
+                .static_routes
+                .iter()
+                .any(|r| r.border_gateway == gateway && r.prefix == prefix)
+            {
+                return Err(Error::Refused(format!(
+                    "the static route for {prefix} comes from the config file: remove it there and run `forwarder reload`"
+                )));
+            }
+            return Err(Error::Refused(format!(
+                "no static route for {prefix} in {gateway:?}"
+            )));
+        }
+        self.state.save(&self.config.agent.state_dir)?;
+        self.rebuild_tables();
+        self.reconcile()
+    }
+
+    fn lookup(&self, gateway: &str, address: Ipv4Addr) -> Result<control::LookupAnswer, Error> {
+        let gw = self.check_gateway(gateway)?;
+        let id = self.dp.lookup(gw, address)?;
+        let targets = self.nh_targets();
+        Ok(control::LookupAnswer {
+            gateway: gateway.to_owned(),
+            address,
+            next_hop_id: id,
+            next_hop: id.map(|id| {
+                targets
+                    .get(&id)
+                    .map_or_else(|| format!("next hop {id}"), Target::to_string)
+            }),
+        })
+    }
+
+    fn stats(&self, vif: Option<&str>, attachment: Option<&str>) -> Result<control::Stats, Error> {
+        let convert = |c: forwarder_common::TrafficCounters| control::Counters {
+            rx_packets: c.rx_packets,
+            rx_bytes: c.rx_bytes,
+            tx_packets: c.tx_packets,
+            tx_bytes: c.tx_bytes,
+        };
+        if let Some(v) = vif
+            && !self.vifs.contains_key(v)
+        {
+            return Err(Error::Refused(format!("no VIF named {v:?}")));
+        }
+        if let Some(a) = attachment
+            && self.config.attachment(a).is_none()
+        {
+            return Err(Error::Refused(format!("no attachment named {a:?}")));
+        }
+        let mut vifs = Vec::new();
+        for (name, rt) in &self.vifs {
+            if attachment.is_none() && vif.is_none_or(|v| v == name) {
+                vifs.push(control::NamedCounters {
+                    name: name.clone(),
+                    counters: convert(self.dp.vif_counters(rt.id)?),
+                });
+            }
+        }
+        let mut attachments = Vec::new();
+        for (name, id) in &self.state.ids.attachments {
+            if vif.is_none() && attachment.is_none_or(|a| a == name) {
+                attachments.push(control::NamedCounters {
+                    name: name.clone(),
+                    counters: convert(self.dp.attachment_counters(*id)?),
+                });
+            }
+        }
+        let drops = self.dp.drops()?;
+        let passes = self.dp.passes()?;
+        Ok(control::Stats {
+            vifs,
+            attachments,
+            drops: drop_reason::NAMES
+                .iter()
+                .zip(drops)
+                .map(|(n, v)| ((*n).to_owned(), v))
+                .collect(),
+            passes: pass_reason::NAMES
+                .iter()
+                .zip(passes)
+                .map(|(n, v)| ((*n).to_owned(), v))
+                .collect(),
+        })
+    }
+
+    /// Re-reads the config file. A config that does not load, or that leaves a CLI-added route
+    /// dangling, changes nothing.
+    pub fn reload(&mut self) -> Result<(), Error> {
+        let config = config::load(&self.config_path)?;
+        for r in &self.state.routes {
+            let ok = config
+                .via(&r.via)
+                .is_some_and(|v| v.border_gateway() == r.gateway)
+                && config.border_gateway(&r.gateway).is_some()
+                && !(matches!(config.via(&r.via), Some(config::Via::Vif(_)))
+                    && config
+                        .overlapping_propagated(&r.gateway, r.prefix)
+                        .is_some());
+            if !ok {
+                return Err(Error::Refused(format!(
+                    "the new config would leave the route {} via {} in {:?} (added with `forwarder route add`) invalid; delete it first",
+                    r.prefix, r.via, r.gateway
+                )));
+            }
+        }
+        if config.underlay != self.config.underlay || config.agent != self.config.agent {
+            return Err(Error::Refused(
+                "[agent] and [underlay] changes need a restart of the agent (`systemctl restart forwarder`); nothing was changed".into(),
+            ));
+        }
+        tracing::info!(path = %self.config_path.display(), "reloading the configuration");
+        self.config = config;
+        self.apply_config()
+    }
+
+    /// A short clean-up when the agent stops: the socket goes, forwarding stays.
+    pub fn socket_path(&self) -> PathBuf {
+        self.config.agent.control_socket.clone()
+    }
+}
+
+fn check_local_vtep(config: &Config) -> Result<(), Error> {
+    let iface = &config.underlay.interface;
+    let addrs = host::ip_json(&["-4", "addr", "show", "dev", iface])?;
+    let vtep = config.underlay.local_vtep.to_string();
+    let has = addrs
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .any(|a| a["local"].as_str() == Some(vtep.as_str()));
+    if !has {
+        return Err(Error::NoLocalVtep {
+            interface: iface.clone(),
+            vtep: config.underlay.local_vtep,
+        });
+    }
+    Ok(())
+}
+
+/// Runs the agent until SIGTERM/SIGINT: the control socket, a reconcile every second, a
+/// reload on SIGHUP. XDP and the pinned maps stay when it returns.
+pub async fn run(config_path: &Path) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let agent = Agent::start(config_path)?;
+    let socket = agent.socket_path();
+    let listener = control::bind(&socket)
+        .map_err(|source| Error::Refused(format!("binding {}: {source}", socket.display())))?;
+    tracing::info!(socket = %socket.display(), "agent ready");
+    let agent = std::sync::Arc::new(tokio::sync::Mutex::new(agent));
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Refused(e.to_string()))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Refused(e.to_string()))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Refused(e.to_string()))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                if let Err(e) = agent.lock().await.reload() {
+                    tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration is unchanged");
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(e) = agent.lock().await.reconcile() {
+                    tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying in a second");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let agent = agent.clone();
+                    tokio::spawn(async move {
+                        let served = control::serve_one(stream, async |request| agent.lock().await.handle(request)).await;
+                        if let Err(e) = served {
+                            tracing::warn!(error = %e, "control connection failed");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a control connection"),
+            },
+        }
+    }
+    tracing::info!("stopping: XDP and pinned maps stay, forwarding continues");
+    if let Err(e) = std::fs::remove_file(&socket) {
+        tracing::warn!(error = %e, "removing the control socket");
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The `forwarder` command line: the agent, `check`, and the control subcommands (a thin
+//! client of the control socket). Exit code 1 and a message on stderr for every error.
+
+use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use ipnet::Ipv4Net;
+
+use crate::control::{self, Request, Response};
+
+#[derive(Parser)]
+#[command(
+    name = "forwarder",
+    version,
+    about = "Border gateway for hosted and dedicated direct connections"
+)]
+pub struct Cli {
+    /// The agent's control socket.
+    #[arg(long, global = true, default_value = "/run/forwarder/forwarder.sock")]
+    pub socket: PathBuf,
+    /// Print the agent's answer as JSON (stable, documented in the README).
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the agent (foreground).
+    Agent {
+        #[arg(long, default_value = "/etc/forwarder/forwarder.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file; errors name the file, section and field.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ports and their XDP mode, VIF states, route counts.
+    Status,
+    /// VIFs.
+    Vif {
+        #[command(subcommand)]
+        command: VifCommand,
+    },
+    /// Border gateway route tables.
+    Route {
+        #[command(subcommand)]
+        command: RouteCommand,
+    },
+    /// What the data plane's table answers for an address.
+    Lookup {
+        #[arg(long)]
+        gateway: String,
+        address: Ipv4Addr,
+    },
+    /// Traffic counters per VIF and attachment, drops by reason.
+    Stats {
+        #[arg(long, conflicts_with = "attachment")]
+        vif: Option<String>,
+        #[arg(long)]
+        attachment: Option<String>,
+    },
+    /// Re-read the config file and apply the difference (a bad config changes nothing).
+    Reload,
+}
+
+#[derive(Subcommand)]
+pub enum VifCommand {
+    List,
+    Show { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum RouteCommand {
+    List {
+        #[arg(long)]
+        gateway: Option<String>,
+    },
+    /// Add a static route (persisted across agent restarts).
+    Add {
+        #[arg(long)]
+        gateway: String,
+        prefix: Ipv4Net,
+        /// A VIF or VPC attachment of the gateway.
+        #[arg(long)]
+        via: String,
+    },
+    /// Delete a static route added with `route add`.
+    Del {
+        #[arg(long)]
+        gateway: String,
+        prefix: Ipv4Net,
+    },
+}
+
+/// Runs a control subcommand against the agent.
+pub fn control(cli: &Cli) -> ExitCode {
+    let request = match &cli.command {
+        Command::Status => Request::Status,
+        Command::Vif {
+            command: VifCommand::List,
+        } => Request::VifList,
+        Command::Vif {
+            command: VifCommand::Show { name },
+        } => Request::VifShow { name: name.clone() },
+        Command::Route {
+            command: RouteCommand::List { gateway },
+        } => Request::RouteList {
+            gateway: gateway.clone(),
+        },
+        Command::Route {
+            command:
+                RouteCommand::Add {
+                    gateway,
+                    prefix,
+                    via,
+                },
+        } => Request::RouteAdd {
+            gateway: gateway.clone(),
+            prefix: *prefix,
+            via: via.clone(),
+        },
+        Command::Route {
+            command: RouteCommand::Del { gateway, prefix },
+        } => Request::RouteDel {
+            gateway: gateway.clone(),
+            prefix: *prefix,
+        },
+        Command::Lookup { gateway, address } => Request::Lookup {
+            gateway: gateway.clone(),
+            address: *address,
+        },
+        Command::Stats { vif, attachment } => Request::Stats {
+            vif: vif.clone(),
+            attachment: attachment.clone(),
+        },
+        Command::Reload => Request::Reload,
+        Command::Agent { .. } | Command::Check { .. } => return ExitCode::FAILURE,
+    };
+    match control::call(&cli.socket, &request) {
+        Ok(Response { ok: true, data, .. }) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&data).unwrap_or_default()
+                );
+            } else {
+                print!("{}", render(&request, &data));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response { error, .. }) => {
+            eprintln!(
+                "error: {}",
+                error.unwrap_or_else(|| "the agent refused".into())
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(headers.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+fn render(request: &Request, data: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let rows = |items: &serde_json::Value, keys: &[&str]| -> Vec<Vec<String>> {
+        items.as_array().map_or_else(Vec::new, |a| {
+            a.iter()
+                .map(|i| keys.iter().map(|k| text(&i[*k])).collect())
+                .collect()
+        })
+    };
+    let vif_keys = [
+        "name",
+        "connection",
+        "vlan",
+        "border_gateway",
+        "routing",
+        "state",
+    ];
+    let counter_keys = ["name", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes"];
+    match request {
+        Request::Status => {
+            let mut out = format!(
+                "uptime {}s, config {}\n\nports:\n",
+                text(&data["uptime_seconds"]),
+                text(&data["config"])
+            );
+            out += &table(
+                &["NAME", "ROLE", "IFINDEX", "XDP", "UP"],
+                &rows(
+                    &data["ports"],
+                    &["name", "role", "ifindex", "xdp_mode", "up"],
+                ),
+            );
+            out += "\nvifs:\n";
+            out += &table(
+                &["NAME", "CONNECTION", "VLAN", "GATEWAY", "ROUTING", "STATE"],
+                &rows(&data["vifs"], &vif_keys),
+            );
+            out += "\nborder gateways:\n";
+            out += &table(
+                &["NAME", "ROUTES", "INSTALLED"],
+                &rows(&data["gateways"], &["name", "routes", "installed"]),
+            );
+            out
+        }
+        Request::VifList => table(
+            &["NAME", "CONNECTION", "VLAN", "GATEWAY", "ROUTING", "STATE"],
+            &rows(data, &vif_keys),
+        ),
+        Request::VifShow { .. } => {
+            let mut out = String::new();
+            for k in [
+                "name",
+                "id",
+                "connection",
+                "vlan",
+                "border_gateway",
+                "routing",
+                "state",
+                "control_netns",
+                "control_interface",
+                "mac",
+            ] {
+                out += &format!("{k:<18} {}\n", text(&data[k]));
+            }
+            out += "peers:\n";
+            out += &table(
+                &["CLOUD", "CLIENT", "CLIENT MAC"],
+                &rows(
+                    &data["peers"],
+                    &["cloud_address", "client_address", "client_mac"],
+                ),
+            );
+            out
+        }
+        Request::RouteList { .. } => table(
+            &[
+                "GATEWAY",
+                "PREFIX",
+                "SOURCE",
+                "NEXT HOP",
+                "INSTALLED",
+                "REASON",
+            ],
+            &rows(
+                data,
+                &[
+                    "gateway",
+                    "prefix",
+                    "source",
+                    "next_hop",
+                    "installed",
+                    "reason",
+                ],
+            ),
+        ),
+        Request::Lookup { .. } => format!(
+            "{} in {}: {}\n",
+            text(&data["address"]),
+            text(&data["gateway"]),
+            if data["next_hop_id"].is_null() {
+                "no route".to_owned()
+            } else {
+                format!(
+                    "next hop {} ({})",
+                    text(&data["next_hop_id"]),
+                    text(&data["next_hop"])
+                )
+            }
+        ),
+        Request::Stats { .. } => {
+            let mut out = String::new();
+            if data["vifs"].as_array().is_some_and(|a| !a.is_empty()) {
+                out += "vifs:\n";
+                out += &table(
+                    &["NAME", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"],
+                    &rows(&data["vifs"], &counter_keys),
+                );
+            }
+            if data["attachments"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+            {
+                out += "attachments:\n";
+                out += &table(
+                    &["NAME", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"],
+                    &rows(&data["attachments"], &counter_keys),
+                );
+            }
+            for section in ["drops", "passes"] {
+                out += &format!("{section}:\n");
+                if let Some(map) = data[section].as_object() {
+                    for (k, v) in map {
+                        out += &format!("  {k:<22} {}\n", text(v));
+                    }
+                }
+            }
+            out
+        }
+        Request::RouteAdd { .. } | Request::RouteDel { .. } | Request::Reload => {
+            format!("{}\n", text(data))
+        }
+    }
+}

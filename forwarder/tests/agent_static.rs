@@ -1,0 +1,376 @@
+//! The agent end to end with static routing (issue: control agent): real kernels on every
+//! side, the `forwarder` binary as an operator runs it, the CLI as an operator uses it.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use common::{IDC_HOST, Topology, VPC_HOST, cli, cli_json, wait_for};
+
+const VIF: &str = r#"
+[[vif]]
+name = "vif-100"
+connection = "hc-1"
+vlan = 100
+border_gateway = "bgw-1"
+routing = "static"
+
+  [[vif.peer]]
+  client_address = "169.254.10.2"
+  cloud_address = "169.254.10.1"
+  prefix_len = 30
+"#;
+
+const IDC_ROUTE: &str = r#"
+[[static_route]]
+border_gateway = "bgw-1"
+prefix = "192.168.50.0/24"
+via = "vif-100"
+"#;
+
+fn vif_state(t: &Topology) -> String {
+    cli_json(&t.socket(), &["vif", "show", "vif-100"])
+        .map(|v| v["state"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+fn wait_available(t: &Topology) -> Result<()> {
+    ensure!(
+        wait_for(Duration::from_secs(15), || vif_state(t) == "available"),
+        "vif-100 never became available: {}",
+        cli(&t.socket(), &["vif", "show", "vif-100"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn ping_ok(t: &Topology) -> Result<(u32, u32)> {
+    t.ping(VPC_HOST, 5, "0.2")
+}
+
+#[test]
+fn static_routing_carries_ping_and_tcp_and_follows_route_changes() -> Result<()> {
+    let t = Topology::new("static")?;
+    let _customer = t.customer_router()?;
+    t.write_config(&format!("{VIF}{IDC_ROUTE}"))?;
+    let agent = t.start_agent()?;
+    wait_available(&t)?;
+
+    let (sent, received) = ping_ok(&t)?;
+    println!("ping idc -> vpc: {received}/{sent}");
+    ensure!(
+        received == sent,
+        "ping lost {} of {sent}: {}",
+        sent - received,
+        agent.log_text()
+    );
+
+    // TCP through the XDP path: 8 MiB from the IDC host to the VPC host, checked by SHA-256.
+    let (received, intact, seconds) = common::tcp_transfer(&t.vpc, VPC_HOST, &t.idc, 8 << 20)?;
+    println!("tcp idc -> vpc: {received} bytes in {seconds:.2} s, sha256 match: {intact}");
+    ensure!(
+        received == 8 << 20 && intact,
+        "TCP transfer: {received} bytes, intact {intact}"
+    );
+
+    let stats = cli_json(&t.socket(), &["stats"])?;
+    let vif = &stats["vifs"][0];
+    let att = &stats["attachments"][0];
+    println!("stats: vif {vif} attachment {att}");
+    ensure!(
+        vif["rx_packets"].as_u64() > Some(1000) && vif["tx_packets"].as_u64() > Some(100),
+        "vif counters did not move: {stats}"
+    );
+    ensure!(
+        att["tx_packets"].as_u64() > Some(1000) && att["rx_packets"].as_u64() > Some(100),
+        "attachment counters did not move: {stats}"
+    );
+
+    let routes = cli_json(&t.socket(), &["route", "list", "--gateway", "bgw-1"])?;
+    let find = |prefix: &str| {
+        routes
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["prefix"] == prefix).cloned())
+    };
+    let idc = find("192.168.50.0/24").expect("IDC route listed");
+    let vpc = find("10.0.1.0/24").expect("VPC route listed");
+    ensure!(
+        idc["source"] == "static" && idc["installed"] == true && idc["next_hop"] == "vif vif-100",
+        "{idc}"
+    );
+    ensure!(
+        vpc["source"] == "propagated"
+            && vpc["installed"] == true
+            && vpc["next_hop"] == "attachment att-a",
+        "{vpc}"
+    );
+    let lookup = cli_json(&t.socket(), &["lookup", "--gateway", "bgw-1", IDC_HOST])?;
+    ensure!(lookup["next_hop"] == "vif vif-100", "lookup: {lookup}");
+
+    // Reload without the config route: the traffic stops, nothing else changes.
+    t.write_config(VIF)?;
+    let out = cli(&t.socket(), &["reload"])?;
+    ensure!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, received) = t.ping(VPC_HOST, 3, "0.2")?;
+    ensure!(
+        received == 0,
+        "traffic still flows without a route to the IDC prefix"
+    );
+
+    // The same route from the CLI restores it; deleting it stops it; adding it back restores.
+    for (args, expect) in [
+        (
+            vec![
+                "route",
+                "add",
+                "--gateway",
+                "bgw-1",
+                "192.168.50.0/24",
+                "--via",
+                "vif-100",
+            ],
+            true,
+        ),
+        (
+            vec!["route", "del", "--gateway", "bgw-1", "192.168.50.0/24"],
+            false,
+        ),
+        (
+            vec![
+                "route",
+                "add",
+                "--gateway",
+                "bgw-1",
+                "192.168.50.0/24",
+                "--via",
+                "vif-100",
+            ],
+            true,
+        ),
+    ] {
+        let out = cli(&t.socket(), &args)?;
+        ensure!(
+            out.status.success(),
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
+        println!("after `forwarder {}`: {received}/{sent}", args.join(" "));
+        ensure!(
+            (received == sent) == expect,
+            "after {}: {received}/{sent}",
+            args.join(" ")
+        );
+    }
+    let drops = cli_json(&t.socket(), &["stats"])?["drops"].clone();
+    println!("drops: {drops}");
+    Ok(())
+}
+
+#[test]
+fn the_agent_can_be_killed_and_restarted_without_losing_a_ping() -> Result<()> {
+    let t = Topology::new("restart")?;
+    let _customer = t.customer_router()?;
+    t.write_config(VIF)?;
+    let mut agent = t.start_agent()?;
+    wait_available(&t)?;
+    let out = cli(
+        &t.socket(),
+        &[
+            "route",
+            "add",
+            "--gateway",
+            "bgw-1",
+            "192.168.50.0/24",
+            "--via",
+            "vif-100",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
+    ensure!(sent == received, "no traffic before the restart");
+
+    // 10 pings a second for 8 s; the agent is SIGKILLed after 1 s and restarted after 2 s.
+    let idc = t.idc.name().to_owned();
+    let pinger = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &idc, "ping", "-n", "-q", "-c", "80", "-i", "0.1", "-W", "1",
+                VPC_HOST,
+            ])
+            .output()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    agent.kill()?;
+    std::thread::sleep(Duration::from_secs(1));
+    drop(agent);
+    let agent = t.start_agent()?;
+    let out = pinger
+        .join()
+        .map_err(|_| anyhow::anyhow!("ping thread panicked"))??;
+    let (sent, received) = common::parse_ping(&String::from_utf8_lossy(&out.stdout))?;
+    println!("ping during kill -9 and restart: {received}/{sent} received");
+    ensure!(
+        sent == 80 && received == sent,
+        "lost {} of {sent} pings across the restart\n{}",
+        sent - received,
+        agent.log_text()
+    );
+
+    let routes = cli_json(&t.socket(), &["route", "list"])?;
+    let cli_route = routes.as_array().and_then(|a| {
+        a.iter()
+            .find(|r| r["prefix"] == "192.168.50.0/24" && r["cli"] == true)
+            .cloned()
+    });
+    ensure!(
+        cli_route.is_some_and(|r| r["installed"] == true),
+        "CLI route missing after restart: {routes}"
+    );
+    Ok(())
+}
+
+#[test]
+fn cli_errors_are_clear_and_exit_1() -> Result<()> {
+    let t = Topology::new("clierr")?;
+    let _customer = t.customer_router()?;
+    // No agent yet.
+    let out = cli(&t.socket(), &["status"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && err.contains("cannot reach the forwarder agent"),
+        "no agent: {err}"
+    );
+
+    t.write_config(&format!("{VIF}{IDC_ROUTE}"))?;
+    let _agent = t.start_agent()?;
+    for (args, needle) in [
+        (vec!["vif", "show", "vif-999"], "no VIF named \"vif-999\""),
+        (
+            vec!["stats", "--vif", "vif-999"],
+            "no VIF named \"vif-999\"",
+        ),
+        (
+            vec!["route", "list", "--gateway", "bgw-9"],
+            "no border gateway named \"bgw-9\"",
+        ),
+        (
+            vec!["lookup", "--gateway", "bgw-9", "10.0.1.1"],
+            "no border gateway named \"bgw-9\"",
+        ),
+        (
+            vec![
+                "route",
+                "add",
+                "--gateway",
+                "bgw-1",
+                "192.168.60.0/33",
+                "--via",
+                "vif-100",
+            ],
+            "invalid value '192.168.60.0/33'",
+        ),
+        (
+            vec![
+                "route",
+                "add",
+                "--gateway",
+                "bgw-1",
+                "192.168.60.0/24",
+                "--via",
+                "vif-999",
+            ],
+            "no VIF or attachment named \"vif-999\"",
+        ),
+        (
+            vec![
+                "route",
+                "add",
+                "--gateway",
+                "bgw-1",
+                "10.0.1.0/25",
+                "--via",
+                "vif-100",
+            ],
+            "overlaps VPC CIDR 10.0.1.0/24",
+        ),
+        (
+            vec![
+                "route",
+                "add",
+                "--gateway",
+                "bgw-1",
+                "192.168.60.1/24",
+                "--via",
+                "vif-100",
+            ],
+            "host bits set",
+        ),
+        (
+            vec!["route", "del", "--gateway", "bgw-1", "192.168.50.0/24"],
+            "comes from the config file",
+        ),
+        (
+            vec!["lookup", "--gateway", "bgw-1", "10.0.1.300"],
+            "invalid value '10.0.1.300'",
+        ),
+    ] {
+        let out = cli(&t.socket(), &args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!(
+            "forwarder {} -> exit {:?}: {}",
+            args.join(" "),
+            out.status.code(),
+            err.trim()
+        );
+        ensure!(
+            out.status.code() == Some(1),
+            "forwarder {}: exit {:?}",
+            args.join(" "),
+            out.status.code()
+        );
+        ensure!(
+            err.contains(needle),
+            "forwarder {}: {err:?} does not say {needle:?}",
+            args.join(" ")
+        );
+    }
+
+    // A bad config is refused by reload and changes nothing.
+    std::fs::write(
+        t.config_path(),
+        std::fs::read_to_string(t.config_path())?.replace("vlan = 100", "vlan = 4095"),
+    )?;
+    let out = cli(&t.socket(), &["reload"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && err.contains("vlan"),
+        "reload of a bad config: {err}"
+    );
+    let vifs = cli_json(&t.socket(), &["vif", "list"])?;
+    ensure!(
+        vifs[0]["vlan"] == 100,
+        "bad reload changed the running VIF: {vifs}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_forwarder"))
+        .args(["check", "--config"])
+        .arg(t.config_path())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(1) && err.contains("forwarder.toml") && err.contains("vlan"),
+        "check: {err}"
+    );
+    Ok(())
+}

@@ -55,7 +55,7 @@ fn static_routing_carries_ping_and_tcp_and_follows_route_changes() -> Result<()>
     let t = Topology::new("static")?;
     let _customer = t.customer_router()?;
     t.write_config(&format!("{VIF}{IDC_ROUTE}"))?;
-    let agent = t.start_agent()?;
+    let agent = t.start_agent(common::bin())?;
     wait_available(&t)?;
 
     let (sent, received) = ping_ok(&t)?;
@@ -179,7 +179,7 @@ fn the_agent_can_be_killed_and_restarted_without_losing_a_ping() -> Result<()> {
     let t = Topology::new("restart")?;
     let _customer = t.customer_router()?;
     t.write_config(VIF)?;
-    let mut agent = t.start_agent()?;
+    let mut agent = t.start_agent(common::bin())?;
     wait_available(&t)?;
     let out = cli(
         &t.socket(),
@@ -215,7 +215,7 @@ fn the_agent_can_be_killed_and_restarted_without_losing_a_ping() -> Result<()> {
     agent.kill()?;
     std::thread::sleep(Duration::from_secs(1));
     drop(agent);
-    let agent = t.start_agent()?;
+    let agent = t.start_agent(common::bin())?;
     let out = pinger
         .join()
         .map_err(|_| anyhow::anyhow!("ping thread panicked"))??;
@@ -254,7 +254,7 @@ fn cli_errors_are_clear_and_exit_1() -> Result<()> {
     );
 
     t.write_config(&format!("{VIF}{IDC_ROUTE}"))?;
-    let _agent = t.start_agent()?;
+    let _agent = t.start_agent(common::bin())?;
     for (args, needle) in [
         (vec!["vif", "show", "vif-999"], "no VIF named \"vif-999\""),
         (

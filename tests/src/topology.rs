@@ -1,0 +1,410 @@
+//! The DESIGN §6 topology for agent tests, with the real `forwarder agent` binary:
+//!
+//! ```text
+//! idc ──veth── rtr (customer router; 802.1Q sub-interfaces by the TC shim) ══trunk══ gw (agent + XDP)
+//!                                                                                   │ ul0
+//!                                                                                  vpc (kernel VXLAN VNI 1001, 10.0.1.10)
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{NetNs, customer::CustomerRouter, veth};
+use anyhow::{Context as _, Result, bail};
+
+pub const VPC_HOST: &str = "10.0.1.10";
+pub const IDC_HOST: &str = "192.168.50.10";
+pub const VXLAN_MAC: &str = "02:00:00:00:0a:01";
+
+pub struct Topology {
+    pub idc: NetNs,
+    pub rtr: NetNs,
+    pub gw: NetNs,
+    pub vpc: NetNs,
+    pub dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("fwt-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("warning: removing {}: {e}", self.0.display());
+        }
+    }
+}
+
+pub fn sh(ns: &NetNs, command: &str) -> Result<String> {
+    let out = ns.exec(&["sh", "-c", command])?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Topology {
+    /// Namespaces, links and addresses; the customer router routes the VPC CIDR to the
+    /// cloud interconnect address of VLAN 100; the VPC routes the IDC prefix back through its
+    /// VXLAN device toward the gateway's VTEP.
+    pub fn new(tag: &str) -> Result<Self> {
+        let idc = NetNs::new("idc")?;
+        let rtr = NetNs::new("rtr")?;
+        let gw = NetNs::new("gw")?;
+        let vpc = NetNs::new("vpc")?;
+        veth(&idc, "eth0", &rtr, "lan0")?;
+        veth(&rtr, "trunk0", &gw, "hc1")?;
+        veth(&gw, "ul0", &vpc, "eth0")?;
+        sh(
+            &idc,
+            "ip addr add 192.168.50.10/24 dev eth0 && ip route add default via 192.168.50.1 && ethtool -K eth0 tx off >/dev/null",
+        )?;
+        sh(
+            &rtr,
+            "ip addr add 192.168.50.1/24 dev lan0 && sysctl -qw net.ipv4.ip_forward=1 && ethtool -K lan0 tx off >/dev/null",
+        )?;
+        sh(&gw, "ip addr add 172.31.0.1/24 dev ul0")?;
+        sh(
+            &vpc,
+            &format!(
+                "ip addr add 172.31.0.2/24 dev eth0 && ethtool -K eth0 gro on tx off >/dev/null && \
+                 ip link add vxlan0 address {VXLAN_MAC} type vxlan id 1001 local 172.31.0.2 remote 172.31.0.1 dstport 4789 dev eth0 && \
+                 ip addr add {VPC_HOST}/24 dev vxlan0 && ip link set vxlan0 up && ethtool -K vxlan0 tx off >/dev/null && \
+                 ip route add 192.168.50.0/24 via 10.0.1.254 dev vxlan0 onlink && \
+                 ip neigh add 10.0.1.254 lladdr 02:00:00:00:0a:fe dev vxlan0 nud permanent"
+            ),
+        )?;
+        let dir = TempDir::new(tag)?;
+        Ok(Self {
+            idc,
+            rtr,
+            gw,
+            vpc,
+            dir,
+        })
+    }
+
+    /// The customer router's VLAN 100 sub-interface (169.254.10.2/30) and its route to the VPC
+    /// CIDR via the cloud interconnect address. Keep it alive for the test.
+    pub fn customer_router(&self) -> Result<CustomerRouter<'_>> {
+        let customer = CustomerRouter::new(&self.rtr, "trunk0", &[(100, "169.254.10.2/30")])?;
+        sh(&self.rtr, "ip route add 10.0.1.0/24 via 169.254.10.1")?;
+        Ok(customer)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("forwarder.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.0.join("forwarder.sock")
+    }
+
+    /// A config for this topology; `vif` and `extra` are TOML appended after the common part.
+    pub fn write_config(&self, vif_and_routes: &str) -> Result<PathBuf> {
+        let tag = self.gw.name().replace("fwt-gw-", "");
+        let text = format!(
+            r#"[agent]
+state_dir = "{state}"
+control_socket = "{socket}"
+pin_dir = "/sys/fs/bpf/fwt-{tag}"
+netns_prefix = "fwt-{tag}-"
+
+[underlay]
+interface = "ul0"
+local_vtep = "172.31.0.1"
+
+[[connection]]
+name = "hc-1"
+kind = "hosted"
+interface = "hc1"
+
+[[border_gateway]]
+name = "bgw-1"
+
+[[vpc_attachment]]
+name = "att-a"
+border_gateway = "bgw-1"
+vni = 1001
+remote_vtep = "172.31.0.2"
+router_mac = "{VXLAN_MAC}"
+propagate = ["10.0.1.0/24"]
+
+{vif_and_routes}
+"#,
+            state = self.dir.0.join("state").display(),
+            socket = self.socket().display(),
+        );
+        let path = self.config_path();
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Starts `forwarder agent` inside the gateway namespace and waits for its socket.
+    pub fn start_agent(&self, forwarder: &Path) -> Result<Agent> {
+        let log = std::fs::File::create(self.dir.0.join("agent.log"))?;
+        // nsenter --net, not `ip netns exec`: the latter gives the agent a mount namespace of
+        // its own, and the VIF control namespaces it creates (netns bind mounts) would be
+        // invisible to the next agent and die with this one.
+        let netns = format!("--net=/run/netns/{}", self.gw.name());
+        let child = Command::new("nsenter")
+            .arg(netns.as_str())
+            .arg(forwarder)
+            .args(["agent", "--config"])
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning the agent")?;
+        let mut agent = Agent {
+            child: Some(child),
+            log: self.dir.0.join("agent.log"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.socket().exists()
+                && cli(forwarder, &self.socket(), &["status"]).is_ok_and(|o| o.status.success())
+            {
+                return Ok(agent);
+            }
+            if let Some(child) = agent.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent exited with {status}: {}", agent.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("agent did not answer within 20 s: {}", agent.log_text())
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/sys/fs/bpf/fwt-{}",
+            self.gw.name().replace("fwt-gw-", "")
+        ))
+    }
+
+    fn netns_prefix(&self) -> String {
+        format!("fwt-{}-", self.gw.name().replace("fwt-gw-", ""))
+    }
+
+    /// Pings from the IDC host; returns (sent, received).
+    pub fn ping(&self, target: &str, count: u32, interval: &str) -> Result<(u32, u32)> {
+        // Not NetNs::exec: a ping with losses exits non-zero and we want its summary.
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.idc.name(),
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                interval,
+                "-W",
+                "1",
+                target,
+            ])
+            .output()?;
+        parse_ping(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+pub fn parse_ping(text: &str) -> Result<(u32, u32)> {
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .with_context(|| format!("no ping summary in {text:?}"))?;
+    let nums: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [sent, received, ..] => Ok((*sent, *received)),
+        _ => bail!("cannot read {line:?}"),
+    }
+}
+
+/// The running agent process; SIGKILLed on drop (what it pinned stays, as in production).
+pub struct Agent {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let child = self.child.take().context("agent already stopped")?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut child = child;
+        Ok(child.wait()?)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            eprintln!("warning: stopping the agent: {e}");
+        }
+    }
+}
+
+impl Drop for Topology {
+    /// What an agent leaves behind by design (pinned maps and links, VIF control namespaces)
+    /// goes with the topology. Agents are dropped (killed) before: they are declared later.
+    fn drop(&mut self) {
+        let pin_dir = self.pin_dir();
+        if pin_dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&pin_dir)
+        {
+            eprintln!("warning: removing {}: {e}", pin_dir.display());
+        }
+        let prefix = self.netns_prefix();
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Some(name) = line.split_whitespace().next()
+                    && name.starts_with(&prefix)
+                    && let Err(e) = Command::new("ip").args(["netns", "del", name]).status()
+                {
+                    eprintln!("warning: removing netns {name}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Runs the `forwarder` CLI (binary `forwarder`) against `socket`.
+pub fn cli(forwarder: &Path, socket: &Path, args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(forwarder)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()?)
+}
+
+/// Runs the CLI with `--json` and parses the answer; fails on a non-zero exit.
+pub fn cli_json(forwarder: &Path, socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = cli(forwarder, socket, &full)?;
+    if !out.status.success() {
+        bail!(
+            "forwarder {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Polls `f` every 200 ms until it returns true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
+const TCP_SERVER: &str = r#"
+import hashlib, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5001))
+s.listen(1)
+s.settimeout(20)
+c, _ = s.accept()
+c.settimeout(20)
+h, n = hashlib.sha256(), 0
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    h.update(d)
+    n += len(d)
+print(n, h.hexdigest())
+"#;
+
+const TCP_CLIENT: &str = r#"
+import hashlib, os, socket, sys, time
+data = os.urandom(int(sys.argv[2]))
+c = socket.create_connection((sys.argv[1], 5001), timeout=20)
+t = time.monotonic()
+c.sendall(data)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+print(len(data), hashlib.sha256(data).hexdigest(), time.monotonic() - t)
+"#;
+
+/// Sends `bytes` random bytes over one TCP connection from `client` to `server_addr` (in
+/// `server`) and returns (bytes the server received, whether its SHA-256 matches, seconds).
+pub fn tcp_transfer(
+    server: &NetNs,
+    server_addr: &str,
+    client: &NetNs,
+    bytes: usize,
+) -> Result<(u64, bool, f64)> {
+    let srv = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            server.name(),
+            "/usr/bin/python3",
+            "-c",
+            TCP_SERVER,
+            server_addr,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let cl = client.exec(&[
+        "/usr/bin/python3",
+        "-c",
+        TCP_CLIENT,
+        server_addr,
+        &bytes.to_string(),
+    ])?;
+    let srv = srv.wait_with_output()?;
+    let server_line = String::from_utf8_lossy(&srv.stdout).trim().to_owned();
+    let client_line = String::from_utf8_lossy(&cl.stdout).trim().to_owned();
+    let (received, server_hash) = server_line.split_once(' ').with_context(|| {
+        format!(
+            "TCP server said {server_line:?}: {}",
+            String::from_utf8_lossy(&srv.stderr)
+        )
+    })?;
+    let mut client_words = client_line.split_whitespace();
+    let _sent = client_words.next();
+    let client_hash = client_words.next().unwrap_or_default();
+    let seconds: f64 = client_words
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    Ok((received.parse()?, server_hash == client_hash, seconds))
+}

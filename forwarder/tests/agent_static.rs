@@ -238,6 +238,15 @@ fn the_agent_can_be_killed_and_restarted_without_losing_a_ping() -> Result<()> {
         cli_route.is_some_and(|r| r["installed"] == true),
         "CLI route missing after restart: {routes}"
     );
+
+    // SIGTERM: a clean exit that removes the socket and leaves forwarding running.
+    let mut agent = agent;
+    let status = agent.terminate()?;
+    ensure!(status.success(), "agent exit on SIGTERM: {status}");
+    ensure!(!t.socket().exists(), "control socket left behind");
+    let (sent, received) = t.ping(VPC_HOST, 5, "0.2")?;
+    println!("ping with the agent stopped: {received}/{sent}");
+    ensure!(received == sent, "forwarding stopped with the agent");
     Ok(())
 }
 

@@ -64,6 +64,29 @@ pub enum Command {
     },
     /// Re-read the config file and apply the difference (a bad config changes nothing).
     Reload,
+    /// BGP sessions with the customers' routers.
+    Bgp {
+        #[command(subcommand)]
+        command: BgpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BgpCommand {
+    /// Every session: state, uptime, prefixes received/accepted/advertised, last error.
+    Neighbors,
+    /// Routes of a VIF's sessions: received (with the verdict of the import filter) or
+    /// advertised.
+    Routes {
+        #[arg(long)]
+        vif: String,
+        /// What the peers sent, accepted or not and why (the default).
+        #[arg(long, conflicts_with = "advertised")]
+        received: bool,
+        /// What we send to the peers.
+        #[arg(long)]
+        advertised: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,6 +160,17 @@ pub fn control(cli: &Cli) -> ExitCode {
             attachment: attachment.clone(),
         },
         Command::Reload => Request::Reload,
+        Command::Bgp {
+            command: BgpCommand::Neighbors,
+        } => Request::BgpNeighbors,
+        Command::Bgp {
+            command: BgpCommand::Routes {
+                vif, advertised, ..
+            },
+        } => Request::BgpRoutes {
+            vif: vif.clone(),
+            advertised: *advertised,
+        },
         Command::Agent { .. } | Command::Check { .. } => return ExitCode::FAILURE,
     };
     match control::call(&cli.socket, &request) {
@@ -332,6 +366,42 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
             }
             out
         }
+        Request::BgpNeighbors => table(
+            &[
+                "VIF",
+                "PEER",
+                "REMOTE",
+                "STATE",
+                "UPTIME",
+                "RECEIVED",
+                "ACCEPTED",
+                "ADVERTISED",
+                "LAST ERROR",
+            ],
+            &rows(
+                data,
+                &[
+                    "vif",
+                    "peer",
+                    "remote_addr",
+                    "state",
+                    "uptime_seconds",
+                    "prefixes_received",
+                    "prefixes_accepted",
+                    "prefixes_advertised",
+                    "last_error",
+                ],
+            ),
+        ),
+        Request::BgpRoutes {
+            advertised: true, ..
+        } => table(&["PEER", "PREFIX"], &rows(data, &["peer", "prefix"])),
+        Request::BgpRoutes {
+            advertised: false, ..
+        } => table(
+            &["PEER", "PREFIX", "VERDICT"],
+            &rows(data, &["peer", "prefix", "verdict"]),
+        ),
         Request::RouteAdd { .. } | Request::RouteDel { .. } | Request::Reload => {
             format!("{}\n", text(data))
         }

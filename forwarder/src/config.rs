@@ -87,6 +87,12 @@ pub struct Agent {
     pub pin_dir: PathBuf,
     /// Each VIF's control-plane namespace is this prefix followed by the VIF's name.
     pub netns_prefix: String,
+    /// BGP hold time offered to customers, seconds (0: no keepalives; else at least 3).
+    pub bgp_hold_time: u16,
+    /// Seconds between attempts to open a BGP session that is down.
+    pub bgp_connect_retry: u16,
+    /// Seconds a session stays down after its peer exceeded `max_prefixes`.
+    pub bgp_max_prefix_restart: u16,
 }
 
 impl Default for Agent {
@@ -99,6 +105,9 @@ impl Default for Agent {
             xdp_mode: XdpMode::Native,
             pin_dir: PathBuf::from(forwarder_common::PIN_ROOT),
             netns_prefix: "fwv-".to_owned(),
+            bgp_hold_time: 90,
+            bgp_connect_retry: 5,
+            bgp_max_prefix_restart: 30,
         }
     }
 }
@@ -789,6 +798,16 @@ impl<'a> Validator<'a> {
             if !path.is_absolute() {
                 self.problem(SECTION, field, format!("{path:?} is not an absolute path"));
             }
+        }
+        if matches!(agent.bgp_hold_time, 1 | 2) {
+            self.problem(
+                SECTION,
+                "bgp_hold_time",
+                "must be 0 or at least 3 seconds (RFC 4271)",
+            );
+        }
+        if agent.bgp_connect_retry == 0 {
+            self.problem(SECTION, "bgp_connect_retry", "must be at least 1 second");
         }
         // An empty prefix is allowed: namespaces are then named after the VIFs alone.
         let prefix = &agent.netns_prefix;

@@ -40,6 +40,12 @@ pub enum Request {
         attachment: Option<String>,
     },
     Reload,
+    BgpNeighbors,
+    /// Routes received from (default) or advertised to the VIF's BGP peers.
+    BgpRoutes {
+        vif: String,
+        advertised: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! `dataplane` owns the XDP programs and their maps.
 
 pub mod agent;
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod control;

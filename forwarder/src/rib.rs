@@ -35,12 +35,23 @@ pub enum Target {
     Attachment(String),
     /// Send to the client router(s) of this VIF.
     Vif(String),
+    /// Send to the client routers of this VIF's BGP sessions in the mask (bit i = peer i):
+    /// the sessions that announced the prefix.
+    VifPeers(String, u8),
 }
 
 impl Target {
     pub fn name(&self) -> &str {
         match self {
-            Self::Attachment(n) | Self::Vif(n) => n,
+            Self::Attachment(n) | Self::Vif(n) | Self::VifPeers(n, _) => n,
+        }
+    }
+
+    /// The VIF this target sends to, if it is one.
+    pub fn vif(&self) -> Option<&str> {
+        match self {
+            Self::Vif(n) | Self::VifPeers(n, _) => Some(n),
+            Self::Attachment(_) => None,
         }
     }
 }
@@ -50,6 +61,13 @@ impl std::fmt::Display for Target {
         match self {
             Self::Attachment(n) => write!(f, "attachment {n}"),
             Self::Vif(n) => write!(f, "vif {n}"),
+            Self::VifPeers(n, mask) => {
+                let peers: Vec<String> = (0..8)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| i.to_string())
+                    .collect();
+                write!(f, "vif {n} (bgp peer {})", peers.join("+"))
+            }
         }
     }
 }

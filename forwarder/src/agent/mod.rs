@@ -14,6 +14,7 @@ use aya::programs::XdpMode;
 use forwarder_common::{MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_VIFS, vif_state};
 use ipnet::Ipv4Net;
 
+mod bgp;
 mod requests;
 
 use crate::{
@@ -53,6 +54,8 @@ struct VifRuntime {
     control_ifindex: u32,
     mac: [u8; 6],
     state: u32,
+    /// Last sample of the connection port's link state and the client routers' MACs.
+    link_up: bool,
     client_macs: Vec<Option<[u8; 6]>>,
 }
 
@@ -74,6 +77,8 @@ pub struct Agent {
     installed_routes: BTreeMap<(u32, Ipv4Net), u32>,
     installed_next_hops: BTreeMap<u32, NextHopSpec>,
     started: Instant,
+    speaker: crate::bgp::Speaker,
+    bgp: bgp::BgpState,
 }
 
 fn xdp_mode(mode: config::XdpMode) -> XdpMode {
@@ -96,7 +101,10 @@ fn state_name(state: u32) -> &'static str {
 impl Agent {
     /// Loads the configuration and the persisted state, re-adopts (or creates) the pinned data
     /// plane, attaches it to every port and programs it.
-    pub fn start(config_path: &Path) -> Result<Self, Error> {
+    pub fn start(
+        config_path: &Path,
+        events: tokio::sync::mpsc::Sender<crate::bgp::Event>,
+    ) -> Result<Self, Error> {
         let config = config::load(config_path)?;
         let state = State::load(&config.agent.state_dir)?;
         check_local_vtep(&config)?;
@@ -123,6 +131,8 @@ impl Agent {
             // (same values, so traffic does not notice) and clears the ones it does not.
             installed_next_hops: BTreeMap::new(),
             started: Instant::now(),
+            speaker: crate::bgp::Speaker::new(events),
+            bgp: bgp::BgpState::default(),
         };
         let stale: Vec<u32> = agent
             .dp
@@ -148,8 +158,9 @@ impl Agent {
         self.sync_ports()?;
         self.sync_attachments()?;
         self.sync_vifs()?;
+        self.sync_sessions();
         self.rebuild_tables();
-        self.reconcile()?;
+        self.tick()?;
         self.state.save(&self.config.agent.state_dir)?;
         Ok(())
     }
@@ -339,6 +350,7 @@ impl Agent {
                 control_ifindex,
                 mac,
                 state,
+                link_up: self.vifs.get(&vif.name).is_some_and(|v| v.link_up),
                 client_macs: self
                     .vifs
                     .get(&vif.name)
@@ -387,7 +399,7 @@ impl Agent {
         tracing::info!(vif = name, "deleting VIF: withdrawing its routes");
         self.dp.set_vif_state(rt.id, vif_state::DELETING)?;
         for table in self.tables.values_mut() {
-            table.remove_where(|r| r.target != Target::Vif(name.to_owned()));
+            table.remove_where(|r| r.target.vif() != Some(name));
         }
         self.vifs.remove(name);
         self.reconcile()?;
@@ -404,7 +416,7 @@ impl Agent {
     }
 
     /// Every candidate route: propagated VPC CIDRs, static routes of the config and of the CLI.
-    fn rebuild_tables(&mut self) {
+    pub(crate) fn rebuild_tables(&mut self) {
         let mut tables: BTreeMap<String, rib::Table> = self
             .config
             .border_gateways
@@ -447,13 +459,18 @@ impl Agent {
                 });
             }
         }
+        for (gateway, route) in self.bgp_routes() {
+            if let Some(t) = tables.get_mut(&gateway) {
+                t.insert(route);
+            }
+        }
         self.tables = tables;
     }
 
     /// Observes links and neighbours, updates VIF states, and writes the next hops and routes
     /// that differ from what the data plane holds.
     pub fn reconcile(&mut self) -> Result<(), Error> {
-        self.observe_vifs()?;
+        self.derive_vif_states()?;
         // Next hops: one per attachment, one per (VIF, resolved client router), one group per
         // VIF over its resolved client routers.
         let mut wanted_nh: BTreeMap<u32, NextHopSpec> = BTreeMap::new();
@@ -470,37 +487,57 @@ impl Agent {
             wanted_nh.insert(id, NextHopSpec::Attachment(att_id));
             target_nh.insert(Target::Attachment(att.name.clone()), id);
         }
+        // Masks of BGP sessions that routes point to, per VIF.
+        let mut masks: BTreeMap<String, BTreeSet<u8>> = BTreeMap::new();
+        for table in self.tables.values() {
+            for route in table.routes() {
+                if let Target::VifPeers(vif, mask) = &route.target {
+                    masks.entry(vif.clone()).or_default().insert(*mask);
+                }
+            }
+        }
         for (name, rt) in self.vifs.clone() {
             if rt.state != vif_state::AVAILABLE {
                 continue;
             }
             let mut members = Vec::new();
-            for (i, mac) in rt.client_macs.iter().enumerate() {
-                if let Some(mac) = mac {
-                    let id = self.next_hop_id(&format!("vif:{name}:{i}"))?;
-                    wanted_nh.insert(
-                        id,
-                        NextHopSpec::Vif {
-                            vif: rt.id,
-                            mac: *mac,
-                        },
-                    );
-                    members.push(id);
-                }
+            for (i, mac) in self.eligible_peers(&name) {
+                let id = self.next_hop_id(&format!("vif:{name}:{i}"))?;
+                wanted_nh.insert(id, NextHopSpec::Vif { vif: rt.id, mac });
+                members.push((i, id));
             }
-            if !members.is_empty() {
-                let id = self.next_hop_id(&format!("vif:{name}"))?;
-                wanted_nh.insert(id, NextHopSpec::Group(members));
-                target_nh.insert(Target::Vif(name.clone()), id);
+            if members.is_empty() {
+                continue;
+            }
+            let id = self.next_hop_id(&format!("vif:{name}"))?;
+            wanted_nh.insert(
+                id,
+                NextHopSpec::Group(members.iter().map(|(_, id)| *id).collect()),
+            );
+            target_nh.insert(Target::Vif(name.clone()), id);
+            for mask in masks.get(&name).into_iter().flatten() {
+                let group: Vec<u32> = members
+                    .iter()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, id)| *id)
+                    .collect();
+                if !group.is_empty() {
+                    let id = self.next_hop_id(&format!("vif:{name}:m{mask}"))?;
+                    wanted_nh.insert(id, NextHopSpec::Group(group));
+                    target_nh.insert(Target::VifPeers(name.clone(), *mask), id);
+                }
             }
         }
         // Routes: the selection of each table among targets that can carry traffic.
         let mut wanted_routes: BTreeMap<(u32, Ipv4Net), u32> = BTreeMap::new();
+        let mut selected: BTreeMap<String, Vec<(Ipv4Net, Target)>> = BTreeMap::new();
         for (gateway, table) in &self.tables {
             let gw = self.gateway_id(gateway);
+            let chosen = selected.entry(gateway.clone()).or_default();
             for (prefix, route) in table.select(|t| target_nh.contains_key(t)) {
                 if let Some(nh) = target_nh.get(&route.target) {
                     wanted_routes.insert((gw, prefix), *nh);
+                    chosen.push((prefix, route.target.clone()));
                 }
             }
         }
@@ -536,6 +573,7 @@ impl Agent {
             self.dp.clear_next_hop(id)?;
             self.installed_next_hops.remove(&id);
         }
+        self.export(&selected);
         // Next-hop ids no object needs any more are released.
         let live: BTreeSet<u32> = self.installed_next_hops.keys().copied().collect();
         let keep_names: BTreeSet<String> = self
@@ -546,6 +584,7 @@ impl Agent {
             .chain(self.config.vifs.iter().flat_map(|v| {
                 (0..v.peers.len())
                     .map(move |i| format!("vif:{}:{i}", v.name))
+                    .chain((1..4u8).map(move |m| format!("vif:{}:m{m}", v.name)))
                     .chain([format!("vif:{}", v.name)])
             }))
             .collect();
@@ -556,20 +595,17 @@ impl Agent {
         Ok(())
     }
 
-    /// Link state of each VIF's connection and its client routers' MACs → VIF state.
-    fn observe_vifs(&mut self) -> Result<(), Error> {
+    /// Samples each VIF's connection link state and its client routers' MACs (iproute2
+    /// calls: done on the periodic tick, not per event).
+    fn sample_vifs(&mut self) {
         let configs: BTreeMap<String, config::Vif> = self
             .config
             .vifs
             .iter()
             .map(|v| (v.name.clone(), v.clone()))
             .collect();
-        let names: Vec<String> = self.vifs.keys().cloned().collect();
-        for name in names {
-            let Some(vif) = configs.get(&name) else {
-                continue;
-            };
-            let Some(rt) = self.vifs.get(&name).cloned() else {
+        for (name, rt) in self.vifs.iter_mut() {
+            let Some(vif) = configs.get(name) else {
                 continue;
             };
             let interface = self
@@ -577,31 +613,65 @@ impl Agent {
                 .connection(&vif.connection)
                 .map(|c| c.interface.clone())
                 .unwrap_or_default();
-            let link_up = host::link_up(&interface).unwrap_or(false);
+            rt.link_up = host::link_up(&interface).unwrap_or(false);
             let clients: Vec<Ipv4Addr> = vif.peers.iter().map(|p| p.client_address).collect();
-            let client_macs = rt.control.client_macs(&clients).unwrap_or_else(|e| {
+            rt.client_macs = rt.control.client_macs(&clients).unwrap_or_else(|e| {
                 tracing::warn!(vif = %name, error = %e, "cannot read the control plane's neighbours");
                 vec![None; clients.len()]
             });
-            let resolved = client_macs.iter().any(Option::is_some);
-            let state = match vif.routing {
-                Routing::Static if link_up && resolved => vif_state::AVAILABLE,
-                // BGP sessions come with the BGP speaker; until then a BGP VIF carries only
-                // control traffic.
-                _ if rt.state == vif_state::CONFIGURING => vif_state::CONFIGURING,
-                Routing::Bgp => rt.state,
-                Routing::Static => vif_state::UNAVAILABLE,
+        }
+    }
+
+    /// The peers of a VIF that can take traffic: client MAC resolved and, for BGP, session
+    /// established.
+    fn eligible_peers(&self, name: &str) -> Vec<(usize, [u8; 6])> {
+        let Some(rt) = self.vifs.get(name) else {
+            return Vec::new();
+        };
+        let bgp = self
+            .config
+            .vif(name)
+            .is_some_and(|v| v.routing == Routing::Bgp);
+        rt.client_macs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, mac)| Some((i, (*mac)?)))
+            .filter(|(i, _)| !bgp || self.bgp.up.contains(&(name.to_owned(), *i)))
+            .collect()
+    }
+
+    /// VIF states from the last sample and the BGP sessions: `available` when the link is up
+    /// and at least one peer can take traffic.
+    fn derive_vif_states(&mut self) -> Result<(), Error> {
+        let names: Vec<String> = self.vifs.keys().cloned().collect();
+        for name in names {
+            let Some(rt) = self.vifs.get(&name) else {
+                continue;
             };
-            if state != rt.state {
-                tracing::info!(vif = %name, from = state_name(rt.state), to = state_name(state), link_up, resolved, "VIF state");
+            let (old, link_up) = (rt.state, rt.link_up);
+            let usable = !self.eligible_peers(&name).is_empty();
+            let state = if link_up && usable {
+                vif_state::AVAILABLE
+            } else if old == vif_state::CONFIGURING {
+                vif_state::CONFIGURING
+            } else {
+                vif_state::UNAVAILABLE
+            };
+            if state != old {
+                tracing::info!(vif = %name, from = state_name(old), to = state_name(state), link_up, "VIF state");
                 self.dp.set_vif_state(rt.id, state)?;
             }
             if let Some(rt) = self.vifs.get_mut(&name) {
                 rt.state = state;
-                rt.client_macs = client_macs;
             }
         }
         Ok(())
+    }
+
+    /// The periodic check: sample links and neighbours, then reconcile.
+    pub fn tick(&mut self) -> Result<(), Error> {
+        self.sample_vifs();
+        self.reconcile()
     }
 
     /// Re-reads the config file. A config that does not load, or that leaves a CLI-added route
@@ -661,7 +731,8 @@ fn check_local_vtep(config: &Config) -> Result<(), Error> {
 /// reload on SIGHUP. XDP and the pinned maps stay when it returns.
 pub async fn run(config_path: &Path) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
-    let agent = Agent::start(config_path)?;
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(1024);
+    let agent = Agent::start(config_path, events_tx)?;
     let socket = agent.socket_path();
     let listener = control::bind(&socket)
         .map_err(|source| Error::Refused(format!("binding {}: {source}", socket.display())))?;
@@ -681,8 +752,21 @@ pub async fn run(config_path: &Path) -> Result<(), Error> {
                 }
             }
             _ = tick.tick() => {
-                if let Err(e) = agent.lock().await.reconcile() {
+                if let Err(e) = agent.lock().await.tick() {
                     tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying in a second");
+                }
+            }
+            Some(event) = events.recv() => {
+                // Everything already queued is taken in one go: a 100k-prefix import is many
+                // UPDATEs but only as many reconciliations as the agent can keep up with.
+                let mut agent = agent.lock().await;
+                agent.handle_bgp_event(event);
+                while let Ok(event) = events.try_recv() {
+                    agent.handle_bgp_event(event);
+                }
+                agent.rebuild_tables();
+                if let Err(e) = agent.reconcile() {
+                    tracing::error!(error = %format!("{e:#}"), "reconcile after BGP events failed");
                 }
             }
             accepted = listener.accept() => match accepted {

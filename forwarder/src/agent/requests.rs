@@ -43,8 +43,31 @@ impl Agent {
             Request::Reload => self
                 .reload()
                 .map(|()| Response::ok("configuration reloaded")),
+            Request::BgpNeighbors => Ok(Response::ok(self.speaker.status())),
+            Request::BgpRoutes { vif, advertised } => self.bgp_routes_view(&vif, advertised),
         };
         result.unwrap_or_else(|e| Response::err(format!("{e:#}")))
+    }
+
+    fn bgp_routes_view(&self, vif: &str, advertised: bool) -> Result<Response, Error> {
+        let config = self
+            .config
+            .vif(vif)
+            .ok_or_else(|| Error::Refused(format!("no VIF named {vif:?}")))?;
+        if config.routing != Routing::Bgp {
+            return Err(Error::Refused(format!("VIF {vif:?} is statically routed")));
+        }
+        if advertised {
+            let routes: Vec<serde_json::Value> = self
+                .speaker
+                .advertised(vif)
+                .into_iter()
+                .map(|(peer, prefix)| serde_json::json!({"peer": peer, "prefix": prefix}))
+                .collect();
+            Ok(Response::ok(routes))
+        } else {
+            Ok(Response::ok(self.speaker.received(vif)))
+        }
     }
 
     fn status(&self) -> control::Status {

@@ -1,0 +1,385 @@
+//! The BGP speaker: one RFC 4271 session per `[[vif.peer]]`, opened inside the VIF's control
+//! plane namespace, importing the client's IPv4 unicast routes through the import filter
+//! (`policy`) and advertising what the agent exports. The agent talks to it through
+//! [`Speaker`] and hears back through [`Event`]s; the CLI reads [`NeighborStatus`] snapshots.
+//!
+//! `wire` is the glue over the codec crate, `socket` makes namespaced (MD5) sockets,
+//! `session` is the per-session task and its state machine.
+
+mod policy;
+mod session;
+mod socket;
+mod wire;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt, io,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub use policy::{Reject, Verdict};
+
+/// Everything one session needs. Equal configs mean an unchanged session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// VIF name.
+    pub vif: String,
+    /// Which `[[vif.peer]]` of the VIF.
+    pub peer_index: usize,
+    /// The VIF's namespace, e.g. `/run/netns/fwv-vif-100`; `None` = the agent's own.
+    pub netns: Option<PathBuf>,
+    /// Cloud interconnect address (also the NEXT_HOP we advertise).
+    pub local_addr: Ipv4Addr,
+    /// Client interconnect address.
+    pub remote_addr: Ipv4Addr,
+    pub local_asn: u32,
+    pub remote_asn: u32,
+    pub router_id: Ipv4Addr,
+    /// TCP MD5 key.
+    pub password: Option<String>,
+    /// More accepted prefixes than this: Cease / Maximum Number of Prefixes Reached.
+    pub max_prefixes: Option<u32>,
+    pub accept_default: bool,
+    /// Hold time we offer (0 = no keepalives; 1 and 2 are invalid).
+    pub hold_time: u16,
+    /// Base delay between outgoing connection attempts (backs off up to 60 s).
+    pub connect_retry: Duration,
+    /// How long a session stays Idle after a max-prefix teardown.
+    pub idle_after_max_prefix: Duration,
+    /// TCP port of both sides (179).
+    pub port: u16,
+}
+
+impl SessionConfig {
+    /// A config with the usual timers (hold 90 s, retry 5 s, max-prefix idle 30 s, port 179).
+    pub fn new(
+        vif: impl Into<String>,
+        peer_index: usize,
+        local_addr: Ipv4Addr,
+        remote_addr: Ipv4Addr,
+        local_asn: u32,
+        remote_asn: u32,
+        router_id: Ipv4Addr,
+    ) -> Self {
+        Self {
+            vif: vif.into(),
+            peer_index,
+            netns: None,
+            local_addr,
+            remote_addr,
+            local_asn,
+            remote_asn,
+            router_id,
+            password: None,
+            max_prefixes: None,
+            accept_default: false,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(5),
+            idle_after_max_prefix: Duration::from_secs(30),
+            port: 179,
+        }
+    }
+}
+
+/// What the speaker tells the agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Established {
+        vif: String,
+        peer_index: usize,
+    },
+    /// An Established session ended; its routes are gone with it (no `Routes` withdrawal
+    /// follows).
+    Down {
+        vif: String,
+        peer_index: usize,
+        reason: String,
+    },
+    /// Changes of the accepted routes, one event per UPDATE (or per re-evaluation).
+    Routes {
+        vif: String,
+        peer_index: usize,
+        announced: Vec<Ipv4Net>,
+        withdrawn: Vec<Ipv4Net>,
+    },
+}
+
+/// RFC 4271 session states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum SessionState {
+    Idle,
+    Connect,
+    Active,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+impl fmt::Display for SessionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One session as `forwarder bgp neighbors` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NeighborStatus {
+    pub vif: String,
+    /// Index of the `[[vif.peer]]` (0-based).
+    #[serde(rename = "peer")]
+    pub peer_index: usize,
+    pub local_addr: Ipv4Addr,
+    pub remote_addr: Ipv4Addr,
+    pub local_asn: u32,
+    pub remote_asn: u32,
+    pub state: SessionState,
+    /// Seconds since Established.
+    pub uptime_seconds: Option<u64>,
+    /// The peer's BGP identifier and the negotiated hold time, once known.
+    pub remote_id: Option<Ipv4Addr>,
+    pub hold_time: Option<u16>,
+    pub prefixes_received: usize,
+    pub prefixes_accepted: usize,
+    pub prefixes_advertised: usize,
+    /// How often the session reached Established.
+    pub established_count: u64,
+    /// The last protocol error: NOTIFICATION sent or received, hold timer, session lost.
+    pub last_error: Option<String>,
+    /// The last failure to get a TCP connection going (refused, timed out — e.g. MD5).
+    pub last_connect_error: Option<String>,
+}
+
+/// One prefix the client announced, with the import verdict. JSON: `prefix`, `peer`
+/// (0-based index), `verdict` (`"accepted"` or `"rejected: <reason>"`), `accepted` (bool) and
+/// `reason` (null when accepted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedRoute {
+    pub prefix: Ipv4Net,
+    pub peer_index: usize,
+    pub verdict: Verdict,
+}
+
+impl Serialize for ReceivedRoute {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ReceivedRoute", 5)?;
+        st.serialize_field("prefix", &self.prefix)?;
+        st.serialize_field("peer", &self.peer_index)?;
+        st.serialize_field("verdict", &self.verdict.to_string())?;
+        st.serialize_field("accepted", &self.verdict.is_accepted())?;
+        let reason = match &self.verdict {
+            Verdict::Accepted => None,
+            Verdict::Rejected(r) => Some(r.to_string()),
+        };
+        st.serialize_field("reason", &reason)?;
+        st.end()
+    }
+}
+
+/// Errors of the socket layer (they end a connection attempt, never the agent).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("network namespace {}", .0.display())]
+    Netns(PathBuf, #[source] io::Error),
+    #[error("namespace thread")]
+    Thread(#[source] io::Error),
+    #[error("{0}")]
+    Socket(&'static str, #[source] io::Error),
+    #[error("bind {0}")]
+    Bind(SocketAddr, #[source] io::Error),
+    #[error("connect to {0}")]
+    Connect(SocketAddr, #[source] io::Error),
+    #[error("TCP MD5 key of {0} bytes is longer than 80")]
+    Md5KeyTooLong(usize),
+}
+
+/// What a session task publishes; read by [`Speaker::status`] and friends.
+#[derive(Debug)]
+struct Shared {
+    status: NeighborStatus,
+    established_at: Option<Instant>,
+    /// Adj-RIB-In with verdicts.
+    received: BTreeMap<Ipv4Net, Verdict>,
+    /// Adj-RIB-Out.
+    advertised: BTreeSet<Ipv4Net>,
+}
+
+type SharedRef = Arc<Mutex<Shared>>;
+
+fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
+    // A panicking session task must not take the CLI down with it.
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+enum Command {
+    Export(BTreeSet<Ipv4Net>),
+    VpcCidrs(Vec<Ipv4Net>),
+    Shutdown,
+}
+
+#[derive(Debug)]
+struct Handle {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: SharedRef,
+}
+
+impl Handle {
+    fn send(&self, cmd: Command) {
+        if self.commands.send(cmd).is_err() {
+            tracing::warn!("BGP session task is gone");
+        }
+    }
+}
+
+/// Owns the sessions. Every method is cheap and never blocks; must be used inside a tokio
+/// runtime (sessions are tasks).
+#[derive(Debug)]
+pub struct Speaker {
+    events: mpsc::Sender<Event>,
+    sessions: BTreeMap<(String, usize), Handle>,
+}
+
+impl Speaker {
+    pub fn new(events: mpsc::Sender<Event>) -> Self {
+        Self {
+            events,
+            sessions: BTreeMap::new(),
+        }
+    }
+
+    /// Starts a session (replacing one with the same VIF and peer index).
+    pub fn add_session(&mut self, cfg: SessionConfig, vpc_cidrs: Vec<Ipv4Net>) {
+        let key = (cfg.vif.clone(), cfg.peer_index);
+        self.remove_session(&key.0, key.1);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(vif = %cfg.vif, peer = cfg.peer_index, "BGP session needs a tokio runtime");
+            return;
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            status: NeighborStatus {
+                vif: cfg.vif.clone(),
+                peer_index: cfg.peer_index,
+                local_addr: cfg.local_addr,
+                remote_addr: cfg.remote_addr,
+                local_asn: cfg.local_asn,
+                remote_asn: cfg.remote_asn,
+                state: SessionState::Idle,
+                uptime_seconds: None,
+                remote_id: None,
+                hold_time: None,
+                prefixes_received: 0,
+                prefixes_accepted: 0,
+                prefixes_advertised: 0,
+                established_count: 0,
+                last_error: None,
+                last_connect_error: None,
+            },
+            established_at: None,
+            received: BTreeMap::new(),
+            advertised: BTreeSet::new(),
+        }));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = session::Session::new(cfg, vpc_cidrs, self.events.clone(), rx, shared.clone());
+        runtime.spawn(task.run());
+        self.sessions.insert(
+            key,
+            Handle {
+                commands: tx,
+                shared,
+            },
+        );
+    }
+
+    /// Stops a session: Cease / Administrative Shutdown to the peer, then close. No further
+    /// events come from it.
+    pub fn remove_session(&mut self, vif: &str, peer_index: usize) {
+        if let Some(handle) = self.sessions.remove(&(vif.to_string(), peer_index)) {
+            handle.send(Command::Shutdown);
+        }
+    }
+
+    /// The full set the session should advertise; the speaker sends the difference.
+    pub fn set_export(&mut self, vif: &str, peer_index: usize, prefixes: BTreeSet<Ipv4Net>) {
+        if let Some(handle) = self.sessions.get(&(vif.to_string(), peer_index)) {
+            handle.send(Command::Export(prefixes));
+        }
+    }
+
+    /// New VPC CIDRs for the overlap rule; held routes are judged again.
+    pub fn set_vpc_cidrs(&mut self, vif: &str, peer_index: usize, cidrs: Vec<Ipv4Net>) {
+        if let Some(handle) = self.sessions.get(&(vif.to_string(), peer_index)) {
+            handle.send(Command::VpcCidrs(cidrs));
+        }
+    }
+
+    pub fn status(&self) -> Vec<NeighborStatus> {
+        self.sessions
+            .values()
+            .map(|h| {
+                let shared = lock(&h.shared);
+                let mut status = shared.status.clone();
+                status.uptime_seconds = shared.established_at.map(|t| t.elapsed().as_secs());
+                status
+            })
+            .collect()
+    }
+
+    /// The routes the VIF's clients announced, with verdicts, ordered by peer then prefix.
+    pub fn received(&self, vif: &str) -> Vec<ReceivedRoute> {
+        self.vif_sessions(vif)
+            .flat_map(|(peer_index, h)| {
+                let shared = lock(&h.shared);
+                shared
+                    .received
+                    .iter()
+                    .map(|(prefix, verdict)| ReceivedRoute {
+                        prefix: *prefix,
+                        peer_index,
+                        verdict: verdict.clone(),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// What each of the VIF's sessions currently advertises: (peer index, prefix).
+    pub fn advertised(&self, vif: &str) -> Vec<(usize, Ipv4Net)> {
+        self.vif_sessions(vif)
+            .flat_map(|(peer_index, h)| {
+                let shared = lock(&h.shared);
+                shared
+                    .advertised
+                    .iter()
+                    .map(|p| (peer_index, *p))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn vif_sessions<'a>(&'a self, vif: &'a str) -> impl Iterator<Item = (usize, &'a Handle)> {
+        self.sessions
+            .iter()
+            .filter(move |((v, _), _)| v == vif)
+            .map(|((_, i), h)| (*i, h))
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        for handle in self.sessions.values() {
+            // A task that is already gone needs no shutdown.
+            handle.commands.send(Command::Shutdown).ok();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

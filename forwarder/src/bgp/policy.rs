@@ -1,0 +1,178 @@
+//! Import policy: the verdict on every prefix a client announces. Pure functions of the
+//! prefix and the session's settings, so a change of VPC CIDRs can re-judge what is held.
+
+use std::{fmt, net::Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Serialize, Serializer};
+
+/// Why a received prefix is not used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Customer segments must not overlap the gateway's VPC segments (either way round).
+    OverlapsVpc(Ipv4Net),
+    /// `0.0.0.0/0` from a VIF without `accept_default`.
+    DefaultRoute,
+    /// 0/8, 127/8, 169.254/16, 224/4, 240/4.
+    Martian,
+    /// The AS path already holds our own ASN.
+    AsPathLoop(u32),
+    /// The UPDATE carried a malformed attribute (RFC 7606 treat-as-withdraw).
+    TreatAsWithdraw(String),
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reject::OverlapsVpc(cidr) => write!(f, "overlaps VPC CIDR {cidr}"),
+            Reject::DefaultRoute => f.write_str("default route"),
+            Reject::Martian => f.write_str("martian"),
+            Reject::AsPathLoop(asn) => write!(f, "AS path contains local ASN {asn}"),
+            Reject::TreatAsWithdraw(detail) => write!(f, "treat-as-withdraw: {detail}"),
+        }
+    }
+}
+
+impl Serialize for Reject {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The verdict on one received prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Rejected(Reject),
+}
+
+impl Verdict {
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Verdict::Accepted)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Accepted => f.write_str("accepted"),
+            Verdict::Rejected(reason) => write!(f, "rejected: {reason}"),
+        }
+    }
+}
+
+/// What the import filter needs to know about a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportPolicy {
+    pub accept_default: bool,
+    pub vpc_cidrs: Vec<Ipv4Net>,
+}
+
+const MARTIANS: [(Ipv4Addr, u8); 5] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    // The interconnect itself is link-local too; it is still never a customer route.
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::new(240, 0, 0, 0), 4),
+];
+
+fn is_martian(prefix: &Ipv4Net) -> bool {
+    MARTIANS
+        .iter()
+        .any(|&(addr, len)| Ipv4Net::new(addr, len).is_ok_and(|martian| martian.contains(prefix)))
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+impl ImportPolicy {
+    /// The verdict on `prefix` (host bits are expected to be zero, as decoded NLRI are).
+    pub fn judge(&self, prefix: &Ipv4Net) -> Verdict {
+        if prefix.prefix_len() == 0 {
+            // An accepted default covers every VPC CIDR by definition; longest match keeps
+            // the VPC routes preferred, so the overlap rule does not apply to it.
+            return if self.accept_default {
+                Verdict::Accepted
+            } else {
+                Verdict::Rejected(Reject::DefaultRoute)
+            };
+        }
+        if is_martian(prefix) {
+            return Verdict::Rejected(Reject::Martian);
+        }
+        if let Some(cidr) = self.vpc_cidrs.iter().find(|c| overlaps(c, prefix)) {
+            return Verdict::Rejected(Reject::OverlapsVpc(*cidr));
+        }
+        Verdict::Accepted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("prefix")
+    }
+
+    fn policy(accept_default: bool) -> ImportPolicy {
+        ImportPolicy {
+            accept_default,
+            vpc_cidrs: vec![net("10.0.0.0/16"), net("10.1.0.0/16")],
+        }
+    }
+
+    #[test]
+    fn default_route() {
+        assert_eq!(
+            policy(false).judge(&net("0.0.0.0/0")),
+            Verdict::Rejected(Reject::DefaultRoute)
+        );
+        assert_eq!(policy(true).judge(&net("0.0.0.0/0")), Verdict::Accepted);
+    }
+
+    #[test]
+    fn overlap_both_ways() {
+        let p = policy(false);
+        assert_eq!(
+            p.judge(&net("10.0.5.0/24")),
+            Verdict::Rejected(Reject::OverlapsVpc(net("10.0.0.0/16")))
+        );
+        assert_eq!(
+            p.judge(&net("10.0.0.0/8")),
+            Verdict::Rejected(Reject::OverlapsVpc(net("10.0.0.0/16")))
+        );
+        assert_eq!(
+            p.judge(&net("10.1.0.0/16")).to_string(),
+            "rejected: overlaps VPC CIDR 10.1.0.0/16"
+        );
+        assert_eq!(p.judge(&net("10.2.0.0/16")), Verdict::Accepted);
+    }
+
+    #[test]
+    fn martians() {
+        let p = policy(true);
+        for m in [
+            "0.0.0.0/8",
+            "0.1.0.0/16",
+            "127.0.0.1/32",
+            "169.254.10.0/30",
+            "224.0.0.0/4",
+            "239.1.1.0/24",
+            "240.0.0.0/4",
+            "255.255.255.255/32",
+        ] {
+            assert_eq!(p.judge(&net(m)), Verdict::Rejected(Reject::Martian), "{m}");
+        }
+        for ok in [
+            "100.64.0.0/10",
+            "192.168.50.0/24",
+            "172.16.0.0/12",
+            "1.0.0.0/8",
+        ] {
+            assert_eq!(p.judge(&net(ok)), Verdict::Accepted, "{ok}");
+        }
+    }
+}

@@ -1,0 +1,913 @@
+//! One session's task: the RFC 4271 state machine over up to a few TCP connections at once
+//! (we listen and connect, so both may race; §6.8 collision resolution picks one). Each
+//! connection has a reader task (framing, decoding) and a writer task with an unbounded
+//! queue, so sending a large export never stops us from reading a large import.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use ipnet::Ipv4Net;
+use rustbgpd_wire::{Afi, Message, Safi};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::mpsc,
+    task::{AbortHandle, JoinHandle},
+    time::{Instant, sleep_until},
+};
+use tracing::Instrument;
+
+use super::{
+    Command, Error, Event, SessionConfig, SessionState, SharedRef, lock,
+    policy::{ImportPolicy, Reject, Verdict},
+    socket::{self, SocketSpec},
+    wire::{self, ExportAttrs, LocalSide, Negotiated, Notification, code, subcode},
+};
+
+/// RFC 4271 §8: the hold timer while waiting for the peer's OPEN.
+const OPEN_HOLD: Duration = Duration::from_secs(240);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// How long a closing connection may take to flush its last NOTIFICATION.
+const FLUSH: Duration = Duration::from_secs(2);
+
+/// What a connection's reader reports.
+#[derive(Debug)]
+enum Inbound {
+    Msg(Message),
+    /// The stream broke the protocol; send this and close.
+    Bad(Notification),
+    /// EOF or a read error.
+    Closed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    OpenSent,
+    OpenConfirm(Negotiated),
+    Established(Negotiated),
+}
+
+#[derive(Debug)]
+struct Conn {
+    id: u64,
+    outbound: bool,
+    tx: mpsc::UnboundedSender<Bytes>,
+    reader: AbortHandle,
+    writer: JoinHandle<()>,
+    phase: Phase,
+    hold_deadline: Option<Instant>,
+    keepalive_at: Option<Instant>,
+}
+
+impl Conn {
+    fn send(&self, bytes: Bytes) {
+        // A failed writer shows up as a read error or a hold timer soon enough.
+        self.tx.send(bytes).ok();
+    }
+
+    /// Sends `notification` (if any) and closes, leaving the writer a moment to flush.
+    fn close(self, notification: Option<&Notification>) {
+        if let Some(n) = notification {
+            self.send(n.encode());
+        }
+        self.reader.abort();
+        drop(self.tx);
+        let writer = self.writer;
+        tokio::spawn(async move {
+            let abort = writer.abort_handle();
+            if tokio::time::timeout(FLUSH, writer).await.is_err() {
+                abort.abort();
+            }
+        });
+    }
+
+    fn negotiated(&self) -> Option<Negotiated> {
+        match self.phase {
+            Phase::OpenSent => None,
+            Phase::OpenConfirm(n) | Phase::Established(n) => Some(n),
+        }
+    }
+}
+
+pub(super) struct Session {
+    cfg: SessionConfig,
+    spec: SocketSpec,
+    local: LocalSide,
+    policy: ImportPolicy,
+    events: mpsc::Sender<Event>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shared: SharedRef,
+    inbound_tx: mpsc::Sender<(u64, Inbound)>,
+    inbound_rx: mpsc::Receiver<(u64, Inbound)>,
+    conns: Vec<Conn>,
+    next_id: u64,
+    listener: Option<TcpListener>,
+    listen_at: Option<Instant>,
+    connecting: Option<JoinHandle<Result<TcpStream, Error>>>,
+    connect_at: Option<Instant>,
+    /// Failed connection attempts since the last Established (backoff).
+    failures: u32,
+    /// Idle hold after a max-prefix teardown: no connections either way until then.
+    idle_until: Option<Instant>,
+    /// What the agent wants advertised.
+    export: BTreeSet<Ipv4Net>,
+    rng: u64,
+}
+
+async fn accept(listener: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn connected(
+    task: &mut Option<JoinHandle<Result<TcpStream, Error>>>,
+) -> Result<TcpStream, Error> {
+    match task {
+        Some(t) => t
+            .await
+            .unwrap_or_else(|e| Err(Error::Thread(std::io::Error::other(e)))),
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_loop(id: u64, mut rd: OwnedReadHalf, tx: mpsc::Sender<(u64, Inbound)>) {
+    let mut framer = wire::Framer::default();
+    loop {
+        loop {
+            let inbound = match framer.next_message() {
+                Ok(Some(msg)) => Inbound::Msg(msg),
+                Ok(None) => break,
+                Err(n) => Inbound::Bad(n),
+            };
+            let fatal = matches!(inbound, Inbound::Bad(_));
+            if tx.send((id, inbound)).await.is_err() || fatal {
+                return;
+            }
+        }
+        framer.buffer().reserve(64 * 1024);
+        let closed = match rd.read_buf(framer.buffer()).await {
+            Ok(0) => "connection closed by peer".to_string(),
+            Ok(_) => continue,
+            Err(e) => format!("read: {e}"),
+        };
+        tx.send((id, Inbound::Closed(closed))).await.ok();
+        return;
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(bytes) = rx.recv().await {
+        if let Err(e) = wr.write_all(&bytes).await {
+            tracing::debug!(error = %e, "BGP write failed");
+            return;
+        }
+    }
+    if let Err(e) = wr.shutdown().await {
+        tracing::debug!(error = %e, "BGP shutdown failed");
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+enum Wake {
+    Command(Option<Command>),
+    Inbound(u64, Inbound),
+    Accepted(std::io::Result<(TcpStream, SocketAddr)>),
+    Connected(Result<TcpStream, Error>),
+    Timer,
+}
+
+impl Session {
+    pub(super) fn new(
+        cfg: SessionConfig,
+        vpc_cidrs: Vec<Ipv4Net>,
+        events: mpsc::Sender<Event>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        shared: SharedRef,
+    ) -> Self {
+        let (inbound_tx, inbound_rx) = mpsc::channel(256);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ (u64::from(u32::from(cfg.local_addr)) << 16)
+            ^ cfg.peer_index as u64;
+        Self {
+            spec: SocketSpec {
+                netns: cfg.netns.clone(),
+                local: cfg.local_addr,
+                remote: cfg.remote_addr,
+                port: cfg.port,
+                password: cfg.password.clone(),
+            },
+            local: LocalSide {
+                asn: cfg.local_asn,
+                hold_time: cfg.hold_time,
+                router_id: cfg.router_id,
+            },
+            policy: ImportPolicy {
+                accept_default: cfg.accept_default,
+                vpc_cidrs,
+            },
+            cfg,
+            events,
+            commands,
+            shared,
+            inbound_tx,
+            inbound_rx,
+            conns: Vec::new(),
+            next_id: 0,
+            listener: None,
+            listen_at: Some(Instant::now()),
+            connecting: None,
+            connect_at: None,
+            failures: 0,
+            idle_until: None,
+            export: BTreeSet::new(),
+            rng: seed | 1,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        let span = tracing::info_span!("bgp", vif = %self.cfg.vif, peer = self.cfg.peer_index);
+        async move {
+            // A random first delay keeps two speakers started together from both connecting.
+            let first = self.cfg.connect_retry / 4;
+            self.connect_at = Some(Instant::now() + self.jitter(first, 0.0));
+            loop {
+                if self.step().await == Flow::Stop {
+                    self.shutdown();
+                    return;
+                }
+                self.publish_state();
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Uniform in `[d * low, d]`.
+    fn jitter(&mut self, d: Duration, low: f64) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let unit = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        d.mul_f64(low + (1.0 - low) * unit)
+    }
+
+    fn retry_delay(&mut self) -> Duration {
+        let base = self.cfg.connect_retry.max(Duration::from_millis(100));
+        let backoff = base
+            .saturating_mul(1 << self.failures.min(6))
+            .min(MAX_RETRY.max(base));
+        // RFC 4271 §10: jitter of 0.75..1.0.
+        self.jitter(backoff, 0.75)
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut next = Instant::now() + Duration::from_secs(3600);
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = next.min(t);
+            }
+        };
+        consider(self.idle_until);
+        if self.listener.is_none() {
+            consider(self.listen_at);
+        }
+        if self.conns.is_empty() && self.connecting.is_none() && self.idle_until.is_none() {
+            consider(self.connect_at);
+        }
+        for c in &self.conns {
+            consider(c.hold_deadline);
+            consider(c.keepalive_at);
+        }
+        next
+    }
+
+    /// Waits for one thing to happen and handles it.
+    async fn step(&mut self) -> Flow {
+        let deadline = self.next_deadline();
+        let wake = tokio::select! {
+            cmd = self.commands.recv() => Wake::Command(cmd),
+            Some((id, inbound)) = self.inbound_rx.recv() => Wake::Inbound(id, inbound),
+            res = accept(&self.listener) => Wake::Accepted(res),
+            res = connected(&mut self.connecting) => Wake::Connected(res),
+            () = sleep_until(deadline) => Wake::Timer,
+        };
+        match wake {
+            Wake::Command(None | Some(Command::Shutdown)) => return Flow::Stop,
+            Wake::Command(Some(Command::Export(set))) => self.set_export(set),
+            Wake::Command(Some(Command::VpcCidrs(cidrs))) => {
+                self.policy.vpc_cidrs = cidrs;
+                self.rejudge().await;
+            }
+            Wake::Inbound(id, inbound) => self.on_inbound(id, inbound).await,
+            Wake::Accepted(Ok((stream, from))) => self.on_accept(stream, from),
+            Wake::Accepted(Err(e)) => {
+                tracing::warn!(error = %e, "BGP accept failed");
+                // Typically out of descriptors: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Wake::Connected(res) => {
+                self.connecting = None;
+                self.on_connected(res);
+            }
+            Wake::Timer => self.on_timers().await,
+        }
+        Flow::Continue
+    }
+
+    fn publish_state(&self) {
+        let state = if self.idle_until.is_some() {
+            SessionState::Idle
+        } else if self.established().is_some() {
+            SessionState::Established
+        } else if self
+            .conns
+            .iter()
+            .any(|c| matches!(c.phase, Phase::OpenConfirm(_)))
+        {
+            SessionState::OpenConfirm
+        } else if !self.conns.is_empty() {
+            SessionState::OpenSent
+        } else if self.connecting.is_some() {
+            SessionState::Connect
+        } else if self.listener.is_some() {
+            SessionState::Active
+        } else {
+            SessionState::Idle
+        };
+        let mut shared = lock(&self.shared);
+        shared.status.state = state;
+        let neg = self
+            .established()
+            .map(|i| &self.conns[i])
+            .and_then(Conn::negotiated);
+        shared.status.remote_id = neg.map(|n| n.remote_id);
+        shared.status.hold_time = neg.map(|n| n.hold_time);
+    }
+
+    fn established(&self) -> Option<usize> {
+        self.conns
+            .iter()
+            .position(|c| matches!(c.phase, Phase::Established(_)))
+    }
+
+    fn record_error(&self, error: String) {
+        lock(&self.shared).status.last_error = Some(error);
+    }
+
+    fn record_connect_error(&self, error: String) {
+        lock(&self.shared).status.last_connect_error = Some(error);
+    }
+
+    async fn emit(&self, event: Event) {
+        if self.events.send(event).await.is_err() {
+            tracing::debug!("BGP event receiver is gone");
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let n = Notification::new(
+            code::CEASE,
+            subcode::ADMINISTRATIVE_SHUTDOWN,
+            "session removed",
+        );
+        for conn in self.conns.drain(..) {
+            conn.close(Some(&n));
+        }
+        if let Some(task) = self.connecting.take() {
+            task.abort();
+        }
+        let mut shared = lock(&self.shared);
+        shared.status.state = SessionState::Idle;
+        shared.established_at = None;
+        tracing::info!("BGP session stopped");
+    }
+
+    fn start_conn(&mut self, stream: TcpStream, outbound: bool) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(id, rd, self.inbound_tx.clone()).in_current_span());
+        let writer = tokio::spawn(write_loop(wr, rx).in_current_span());
+        let conn = Conn {
+            id,
+            outbound,
+            tx,
+            reader: reader.abort_handle(),
+            writer,
+            phase: Phase::OpenSent,
+            hold_deadline: Some(Instant::now() + OPEN_HOLD),
+            keepalive_at: None,
+        };
+        match wire::open(&self.local) {
+            Ok(bytes) => conn.send(bytes),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode OPEN");
+                conn.close(None);
+                return;
+            }
+        }
+        tracing::debug!(conn = id, outbound, "connection up, OPEN sent");
+        self.conns.push(conn);
+    }
+
+    fn on_accept(&mut self, stream: TcpStream, from: SocketAddr) {
+        if from.ip() != IpAddr::V4(self.cfg.remote_addr) {
+            tracing::warn!(from = %from, "BGP connection from a stranger refused");
+            return;
+        }
+        if self.idle_until.is_some() {
+            tracing::debug!(from = %from, "BGP connection refused while idle");
+            return;
+        }
+        if let Err(e) = socket::accepted(&stream) {
+            tracing::warn!(error = %e, "accepted BGP socket");
+        }
+        // A newer inbound attempt replaces one still waiting for its OPEN.
+        if let Some(i) = self
+            .conns
+            .iter()
+            .position(|c| !c.outbound && c.phase == Phase::OpenSent)
+        {
+            self.conns.remove(i).close(None);
+        }
+        self.start_conn(stream, false);
+    }
+
+    fn on_connected(&mut self, res: Result<TcpStream, Error>) {
+        match res {
+            Ok(stream) if self.idle_until.is_none() => self.start_conn(stream, true),
+            Ok(_) => {}
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let delay = self.retry_delay();
+                tracing::debug!(error = %format!("{e:#}"), retry_in = ?delay, "BGP connect failed");
+                self.record_connect_error(error_chain(&e));
+                self.connect_at = Some(Instant::now() + delay);
+            }
+        }
+    }
+
+    fn index(&self, id: u64) -> Option<usize> {
+        self.conns.iter().position(|c| c.id == id)
+    }
+
+    /// Closes connection `i`; a lost Established session goes Down.
+    async fn drop_conn(&mut self, i: usize, notification: Option<&Notification>, error: String) {
+        let conn = self.conns.remove(i);
+        let was_up = matches!(conn.phase, Phase::Established(_));
+        let got_open = conn.negotiated().is_some();
+        conn.close(notification);
+        if was_up || got_open || notification.is_some() || error.contains("NOTIFICATION") {
+            tracing::warn!(error = %error, "BGP connection closed");
+            self.record_error(error.clone());
+        } else {
+            tracing::debug!(error = %error, "BGP connection closed before OPEN");
+            self.record_connect_error(error.clone());
+        }
+        if was_up {
+            self.session_down(error).await;
+        }
+        if self.conns.is_empty() && self.connect_at.is_none_or(|t| t < Instant::now()) {
+            let delay = self.retry_delay();
+            self.connect_at = Some(Instant::now() + delay);
+        }
+    }
+
+    async fn session_down(&mut self, reason: String) {
+        {
+            let mut shared = lock(&self.shared);
+            shared.established_at = None;
+            shared.received.clear();
+            shared.advertised.clear();
+            shared.status.prefixes_received = 0;
+            shared.status.prefixes_accepted = 0;
+            shared.status.prefixes_advertised = 0;
+        }
+        self.emit(Event::Down {
+            vif: self.cfg.vif.clone(),
+            peer_index: self.cfg.peer_index,
+            reason,
+        })
+        .await;
+    }
+
+    async fn on_inbound(&mut self, id: u64, inbound: Inbound) {
+        let Some(i) = self.index(id) else { return };
+        match inbound {
+            Inbound::Closed(why) => self.drop_conn(i, None, why).await,
+            Inbound::Bad(n) => {
+                let text = format!("sent NOTIFICATION {n}");
+                self.drop_conn(i, Some(&n), text).await;
+            }
+            Inbound::Msg(msg) => {
+                let conn = &mut self.conns[i];
+                conn.hold_deadline = match conn.phase {
+                    Phase::OpenSent => conn.hold_deadline,
+                    Phase::OpenConfirm(n) | Phase::Established(n) => hold_deadline(n.hold_time),
+                };
+                self.on_message(i, msg).await;
+            }
+        }
+    }
+
+    async fn fsm_error(&mut self, i: usize, sub: u8, msg: &Message) {
+        let n = Notification::new(code::FSM, sub, format!("unexpected {}", msg.message_type()));
+        let text = format!("sent NOTIFICATION {n}");
+        self.drop_conn(i, Some(&n), text).await;
+    }
+
+    async fn on_message(&mut self, i: usize, msg: Message) {
+        if let Message::Notification(n) = &msg {
+            let n = Notification::from_message(n);
+            self.drop_conn(i, None, format!("received NOTIFICATION {n}"))
+                .await;
+            return;
+        }
+        match (self.conns[i].phase, msg) {
+            (Phase::OpenSent, Message::Open(open)) => {
+                match wire::check_open(&open, &self.local, self.cfg.remote_asn) {
+                    Ok(neg) => self.open_received(i, neg).await,
+                    Err(n) => {
+                        let text = format!("sent NOTIFICATION {n}");
+                        self.drop_conn(i, Some(&n), text).await;
+                    }
+                }
+            }
+            (Phase::OpenSent, msg) => {
+                self.fsm_error(i, subcode::FSM_UNEXPECTED_IN_OPEN_SENT, &msg)
+                    .await;
+            }
+            (Phase::OpenConfirm(neg), Message::Keepalive) => self.established_on(i, neg).await,
+            (Phase::OpenConfirm(_), msg) => {
+                self.fsm_error(i, subcode::FSM_UNEXPECTED_IN_OPEN_CONFIRM, &msg)
+                    .await;
+            }
+            (Phase::Established(_), Message::Keepalive) => {}
+            (Phase::Established(neg), Message::Update(update)) => {
+                match wire::parse_update(&update, neg.four_octet, self.cfg.remote_asn) {
+                    Ok(received) => self.import(received).await,
+                    Err(n) => {
+                        let text = format!("sent NOTIFICATION {n}");
+                        self.drop_conn(i, Some(&n), text).await;
+                    }
+                }
+            }
+            (Phase::Established(_), Message::RouteRefresh(rr)) => {
+                if rr.afi() == Some(Afi::Ipv4) && rr.safi() == Some(Safi::Unicast) {
+                    tracing::info!("route refresh: sending the full export again");
+                    let all: Vec<Ipv4Net> = lock(&self.shared).advertised.iter().copied().collect();
+                    self.send_updates(&all, &[]);
+                }
+            }
+            (Phase::Established(_), msg) => {
+                self.fsm_error(i, subcode::FSM_UNEXPECTED_IN_ESTABLISHED, &msg)
+                    .await;
+            }
+        }
+    }
+
+    /// A valid OPEN on connection `i`: §6.8 collision detection, then OpenConfirm.
+    async fn open_received(&mut self, i: usize, neg: Negotiated) {
+        let this_id = self.conns[i].id;
+        if let Some(other) = self
+            .conns
+            .iter()
+            .position(|c| c.id != this_id && c.negotiated().is_some())
+        {
+            let collision = Notification::new(
+                code::CEASE,
+                subcode::COLLISION_RESOLUTION,
+                "connection collision",
+            );
+            let loser = if matches!(self.conns[other].phase, Phase::Established(_)) {
+                i
+            } else {
+                // The connection opened by the side with the higher BGP identifier survives
+                // (ASN breaks a tie, RFC 6286 §2.3).
+                let we_win = (u32::from(self.local.router_id), self.local.asn)
+                    > (u32::from(neg.remote_id), neg.remote_asn);
+                if self.conns[i].outbound == self.conns[other].outbound {
+                    i
+                } else if self.conns[i].outbound == we_win {
+                    other
+                } else {
+                    i
+                }
+            };
+            tracing::info!(
+                keep = self.conns[if loser == i { other } else { i }].id,
+                "BGP connection collision"
+            );
+            let text = format!("sent NOTIFICATION {collision}");
+            let survivor = if loser == i { None } else { Some(this_id) };
+            self.drop_conn(loser, Some(&collision), text).await;
+            let Some(id) = survivor else { return };
+            let Some(j) = self.index(id) else { return };
+            return self.enter_open_confirm(j, neg);
+        }
+        self.enter_open_confirm(i, neg);
+    }
+
+    fn enter_open_confirm(&mut self, i: usize, neg: Negotiated) {
+        let conn = &mut self.conns[i];
+        conn.phase = Phase::OpenConfirm(neg);
+        conn.hold_deadline = hold_deadline(neg.hold_time);
+        conn.keepalive_at = keepalive_deadline(neg.hold_time);
+        conn.send(wire::keepalive());
+        tracing::debug!(conn = conn.id, hold = neg.hold_time, "OPEN accepted");
+    }
+
+    async fn established_on(&mut self, i: usize, neg: Negotiated) {
+        self.conns[i].phase = Phase::Established(neg);
+        self.failures = 0;
+        {
+            let mut shared = lock(&self.shared);
+            shared.established_at = Some(std::time::Instant::now());
+            shared.status.established_count += 1;
+            shared.received.clear();
+            shared.advertised.clear();
+        }
+        tracing::info!(remote_id = %neg.remote_id, hold = neg.hold_time, "BGP session established");
+        self.emit(Event::Established {
+            vif: self.cfg.vif.clone(),
+            peer_index: self.cfg.peer_index,
+        })
+        .await;
+        let export = std::mem::take(&mut self.export);
+        self.set_export(export);
+    }
+
+    fn export_attrs(&self, neg: Negotiated) -> ExportAttrs {
+        ExportAttrs {
+            local_asn: self.cfg.local_asn,
+            next_hop: self.cfg.local_addr,
+            four_octet: neg.four_octet,
+        }
+    }
+
+    /// Queues UPDATEs on the established connection (no-op without one).
+    fn send_updates(&self, announce: &[Ipv4Net], withdraw: &[Ipv4Net]) {
+        let Some(i) = self.established() else { return };
+        let conn = &self.conns[i];
+        let Some(neg) = conn.negotiated() else { return };
+        match wire::updates(announce, withdraw, &self.export_attrs(neg)) {
+            Ok(msgs) => msgs.into_iter().for_each(|m| conn.send(m)),
+            Err(e) => tracing::error!(error = %e, "cannot encode UPDATE"),
+        }
+    }
+
+    fn set_export(&mut self, set: BTreeSet<Ipv4Net>) {
+        self.export = set;
+        if self.established().is_none() {
+            return;
+        }
+        let (announce, withdraw) = {
+            let mut shared = lock(&self.shared);
+            let announce: Vec<Ipv4Net> = self
+                .export
+                .difference(&shared.advertised)
+                .copied()
+                .collect();
+            let withdraw: Vec<Ipv4Net> = shared
+                .advertised
+                .difference(&self.export)
+                .copied()
+                .collect();
+            shared.advertised = self.export.clone();
+            shared.status.prefixes_advertised = shared.advertised.len();
+            (announce, withdraw)
+        };
+        if !announce.is_empty() || !withdraw.is_empty() {
+            tracing::debug!(
+                announce = announce.len(),
+                withdraw = withdraw.len(),
+                "export changed"
+            );
+            self.send_updates(&announce, &withdraw);
+        }
+    }
+
+    fn judge(&self, prefix: &Ipv4Net, received: &wire::Received) -> Verdict {
+        if let Some(m) = &received.malformed {
+            Verdict::Rejected(Reject::TreatAsWithdraw(m.clone()))
+        } else if received.as_path.contains(&self.cfg.local_asn) {
+            Verdict::Rejected(Reject::AsPathLoop(self.cfg.local_asn))
+        } else {
+            self.policy.judge(prefix)
+        }
+    }
+
+    async fn import(&mut self, received: wire::Received) {
+        if let Some(m) = &received.malformed {
+            tracing::warn!(error = %m, prefixes = received.announced.len(), "malformed UPDATE: treat-as-withdraw");
+        }
+        let mut announced = Vec::new();
+        let mut withdrawn = Vec::new();
+        let accepted = {
+            let mut shared = lock(&self.shared);
+            for prefix in &received.withdrawn {
+                if shared
+                    .received
+                    .remove(prefix)
+                    .is_some_and(|v| v.is_accepted())
+                {
+                    withdrawn.push(*prefix);
+                }
+            }
+            for prefix in &received.announced {
+                let verdict = self.judge(prefix, &received);
+                if !verdict.is_accepted() {
+                    tracing::debug!(prefix = %prefix, verdict = %verdict, "route rejected");
+                }
+                let now = verdict.is_accepted();
+                let before = shared
+                    .received
+                    .insert(*prefix, verdict)
+                    .is_some_and(|v| v.is_accepted());
+                match (before, now) {
+                    (false, true) => announced.push(*prefix),
+                    (true, false) => withdrawn.push(*prefix),
+                    _ => {}
+                }
+            }
+            let accepted = shared.status.prefixes_accepted + announced.len();
+            // Withdrawn ones were all accepted before.
+            let accepted = accepted.saturating_sub(withdrawn.len());
+            shared.status.prefixes_accepted = accepted;
+            shared.status.prefixes_received = shared.received.len();
+            accepted
+        };
+        if self.over_limit(accepted).await {
+            return;
+        }
+        self.emit_routes(announced, withdrawn).await;
+    }
+
+    async fn emit_routes(&self, announced: Vec<Ipv4Net>, withdrawn: Vec<Ipv4Net>) {
+        if announced.is_empty() && withdrawn.is_empty() {
+            return;
+        }
+        self.emit(Event::Routes {
+            vif: self.cfg.vif.clone(),
+            peer_index: self.cfg.peer_index,
+            announced,
+            withdrawn,
+        })
+        .await;
+    }
+
+    /// Past `max_prefixes`: Cease / Maximum Number of Prefixes Reached, Down, Idle for a while.
+    async fn over_limit(&mut self, accepted: usize) -> bool {
+        let Some(max) = self.cfg.max_prefixes else {
+            return false;
+        };
+        if accepted <= max as usize {
+            return false;
+        }
+        let Some(i) = self.established() else {
+            return false;
+        };
+        let n = Notification::max_prefixes(max);
+        tracing::warn!(
+            accepted,
+            max,
+            "maximum number of prefixes exceeded, closing the session"
+        );
+        self.idle_until = Some(Instant::now() + self.cfg.idle_after_max_prefix);
+        let text = format!("sent NOTIFICATION {n}");
+        self.drop_conn(i, Some(&n), text).await;
+        for conn in self.conns.drain(..) {
+            conn.close(Some(&n));
+        }
+        true
+    }
+
+    /// The VPC CIDRs changed: judge every held route again.
+    async fn rejudge(&mut self) {
+        let mut announced = Vec::new();
+        let mut withdrawn = Vec::new();
+        let accepted = {
+            let mut shared = lock(&self.shared);
+            for (prefix, verdict) in shared.received.iter_mut() {
+                // Verdicts that do not come from the policy stay.
+                if matches!(
+                    verdict,
+                    Verdict::Rejected(Reject::TreatAsWithdraw(_) | Reject::AsPathLoop(_))
+                ) {
+                    continue;
+                }
+                let new = self.policy.judge(prefix);
+                match (verdict.is_accepted(), new.is_accepted()) {
+                    (false, true) => announced.push(*prefix),
+                    (true, false) => withdrawn.push(*prefix),
+                    _ => {}
+                }
+                *verdict = new;
+            }
+            let accepted = shared.received.values().filter(|v| v.is_accepted()).count();
+            shared.status.prefixes_accepted = accepted;
+            accepted
+        };
+        if self.established().is_none() || self.over_limit(accepted).await {
+            return;
+        }
+        self.emit_routes(announced, withdrawn).await;
+    }
+
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        if self.idle_until.is_some_and(|t| t <= now) {
+            tracing::info!("idle hold over, connecting again");
+            self.idle_until = None;
+            self.connect_at = Some(now);
+        }
+        if self.listener.is_none() && self.listen_at.is_some_and(|t| t <= now) {
+            match socket::listen(&self.spec).await {
+                Ok(l) => {
+                    tracing::debug!(port = self.cfg.port, "listening");
+                    self.listener = Some(l);
+                    self.listen_at = None;
+                }
+                Err(e) => {
+                    let text = error_chain(&e);
+                    tracing::warn!(error = %text, "cannot listen for BGP");
+                    self.record_connect_error(text);
+                    self.listen_at = Some(Instant::now() + self.cfg.connect_retry);
+                }
+            }
+        }
+        let mut i = 0;
+        while i < self.conns.len() {
+            if self.conns[i].hold_deadline.is_some_and(|t| t <= now) {
+                let hold = self.conns[i]
+                    .negotiated()
+                    .map_or(OPEN_HOLD.as_secs(), |n| u64::from(n.hold_time));
+                let n = Notification::new(
+                    code::HOLD_TIMER_EXPIRED,
+                    0,
+                    format!("nothing heard for {hold} s"),
+                );
+                let text = format!("hold timer expired, sent NOTIFICATION {n}");
+                self.drop_conn(i, Some(&n), text).await;
+                continue;
+            }
+            let conn = &mut self.conns[i];
+            if let (Some(t), Some(neg)) = (conn.keepalive_at, conn.negotiated())
+                && t <= now
+            {
+                conn.send(wire::keepalive());
+                conn.keepalive_at = keepalive_deadline(neg.hold_time);
+            }
+            i += 1;
+        }
+        if self.conns.is_empty()
+            && self.connecting.is_none()
+            && self.idle_until.is_none()
+            && self.connect_at.is_some_and(|t| t <= now)
+        {
+            self.connect_at = None;
+            let spec = self.spec.clone();
+            let timeout = self.cfg.connect_retry.max(Duration::from_secs(1));
+            self.connecting = Some(tokio::spawn(async move {
+                socket::connect(&spec, timeout).await
+            }));
+        }
+    }
+}
+
+fn hold_deadline(hold_time: u16) -> Option<Instant> {
+    (hold_time > 0).then(|| Instant::now() + Duration::from_secs(u64::from(hold_time)))
+}
+
+fn keepalive_deadline(hold_time: u16) -> Option<Instant> {
+    (hold_time > 0).then(|| Instant::now() + Duration::from_secs(u64::from(hold_time)) / 3)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

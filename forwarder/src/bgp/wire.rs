@@ -1,0 +1,868 @@
+//! Thin glue over the `rustbgpd_wire` codec: the messages this speaker builds, the checks it
+//! makes on OPENs and UPDATEs it receives, and stream framing. Every path from received bytes
+//! to a decision runs through here, so tests can feed it garbage.
+
+use std::{fmt, net::Ipv4Addr};
+
+use bytes::{Bytes, BytesMut};
+use ipnet::Ipv4Net;
+use rustbgpd_wire::{
+    Afi, Capability, DecodeError, EncodeError, Ipv4UnicastMode, Message, NotificationCode,
+    NotificationMessage, OpenMessage, Safi, UpdateMessage,
+    attribute::{AsPath, AsPathSegment, Origin, PathAttribute, RawAttribute},
+    decode_message, encode_message,
+    nlri::{Ipv4NlriEntry, Ipv4Prefix, Prefix},
+    notification::description,
+    peek_message_length,
+    validate::{ErrorDisposition, validate_update_attributes},
+};
+
+/// No Extended Messages capability is offered: every message fits RFC 4271's 4096 bytes.
+pub const MAX_MESSAGE_LEN: u16 = 4096;
+const HEADER_LEN: usize = 19;
+const AS_TRANS: u16 = 23456;
+const MIN_HOLD_TIME: u16 = 3;
+const AS4_PATH: u8 = 17;
+
+pub mod code {
+    pub const OPEN: u8 = 2;
+    pub const UPDATE: u8 = 3;
+    pub const HOLD_TIMER_EXPIRED: u8 = 4;
+    pub const FSM: u8 = 5;
+    pub const CEASE: u8 = 6;
+}
+
+pub mod subcode {
+    pub const BAD_PEER_AS: u8 = 2;
+    pub const BAD_BGP_IDENTIFIER: u8 = 3;
+    pub const UNACCEPTABLE_HOLD_TIME: u8 = 6;
+    pub const UNSUPPORTED_CAPABILITY: u8 = 7;
+    pub const MISSING_WELL_KNOWN: u8 = 3;
+    /// RFC 6608 FSM error subcodes.
+    pub const FSM_UNEXPECTED_IN_OPEN_SENT: u8 = 1;
+    pub const FSM_UNEXPECTED_IN_OPEN_CONFIRM: u8 = 2;
+    pub const FSM_UNEXPECTED_IN_ESTABLISHED: u8 = 3;
+    /// RFC 4486 Cease subcodes.
+    pub const MAX_PREFIXES: u8 = 1;
+    pub const ADMINISTRATIVE_SHUTDOWN: u8 = 2;
+    pub const COLLISION_RESOLUTION: u8 = 7;
+}
+
+/// A NOTIFICATION, sent or received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub code: u8,
+    pub subcode: u8,
+    pub data: Bytes,
+    /// Why we send it (empty for received ones): goes to logs and status, not on the wire.
+    pub detail: String,
+}
+
+impl Notification {
+    pub fn new(code: u8, subcode: u8, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            subcode,
+            data: Bytes::new(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn with_data(mut self, data: impl Into<Bytes>) -> Self {
+        self.data = data.into();
+        self
+    }
+
+    /// The NOTIFICATION RFC 4271 / RFC 7606 prescribe for a decoding error.
+    pub fn from_decode(error: &DecodeError) -> Self {
+        let (code, subcode, data) = error.to_notification();
+        Self {
+            code: code.as_u8(),
+            subcode,
+            data,
+            detail: error.to_string(),
+        }
+    }
+
+    pub fn from_message(msg: &NotificationMessage) -> Self {
+        Self {
+            code: msg.code.as_u8(),
+            subcode: msg.subcode,
+            data: msg.data.clone(),
+            detail: String::new(),
+        }
+    }
+
+    /// Cease / Maximum Number of Prefixes Reached, data = AFI, SAFI, limit (RFC 4486 §4).
+    pub fn max_prefixes(limit: u32) -> Self {
+        let mut data = Vec::with_capacity(7);
+        data.extend_from_slice(&1u16.to_be_bytes());
+        data.push(1);
+        data.extend_from_slice(&limit.to_be_bytes());
+        Self::new(
+            code::CEASE,
+            subcode::MAX_PREFIXES,
+            format!("more than {limit} prefixes accepted"),
+        )
+        .with_data(data)
+    }
+
+    pub fn encode(&self) -> Bytes {
+        // Data that would not fit in one message is cut; the code and subcode always go out.
+        let room = usize::from(MAX_MESSAGE_LEN) - HEADER_LEN - 2;
+        let data = self.data.slice(..self.data.len().min(room));
+        let msg =
+            NotificationMessage::new(NotificationCode::from_u8(self.code), self.subcode, data);
+        encode(&Message::Notification(msg)).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Notification {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let code = NotificationCode::from_u8(self.code);
+        write!(
+            f,
+            "{}/{} ({} / {})",
+            self.code,
+            self.subcode,
+            code,
+            description(code, self.subcode)
+        )?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode(msg: &Message) -> Result<Bytes, EncodeError> {
+    encode_message(msg).map(BytesMut::freeze)
+}
+
+pub fn keepalive() -> Bytes {
+    encode(&Message::Keepalive).unwrap_or_default()
+}
+
+/// ROUTE-REFRESH for IPv4 unicast.
+#[cfg(test)]
+pub fn route_refresh() -> Bytes {
+    encode(&Message::RouteRefresh(
+        rustbgpd_wire::RouteRefreshMessage::new(Afi::Ipv4, Safi::Unicast),
+    ))
+    .unwrap_or_default()
+}
+
+/// What we say about ourselves in OPEN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalSide {
+    pub asn: u32,
+    pub hold_time: u16,
+    pub router_id: Ipv4Addr,
+}
+
+fn ipv4_unicast() -> Capability {
+    Capability::MultiProtocol {
+        afi: Afi::Ipv4,
+        safi: Safi::Unicast,
+    }
+}
+
+/// OPEN with multiprotocol IPv4 unicast, route refresh and 4-octet AS; a 4-octet ASN goes
+/// as AS_TRANS in the 2-octet field (RFC 6793).
+pub fn open(local: &LocalSide) -> Result<Bytes, EncodeError> {
+    encode(&Message::Open(OpenMessage {
+        version: 4,
+        my_as: u16::try_from(local.asn).unwrap_or(AS_TRANS),
+        hold_time: local.hold_time,
+        bgp_identifier: local.router_id,
+        capabilities: vec![
+            ipv4_unicast(),
+            Capability::RouteRefresh,
+            Capability::FourOctetAs { asn: local.asn },
+        ],
+    }))
+}
+
+/// What an accepted OPEN settles for the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The smaller of both offers; 0 = no keepalives, no hold timer.
+    pub hold_time: u16,
+    pub four_octet: bool,
+    pub remote_id: Ipv4Addr,
+    pub remote_asn: u32,
+}
+
+/// RFC 4271 §6.2 checks of a received OPEN.
+pub fn check_open(
+    open: &OpenMessage,
+    local: &LocalSide,
+    remote_asn: u32,
+) -> Result<Negotiated, Notification> {
+    let four_octet = open
+        .capabilities
+        .iter()
+        .any(|c| matches!(c, Capability::FourOctetAs { .. }));
+    let peer_as = open.four_byte_as();
+    if peer_as != remote_asn {
+        return Err(Notification::new(
+            code::OPEN,
+            subcode::BAD_PEER_AS,
+            format!("peer AS {peer_as}, expected {remote_asn}"),
+        )
+        .with_data(Bytes::copy_from_slice(&open.my_as.to_be_bytes())));
+    }
+    if open.hold_time > 0 && open.hold_time < MIN_HOLD_TIME {
+        return Err(Notification::new(
+            code::OPEN,
+            subcode::UNACCEPTABLE_HOLD_TIME,
+            format!("hold time {} s", open.hold_time),
+        ));
+    }
+    let id = open.bgp_identifier;
+    if id.is_unspecified()
+        || id.is_multicast()
+        || id.is_broadcast()
+        || (id == local.router_id && peer_as == local.asn)
+    {
+        return Err(Notification::new(
+            code::OPEN,
+            subcode::BAD_BGP_IDENTIFIER,
+            format!("BGP identifier {id}"),
+        )
+        .with_data(Bytes::copy_from_slice(&id.octets())));
+    }
+    let families: Vec<&Capability> = open
+        .capabilities
+        .iter()
+        .filter(|c| matches!(c, Capability::MultiProtocol { .. }))
+        .collect();
+    // No multiprotocol capability at all means plain IPv4 unicast (RFC 4760 §8).
+    if !families.is_empty() && !families.iter().any(|c| **c == ipv4_unicast()) {
+        let mut data = BytesMut::new();
+        // The capability we need and the peer lacks (RFC 5492 §3).
+        let encoded = ipv4_unicast().encode(&mut data);
+        return Err(Notification::new(
+            code::OPEN,
+            subcode::UNSUPPORTED_CAPABILITY,
+            "peer does not offer IPv4 unicast",
+        )
+        .with_data(if encoded.is_ok() {
+            data.freeze()
+        } else {
+            Bytes::new()
+        }));
+    }
+    Ok(Negotiated {
+        hold_time: local.hold_time.min(open.hold_time),
+        four_octet,
+        remote_id: id,
+        remote_asn: peer_as,
+    })
+}
+
+/// Path attributes of everything we advertise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExportAttrs {
+    pub local_asn: u32,
+    pub next_hop: Ipv4Addr,
+    pub four_octet: bool,
+}
+
+impl ExportAttrs {
+    fn attributes(&self) -> Vec<PathAttribute> {
+        let mut attrs = vec![
+            PathAttribute::Origin(Origin::Igp),
+            PathAttribute::AsPath(AsPath {
+                segments: vec![AsPathSegment::AsSequence(vec![self.local_asn])],
+            }),
+            PathAttribute::NextHop(self.next_hop),
+        ];
+        if !self.four_octet && self.local_asn > u32::from(u16::MAX) {
+            // A 2-octet peer sees AS_TRANS in AS_PATH; the real ASN travels in AS4_PATH.
+            let mut data = vec![2, 1];
+            data.extend_from_slice(&self.local_asn.to_be_bytes());
+            attrs.push(PathAttribute::Unknown(RawAttribute {
+                flags: 0xc0,
+                type_code: AS4_PATH,
+                data: Bytes::from(data),
+            }));
+        }
+        attrs
+    }
+}
+
+fn nlri_len(prefix: &Ipv4Net) -> usize {
+    1 + usize::from(prefix.prefix_len().div_ceil(8))
+}
+
+fn entry(prefix: &Ipv4Net) -> Ipv4NlriEntry {
+    Ipv4NlriEntry {
+        path_id: 0,
+        prefix: Ipv4Prefix::new(prefix.network(), prefix.prefix_len()),
+    }
+}
+
+/// Splits `prefixes` into runs whose NLRI encoding fits in `room` bytes.
+fn chunks(prefixes: &[Ipv4Net], room: usize) -> Vec<&[Ipv4Net]> {
+    let mut out = Vec::new();
+    let (mut start, mut used) = (0, 0);
+    for (i, p) in prefixes.iter().enumerate() {
+        let len = nlri_len(p);
+        if used + len > room && i > start {
+            out.push(&prefixes[start..i]);
+            start = i;
+            used = 0;
+        }
+        used += len;
+    }
+    if start < prefixes.len() {
+        out.push(&prefixes[start..]);
+    }
+    out
+}
+
+/// UPDATEs announcing `announce` and withdrawing `withdraw`, as many NLRI per message as
+/// 4096 bytes allow.
+pub fn updates(
+    announce: &[Ipv4Net],
+    withdraw: &[Ipv4Net],
+    attrs: &ExportAttrs,
+) -> Result<Vec<Bytes>, EncodeError> {
+    let mut out = Vec::new();
+    let fixed = HEADER_LEN + 4;
+    for run in chunks(withdraw, usize::from(MAX_MESSAGE_LEN) - fixed) {
+        let entries: Vec<Ipv4NlriEntry> = run.iter().map(entry).collect();
+        let msg = UpdateMessage::try_build(
+            &[],
+            &entries,
+            &[],
+            attrs.four_octet,
+            false,
+            Ipv4UnicastMode::Body,
+        )?;
+        out.push(encode(&Message::Update(msg))?);
+    }
+    if !announce.is_empty() {
+        let attributes = attrs.attributes();
+        let bare = UpdateMessage::try_build(
+            &[],
+            &[],
+            &attributes,
+            attrs.four_octet,
+            false,
+            Ipv4UnicastMode::Body,
+        )?;
+        let room = usize::from(MAX_MESSAGE_LEN) - fixed - bare.path_attributes.len();
+        for run in chunks(announce, room) {
+            let entries: Vec<Ipv4NlriEntry> = run.iter().map(entry).collect();
+            let msg = UpdateMessage {
+                withdrawn_routes: Bytes::new(),
+                path_attributes: bare.path_attributes.clone(),
+                nlri: UpdateMessage::try_build(
+                    &entries,
+                    &[],
+                    &[],
+                    false,
+                    false,
+                    Ipv4UnicastMode::Body,
+                )?
+                .nlri,
+            };
+            out.push(encode(&Message::Update(msg))?);
+        }
+    }
+    Ok(out)
+}
+
+/// The IPv4 unicast content of one received UPDATE.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    pub withdrawn: Vec<Ipv4Net>,
+    pub announced: Vec<Ipv4Net>,
+    /// Set when the announced routes are to be treated as withdrawn (RFC 7606).
+    pub malformed: Option<String>,
+    /// Every ASN of AS_PATH, for loop detection.
+    pub as_path: Vec<u32>,
+}
+
+fn to_net(p: &Ipv4Prefix) -> Option<Ipv4Net> {
+    Ipv4Net::new(p.addr, p.len).ok()
+}
+
+fn v4_unicast(afi: Afi, safi: Safi) -> bool {
+    afi == Afi::Ipv4 && safi == Safi::Unicast
+}
+
+/// Decodes an UPDATE from an external peer with RFC 7606 error handling: `Err` only for
+/// errors that reset the session.
+pub fn parse_update(
+    msg: &UpdateMessage,
+    four_octet: bool,
+    peer_asn: u32,
+) -> Result<Received, Notification> {
+    let parsed = msg
+        .parse_revised(four_octet, false, false, &[])
+        .map_err(|e| Notification::from_decode(&e))?;
+    let mut out = Received {
+        withdrawn: parsed
+            .update
+            .withdrawn
+            .iter()
+            .filter_map(|e| to_net(&e.prefix))
+            .collect(),
+        announced: parsed
+            .update
+            .announced
+            .iter()
+            .filter_map(|e| to_net(&e.prefix))
+            .collect(),
+        ..Received::default()
+    };
+    let has_body_nlri = !out.announced.is_empty();
+    let mut next_hop = None;
+    let mut others = Vec::with_capacity(parsed.update.attributes.len());
+    for attr in &parsed.update.attributes {
+        match attr {
+            PathAttribute::MpReachNlri(mp) if v4_unicast(mp.afi, mp.safi) => {
+                out.announced
+                    .extend(mp.announced.iter().filter_map(|e| match &e.prefix {
+                        Prefix::V4(p) => to_net(p),
+                        _ => None,
+                    }));
+            }
+            PathAttribute::MpUnreachNlri(mp) if v4_unicast(mp.afi, mp.safi) => {
+                out.withdrawn
+                    .extend(mp.withdrawn.iter().filter_map(|e| match &e.prefix {
+                        Prefix::V4(p) => to_net(p),
+                        _ => None,
+                    }));
+            }
+            PathAttribute::AsPath(path) => {
+                out.as_path = path
+                    .segments
+                    .iter()
+                    .flat_map(|s| match s {
+                        AsPathSegment::AsSequence(a) | AsPathSegment::AsSet(a) => a.iter().copied(),
+                    })
+                    .collect();
+            }
+            PathAttribute::NextHop(nh) => next_hop = Some(*nh),
+            _ => {}
+        }
+        if !matches!(attr, PathAttribute::NextHop(_)) {
+            others.push(attr.clone());
+        }
+    }
+    if let Some(worst) = parsed.malformed.iter().max_by_key(|m| m.disposition) {
+        match worst.disposition {
+            ErrorDisposition::SessionReset => return Err(Notification::from_decode(&worst.error)),
+            ErrorDisposition::TreatAsWithdraw => out.malformed = Some(worst.error.to_string()),
+            _ => {}
+        }
+    }
+    if out.announced.is_empty() || out.malformed.is_some() {
+        return Ok(out);
+    }
+    // The codec's NEXT_HOP check refuses loopback next hops; the gateway never forwards to
+    // the BGP next hop (it uses the interconnect's client address), so only the attribute's
+    // presence and plain nonsense values matter here.
+    if let Err(e) = validate_update_attributes(&others, true, false, false) {
+        let n = Notification::new(
+            code::UPDATE,
+            e.subcode,
+            format!("invalid attribute list (subcode {})", e.subcode),
+        )
+        .with_data(e.data);
+        match e.disposition {
+            ErrorDisposition::SessionReset => return Err(n),
+            ErrorDisposition::TreatAsWithdraw => out.malformed = Some(n.to_string()),
+            _ => {}
+        }
+        return Ok(out);
+    }
+    match next_hop {
+        None if has_body_nlri => {
+            out.malformed = Some(format!(
+                "missing NEXT_HOP (UPDATE error {}/{})",
+                code::UPDATE,
+                subcode::MISSING_WELL_KNOWN
+            ));
+        }
+        Some(nh) if nh.is_unspecified() || nh.is_multicast() || nh.is_broadcast() => {
+            out.malformed = Some(format!("invalid NEXT_HOP {nh}"));
+        }
+        _ => {}
+    }
+    if out.malformed.is_none() && out.as_path.first() != Some(&peer_asn) {
+        out.malformed = Some(format!(
+            "AS_PATH does not start with the peer's AS {peer_asn}"
+        ));
+    }
+    Ok(out)
+}
+
+/// Cuts a TCP byte stream into BGP messages.
+#[derive(Debug, Default)]
+pub struct Framer {
+    buf: BytesMut,
+}
+
+impl Framer {
+    pub fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed, or the NOTIFICATION
+    /// a broken header or body calls for (after which the stream is unusable).
+    pub fn next_message(&mut self) -> Result<Option<Message>, Notification> {
+        let len = match peek_message_length(&self.buf, MAX_MESSAGE_LEN) {
+            Ok(Some(len)) => usize::from(len),
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(Notification::from_decode(&e)),
+        };
+        if self.buf.len() < len {
+            self.buf.reserve(len - self.buf.len());
+            return Ok(None);
+        }
+        let mut bytes = self.buf.split_to(len).freeze();
+        decode_message(&mut bytes, MAX_MESSAGE_LEN)
+            .map(Some)
+            .map_err(|e| Notification::from_decode(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().expect("prefix")
+    }
+
+    fn decode_one(bytes: &Bytes) -> Message {
+        let mut f = Framer::default();
+        f.buffer().extend_from_slice(bytes);
+        let msg = f.next_message().expect("decodes").expect("complete");
+        assert!(f.buffer().is_empty());
+        msg
+    }
+
+    const LOCAL: LocalSide = LocalSide {
+        asn: 64512,
+        hold_time: 90,
+        router_id: Ipv4Addr::new(192, 0, 2, 1),
+    };
+
+    #[test]
+    fn open_round_trip() {
+        let bytes = open(&LOCAL).expect("encodes");
+        let Message::Open(o) = decode_one(&bytes) else {
+            panic!("not an OPEN")
+        };
+        assert_eq!(o.my_as, 64512);
+        assert_eq!(o.hold_time, 90);
+        assert!(o.capabilities.contains(&ipv4_unicast()));
+        assert!(o.capabilities.contains(&Capability::RouteRefresh));
+        assert!(
+            o.capabilities
+                .contains(&Capability::FourOctetAs { asn: 64512 })
+        );
+        // As seen by a peer configured for AS 64512.
+        let peer = LocalSide {
+            asn: 65001,
+            hold_time: 30,
+            router_id: Ipv4Addr::new(10, 0, 0, 2),
+        };
+        let n = check_open(&o, &peer, 64512).expect("acceptable");
+        assert_eq!(n.hold_time, 30);
+        assert!(n.four_octet);
+        assert_eq!(n.remote_id, LOCAL.router_id);
+    }
+
+    #[test]
+    fn open_four_octet_asn_uses_as_trans() {
+        let local = LocalSide {
+            asn: 4_200_000_000,
+            ..LOCAL
+        };
+        let Message::Open(o) = decode_one(&open(&local).expect("encodes")) else {
+            panic!("not an OPEN")
+        };
+        assert_eq!(o.my_as, AS_TRANS);
+        assert_eq!(o.four_byte_as(), 4_200_000_000);
+    }
+
+    fn their_open(asn: u16, hold: u16, id: Ipv4Addr, caps: Vec<Capability>) -> OpenMessage {
+        OpenMessage {
+            version: 4,
+            my_as: asn,
+            hold_time: hold,
+            bgp_identifier: id,
+            capabilities: caps,
+        }
+    }
+
+    #[test]
+    fn open_checks() {
+        let id = Ipv4Addr::new(10, 0, 0, 2);
+        let err = |o: OpenMessage| {
+            check_open(&o, &LOCAL, 65001)
+                .map(|_| ())
+                .expect_err("rejected")
+        };
+        let e = err(their_open(65002, 90, id, vec![]));
+        assert_eq!((e.code, e.subcode), (2, subcode::BAD_PEER_AS));
+        for hold in [1, 2] {
+            let e = err(their_open(65001, hold, id, vec![]));
+            assert_eq!((e.code, e.subcode), (2, subcode::UNACCEPTABLE_HOLD_TIME));
+        }
+        let e = err(their_open(65001, 90, Ipv4Addr::UNSPECIFIED, vec![]));
+        assert_eq!((e.code, e.subcode), (2, subcode::BAD_BGP_IDENTIFIER));
+        let v6 = Capability::MultiProtocol {
+            afi: Afi::Ipv6,
+            safi: Safi::Unicast,
+        };
+        let e = err(their_open(65001, 90, id, vec![v6]));
+        assert_eq!((e.code, e.subcode), (2, subcode::UNSUPPORTED_CAPABILITY));
+        // Hold time 0: no keepalives; no capabilities: a plain IPv4 speaker.
+        let n = check_open(&their_open(65001, 0, id, vec![]), &LOCAL, 65001).expect("ok");
+        assert_eq!(n.hold_time, 0);
+        assert!(!n.four_octet);
+        let n = check_open(&their_open(65001, 3, id, vec![]), &LOCAL, 65001).expect("ok");
+        assert_eq!(n.hold_time, 3);
+    }
+
+    #[test]
+    fn notification_round_trip() {
+        let sent = Notification::max_prefixes(100);
+        let Message::Notification(n) = decode_one(&sent.encode()) else {
+            panic!("not a NOTIFICATION")
+        };
+        let got = Notification::from_message(&n);
+        assert_eq!((got.code, got.subcode), (6, 1));
+        assert_eq!(&got.data[..], &[0, 1, 1, 0, 0, 0, 100]);
+        assert_eq!(
+            got.to_string(),
+            "6/1 (Cease / Maximum Number of Prefixes Reached)"
+        );
+    }
+
+    #[test]
+    fn keepalive_and_route_refresh_round_trip() {
+        assert_eq!(decode_one(&keepalive()), Message::Keepalive);
+        let Message::RouteRefresh(rr) = decode_one(&route_refresh()) else {
+            panic!("not RR")
+        };
+        assert_eq!(
+            (rr.afi(), rr.safi()),
+            (Some(Afi::Ipv4), Some(Safi::Unicast))
+        );
+    }
+
+    fn many(n: u32) -> Vec<Ipv4Net> {
+        (0..n)
+            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0b00_0000 + (i << 8)), 24).expect("net"))
+            .collect()
+    }
+
+    #[test]
+    fn update_packs_many_nlri_and_round_trips() {
+        let attrs = ExportAttrs {
+            local_asn: 64512,
+            next_hop: Ipv4Addr::new(169, 254, 10, 1),
+            four_octet: true,
+        };
+        let prefixes = many(3000);
+        let msgs = updates(&prefixes, &[], &attrs).expect("encodes");
+        // 4 bytes per /24: ~1000 per message.
+        assert!(msgs.len() <= 4, "{} messages", msgs.len());
+        let mut f = Framer::default();
+        let mut seen = Vec::new();
+        for m in &msgs {
+            assert!(m.len() <= 4096);
+            f.buffer().extend_from_slice(m);
+        }
+        while let Some(msg) = f.next_message().expect("decodes") {
+            let Message::Update(u) = msg else {
+                panic!("not an UPDATE")
+            };
+            let r = parse_update(&u, true, 64512).expect("valid");
+            assert_eq!(r.malformed, None);
+            assert_eq!(r.as_path, vec![64512]);
+            seen.extend(r.announced);
+        }
+        assert_eq!(seen, prefixes);
+
+        let withdraw = many(2000);
+        let msgs = updates(&[], &withdraw, &attrs).expect("encodes");
+        assert_eq!(msgs.len(), 2);
+        let mut back = Vec::new();
+        for m in &msgs {
+            let Message::Update(u) = decode_one(m) else {
+                panic!("not an UPDATE")
+            };
+            let r = parse_update(&u, true, 64512).expect("valid");
+            assert!(r.announced.is_empty());
+            back.extend(r.withdrawn);
+        }
+        assert_eq!(back, withdraw);
+    }
+
+    #[test]
+    fn update_two_octet_peer_gets_as_trans_and_as4_path() {
+        let attrs = ExportAttrs {
+            local_asn: 4_200_000_000,
+            next_hop: Ipv4Addr::new(10, 0, 0, 1),
+            four_octet: false,
+        };
+        let msgs = updates(&[net("10.9.0.0/16")], &[], &attrs).expect("encodes");
+        let Message::Update(u) = decode_one(&msgs[0]) else {
+            panic!("not an UPDATE")
+        };
+        // The codec folds AS4_PATH back into the real path.
+        let r = parse_update(&u, false, 4_200_000_000).expect("valid");
+        assert_eq!(r.as_path, vec![4_200_000_000]);
+        assert_eq!(r.malformed, None);
+    }
+
+    fn raw_update(attrs: &[u8], nlri: &[u8]) -> UpdateMessage {
+        UpdateMessage {
+            withdrawn_routes: Bytes::new(),
+            path_attributes: Bytes::copy_from_slice(attrs),
+            nlri: Bytes::copy_from_slice(nlri),
+        }
+    }
+
+    const ORIGIN_IGP: [u8; 4] = [0x40, 1, 1, 0];
+    const AS_PATH_65001: [u8; 9] = [0x40, 2, 6, 2, 1, 0, 0, 0xfd, 0xe9];
+    const NEXT_HOP: [u8; 7] = [0x40, 3, 4, 10, 0, 0, 2];
+    const NLRI: [u8; 4] = [24, 192, 168, 50];
+
+    #[test]
+    fn malformed_attributes_are_treat_as_withdraw() {
+        let good = [ORIGIN_IGP.as_slice(), &AS_PATH_65001, &NEXT_HOP].concat();
+        let r = parse_update(&raw_update(&good, &NLRI), true, 65001).expect("valid");
+        assert_eq!(r.announced, vec![net("192.168.50.0/24")]);
+        assert_eq!(r.malformed, None);
+
+        // ORIGIN value 7 is invalid: treat-as-withdraw (RFC 7606 §7.1).
+        let bad_origin = [[0x40, 1, 1, 7].as_slice(), &AS_PATH_65001, &NEXT_HOP].concat();
+        let r = parse_update(&raw_update(&bad_origin, &NLRI), true, 65001).expect("no reset");
+        assert!(r.malformed.is_some());
+        assert_eq!(r.announced, vec![net("192.168.50.0/24")]);
+
+        // Missing NEXT_HOP.
+        let no_nh = [ORIGIN_IGP.as_slice(), &AS_PATH_65001].concat();
+        let r = parse_update(&raw_update(&no_nh, &NLRI), true, 65001).expect("no reset");
+        assert!(
+            r.malformed
+                .as_deref()
+                .is_some_and(|m| m.contains("NEXT_HOP")),
+            "{r:?}"
+        );
+
+        // Missing AS_PATH.
+        let no_path = [ORIGIN_IGP.as_slice(), &NEXT_HOP].concat();
+        let r = parse_update(&raw_update(&no_path, &NLRI), true, 65001).expect("no reset");
+        assert!(r.malformed.is_some());
+
+        // AS_PATH not starting with the peer's AS.
+        let r = parse_update(&raw_update(&good, &NLRI), true, 65002).expect("no reset");
+        assert!(r.malformed.is_some());
+
+        // NLRI length 33: the NLRI cannot be trusted, session reset 3/10.
+        let e =
+            parse_update(&raw_update(&good, &[33, 1, 2, 3, 4, 5]), true, 65001).expect_err("reset");
+        assert_eq!((e.code, e.subcode), (3, 10));
+    }
+
+    #[test]
+    fn framing_errors_map_to_header_notifications() {
+        let mut f = Framer::default();
+        f.buffer().extend_from_slice(&[0u8; 19]);
+        let e = f.next_message().expect_err("bad marker");
+        assert_eq!((e.code, e.subcode), (1, 1));
+
+        let mut f = Framer::default();
+        let mut msg = keepalive().to_vec();
+        msg[16..18].copy_from_slice(&5000u16.to_be_bytes());
+        f.buffer().extend_from_slice(&msg);
+        let e = f.next_message().expect_err("bad length");
+        assert_eq!((e.code, e.subcode), (1, 2));
+
+        let mut f = Framer::default();
+        let mut msg = keepalive().to_vec();
+        msg[18] = 9;
+        f.buffer().extend_from_slice(&msg);
+        let e = f.next_message().expect_err("bad type");
+        assert_eq!((e.code, e.subcode), (1, 3));
+    }
+
+    /// Random bytes, truncated and bit-flipped valid messages: decoding must never panic.
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let attrs = ExportAttrs {
+            local_asn: 64512,
+            next_hop: Ipv4Addr::new(10, 0, 0, 1),
+            four_octet: true,
+        };
+        let mut valid: Vec<Bytes> = vec![open(&LOCAL).expect("open"), keepalive(), route_refresh()];
+        valid.extend(updates(&many(40), &many(5), &attrs).expect("updates"));
+        valid.push(Notification::max_prefixes(5).encode());
+        let feed = |bytes: &[u8]| {
+            let mut f = Framer::default();
+            f.buffer().extend_from_slice(bytes);
+            while let Ok(Some(msg)) = f.next_message() {
+                match msg {
+                    Message::Update(u) => {
+                        for four_octet in [true, false] {
+                            if let Ok(r) = parse_update(&u, four_octet, 65001) {
+                                assert!(r.announced.len() + r.withdrawn.len() <= 4096);
+                            }
+                        }
+                    }
+                    Message::Open(o) => {
+                        if let Ok(n) = check_open(&o, &LOCAL, 65001) {
+                            assert!(!matches!(n.hold_time, 1 | 2));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        };
+        for _ in 0..20_000 {
+            let len = (rnd() % 300) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+            // Half the time a valid-looking header, so bodies get exercised.
+            if rnd() % 2 == 0 && len >= 19 {
+                bytes[..16].fill(0xff);
+                bytes[16..18].copy_from_slice(&(len as u16).to_be_bytes());
+                bytes[18] = (rnd() % 6) as u8;
+            }
+            feed(&bytes);
+        }
+        for msg in &valid {
+            for cut in 0..msg.len() {
+                feed(&msg[..cut]);
+            }
+            for _ in 0..2_000 {
+                let mut bytes = msg.to_vec();
+                for _ in 0..(1 + rnd() % 4) {
+                    let i = 19 + (rnd() as usize) % (bytes.len().saturating_sub(19).max(1));
+                    if i < bytes.len() {
+                        bytes[i] ^= 1 << (rnd() % 8);
+                    }
+                }
+                feed(&bytes);
+            }
+        }
+    }
+}

@@ -23,7 +23,9 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .init();
-            let runtime = match tokio::runtime::Builder::new_current_thread()
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                // BGP sessions keep their timers while a large reconcile runs on the other.
+                .worker_threads(2)
                 .enable_all()
                 .build()
             {

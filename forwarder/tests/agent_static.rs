@@ -80,11 +80,12 @@ fn static_routing_carries_ping_and_tcp_and_follows_route_changes() -> Result<()>
     let att = &stats["attachments"][0];
     println!("stats: vif {vif} attachment {att}");
     ensure!(
-        vif["rx_packets"].as_u64() > Some(1000) && vif["tx_packets"].as_u64() > Some(100),
+        // 8 MiB in segments of at most 1500 bytes, and at least the 5 echo replies back.
+        vif["rx_packets"].as_u64() >= Some(5000) && vif["tx_packets"].as_u64() >= Some(5),
         "vif counters did not move: {stats}"
     );
     ensure!(
-        att["tx_packets"].as_u64() > Some(1000) && att["rx_packets"].as_u64() > Some(100),
+        att["tx_packets"].as_u64() >= Some(5000) && att["rx_packets"].as_u64() >= Some(5),
         "attachment counters did not move: {stats}"
     );
 

@@ -100,6 +100,14 @@ impl Topology {
         Ok(customer)
     }
 
+    /// The customer router for BGP: VLAN 100 carries both interconnect /30s of the VIF
+    /// (169.254.10.2/30 and 169.254.20.2/30); routes toward the VPC come from BGP.
+    pub fn customer_router_bgp(&self) -> Result<CustomerRouter<'_>> {
+        let customer = CustomerRouter::new(&self.rtr, "trunk0", &[(100, "169.254.10.2/30")])?;
+        sh(&self.rtr, "ip addr add 169.254.20.2/30 dev v100")?;
+        Ok(customer)
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.0.join("forwarder.toml")
     }

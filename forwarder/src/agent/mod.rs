@@ -79,6 +79,8 @@ pub struct Agent {
     started: Instant,
     speaker: crate::bgp::Speaker,
     bgp: bgp::BgpState,
+    /// The last reconcile did not finish.
+    retry: bool,
 }
 
 fn xdp_mode(mode: config::XdpMode) -> XdpMode {
@@ -133,6 +135,7 @@ impl Agent {
             started: Instant::now(),
             speaker: crate::bgp::Speaker::new(events),
             bgp: bgp::BgpState::default(),
+            retry: false,
         };
         let stale: Vec<u32> = agent
             .dp
@@ -160,7 +163,8 @@ impl Agent {
         self.sync_vifs()?;
         self.sync_sessions();
         self.rebuild_tables();
-        self.tick()?;
+        self.sample_vifs();
+        self.reconcile()?;
         self.state.save(&self.config.agent.state_dir)?;
         Ok(())
     }
@@ -470,6 +474,8 @@ impl Agent {
     /// Observes links and neighbours, updates VIF states, and writes the next hops and routes
     /// that differ from what the data plane holds.
     pub fn reconcile(&mut self) -> Result<(), Error> {
+        // Set until this reconcile completes: a failure is retried on the next tick.
+        self.retry = true;
         self.derive_vif_states()?;
         // Next hops: one per attachment, one per (VIF, resolved client router), one group per
         // VIF over its resolved client routers.
@@ -574,6 +580,7 @@ impl Agent {
             self.installed_next_hops.remove(&id);
         }
         self.export(&selected);
+        self.retry = false;
         // Next-hop ids no object needs any more are released.
         let live: BTreeSet<u32> = self.installed_next_hops.keys().copied().collect();
         let keep_names: BTreeSet<String> = self
@@ -597,13 +604,14 @@ impl Agent {
 
     /// Samples each VIF's connection link state and its client routers' MACs (iproute2
     /// calls: done on the periodic tick, not per event).
-    fn sample_vifs(&mut self) {
+    fn sample_vifs(&mut self) -> bool {
         let configs: BTreeMap<String, config::Vif> = self
             .config
             .vifs
             .iter()
             .map(|v| (v.name.clone(), v.clone()))
             .collect();
+        let mut changed = false;
         for (name, rt) in self.vifs.iter_mut() {
             let Some(vif) = configs.get(name) else {
                 continue;
@@ -613,13 +621,17 @@ impl Agent {
                 .connection(&vif.connection)
                 .map(|c| c.interface.clone())
                 .unwrap_or_default();
-            rt.link_up = host::link_up(&interface).unwrap_or(false);
+            let link_up = host::link_up(&interface).unwrap_or(false);
             let clients: Vec<Ipv4Addr> = vif.peers.iter().map(|p| p.client_address).collect();
-            rt.client_macs = rt.control.client_macs(&clients).unwrap_or_else(|e| {
+            let client_macs = rt.control.client_macs(&clients).unwrap_or_else(|e| {
                 tracing::warn!(vif = %name, error = %e, "cannot read the control plane's neighbours");
                 vec![None; clients.len()]
             });
+            changed |= link_up != rt.link_up || client_macs != rt.client_macs;
+            rt.link_up = link_up;
+            rt.client_macs = client_macs;
         }
+        changed
     }
 
     /// The peers of a VIF that can take traffic: client MAC resolved and, for BGP, session
@@ -668,10 +680,13 @@ impl Agent {
         Ok(())
     }
 
-    /// The periodic check: sample links and neighbours, then reconcile.
+    /// The periodic check: sample links and neighbours; reconcile when something moved (or
+    /// when a previous reconcile failed and must be retried).
     pub fn tick(&mut self) -> Result<(), Error> {
-        self.sample_vifs();
-        self.reconcile()
+        if self.sample_vifs() || self.retry {
+            self.reconcile()?;
+        }
+        Ok(())
     }
 
     /// Re-reads the config file. A config that does not load, or that leaves a CLI-added route

@@ -237,10 +237,17 @@ impl Agent {
         for (name, id) in &self.state.ids.next_hops {
             if let Some(att) = name.strip_prefix("att:") {
                 out.insert(*id, Target::Attachment(att.to_owned()));
-            } else if let Some(vif) = name.strip_prefix("vif:")
-                && !vif.contains(':')
-            {
-                out.insert(*id, Target::Vif(vif.to_owned()));
+            } else if let Some(vif) = name.strip_prefix("vif:") {
+                match vif.split_once(':') {
+                    None => {
+                        out.insert(*id, Target::Vif(vif.to_owned()));
+                    }
+                    Some((vif, mask)) => {
+                        if let Some(mask) = mask.strip_prefix('m').and_then(|m| m.parse().ok()) {
+                            out.insert(*id, Target::VifPeers(vif.to_owned(), mask));
+                        }
+                    }
+                }
             }
         }
         out

@@ -1,0 +1,426 @@
+//! The agent's BGP speaker against real customer routers from Debian packages (BIRD 2, FRR,
+//! GoBGP) over the emulated VLAN 100 of the hosted connection, with the kernel VXLAN VPC
+//! behind the gateway.
+
+mod common;
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use common::{Topology, VPC_HOST, cli_json, wait_for};
+use forwarder_tests::daemons::{Kind, PeerSpec, RouterDaemon};
+use ipnet::Ipv4Net;
+
+const CLOUD1: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 1);
+const CLIENT1: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 2);
+const CLOUD2: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 1);
+const CLIENT2: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 2);
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().expect("prefix")
+}
+
+/// A BGP VIF on VLAN 100 with one or two sessions, plus extra `[[vif]]` keys.
+fn vif_config(two_peers: bool, extra: &str) -> String {
+    let mut text = String::new();
+    text.push_str(&format!(
+        r#"
+[[vif]]
+name = "vif-100"
+connection = "hc-1"
+vlan = 100
+border_gateway = "bgw-1"
+routing = "bgp"
+client_asn = 65001
+{extra}
+
+  [[vif.peer]]
+  client_address = "{CLIENT1}"
+  cloud_address = "{CLOUD1}"
+  prefix_len = 30
+"#
+    ));
+    if two_peers {
+        text.push_str(&format!(
+            r#"
+  [[vif.peer]]
+  client_address = "{CLIENT2}"
+  cloud_address = "{CLOUD2}"
+  prefix_len = 30
+"#
+        ));
+    }
+    text
+}
+
+/// Short BGP timers for tests (the defaults are 90 s hold, 5 s retry).
+const FAST_TIMERS: &str = "bgp_hold_time = 9\nbgp_connect_retry = 1\nbgp_max_prefix_restart = 5\n";
+
+fn write_config(t: &Topology, vif: &str) -> Result<()> {
+    t.write_config(vif)?;
+    // The topology's [agent] table gets the fast timers.
+    let path = t.config_path();
+    let text = std::fs::read_to_string(&path)?.replacen(
+        "[agent]\n",
+        &format!("[agent]\n{FAST_TIMERS}"),
+        1,
+    );
+    std::fs::write(&path, text)?;
+    Ok(())
+}
+
+fn neighbor(t: &Topology, peer: usize) -> Result<serde_json::Value> {
+    let all = cli_json(&t.socket(), &["bgp", "neighbors"])?;
+    all.as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|n| n["vif"] == "vif-100" && n["peer"] == peer)
+                .cloned()
+        })
+        .with_context(|| format!("no session {peer} in {all}"))
+}
+
+fn established(t: &Topology, peer: usize) -> bool {
+    neighbor(t, peer).is_ok_and(|n| n["state"] == "Established")
+}
+
+fn lookup(t: &Topology, addr: &str) -> Result<serde_json::Value> {
+    cli_json(&t.socket(), &["lookup", "--gateway", "bgw-1", addr])
+}
+
+#[test]
+fn bird_exchanges_routes_and_traffic_flows() -> Result<()> {
+    let t = Topology::new("bird")?;
+    let _customer = t.customer_router_bgp()?;
+    write_config(&t, &vif_config(false, ""))?;
+    let agent = t.start_agent(common::bin())?;
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+        &[net("192.168.50.0/24"), net("192.168.51.0/24")],
+    )?;
+    bird.wait_established(CLOUD1, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || established(&t, 0)),
+        "agent side not Established: {:?}",
+        neighbor(&t, 0)
+    );
+
+    // BIRD's prefixes are in the table and in the data plane's map.
+    ensure!(
+        wait_for(Duration::from_secs(10), || lookup(&t, "192.168.51.1")
+            .is_ok_and(|l| !l["next_hop_id"].is_null())),
+        "192.168.51.0/24 never reached the map: {}",
+        agent.log_text()
+    );
+    let routes = cli_json(&t.socket(), &["route", "list"])?;
+    let idc = routes
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["prefix"] == "192.168.50.0/24").cloned())
+        .context("IDC route")?;
+    ensure!(idc["source"] == "bgp" && idc["installed"] == true, "{idc}");
+    // BIRD learned our VPC CIDR (and put it in its kernel table), so the IDC host reaches it.
+    bird.wait_received(CLOUD1, &[net("10.0.1.0/24")], Duration::from_secs(10))?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || common::sh(
+            &t.rtr,
+            "ip route show 10.0.1.0/24"
+        )
+        .is_ok_and(|r| r.contains("bird"))),
+        "BIRD did not install 10.0.1.0/24"
+    );
+    let (sent, received) = t.ping(VPC_HOST, 5, "0.2")?;
+    println!("ping idc -> vpc over BGP routes: {received}/{sent}");
+    ensure!(received == sent, "ping lost {}", sent - received);
+    let n = neighbor(&t, 0)?;
+    println!("neighbor: {n}");
+    ensure!(
+        n["prefixes_received"] == 2 && n["prefixes_accepted"] == 2 && n["prefixes_advertised"] == 1,
+        "{n}"
+    );
+
+    // Withdrawn in BIRD → gone from the map.
+    bird.withdraw(&[net("192.168.51.0/24")])?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || lookup(&t, "192.168.51.1")
+            .is_ok_and(|l| l["next_hop_id"].is_null())),
+        "withdrawn prefix still in the map"
+    );
+    Ok(())
+}
+
+#[test]
+fn import_filter_and_max_prefixes() -> Result<()> {
+    let t = Topology::new("bgpfilter")?;
+    let _customer = t.customer_router_bgp()?;
+    write_config(&t, &vif_config(false, "max_prefixes = 4"))?;
+    let agent = t.start_agent(common::bin())?;
+    // An overlap with the VPC CIDR, a default route, a martian and one good prefix.
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+        &[
+            net("10.0.1.128/25"),
+            net("0.0.0.0/0"),
+            net("169.254.99.0/24"),
+            net("192.168.50.0/24"),
+        ],
+    )?;
+    bird.wait_established(CLOUD1, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    let received = |t: &Topology| {
+        cli_json(
+            &t.socket(),
+            &["bgp", "routes", "--vif", "vif-100", "--received"],
+        )
+    };
+    ensure!(
+        wait_for(Duration::from_secs(10), || received(&t)
+            .is_ok_and(|r| r.as_array().is_some_and(|a| a.len() == 4))),
+        "not all 4 prefixes listed: {:?}",
+        received(&t)
+    );
+    let listing = received(&t)?;
+    println!("received: {listing}");
+    let verdict = |p: &str| {
+        listing
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["prefix"] == p))
+            .map(|r| r["verdict"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    ensure!(
+        verdict("10.0.1.128/25").contains("overlaps VPC CIDR 10.0.1.0/24"),
+        "{listing}"
+    );
+    ensure!(verdict("0.0.0.0/0").contains("default route"), "{listing}");
+    ensure!(verdict("169.254.99.0/24").contains("martian"), "{listing}");
+    ensure!(verdict("192.168.50.0/24") == "accepted", "{listing}");
+    ensure!(
+        lookup(&t, "10.0.1.200")?["next_hop"] == "attachment att-a",
+        "the VPC CIDR must stay with the attachment"
+    );
+
+    // Over the limit: Cease / maximum number of prefixes, seen by BIRD; the session stays
+    // down for the idle time, then comes back.
+    bird.announce(&[
+        net("192.168.52.0/24"),
+        net("192.168.53.0/24"),
+        net("192.168.54.0/24"),
+        net("192.168.55.0/24"),
+    ])?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || bird
+            .last_error(CLOUD1)
+            .is_ok_and(|e| e
+                .to_lowercase()
+                .contains("maximum number of prefixes"))),
+        "BIRD did not see the Cease: {:?} / agent: {:?}",
+        bird.last_error(CLOUD1),
+        neighbor(&t, 0)
+    );
+    let n = neighbor(&t, 0)?;
+    println!(
+        "after max-prefix: BIRD says {:?}; agent says {n}",
+        bird.last_error(CLOUD1)?
+    );
+    ensure!(n["state"] != "Established", "{n}");
+    ensure!(
+        n["last_error"].as_str().is_some_and(|e| e.contains("6/1")),
+        "{n}"
+    );
+    Ok(())
+}
+
+#[test]
+fn md5_right_key_up_wrong_key_never() -> Result<()> {
+    let t = Topology::new("md5")?;
+    let _customer = t.customer_router_bgp()?;
+    write_config(&t, &vif_config(true, "bgp_password = \"s3cret\""))?;
+    let agent = t.start_agent(common::bin())?;
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[
+            PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512).with_password("s3cret"),
+            PeerSpec::new(CLIENT2, CLOUD2, 65001, 64512).with_password("wrong"),
+        ],
+        &[net("192.168.50.0/24")],
+    )?;
+    bird.wait_established(CLOUD1, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    std::thread::sleep(Duration::from_secs(8));
+    let state = bird.session_state(CLOUD2)?;
+    println!(
+        "right key: Established; wrong key after 8 s: {state}; agent: {:?}",
+        neighbor(&t, 1)?["state"]
+    );
+    ensure!(
+        !state.eq_ignore_ascii_case("established") && !established(&t, 1),
+        "a wrong MD5 key established"
+    );
+    Ok(())
+}
+
+#[test]
+fn frr_and_gobgp_interoperate() -> Result<()> {
+    for kind in [Kind::Frr, Kind::Gobgp] {
+        let t = Topology::new(&format!("{kind}").to_lowercase())?;
+        let _customer = t.customer_router_bgp()?;
+        write_config(&t, &vif_config(false, ""))?;
+        let agent = t.start_agent(common::bin())?;
+        let daemon = RouterDaemon::start(
+            kind,
+            &t.rtr,
+            CLIENT1,
+            &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+            &[net("192.168.50.0/24")],
+        )?;
+        daemon
+            .wait_established(CLOUD1, Duration::from_secs(30))
+            .with_context(|| agent.log_text())?;
+        daemon.wait_received(CLOUD1, &[net("10.0.1.0/24")], Duration::from_secs(15))?;
+        ensure!(
+            wait_for(Duration::from_secs(10), || lookup(&t, "192.168.50.10")
+                .is_ok_and(|l| !l["next_hop_id"].is_null())),
+            "{kind}'s prefix never reached the map"
+        );
+        println!("{kind}: Established, learned 10.0.1.0/24, its 192.168.50.0/24 is in the map");
+    }
+    Ok(())
+}
+
+#[test]
+fn losing_one_of_two_sessions_keeps_traffic_flowing() -> Result<()> {
+    let t = Topology::new("bgpha")?;
+    let _customer = t.customer_router_bgp()?;
+    write_config(&t, &vif_config(true, ""))?;
+    let agent = t.start_agent(common::bin())?;
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[
+            PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512),
+            PeerSpec::new(CLIENT2, CLOUD2, 65001, 64512),
+        ],
+        &[net("192.168.50.0/24")],
+    )?;
+    bird.wait_established(CLOUD1, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    bird.wait_established(CLOUD2, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || established(&t, 0)
+            && established(&t, 1)),
+        "agent sessions"
+    );
+    ensure!(
+        wait_for(Duration::from_secs(10), || lookup(&t, "192.168.50.10")
+            .is_ok_and(|l| l["next_hop"]
+                .as_str()
+                .is_some_and(|n| n.contains("0+1")))),
+        "prefix not via both sessions: {:?}",
+        lookup(&t, "192.168.50.10")
+    );
+    let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
+    ensure!(sent == received, "no traffic before the failover");
+
+    // 20 pings a second for 6 s; session 1 is shut down in BIRD after 2 s.
+    let idc = t.idc.name().to_owned();
+    let pinger = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &idc, "ping", "-n", "-q", "-c", "120", "-i", "0.05", "-W", "1",
+                VPC_HOST,
+            ])
+            .output()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let shut = Instant::now();
+    bird.shutdown_peer(CLOUD1)?;
+    ensure!(
+        wait_for(Duration::from_secs(5), || !established(&t, 0)),
+        "session 0 still up"
+    );
+    println!(
+        "agent saw session 0 down {:?} after the shutdown",
+        shut.elapsed()
+    );
+    let out = pinger
+        .join()
+        .map_err(|_| anyhow::anyhow!("ping thread panicked"))??;
+    let (sent, received) = common::parse_ping(&String::from_utf8_lossy(&out.stdout))?;
+    println!(
+        "20/s ping while one of two sessions is shut down: {received}/{sent}, {} lost",
+        sent - received
+    );
+    ensure!(
+        received + 2 >= sent,
+        "traffic did not continue over the remaining session: {received}/{sent}"
+    );
+    ensure!(
+        cli_json(&t.socket(), &["vif", "show", "vif-100"])?["state"] == "available",
+        "VIF must stay available"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_hundred_thousand_prefixes_reach_the_map() -> Result<()> {
+    let t = Topology::new("bgp100k")?;
+    let _customer = t.customer_router_bgp()?;
+    write_config(&t, &vif_config(false, ""))?;
+    let agent = t.start_agent(common::bin())?;
+    // 100,000 /32s in 11.0.0.0/8 … plus the IDC prefix.
+    let mut prefixes: Vec<Ipv4Net> = (0..100_000u32)
+        .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0b00_0000 + i), 32).expect("prefix"))
+        .collect();
+    prefixes.push(net("192.168.50.0/24"));
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+        &[],
+    )?;
+    bird.wait_established(CLOUD1, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    let started = Instant::now();
+    bird.announce(&prefixes)?;
+    let installed = |t: &Topology| -> u64 {
+        cli_json(&t.socket(), &["status"])
+            .ok()
+            .and_then(|s| s["gateways"][0]["installed"].as_u64())
+            .unwrap_or(0)
+    };
+    ensure!(
+        wait_for(Duration::from_secs(120), || installed(&t) >= 100_002),
+        "only {} routes installed after 120 s",
+        installed(&t)
+    );
+    let took = started.elapsed();
+    println!(
+        "100,001 prefixes announced by BIRD: all in the map {:.1} s after the announcement",
+        took.as_secs_f64()
+    );
+    let answer = lookup(&t, "11.1.134.159")?;
+    ensure!(
+        answer["next_hop"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("vif vif-100")),
+        "a /32 of the 100k: {answer}"
+    );
+    let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
+    ensure!(sent == received, "traffic with 100k routes");
+    Ok(())
+}

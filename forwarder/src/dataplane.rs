@@ -244,14 +244,7 @@ impl Dataplane {
             source: Box::new(source),
         })?;
         for name in PROGRAMS {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .ok_or(Error::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| Error::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
+            let program = xdp_program(&mut ebpf, name)?;
             program.load().map_err(|source| Error::Program {
                 name,
                 source: Box::new(source),
@@ -276,15 +269,7 @@ impl Dataplane {
     pub fn attach(&mut self, ifname: &str, role: PortRole, mode: XdpMode) -> Result<u32, Error> {
         let ifindex = if_index(ifname)?;
         let name = role.program();
-        let program: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| Error::Program {
-                name,
-                source: Box::new(source),
-            })?;
+        let program = xdp_program(&mut self.ebpf, name)?;
         let attach_err = |source| Error::Attach {
             ifname: ifname.to_owned(),
             source: Box::new(source),
@@ -334,15 +319,7 @@ impl Dataplane {
     pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
         if let Some((role, Some(id))) = self.attached.remove(ifname) {
             let name = role.program();
-            let program: &mut Xdp = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(Error::MissingProgram(name))?
-                .try_into()
-                .map_err(|source| Error::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
+            let program = xdp_program(&mut self.ebpf, name)?;
             program.detach(id).map_err(|source| Error::Attach {
                 ifname: ifname.to_owned(),
                 source: Box::new(source),
@@ -715,6 +692,25 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// The non-zero drop and pass counters by name, e.g. `drops: [no_route=3] passes:
+    /// [host=1]`, for logs and test output.
+    pub fn counter_summary(&self) -> Result<String, Error> {
+        let named = |names: &[&str], values: &[u64]| {
+            names
+                .iter()
+                .zip(values)
+                .filter(|(_, v)| **v != 0)
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        Ok(format!(
+            "drops: [{}] passes: [{}]",
+            named(&drop_reason::NAMES, &self.drops()?),
+            named(&pass_reason::NAMES, &self.passes()?)
+        ))
+    }
+
     fn sum_into(&self, name: &'static str, out: &mut [u64]) -> Result<(), Error> {
         let map: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.map(name)?).map_err(map_err(name))?;
@@ -805,6 +801,17 @@ fn ensure_bpffs(dir: &Path) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// The XDP program `name` of the object.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            name,
+            source: Box::new(source),
+        })
 }
 
 fn route_key(gateway_id: u32, prefix: Ipv4Net) -> Key<RouteKey> {

@@ -24,7 +24,7 @@ use etherparse::{LinkHeader, NetHeaders, PacketHeaders, TransportHeader, VlanHea
 use forwarder::dataplane::{
     self, AttachmentSpec, Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec,
 };
-use forwarder_common::{drop_reason, pass_reason, vif_state};
+use forwarder_common::{drop_reason, vif_state};
 use forwarder_tests::{NetNs, veth};
 
 /// The customer router's MAC (cust0).
@@ -333,18 +333,7 @@ fn report(
     attachments: &[u32],
 ) -> Result<[u64; drop_reason::COUNT as usize]> {
     let drops = dp.drops()?;
-    let passes = dp.passes()?;
-    let named = |names: &[&str], values: &[u64]| {
-        names
-            .iter()
-            .zip(values)
-            .filter(|(_, v)| **v != 0)
-            .map(|(n, v)| format!("{n}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    println!("drops: [{}]", named(&drop_reason::NAMES, &drops));
-    println!("passes: [{}]", named(&pass_reason::NAMES, &passes));
+    println!("{}", dp.counter_summary()?);
     for id in vifs {
         println!("vif {id}: {:?}", dp.vif_counters(*id)?);
     }

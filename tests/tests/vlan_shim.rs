@@ -27,7 +27,7 @@ use etherparse::{PacketBuilder, VlanId};
 use forwarder::dataplane::{
     self, AttachmentSpec, Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec,
 };
-use forwarder_common::{drop_reason, pass_reason, vif_state};
+use forwarder_common::{drop_reason, vif_state};
 use forwarder_test_ebpf::{MAP_SUBIFS, MAP_VLANS, PROG_EGRESS, PROG_INGRESS, SubIf, TrunkVlan};
 use forwarder_tests::{
     CustomerRouter, NetNs,
@@ -641,18 +641,7 @@ fn idc_host_reaches_the_vpc_through_a_customer_router_on_vlan_100() -> Result<()
 
     let report = |dp: &Dataplane| -> Result<[u64; drop_reason::COUNT as usize]> {
         let drops = dp.drops()?;
-        let passes = dp.passes()?;
-        let named = |names: &[&str], values: &[u64]| {
-            names
-                .iter()
-                .zip(values)
-                .filter(|(_, v)| **v != 0)
-                .map(|(n, v)| format!("{n}={v}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        println!("gateway drops: [{}]", named(&drop_reason::NAMES, &drops));
-        println!("gateway passes: [{}]", named(&pass_reason::NAMES, &passes));
+        println!("gateway {}", dp.counter_summary()?);
         println!("vif 1: {:?}", dp.vif_counters(1)?);
         println!("attachment 1: {:?}", dp.attachment_counters(1)?);
         println!("shim: {:?}", router.counters()?);

@@ -18,6 +18,9 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Agent { config } => {
             tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                // Plain text for journald and log files; colours only on a terminal.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

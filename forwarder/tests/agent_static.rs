@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
-use common::{IDC_HOST, Topology, VPC_HOST, cli, cli_json, wait_for};
+use anyhow::{Context as _, Result, ensure};
+use common::{IDC_HOST, Topology, VPC_HOST, cli, cli_json, sh, wait_for};
 
 const VIF: &str = r#"
 [[vif]]
@@ -381,6 +381,89 @@ fn cli_errors_are_clear_and_exit_1() -> Result<()> {
     ensure!(
         out.status.code() == Some(1) && err.contains("forwarder.toml") && err.contains("vlan"),
         "check: {err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn link_down_makes_the_vif_unavailable_and_reload_removes_a_vif() -> Result<()> {
+    let t = Topology::new("linkdown")?;
+    let _customer = t.customer_router()?;
+    t.write_config(&format!("{VIF}{IDC_ROUTE}"))?;
+    let agent = t.start_agent(common::bin())?;
+    wait_available(&t)?;
+
+    // The customer's side of the hosted connection goes down: the VIF follows within the
+    // agent's one-second check, its routes leave the data plane, and come back with the link.
+    sh(&t.rtr, "ip link set trunk0 down")?;
+    ensure!(
+        wait_for(Duration::from_secs(5), || vif_state(&t) == "unavailable"),
+        "VIF still {} with the link down",
+        vif_state(&t)
+    );
+    let routes = cli_json(&t.socket(), &["route", "list"])?;
+    let idc = routes
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["prefix"] == "192.168.50.0/24").cloned())
+        .context("IDC route listed")?;
+    println!("with the link down: {idc}");
+    ensure!(
+        idc["installed"] == false && idc["reason"] == "vif vif-100 is unavailable",
+        "{idc}"
+    );
+    ensure!(
+        cli_json(&t.socket(), &["lookup", "--gateway", "bgw-1", IDC_HOST])?["next_hop_id"]
+            .is_null(),
+        "the data plane still routes toward a VIF whose link is down"
+    );
+    sh(&t.rtr, "ip link set trunk0 up")?;
+    wait_available(&t)?;
+    let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
+    ensure!(
+        received == sent,
+        "traffic did not come back with the link: {received}/{sent}"
+    );
+
+    // A reload without the VIF (and its route): deleted, its namespace gone.
+    let netns = cli_json(&t.socket(), &["vif", "show", "vif-100"])?["control_netns"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    t.write_config("")?;
+    let out = cli(&t.socket(), &["reload"])?;
+    ensure!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        cli_json(&t.socket(), &["vif", "list"])?
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "VIF still listed"
+    );
+    let namespaces = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()?
+            .stdout,
+    )
+    .into_owned();
+    ensure!(
+        !namespaces.contains(&netns),
+        "control namespace {netns} left behind"
+    );
+    let (_, received) = t.ping(VPC_HOST, 2, "0.2")?;
+    ensure!(received == 0, "traffic still flows through a deleted VIF");
+    println!(
+        "agent log tail: {}",
+        agent
+            .log_text()
+            .lines()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ")
     );
     Ok(())
 }

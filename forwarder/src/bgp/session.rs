@@ -618,7 +618,11 @@ impl Session {
             );
             let text = format!("sent NOTIFICATION {collision}");
             let survivor = if loser == i { None } else { Some(this_id) };
-            self.drop_conn(loser, Some(&collision), text).await;
+            // Never an Established connection (that one always survives), and the other
+            // connection carries on: a normal event, not the session's last error.
+            let conn = self.conns.remove(loser);
+            conn.close(Some(&collision));
+            self.record_connect_error(text);
             let Some(id) = survivor else { return };
             let Some(j) = self.index(id) else { return };
             return self.enter_open_confirm(j, neg);

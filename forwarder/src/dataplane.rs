@@ -646,14 +646,28 @@ impl Dataplane {
         map.iter().map(|e| e.map_err(map_err(MAP_VTEPS))).collect()
     }
 
-    pub fn remove_vtep_key(&mut self, key: VtepKey, id: u32) -> Result<(), Error> {
+    /// Removes a (VNI, remote VTEP) key, whatever attachment it pointed to.
+    pub fn remove_vtep_key(&mut self, key: VtepKey) -> Result<(), Error> {
         ignore_missing(
             self.hash::<VtepKey, u32>(MAP_VTEPS)?.remove(&key),
             MAP_VTEPS,
-        )?;
+        )
+    }
+
+    /// Empties attachment slot `id` (after its key is gone).
+    pub fn clear_attachment(&mut self, id: u32) -> Result<(), Error> {
+        check_id("attachment", id, forwarder_common::MAX_ATTACHMENTS)?;
         self.array(MAP_ATTACHMENTS)?
             .set(id, Attachment::default(), 0)
             .map_err(map_err(MAP_ATTACHMENTS))
+    }
+
+    /// Removes a VIF's control port from the control-port map.
+    pub fn remove_control_port(&mut self, ifindex: u32) -> Result<(), Error> {
+        ignore_missing(
+            self.hash::<u32, u32>(MAP_CONTROL_PORTS)?.remove(&ifindex),
+            MAP_CONTROL_PORTS,
+        )
     }
 
     pub fn vif_counters(&self, id: u32) -> Result<TrafficCounters, Error> {

@@ -424,6 +424,24 @@ fn link_down_makes_the_vif_unavailable_and_reload_removes_a_vif() -> Result<()> 
         "traffic did not come back with the link: {received}/{sent}"
     );
 
+    // The VPC moves to another VNI: a reload that changes only the attachment's VNI keeps it
+    // working (its slot is rewritten, not emptied with the old key).
+    t.set_vpc_vni(1003)?;
+    let moved = std::fs::read_to_string(t.config_path())?.replace("vni = 1001", "vni = 1003");
+    std::fs::write(t.config_path(), moved)?;
+    let out = cli(&t.socket(), &["reload"])?;
+    ensure!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
+    println!("after the VNI change: {received}/{sent}");
+    ensure!(
+        received == sent,
+        "traffic lost after the attachment's VNI changed: {received}/{sent}"
+    );
+
     // A reload without the VIF (and its route): deleted, its namespace gone.
     let netns = cli_json(&t.socket(), &["vif", "show", "vif-100"])?["control_netns"]
         .as_str()

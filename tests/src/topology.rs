@@ -72,16 +72,7 @@ impl Topology {
             "ip addr add 192.168.50.1/24 dev lan0 && sysctl -qw net.ipv4.ip_forward=1 && ethtool -K lan0 tx off >/dev/null",
         )?;
         sh(&gw, "ip addr add 172.31.0.1/24 dev ul0")?;
-        sh(
-            &vpc,
-            &format!(
-                "ip addr add 172.31.0.2/24 dev eth0 && ethtool -K eth0 gro on tx off >/dev/null && \
-                 ip link add vxlan0 address {VXLAN_MAC} type vxlan id 1001 local 172.31.0.2 remote 172.31.0.1 dstport 4789 dev eth0 && \
-                 ip addr add {VPC_HOST}/24 dev vxlan0 && ip link set vxlan0 up && ethtool -K vxlan0 tx off >/dev/null && \
-                 ip route add 192.168.50.0/24 via 10.0.1.254 dev vxlan0 onlink && \
-                 ip neigh add 10.0.1.254 lladdr 02:00:00:00:0a:fe dev vxlan0 nud permanent"
-            ),
-        )?;
+        vpc_vxlan(&vpc, 1001)?;
         let dir = TempDir::new(tag)?;
         Ok(Self {
             idc,
@@ -106,6 +97,12 @@ impl Topology {
         let customer = CustomerRouter::new(&self.rtr, "trunk0", &[(100, "169.254.10.2/30")])?;
         sh(&self.rtr, "ip addr add 169.254.20.2/30 dev v100")?;
         Ok(customer)
+    }
+
+    /// Re-creates the VPC's VXLAN device with another VNI (as a VPC moved to another VNI).
+    pub fn set_vpc_vni(&self, vni: u32) -> Result<()> {
+        sh(&self.vpc, "ip link del vxlan0")?;
+        vpc_vxlan(&self.vpc, vni)
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -226,6 +223,27 @@ propagate = ["10.0.1.0/24"]
             .output()?;
         parse_ping(&String::from_utf8_lossy(&out.stdout))
     }
+}
+
+/// The VPC's underlay address and its kernel VXLAN device (VNI `vni`) with the VPC host on it
+/// and a route back to the IDC prefix through the gateway.
+fn vpc_vxlan(vpc: &NetNs, vni: u32) -> Result<()> {
+    if !sh(vpc, "ip -4 addr show dev eth0")?.contains("172.31.0.2") {
+        sh(
+            vpc,
+            "ip addr add 172.31.0.2/24 dev eth0 && ethtool -K eth0 gro on tx off >/dev/null",
+        )?;
+    }
+    sh(
+        vpc,
+        &format!(
+            "ip link add vxlan0 address {VXLAN_MAC} type vxlan id {vni} local 172.31.0.2 remote 172.31.0.1 dstport 4789 dev eth0 && \
+             ip addr add {VPC_HOST}/24 dev vxlan0 && ip link set vxlan0 up && ethtool -K vxlan0 tx off >/dev/null && \
+             ip route add 192.168.50.0/24 via 10.0.1.254 dev vxlan0 onlink && \
+             ip neigh add 10.0.1.254 lladdr 02:00:00:00:0a:fe dev vxlan0 nud permanent"
+        ),
+    )?;
+    Ok(())
 }
 
 pub fn parse_ping(text: &str) -> Result<(u32, u32)> {

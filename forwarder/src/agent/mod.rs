@@ -81,6 +81,8 @@ pub struct Agent {
     bgp: bgp::BgpState,
     /// The last reconcile did not finish.
     retry: bool,
+    /// The last reload was only partly applied: the next tick applies it again.
+    reapply: bool,
 }
 
 fn xdp_mode(mode: config::XdpMode) -> XdpMode {
@@ -136,6 +138,7 @@ impl Agent {
             speaker: crate::bgp::Speaker::new(events),
             bgp: bgp::BgpState::default(),
             retry: false,
+            reapply: false,
         };
         let stale: Vec<u32> = agent
             .dp
@@ -143,6 +146,16 @@ impl Agent {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
+        // Slots the pinned map uses but the state file does not know (a lost or older state
+        // file) are not handed out during the first reconcile, which still routes through them.
+        let known: BTreeSet<u32> = agent.state.ids.next_hops.values().copied().collect();
+        for id in stale.iter().filter(|id| !known.contains(id)) {
+            agent
+                .state
+                .ids
+                .next_hops
+                .insert(format!("pinned:{id}"), *id);
+        }
         agent.apply_config()?;
         let wanted: BTreeSet<u32> = agent.installed_next_hops.keys().copied().collect();
         for id in stale.into_iter().filter(|id| !wanted.contains(id)) {
@@ -161,6 +174,7 @@ impl Agent {
         self.sync_ports()?;
         self.sync_attachments()?;
         self.sync_vifs()?;
+        self.remove_leftovers()?;
         self.sync_sessions();
         self.rebuild_tables();
         self.sample_vifs();
@@ -217,7 +231,8 @@ impl Agent {
         )?)
     }
 
-    fn sync_ports(&mut self) -> Result<(), Error> {
+    /// Connection ports and the underlay, by interface name.
+    fn wanted_ports(&self) -> BTreeMap<String, PortRole> {
         let mut wanted: BTreeMap<String, PortRole> = self
             .config
             .connections
@@ -225,18 +240,12 @@ impl Agent {
             .map(|c| (c.interface.clone(), PortRole::Connection))
             .collect();
         wanted.insert(self.config.underlay.interface.clone(), PortRole::Underlay);
-        let gone: Vec<String> = self
-            .ports
-            .iter()
-            .filter(|(name, p)| p.role != PortRole::Control && !wanted.contains_key(*name))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in gone {
-            tracing::info!(port = %name, "detaching XDP from a port no longer configured");
-            self.dp.detach(&name)?;
-            self.ports.remove(&name);
-        }
-        for (name, role) in wanted {
+        wanted
+    }
+
+    /// Attaches XDP to every configured port that does not have it yet.
+    fn sync_ports(&mut self) -> Result<(), Error> {
+        for (name, role) in self.wanted_ports() {
             if self.ports.get(&name).is_some_and(|p| p.role == role) {
                 continue;
             }
@@ -244,6 +253,40 @@ impl Agent {
             let ifindex = self.dp.attach(&name, role, self.mode)?;
             tracing::info!(port = %name, ?role, ifindex, "XDP attached");
             self.ports.insert(name, Port { role, ifindex });
+        }
+        Ok(())
+    }
+
+    /// Detaches ports and deletes control namespaces nothing configured uses any more: after
+    /// the VIFs on them are gone (a reload), or left by an earlier run whose config had them
+    /// (pinned links and namespaces outlive the agent).
+    fn remove_leftovers(&mut self) -> Result<(), Error> {
+        let mut wanted: BTreeSet<String> = self.wanted_ports().into_keys().collect();
+        wanted.extend(self.vifs.values().map(|v| v.control.host_if.clone()));
+        let mut present: BTreeSet<String> = self.ports.keys().cloned().collect();
+        if let Ok(dir) = std::fs::read_dir(self.config.agent.pin_dir.join("links")) {
+            present.extend(
+                dir.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned()),
+            );
+        }
+        for name in present.difference(&wanted) {
+            tracing::info!(port = %name, "detaching XDP from a port no longer configured");
+            self.dp.detach(name)?;
+            self.ports.remove(name);
+        }
+        let prefix = &self.config.agent.netns_prefix;
+        let ours: BTreeSet<String> = self
+            .vifs
+            .values()
+            .map(|v| v.control.netns.clone())
+            .collect();
+        let listed = host::run("ip", &["netns", "list"])?;
+        for name in listed.lines().filter_map(|l| l.split_whitespace().next()) {
+            if !prefix.is_empty() && name.starts_with(prefix.as_str()) && !ours.contains(name) {
+                tracing::info!(netns = name, "deleting a control namespace no VIF uses");
+                host::run("ip", &["netns", "del", name])?;
+            }
         }
         Ok(())
     }
@@ -277,10 +320,19 @@ impl Agent {
             }
             wanted.insert((att.vni, att.remote_vtep.octets(), id));
         }
+        // Keys no attachment owns any more (removed, or its VNI/VTEP changed); a slot is
+        // emptied only when no configured attachment uses its id.
+        let live_ids: BTreeSet<u32> = wanted.iter().map(|(_, _, id)| *id).collect();
         for (key, id) in self.dp.vtep_keys()? {
             if !wanted.contains(&(key.vni, key.remote_vtep, id)) {
-                tracing::info!(vni = key.vni, "removing an attachment no longer configured");
-                self.dp.remove_vtep_key(key, id)?;
+                tracing::info!(
+                    vni = key.vni,
+                    "removing an attachment key no longer configured"
+                );
+                self.dp.remove_vtep_key(key)?;
+                if !live_ids.contains(&id) {
+                    self.dp.clear_attachment(id)?;
+                }
             }
         }
         Ok(())
@@ -413,6 +465,7 @@ impl Agent {
             }
         }
         self.dp.clear_vif(rt.id)?;
+        self.dp.remove_control_port(rt.control_ifindex)?;
         self.dp.detach(&rt.control.host_if)?;
         self.ports.remove(&rt.control.host_if);
         rt.control.destroy()?;
@@ -476,6 +529,7 @@ impl Agent {
     pub fn reconcile(&mut self) -> Result<(), Error> {
         // Set until this reconcile completes: a failure is retried on the next tick.
         self.retry = true;
+        let ids_before = self.state.ids.clone();
         self.derive_vif_states()?;
         // Next hops: one per attachment, one per (VIF, resolved client router), one group per
         // VIF over its resolved client routers.
@@ -521,7 +575,15 @@ impl Agent {
                 NextHopSpec::Group(members.iter().map(|(_, id)| *id).collect()),
             );
             target_nh.insert(Target::Vif(name.clone()), id);
-            for mask in masks.get(&name).into_iter().flatten() {
+            // Every mask the VIF's peers can form, not only those routes use now: when a
+            // session is lost, the group of routes it shared is rewritten without it at once,
+            // before those routes move to the group of the sessions that remain.
+            let peers = self.config.vif(&name).map_or(0, |v| v.peers.len());
+            let all_masks: BTreeSet<u8> = (1..(1u8 << peers)).collect();
+            for mask in all_masks
+                .iter()
+                .chain(masks.get(&name).into_iter().flatten())
+            {
                 let group: Vec<u32> = members
                     .iter()
                     .filter(|(i, _)| mask & (1 << i) != 0)
@@ -566,21 +628,43 @@ impl Agent {
                 "updating routes"
             );
         }
-        let upserts: Vec<(u32, Ipv4Net, u32)> = route_diff
-            .upsert
-            .iter()
-            .map(|((g, p), nh)| (*g, *p, *nh))
-            .collect();
-        self.dp.upsert_routes(&upserts)?;
+        // Removals first (they also make room), then each write on its own: a full map or a
+        // failed write leaves that route out (counted, retried on the next tick) instead of
+        // stalling every other change.
         let removes: Vec<(u32, Ipv4Net)> = route_diff.remove.clone();
         self.dp.remove_routes(&removes)?;
-        self.installed_routes = wanted_routes;
+        for key in &removes {
+            self.installed_routes.remove(key);
+        }
+        let mut failed = 0usize;
+        let mut first_error = None;
+        for ((gw, prefix), nh) in route_diff.upsert {
+            match self.dp.upsert_route(gw, prefix, nh) {
+                Ok(()) => {
+                    self.installed_routes.insert((gw, prefix), nh);
+                }
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            tracing::error!(failed, error = %e, "routes not installed; retrying on the next tick");
+        }
+        // Next hops no installed route uses any more can go.
+        let used: BTreeSet<u32> = self.installed_routes.values().copied().collect();
         for id in nh_diff.remove {
+            // A group member is never cleared while its group (wanted) still lists it, and a
+            // group never while an installed route points to it.
+            if used.contains(&id) {
+                continue;
+            }
             self.dp.clear_next_hop(id)?;
             self.installed_next_hops.remove(&id);
         }
         self.export(&selected);
-        self.retry = false;
+        self.retry = failed > 0;
         // Next-hop ids no object needs any more are released.
         let live: BTreeSet<u32> = self.installed_next_hops.keys().copied().collect();
         let keep_names: BTreeSet<String> = self
@@ -599,6 +683,10 @@ impl Agent {
             .ids
             .next_hops
             .retain(|name, id| live.contains(id) || keep_names.contains(name));
+        // Ids are part of what the pinned maps mean: a restart must find the same ones.
+        if self.state.ids != ids_before {
+            self.state.save(&self.config.agent.state_dir)?;
+        }
         Ok(())
     }
 
@@ -683,6 +771,11 @@ impl Agent {
     /// The periodic check: sample links and neighbours; reconcile when something moved (or
     /// when a previous reconcile failed and must be retried).
     pub fn tick(&mut self) -> Result<(), Error> {
+        if self.reapply {
+            self.apply_config()?;
+            self.reapply = false;
+            return Ok(());
+        }
         if self.sample_vifs() || self.retry {
             self.reconcile()?;
         }
@@ -708,6 +801,16 @@ impl Agent {
                     r.prefix, r.via, r.gateway
                 )));
             }
+            if config
+                .static_routes
+                .iter()
+                .any(|c| c.border_gateway == r.gateway && c.prefix == r.prefix)
+            {
+                return Err(Error::Refused(format!(
+                    "the new config has a static route for {} in {:?}, which was also added with `forwarder route add`; delete that one first (`forwarder route del --gateway {} {}`)",
+                    r.prefix, r.gateway, r.gateway, r.prefix
+                )));
+            }
         }
         if config.underlay != self.config.underlay || config.agent != self.config.agent {
             return Err(Error::Refused(
@@ -716,7 +819,11 @@ impl Agent {
         }
         tracing::info!(path = %self.config_path.display(), "reloading the configuration");
         self.config = config;
-        self.apply_config()
+        // Validated, but applying may still fail half-way (an interface vanished, a map is
+        // full): the rest is retried every second until it succeeds.
+        let applied = self.apply_config();
+        self.reapply = applied.is_err();
+        applied
     }
 
     /// A short clean-up when the agent stops: the socket goes, forwarding stays.

@@ -156,8 +156,33 @@ impl Agent {
     /// An event from the speaker: session up or down, routes in or out. The caller rebuilds
     /// the tables and reconciles once after a batch of events.
     pub fn handle_bgp_event(&mut self, event: Event) {
+        let (vif, peer, session) = match &event {
+            Event::Established {
+                vif,
+                peer_index,
+                session,
+            }
+            | Event::Down {
+                vif,
+                peer_index,
+                session,
+                ..
+            }
+            | Event::Routes {
+                vif,
+                peer_index,
+                session,
+                ..
+            } => (vif, *peer_index, *session),
+        };
+        if !self.speaker.is_current(vif, peer, session) {
+            tracing::debug!(vif = %vif, peer, session, "ignoring an event of a stopped BGP session");
+            return;
+        }
         match event {
-            Event::Established { vif, peer_index } => {
+            Event::Established {
+                vif, peer_index, ..
+            } => {
                 tracing::info!(vif = %vif, peer = peer_index, "BGP session established");
                 self.bgp.up.insert((vif, peer_index));
             }
@@ -165,6 +190,7 @@ impl Agent {
                 vif,
                 peer_index,
                 reason,
+                ..
             } => {
                 tracing::warn!(vif = %vif, peer = peer_index, reason = %reason, "BGP session down");
                 let key = (vif, peer_index);
@@ -179,6 +205,7 @@ impl Agent {
                 peer_index,
                 announced,
                 withdrawn,
+                ..
             } => {
                 let held = self.bgp.routes.entry((vif, peer_index)).or_default();
                 for prefix in withdrawn {

@@ -90,22 +90,28 @@ impl SessionConfig {
 
 /// What the speaker tells the agent.
 #[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `session` identifies the session instance that sent it ([`Speaker::is_current`]): events
+/// of a session that was removed or restarted may still be queued and must be ignored.
 pub enum Event {
     Established {
         vif: String,
         peer_index: usize,
+        session: u64,
     },
     /// An Established session ended; its routes are gone with it (no `Routes` withdrawal
     /// follows).
     Down {
         vif: String,
         peer_index: usize,
+        session: u64,
         reason: String,
     },
     /// Changes of the accepted routes, one event per UPDATE (or per re-evaluation).
     Routes {
         vif: String,
         peer_index: usize,
+        session: u64,
         announced: Vec<Ipv4Net>,
         withdrawn: Vec<Ipv4Net>,
     },
@@ -227,6 +233,7 @@ enum Command {
 
 #[derive(Debug)]
 struct Handle {
+    id: u64,
     commands: mpsc::UnboundedSender<Command>,
     shared: SharedRef,
 }
@@ -245,6 +252,8 @@ impl Handle {
 pub struct Speaker {
     events: mpsc::Sender<Event>,
     sessions: BTreeMap<(String, usize), Handle>,
+    /// Instance number of the next session started.
+    next_id: u64,
 }
 
 impl Speaker {
@@ -252,6 +261,7 @@ impl Speaker {
         Self {
             events,
             sessions: BTreeMap::new(),
+            next_id: 0,
         }
     }
 
@@ -287,15 +297,27 @@ impl Speaker {
             advertised: BTreeSet::new(),
         }));
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = session::Session::new(cfg, vpc_cidrs, self.events.clone(), rx, shared.clone());
+        self.next_id += 1;
+        let id = self.next_id;
+        let task =
+            session::Session::new(cfg, id, vpc_cidrs, self.events.clone(), rx, shared.clone());
         runtime.spawn(task.run());
         self.sessions.insert(
             key,
             Handle {
+                id,
                 commands: tx,
                 shared,
             },
         );
+    }
+
+    /// Whether `session` is the running instance of (vif, peer_index): events of an earlier
+    /// instance are stale.
+    pub fn is_current(&self, vif: &str, peer_index: usize, session: u64) -> bool {
+        self.sessions
+            .get(&(vif.to_string(), peer_index))
+            .is_some_and(|h| h.id == session)
     }
 
     /// Stops a session: Cease / Administrative Shutdown to the peer, then close. No further

@@ -98,6 +98,8 @@ impl Conn {
 
 pub(super) struct Session {
     cfg: SessionConfig,
+    /// Instance number stamped on every event ([`super::Speaker::is_current`]).
+    instance: u64,
     spec: SocketSpec,
     local: LocalSide,
     policy: ImportPolicy,
@@ -193,6 +195,7 @@ enum Wake {
 impl Session {
     pub(super) fn new(
         cfg: SessionConfig,
+        instance: u64,
         vpc_cidrs: Vec<Ipv4Net>,
         events: mpsc::Sender<Event>,
         commands: mpsc::UnboundedReceiver<Command>,
@@ -206,6 +209,7 @@ impl Session {
             ^ (u64::from(u32::from(cfg.local_addr)) << 16)
             ^ cfg.peer_index as u64;
         Self {
+            instance,
             spec: SocketSpec {
                 netns: cfg.netns.clone(),
                 local: cfg.local_addr,
@@ -504,6 +508,7 @@ impl Session {
         self.emit(Event::Down {
             vif: self.cfg.vif.clone(),
             peer_index: self.cfg.peer_index,
+            session: self.instance,
             reason,
         })
         .await;
@@ -653,6 +658,7 @@ impl Session {
         self.emit(Event::Established {
             vif: self.cfg.vif.clone(),
             peer_index: self.cfg.peer_index,
+            session: self.instance,
         })
         .await;
         let export = std::mem::take(&mut self.export);
@@ -772,6 +778,7 @@ impl Session {
         self.emit(Event::Routes {
             vif: self.cfg.vif.clone(),
             peer_index: self.cfg.peer_index,
+            session: self.instance,
             announced,
             withdrawn,
         })

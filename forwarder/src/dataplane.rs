@@ -339,10 +339,7 @@ impl Dataplane {
         if let Ok(ifindex) = if_index(ifname) {
             let mut tx =
                 DevMapHash::try_from(self.map_mut(MAP_TX_PORTS)?).map_err(map_err(MAP_TX_PORTS))?;
-            match tx.remove(ifindex) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(MAP_TX_PORTS)(e)),
-            }
+            ignore_missing(tx.remove(ifindex), MAP_TX_PORTS)?;
         }
         Ok(())
     }
@@ -847,9 +844,12 @@ fn check_id(what: &'static str, id: u32, max: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Removing what is not there is not an error (aya reports it as `KeyNotFound` or as the
+/// syscall's ENOENT, depending on the map type).
 fn ignore_missing(result: Result<(), MapError>, name: &'static str) -> Result<(), Error> {
     match result {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(map_err(name)(e)),
     }
 }

@@ -55,15 +55,17 @@ impl ControlPlane {
 
     /// Creates what is missing and corrects what differs; leaves a correct control plane
     /// untouched (its BGP sockets keep running). Returns the MAC of `vif0`, which is the MAC
-    /// the customer sees for the cloud addresses.
-    pub fn ensure(&self, pairs: &[Pair]) -> Result<[u8; 6], Error> {
+    /// the customer sees for the cloud addresses, and whether the veth pair was (re)created
+    /// (then the host end needs XDP again and sockets in the namespace are gone).
+    pub fn ensure(&self, pairs: &[Pair]) -> Result<([u8; 6], bool), Error> {
         if !self.netns_exists()? {
             host::run("ip", &["netns", "add", &self.netns])?;
         }
         let host_end = host::ip_json(&["link", "show", "dev", &self.host_if]).is_ok();
         let inner_end =
             host::ip_json(&["-n", &self.netns, "link", "show", "dev", INNER_IF]).is_ok();
-        if !(host_end && inner_end) {
+        let recreated = !(host_end && inner_end);
+        if recreated {
             // Half a pair is useless: start over with both ends.
             if host_end {
                 host::run("ip", &["link", "del", "dev", &self.host_if])?;
@@ -133,7 +135,7 @@ impl ControlPlane {
                 ],
             )?;
         }
-        host::link_mac(Some(&self.netns), INNER_IF)
+        Ok((host::link_mac(Some(&self.netns), INNER_IF)?, recreated))
     }
 
     fn addresses(&self) -> Result<Vec<String>, Error> {

@@ -424,6 +424,46 @@ fn link_down_makes_the_vif_unavailable_and_reload_removes_a_vif() -> Result<()> 
         "traffic did not come back with the link: {received}/{sent}"
     );
 
+    // Someone deletes the VIF's control namespace: the agent notices on its next check,
+    // rebuilds it (new veth, XDP on it again), ARP resolves the client again, traffic resumes.
+    let netns = cli_json(&t.socket(), &["vif", "show", "vif-100"])?["control_netns"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    std::process::Command::new("ip")
+        .args(["netns", "del", &netns])
+        .status()?;
+    let exists = |name: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .any(|l| l.starts_with(name))
+            })
+    };
+    ensure!(
+        !exists(&netns),
+        "namespace {netns} still listed after deletion"
+    );
+    ensure!(
+        wait_for(Duration::from_secs(10), || exists(&netns)
+            && agent.log_text().contains("control plane was recreated")
+            && vif_state(&t) == "available"),
+        "the agent did not rebuild {netns}:\n{}",
+        agent.log_text()
+    );
+    ensure!(
+        wait_for(Duration::from_secs(5), || {
+            t.ping(VPC_HOST, 1, "0.2")
+                .is_ok_and(|(sent, received)| sent == received)
+        }),
+        "traffic did not resume after the control namespace was rebuilt:\n{}",
+        agent.log_text()
+    );
+    println!("control namespace deleted by hand: rebuilt, traffic resumed");
+
     // The VPC moves to another VNI: a reload that changes only the attachment's VNI keeps it
     // working (its slot is rewritten, not emptied with the old key).
     t.set_vpc_vni(1003)?;
@@ -439,7 +479,8 @@ fn link_down_makes_the_vif_unavailable_and_reload_removes_a_vif() -> Result<()> 
     println!("after the VNI change: {received}/{sent}");
     ensure!(
         received == sent,
-        "traffic lost after the attachment's VNI changed: {received}/{sent}"
+        "traffic lost after the attachment's VNI changed: {received}/{sent}\n{}",
+        agent.log_text()
     );
 
     // A reload without the VIF (and its route): deleted, its namespace gone.

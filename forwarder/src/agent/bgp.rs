@@ -111,6 +111,25 @@ impl Agent {
         }
     }
 
+    /// Stops every session of a VIF (its control plane was rebuilt); `sync_sessions` starts
+    /// them again.
+    pub(super) fn stop_sessions_of(&mut self, vif: &str) {
+        let keys: Vec<SessionKey> = self
+            .bgp
+            .sessions
+            .keys()
+            .filter(|(v, _)| v == vif)
+            .cloned()
+            .collect();
+        for key in keys {
+            self.speaker.remove_session(&key.0, key.1);
+            self.bgp.sessions.remove(&key);
+            self.bgp.up.remove(&key);
+            self.bgp.routes.remove(&key);
+            self.bgp.exported.remove(&key);
+        }
+    }
+
     /// The propagated VPC CIDRs of a VIF's border gateway (the import filter's overlap rule).
     fn vpc_cidrs(&self, vif: &str) -> Vec<Ipv4Net> {
         let Some(gateway) = self.config.vif(vif).map(|v| v.border_gateway.clone()) else {

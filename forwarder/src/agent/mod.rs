@@ -371,8 +371,16 @@ impl Agent {
                     prefix_len: p.prefix_len,
                 })
                 .collect();
-            let mac = control.ensure(&pairs)?;
+            let (mac, recreated) = control.ensure(&pairs)?;
             let control_port = control.host_if.clone();
+            if recreated && self.ports.contains_key(&control_port) {
+                // The pair vanished under us (namespace deleted by hand, ...): the new host
+                // end needs XDP, and the VIF's BGP sessions need sockets in the new namespace.
+                tracing::warn!(vif = %vif.name, "control plane was recreated");
+                self.dp.detach(&control_port)?;
+                self.ports.remove(&control_port);
+                self.stop_sessions_of(&vif.name);
+            }
             if !self.ports.contains_key(&control_port) {
                 dataplane::prepare_port(&control_port, PortRole::Control)?;
                 let ifindex = self
@@ -700,6 +708,7 @@ impl Agent {
             .map(|v| (v.name.clone(), v.clone()))
             .collect();
         let mut changed = false;
+        let mut reapply = false;
         for (name, rt) in self.vifs.iter_mut() {
             let Some(vif) = configs.get(name) else {
                 continue;
@@ -712,13 +721,16 @@ impl Agent {
             let link_up = host::link_up(&interface).unwrap_or(false);
             let clients: Vec<Ipv4Addr> = vif.peers.iter().map(|p| p.client_address).collect();
             let client_macs = rt.control.client_macs(&clients).unwrap_or_else(|e| {
+                // Most likely the namespace is gone: the config is applied again to rebuild it.
                 tracing::warn!(vif = %name, error = %e, "cannot read the control plane's neighbours");
+                reapply = true;
                 vec![None; clients.len()]
             });
             changed |= link_up != rt.link_up || client_macs != rt.client_macs;
             rt.link_up = link_up;
             rt.client_macs = client_macs;
         }
+        self.reapply |= reapply;
         changed
     }
 
@@ -832,6 +844,18 @@ impl Agent {
     }
 }
 
+/// An error with its causes, `outer: inner: innermost`, for logs and CLI answers.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn check_local_vtep(config: &Config) -> Result<(), Error> {
     let iface = &config.underlay.interface;
     let addrs = host::ip_json(&["-4", "addr", "show", "dev", iface])?;
@@ -870,12 +894,12 @@ pub async fn run(config_path: &Path) -> Result<(), Error> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 if let Err(e) = agent.lock().await.reload() {
-                    tracing::error!(error = %format!("{e:#}"), "reload refused; the running configuration is unchanged");
+                    tracing::error!(error = %error_chain(&e), "reload refused; the running configuration is unchanged");
                 }
             }
             _ = tick.tick() => {
                 if let Err(e) = agent.lock().await.tick() {
-                    tracing::error!(error = %format!("{e:#}"), "reconcile failed; retrying in a second");
+                    tracing::error!(error = %error_chain(&e), "reconcile failed; retrying in a second");
                 }
             }
             Some(event) = events.recv() => {
@@ -888,7 +912,7 @@ pub async fn run(config_path: &Path) -> Result<(), Error> {
                 }
                 agent.rebuild_tables();
                 if let Err(e) = agent.reconcile() {
-                    tracing::error!(error = %format!("{e:#}"), "reconcile after BGP events failed");
+                    tracing::error!(error = %error_chain(&e), "reconcile after BGP events failed");
                 }
             }
             accepted = listener.accept() => match accepted {

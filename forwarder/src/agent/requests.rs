@@ -46,7 +46,7 @@ impl Agent {
             Request::BgpNeighbors => Ok(Response::ok(self.speaker.status())),
             Request::BgpRoutes { vif, advertised } => self.bgp_routes_view(&vif, advertised),
         };
-        result.unwrap_or_else(|e| Response::err(format!("{e:#}")))
+        result.unwrap_or_else(|e| Response::err(super::error_chain(&e)))
     }
 
     fn bgp_routes_view(&self, vif: &str, advertised: bool) -> Result<Response, Error> {

@@ -225,25 +225,33 @@ propagate = ["10.0.1.0/24"]
     }
 }
 
-/// The VPC's underlay address and its kernel VXLAN device (VNI `vni`) with the VPC host on it
-/// and a route back to the IDC prefix through the gateway.
-fn vpc_vxlan(vpc: &NetNs, vni: u32) -> Result<()> {
-    if !sh(vpc, "ip -4 addr show dev eth0")?.contains("172.31.0.2") {
+/// A VPC as the kernel builds one: underlay address `underlay`/24 on `eth0`, a VXLAN device
+/// `vxlan0` (VNI `vni`, MAC `mac`, peer VTEP `gateway_vtep`) holding the VPC host 10.0.1.10/24,
+/// and the IDC prefix 192.168.50.0/24 routed back through the gateway. Checksum offload is off
+/// (TCP through an XDP redirect), GRO on (XDP redirects into the veth).
+pub fn add_vpc(vpc: &NetNs, underlay: &str, gateway_vtep: &str, vni: u32, mac: &str) -> Result<()> {
+    if !sh(vpc, "ip -4 addr show dev eth0")?.contains(underlay) {
         sh(
             vpc,
-            "ip addr add 172.31.0.2/24 dev eth0 && ethtool -K eth0 gro on tx off >/dev/null",
+            &format!(
+                "ip addr add {underlay}/24 dev eth0 && ethtool -K eth0 gro on tx off >/dev/null"
+            ),
         )?;
     }
     sh(
         vpc,
         &format!(
-            "ip link add vxlan0 address {VXLAN_MAC} type vxlan id {vni} local 172.31.0.2 remote 172.31.0.1 dstport 4789 dev eth0 && \
+            "ip link add vxlan0 address {mac} type vxlan id {vni} local {underlay} remote {gateway_vtep} dstport 4789 dev eth0 && \
              ip addr add {VPC_HOST}/24 dev vxlan0 && ip link set vxlan0 up && ethtool -K vxlan0 tx off >/dev/null && \
              ip route add 192.168.50.0/24 via 10.0.1.254 dev vxlan0 onlink && \
              ip neigh add 10.0.1.254 lladdr 02:00:00:00:0a:fe dev vxlan0 nud permanent"
         ),
     )?;
     Ok(())
+}
+
+fn vpc_vxlan(vpc: &NetNs, vni: u32) -> Result<()> {
+    add_vpc(vpc, "172.31.0.2", "172.31.0.1", vni, VXLAN_MAC)
 }
 
 pub fn parse_ping(text: &str) -> Result<(u32, u32)> {

@@ -35,9 +35,6 @@ const VIF2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x02];
 /// MACs of the VPC-side kernel VXLAN devices: the attachments' router MACs.
 const VPC_A_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
 const VPC_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x02];
-/// What the VPC hosts believe the gateway's inner MAC is (any MAC works: our XDP does not check
-/// the inner destination of decapsulated frames).
-const VPC_GW_MAC: &str = "02:00:00:00:0a:fe";
 
 const LOCAL_VTEP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
 const CUSTOMER_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 10);
@@ -219,28 +216,12 @@ fn setup_customer(gw: &NetNs, cust: &NetNs) -> Result<()> {
 /// device toward our VTEP holding 10.0.1.10/24, with a route back to the customer prefix.
 /// `default_ttl` tells the VPCs apart in the replies.
 fn setup_vpc(vpc: &NetNs, underlay: Ipv4Addr, vni: u32, vxlan_mac: [u8; 6], ttl: u8) -> Result<()> {
-    sh(vpc, "ethtool -K eth0 gro on")?;
-    sh(vpc, &format!("ip addr add {underlay}/24 dev eth0"))?;
-    sh(
+    forwarder_tests::topology::add_vpc(
         vpc,
-        &format!(
-            "ip link add vxlan0 type vxlan id {vni} local {underlay} remote {LOCAL_VTEP} \
-             dstport 4789 dev eth0"
-        ),
-    )?;
-    sh(
-        vpc,
-        &format!("ip link set vxlan0 address {}", mac(vxlan_mac)),
-    )?;
-    sh(vpc, &format!("ip addr add {VPC_HOST}/24 dev vxlan0"))?;
-    sh(vpc, "ip link set vxlan0 up")?;
-    sh(
-        vpc,
-        "ip route add 192.168.50.0/24 via 10.0.1.254 dev vxlan0 onlink",
-    )?;
-    sh(
-        vpc,
-        &format!("ip neigh add 10.0.1.254 lladdr {VPC_GW_MAC} dev vxlan0 nud permanent"),
+        &underlay.to_string(),
+        &LOCAL_VTEP.to_string(),
+        vni,
+        &mac(vxlan_mac),
     )?;
     sh(vpc, &format!("sysctl -qw net.ipv4.ip_default_ttl={ttl}"))?;
     Ok(())

@@ -39,8 +39,6 @@ use forwarder_tests::{
 const VIF1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 /// The VPC's kernel VXLAN device: the attachment's router MAC.
 const VPC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
-/// What the VPC host believes the gateway's inner MAC is (our XDP does not check it).
-const VPC_GW_MAC: &str = "02:00:00:00:0a:fe";
 
 const LOCAL_VTEP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 1);
 const VPC_VTEP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
@@ -418,31 +416,13 @@ fn shim_programs_under_prog_test_run() -> Result<()> {
 /// one is enough; with both on, TCP from the VPC arrives with bad checksums): XDP decapsulates
 /// and redirects the frame, and a checksum left to offload is never filled in.
 fn setup_vpc(vpc: &NetNs) -> Result<()> {
-    sh(vpc, "ethtool -K eth0 gro on tx off")?;
-    sh(vpc, &format!("ip addr add {VPC_VTEP}/24 dev eth0"))?;
-    sh(
+    forwarder_tests::topology::add_vpc(
         vpc,
-        &format!(
-            "ip link add vxlan0 type vxlan id 1001 local {VPC_VTEP} remote {LOCAL_VTEP} \
-             dstport 4789 dev eth0"
-        ),
-    )?;
-    sh(
-        vpc,
-        &format!("ip link set vxlan0 address {}", format_mac(VPC_MAC)),
-    )?;
-    sh(vpc, "ethtool -K vxlan0 tx off")?;
-    sh(vpc, &format!("ip addr add {VPC_HOST}/24 dev vxlan0"))?;
-    sh(vpc, "ip link set vxlan0 up")?;
-    sh(
-        vpc,
-        "ip route add 192.168.50.0/24 via 10.0.1.254 dev vxlan0 onlink",
-    )?;
-    sh(
-        vpc,
-        &format!("ip neigh add 10.0.1.254 lladdr {VPC_GW_MAC} dev vxlan0 nud permanent"),
-    )?;
-    Ok(())
+        &VPC_VTEP.to_string(),
+        &LOCAL_VTEP.to_string(),
+        1001,
+        &format_mac(VPC_MAC),
+    )
 }
 
 /// Loads the data plane in `gw`, attaches it to `trunk` and `ul0`, and waits until the VPC's

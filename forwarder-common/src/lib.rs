@@ -37,7 +37,9 @@ pub const MAP_PASSES: &str = "PASSES";
 /// VIF ids are 0..MAX_VIFS (4094 VLANs on each of several connections).
 pub const MAX_VIFS: u32 = 16_384;
 pub const MAX_ATTACHMENTS: u32 = 4_096;
-pub const MAX_NEXT_HOPS: u32 = 65_536;
+/// Every VIF the maps hold can have its next hops (at most 6: two client routers, their
+/// group and three BGP session groups), plus one per attachment.
+pub const MAX_NEXT_HOPS: u32 = 131_072;
 pub const MAX_ROUTES: u32 = 1_048_576;
 pub const MAX_PORTS: u32 = 1_024;
 /// Members of one next-hop group (ECMP by flow hash).

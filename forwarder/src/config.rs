@@ -50,6 +50,10 @@ pub const MAX_BGP_PASSWORD_LEN: usize = 80;
 pub const MAX_PEERS: usize = 2;
 /// Interconnect pairs are /30s.
 pub const INTERCONNECT_PREFIX_LEN: u8 = 30;
+/// Control namespace prefixes are short: the VIF name follows.
+pub const MAX_NETNS_PREFIX_LEN: usize = 16;
+/// Sizes of the route map an operator may choose.
+pub const ROUTE_CAPACITY_RANGE: RangeInclusive<u32> = 16..=16_777_216;
 
 /// The whole file. The ones [`load`] and [`parse`] return are valid.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -93,6 +97,12 @@ pub struct Agent {
     pub bgp_connect_retry: u16,
     /// Seconds a session stays down after its peer exceeded `max_prefixes`.
     pub bgp_max_prefix_restart: u16,
+    /// Members of this group may use the control socket (mode 0660); without it only root
+    /// (and the agent's own user) may (mode 0600).
+    pub control_group: Option<String>,
+    /// Entries of the route map (all border gateways together) when it is created; a pinned
+    /// map keeps the size it was created with.
+    pub route_capacity: u32,
 }
 
 impl Default for Agent {
@@ -108,6 +118,8 @@ impl Default for Agent {
             bgp_hold_time: 90,
             bgp_connect_retry: 5,
             bgp_max_prefix_restart: 30,
+            control_group: None,
+            route_capacity: forwarder_common::MAX_ROUTES,
         }
     }
 }
@@ -658,7 +670,8 @@ fn name_problem(name: &str) -> Option<String> {
     None
 }
 
-/// Why `name` cannot be a Linux interface name (`dev_valid_name`), as the rest of a sentence.
+/// Why `name` cannot be a port (a Linux interface name, `dev_valid_name`, that is not one of
+/// the agent's own), as the rest of a sentence.
 fn interface_problem(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("is empty".to_owned());
@@ -673,6 +686,46 @@ fn interface_problem(name: &str) -> Option<String> {
         || name.contains(|c: char| c == '/' || c == ':' || c.is_whitespace())
     {
         return Some(format!("{name:?} is not a valid interface name"));
+    }
+    if name == "lo" {
+        return Some("\"lo\" is the loopback interface, not a port".to_owned());
+    }
+    if name
+        .strip_prefix(crate::model::CONTROL_IF_PREFIX)
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Some(format!(
+            "{name:?} has the form of the agent's own control veths ({}<VIF id>), which it \
+             creates and deletes",
+            crate::model::CONTROL_IF_PREFIX
+        ));
+    }
+    None
+}
+
+/// Why `prefix` cannot prefix the VIF control namespaces, as the rest of a sentence. Every
+/// namespace the agent makes is this prefix and a VIF name; a prefix that ends in a
+/// separator keeps those apart from the host's own namespaces.
+fn netns_prefix_problem(prefix: &str) -> Option<String> {
+    if prefix.is_empty() {
+        return Some(
+            "is empty: control namespaces would be named after the VIFs alone and could \
+             clash with the host's own"
+                .to_owned(),
+        );
+    }
+    if prefix.len() > MAX_NETNS_PREFIX_LEN {
+        return Some(format!(
+            "{prefix:?} is longer than {MAX_NETNS_PREFIX_LEN} characters"
+        ));
+    }
+    if let Some(detail) = name_problem(prefix) {
+        return Some(detail);
+    }
+    if !prefix.ends_with(['-', '_', '.']) {
+        return Some(format!(
+            "{prefix:?} does not end with '-', '_' or '.' (for example \"{prefix}-\")"
+        ));
     }
     None
 }
@@ -809,12 +862,25 @@ impl<'a> Validator<'a> {
         if agent.bgp_connect_retry == 0 {
             self.problem(SECTION, "bgp_connect_retry", "must be at least 1 second");
         }
-        // An empty prefix is allowed: namespaces are then named after the VIFs alone.
-        let prefix = &agent.netns_prefix;
-        if !prefix.is_empty()
-            && let Some(detail) = name_problem(prefix)
-        {
+        if let Some(detail) = netns_prefix_problem(&agent.netns_prefix) {
             self.problem(SECTION, "netns_prefix", detail);
+        }
+        if let Some(group) = &agent.control_group
+            && let Some(detail) = name_problem(group)
+        {
+            self.problem(SECTION, "control_group", detail);
+        }
+        if !ROUTE_CAPACITY_RANGE.contains(&agent.route_capacity) {
+            self.problem(
+                SECTION,
+                "route_capacity",
+                format!(
+                    "{} is outside {}..={}",
+                    agent.route_capacity,
+                    ROUTE_CAPACITY_RANGE.start(),
+                    ROUTE_CAPACITY_RANGE.end()
+                ),
+            );
         }
     }
 
@@ -2130,6 +2196,52 @@ via = "vif-200"
             &edit("[agent]\n", "[agent]\npin_dir = \"bpf\"\n"),
             r#"forwarder.toml: [agent]: pin_dir "bpf" is not an absolute path"#,
         );
+        let config = accepted(&edit(
+            "[agent]\n",
+            "[agent]\ncontrol_group = \"netops\"\nroute_capacity = 4096\n",
+        ));
+        assert_eq!(config.agent.control_group.as_deref(), Some("netops"));
+        assert_eq!(config.agent.route_capacity, 4096);
+        assert_eq!(accepted(BASE).agent.route_capacity, 1_048_576);
+        rejected(
+            &edit("[agent]\n", "[agent]\nroute_capacity = 8\n"),
+            "forwarder.toml: [agent]: route_capacity 8 is outside 16..=16777216",
+        );
+    }
+
+    #[test]
+    fn names_that_clash_with_the_agents_own() {
+        rejected(
+            &edit("[agent]\n", "[agent]\nnetns_prefix = \"\"\n"),
+            "forwarder.toml: [agent]: netns_prefix is empty: control namespaces would be named after the VIFs alone and could clash with the host's own",
+        );
+        rejected(
+            &edit("[agent]\n", "[agent]\nnetns_prefix = \"f\"\n"),
+            r#"forwarder.toml: [agent]: netns_prefix "f" does not end with '-', '_' or '.' (for example "f-")"#,
+        );
+        rejected(
+            &edit(
+                "[agent]\n",
+                "[agent]\nnetns_prefix = \"forwarder-vif-ctl-\"\n",
+            ),
+            r#"forwarder.toml: [agent]: netns_prefix "forwarder-vif-ctl-" is longer than 16 characters"#,
+        );
+        accepted(&edit("[agent]\n", "[agent]\nnetns_prefix = \"gw1_\"\n"));
+        rejected(
+            &edit("interface = \"dc1\"", "interface = \"fwc3\""),
+            r#"forwarder.toml: connection "dc-1": interface "fwc3" has the form of the agent's own control veths (fwc<VIF id>), which it creates and deletes"#,
+        );
+        rejected(
+            &edit("interface = \"ul0\"", "interface = \"fwc12\""),
+            r#"forwarder.toml: [underlay]: interface "fwc12" has the form of the agent's own control veths (fwc<VIF id>), which it creates and deletes"#,
+        );
+        rejected(
+            &edit("interface = \"dc1\"", "interface = \"lo\""),
+            r#"forwarder.toml: connection "dc-1": interface "lo" is the loopback interface, not a port"#,
+        );
+        // Names that merely start alike are ports like any other.
+        accepted(&edit("interface = \"dc1\"", "interface = \"fwc\""));
+        accepted(&edit("interface = \"dc1\"", "interface = \"fwcore1\""));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::AsyncWriteExt as _;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -87,6 +87,21 @@ pub struct Status {
     pub ports: Vec<PortStatus>,
     pub vifs: Vec<VifSummary>,
     pub gateways: Vec<GatewayStatus>,
+    /// Occupancy of the maps that bound what the gateway can hold.
+    pub maps: MapUsage,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct MapUsage {
+    pub routes: Usage,
+    pub next_hops: Usage,
+    pub vifs: Usage,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct Usage {
+    pub used: u64,
+    pub capacity: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -114,8 +129,16 @@ pub struct VifSummary {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GatewayStatus {
     pub name: String,
+    /// Candidate routes in the table (every source).
     pub routes: usize,
+    /// Prefixes with a selected route.
+    pub selected: usize,
+    /// Routes in the data plane's map.
     pub installed: usize,
+    /// Selected routes not in the map (full map, failed write).
+    pub not_installed: usize,
+    /// Some routes wait for room in the route map (shared by all gateways).
+    pub route_map_full: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -236,40 +259,177 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
 
 // ---- server ----------------------------------------------------------------------------
 
-/// Binds the socket (mode 0600, parent directory created, a stale socket file replaced).
-pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
+/// A request is one short line; anything longer is refused.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// A client that has not sent its whole request by then is answered and closed.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{}: another agent answers on this socket", .0.display())]
+    Live(PathBuf),
+    #[error("{}: exists and is not a socket; remove it or choose another control_socket", .0.display())]
+    NotSocket(PathBuf),
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who may talk to the agent: root, the agent's own user, and members of `group` if set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    pub group: Option<u32>,
+}
+
+/// Binds the socket: mode 0600, or 0660 owned by the control group; the parent directory is
+/// created. An existing path is replaced only when it is a socket nobody answers on.
+pub fn bind(path: &Path, access: Access) -> Result<tokio::net::UnixListener, BindError> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let io_err = |source| BindError::Io {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(io_err)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(BindError::NotSocket(path.to_owned()));
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::Live(path.to_owned())),
+            // Refused: the agent that bound it is gone.
+            Err(_) => std::fs::remove_file(path).map_err(io_err)?,
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(io_err(e)),
     }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = tokio::net::UnixListener::bind(path).map_err(io_err)?;
+    let mode = match access.group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
     Ok(listener)
 }
 
-/// Reads one request from `stream`, answers it with `handle`.
-pub async fn serve_one<F>(stream: tokio::net::UnixStream, handle: F) -> std::io::Result<()>
+/// The supplementary groups of the peer (`SO_PEERGROUPS`, Linux >= 4.13).
+fn peer_groups(stream: &tokio::net::UnixStream) -> Vec<u32> {
+    use std::os::fd::AsRawFd as _;
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+    // SAFETY: `groups` has `len` writable bytes; the kernel writes at most that and says how
+    // many it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERGROUPS,
+            groups.as_mut_ptr().cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Vec::new();
+    }
+    groups.truncate(len as usize / std::mem::size_of::<libc::gid_t>());
+    groups
+}
+
+/// Why this peer may not use the socket, if it may not.
+fn refused(stream: &tokio::net::UnixStream, access: Access) -> Option<String> {
+    let Ok(cred) = stream.peer_cred() else {
+        return Some("permission denied: the peer's credentials are unknown".into());
+    };
+    // SAFETY: geteuid has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    if cred.uid() == 0 || cred.uid() == own {
+        return None;
+    }
+    if let Some(gid) = access.group
+        && (cred.gid() == gid || peer_groups(stream).contains(&gid))
+    {
+        return None;
+    }
+    Some(format!(
+        "permission denied: uid {} is not root{}",
+        cred.uid(),
+        if access.group.is_some() {
+            " and not in the agent's control_group"
+        } else {
+            " (set [agent] control_group to let a group in)"
+        }
+    ))
+}
+
+/// Reads one request line: at most [`MAX_REQUEST`] bytes, within [`REQUEST_TIMEOUT`], UTF-8.
+async fn read_request(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<String, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, read.read(&mut chunk)).await {
+            Err(_) => {
+                return Err(format!(
+                    "no complete request within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("reading the request: {e}")),
+            Ok(Ok(n)) => n,
+        };
+        let end = chunk[..n].iter().position(|b| *b == b'\n');
+        buf.extend_from_slice(&chunk[..end.unwrap_or(n)]);
+        if buf.len() > MAX_REQUEST {
+            return Err(format!("request longer than {MAX_REQUEST} bytes"));
+        }
+        if end.is_some() || n == 0 {
+            break;
+        }
+    }
+    String::from_utf8(buf).map_err(|_| "request is not UTF-8".to_owned())
+}
+
+/// Answers one connection: checks the peer, reads one request, answers it with `handle`.
+/// Every refusal is an answer with the reason, then the connection is closed.
+pub async fn serve_one<F>(
+    stream: tokio::net::UnixStream,
+    access: Access,
+    handle: F,
+) -> std::io::Result<()>
 where
     F: AsyncFnOnce(Request) -> Response,
 {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    // A request is small; a client that sends more is cut off rather than buffered.
-    let mut reader = BufReader::new(read.take(64 * 1024));
-    reader.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(request) => handle(request).await,
-        Err(e) => Response::err(format!("malformed request: {e}")),
+    let refusal = refused(&stream, access);
+    let (mut read, mut write) = stream.into_split();
+    let response = match refusal {
+        Some(reason) => Response::err(reason),
+        None => match read_request(&mut read).await {
+            Err(reason) => Response::err(reason),
+            Ok(line) => match serde_json::from_str::<Request>(&line) {
+                Ok(request) => handle(request).await,
+                Err(e) => Response::err(format!("malformed request: {e}")),
+            },
+        },
     };
     let mut out = serde_json::to_string(&response)
         .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"encoding the answer: {e}\"}}"));
     out.push('\n');
     write.write_all(out.as_bytes()).await
+}
+
+/// Answers a connection that will not be served with `reason`, and closes it.
+pub async fn refuse(mut stream: tokio::net::UnixStream, reason: &str) -> std::io::Result<()> {
+    let mut out = serde_json::to_string(&Response::err(reason))
+        .unwrap_or_else(|_| "{\"ok\":false}".to_owned());
+    out.push('\n');
+    stream.write_all(out.as_bytes()).await
 }
 
 use tokio::io::AsyncReadExt as _;

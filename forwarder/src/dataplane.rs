@@ -31,6 +31,8 @@ use forwarder_common::{
 };
 use ipnet::Ipv4Net;
 
+use crate::netlink;
+
 /// The eBPF object built by `build.rs` from `forwarder-ebpf`.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder-ebpf"));
@@ -83,6 +85,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Host(#[from] crate::host::Error),
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::Error),
     #[error("{0} is not on a bpf filesystem (mount one: `mount -t bpf bpf /sys/fs/bpf`)")]
     NotBpffs(PathBuf),
     #[error("no interface {0}")]
@@ -119,6 +123,8 @@ pub enum Error {
     },
     #[error("next-hop group {id} has {count} members; 1..={MAX_GROUP_MEMBERS} allowed")]
     GroupSize { id: u32, count: usize },
+    #[error("the route map is full")]
+    RouteMapFull,
 }
 
 fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
@@ -128,26 +134,7 @@ fn map_err(name: &'static str) -> impl Fn(MapError) -> Error {
     }
 }
 
-/// Which program a port runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortRole {
-    /// A hosted or dedicated connection toward customers (802.1Q trunk).
-    Connection,
-    /// The port toward the VPCs' VTEPs.
-    Underlay,
-    /// The host end of a VIF's control veth.
-    Control,
-}
-
-impl PortRole {
-    pub const fn program(self) -> &'static str {
-        match self {
-            Self::Connection => "xdp_customer",
-            Self::Underlay => "xdp_underlay",
-            Self::Control => "xdp_control",
-        }
-    }
-}
+pub use crate::model::PortRole;
 
 const PROGRAMS: [&str; 3] = ["xdp_customer", "xdp_underlay", "xdp_control"];
 
@@ -168,6 +155,30 @@ pub struct VifSpec {
     pub mac: [u8; 6],
 }
 
+impl VifSpec {
+    /// The VIF table entry.
+    pub fn entry(&self) -> Vif {
+        Vif {
+            state: self.state,
+            gateway_id: self.gateway_id,
+            port_ifindex: self.port_ifindex,
+            control_ifindex: self.control_ifindex,
+            cloud_addrs: self.cloud_addrs.map(|a| a.map_or([0; 4], |a| a.octets())),
+            vlan: self.vlan,
+            mac: self.mac,
+        }
+    }
+
+    /// The (port, VLAN) key frames find the VIF by.
+    pub fn key(&self) -> VifKey {
+        VifKey {
+            ifindex: self.port_ifindex,
+            vlan: self.vlan,
+            _pad: 0,
+        }
+    }
+}
+
 /// What a VPC attachment looks like to the data plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttachmentSpec {
@@ -180,7 +191,33 @@ pub struct AttachmentSpec {
     pub router_mac: [u8; 6],
 }
 
-/// A next hop as routes see it.
+impl AttachmentSpec {
+    /// The attachment table entry.
+    pub fn entry(&self) -> Attachment {
+        let (local, remote) = (self.local_vtep.octets(), self.remote_vtep.octets());
+        Attachment {
+            state: 1,
+            gateway_id: self.gateway_id,
+            vni: self.vni,
+            local_vtep: local,
+            remote_vtep: remote,
+            underlay_ifindex: self.underlay_ifindex,
+            ip_csum_partial: outer_ipv4_partial_csum(local, remote),
+            router_mac: self.router_mac,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The (VNI, remote VTEP) key decapsulated frames find the attachment by.
+    pub fn key(&self) -> VtepKey {
+        VtepKey {
+            vni: self.vni,
+            remote_vtep: self.remote_vtep.octets(),
+        }
+    }
+}
+
+/// A next hop as the map holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NextHopSpec {
     Attachment(u32),
@@ -191,6 +228,27 @@ pub enum NextHopSpec {
     },
     /// Member next-hop ids (each an attachment or VIF next hop), chosen by flow hash.
     Group(Vec<u32>),
+}
+
+impl NextHopSpec {
+    /// What a map entry holds; None for an empty or unknown slot.
+    pub fn from_entry(nh: &NextHop) -> Option<Self> {
+        match nh.kind {
+            next_hop_kind::ATTACHMENT => Some(Self::Attachment(nh.target)),
+            next_hop_kind::VIF => Some(Self::Vif {
+                vif: nh.target,
+                mac: nh.mac,
+            }),
+            next_hop_kind::GROUP => Some(Self::Group(
+                nh.members
+                    .iter()
+                    .take(usize::from(nh.member_count).min(MAX_GROUP_MEMBERS))
+                    .copied()
+                    .collect(),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Options for [`Dataplane::load`].
@@ -214,6 +272,16 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
+    /// Makes `dir` a directory on a bpf filesystem (mounting one on /sys/fs/bpf if the host
+    /// has none), so it can be locked before anything is loaded.
+    pub fn prepare_pin_dir(dir: &Path) -> Result<(), Error> {
+        ensure_bpffs(dir)?;
+        fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_owned(),
+            source,
+        })
+    }
+
     /// Loads the embedded object: maps created or (when pinned) re-adopted, programs
     /// verified. Nothing is attached yet.
     pub fn load(options: &LoadOptions) -> Result<Self, Error> {
@@ -315,6 +383,20 @@ impl Dataplane {
         Ok(ifindex)
     }
 
+    /// Ports with a pinned link under the pin directory.
+    pub fn pinned_ports(&self) -> Vec<String> {
+        let Some(dir) = &self.pin_dir else {
+            return Vec::new();
+        };
+        fs::read_dir(dir.join("links"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Removes XDP from `ifname` (its pinned link too) and the port from the TX map.
     pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
         if let Some((role, Some(id))) = self.attached.remove(ifname) {
@@ -380,35 +462,36 @@ impl Dataplane {
 
     /// Creates or replaces a VIF: its table entry, its (port, VLAN) key, its control port.
     pub fn upsert_vif(&mut self, spec: &VifSpec) -> Result<(), Error> {
-        check_id("VIF", spec.id, forwarder_common::MAX_VIFS)?;
-        let vif = Vif {
-            state: spec.state,
-            gateway_id: spec.gateway_id,
-            port_ifindex: spec.port_ifindex,
-            control_ifindex: spec.control_ifindex,
-            cloud_addrs: spec.cloud_addrs.map(|a| a.map_or([0; 4], |a| a.octets())),
-            vlan: spec.vlan,
-            mac: spec.mac,
-        };
         // Table entry first: the key never points to a stale entry.
-        self.array(MAP_VIF_TABLE)?
-            .set(spec.id, vif, 0)
-            .map_err(map_err(MAP_VIF_TABLE))?;
-        let key = VifKey {
-            ifindex: spec.port_ifindex,
-            vlan: spec.vlan,
-            _pad: 0,
-        };
-        self.hash::<VifKey, u32>(MAP_VIFS)?
-            .insert(key, spec.id, 0)
-            .map_err(map_err(MAP_VIFS))?;
+        self.set_vif_slot(spec.id, spec.entry())?;
+        self.set_vif_key(spec.key(), spec.id)?;
         if spec.control_ifindex != 0 {
-            self.hash::<u32, u32>(MAP_CONTROL_PORTS)?
-                .insert(spec.control_ifindex, spec.id, 0)
-                .map_err(map_err(MAP_CONTROL_PORTS))?;
+            self.set_control_port(spec.control_ifindex, spec.id)?;
             self.add_tx_port(spec.control_ifindex)?;
         }
         Ok(())
+    }
+
+    /// Writes VIF table slot `id`.
+    pub fn set_vif_slot(&mut self, id: u32, vif: Vif) -> Result<(), Error> {
+        check_id("VIF", id, forwarder_common::MAX_VIFS)?;
+        self.array(MAP_VIF_TABLE)?
+            .set(id, vif, 0)
+            .map_err(map_err(MAP_VIF_TABLE))
+    }
+
+    /// Points a (port, VLAN) key at VIF `id`.
+    pub fn set_vif_key(&mut self, key: VifKey, id: u32) -> Result<(), Error> {
+        self.hash::<VifKey, u32>(MAP_VIFS)?
+            .insert(key, id, 0)
+            .map_err(map_err(MAP_VIFS))
+    }
+
+    /// Marks `ifindex` as VIF `id`'s control port.
+    pub fn set_control_port(&mut self, ifindex: u32, id: u32) -> Result<(), Error> {
+        self.hash::<u32, u32>(MAP_CONTROL_PORTS)?
+            .insert(ifindex, id, 0)
+            .map_err(map_err(MAP_CONTROL_PORTS))
     }
 
     /// Changes only a VIF's state (one map write).
@@ -442,28 +525,22 @@ impl Dataplane {
 
     /// Creates or replaces an attachment and its (VNI, remote VTEP) key.
     pub fn upsert_attachment(&mut self, spec: &AttachmentSpec) -> Result<(), Error> {
-        check_id("attachment", spec.id, forwarder_common::MAX_ATTACHMENTS)?;
-        let (local, remote) = (spec.local_vtep.octets(), spec.remote_vtep.octets());
-        let att = Attachment {
-            state: 1,
-            gateway_id: spec.gateway_id,
-            vni: spec.vni,
-            local_vtep: local,
-            remote_vtep: remote,
-            underlay_ifindex: spec.underlay_ifindex,
-            ip_csum_partial: outer_ipv4_partial_csum(local, remote),
-            router_mac: spec.router_mac,
-            _pad: [0; 2],
-        };
+        self.set_attachment_slot(spec.id, spec.entry())?;
+        self.set_vtep_key(spec.key(), spec.id)
+    }
+
+    /// Writes attachment slot `id`.
+    pub fn set_attachment_slot(&mut self, id: u32, att: Attachment) -> Result<(), Error> {
+        check_id("attachment", id, forwarder_common::MAX_ATTACHMENTS)?;
         self.array(MAP_ATTACHMENTS)?
-            .set(spec.id, att, 0)
-            .map_err(map_err(MAP_ATTACHMENTS))?;
-        let key = VtepKey {
-            vni: spec.vni,
-            remote_vtep: remote,
-        };
+            .set(id, att, 0)
+            .map_err(map_err(MAP_ATTACHMENTS))
+    }
+
+    /// Points a (VNI, remote VTEP) key at attachment `id`.
+    pub fn set_vtep_key(&mut self, key: VtepKey, id: u32) -> Result<(), Error> {
         self.hash::<VtepKey, u32>(MAP_VTEPS)?
-            .insert(key, spec.id, 0)
+            .insert(key, id, 0)
             .map_err(map_err(MAP_VTEPS))
     }
 
@@ -521,15 +598,76 @@ impl Dataplane {
     }
 
     /// Installs or replaces a route of border gateway `gateway_id`.
+    /// A full map is [`Error::RouteMapFull`].
     pub fn upsert_route(
         &mut self,
         gateway_id: u32,
         prefix: Ipv4Net,
         next_hop: u32,
     ) -> Result<(), Error> {
-        self.routes_mut()?
+        match self
+            .routes_mut()?
             .insert(&route_key(gateway_id, prefix), next_hop, 0)
-            .map_err(map_err(MAP_ROUTES))
+        {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e))
+                if matches!(e.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
+            {
+                Err(Error::RouteMapFull)
+            }
+            Err(e) => Err(map_err(MAP_ROUTES)(e)),
+        }
+    }
+
+    /// The number of entries map `name` really holds (an adopted pinned map keeps the size
+    /// it was created with).
+    pub fn capacity(&self, name: &'static str) -> Result<u32, Error> {
+        let data: &MapData = match self.map(name)? {
+            Map::Array(d)
+            | Map::HashMap(d)
+            | Map::LpmTrie(d)
+            | Map::PerCpuArray(d)
+            | Map::DevMapHash(d) => d,
+            _ => return Err(Error::MissingMap(name)),
+        };
+        Ok(data.info().map_err(map_err(name))?.max_entries())
+    }
+
+    /// Every VIF table slot in use: (id, entry).
+    pub fn vif_entries(&self) -> Result<Vec<(u32, Vif)>, Error> {
+        let map: Array<&MapData, Vif> =
+            Array::try_from(self.map(MAP_VIF_TABLE)?).map_err(map_err(MAP_VIF_TABLE))?;
+        let mut out = Vec::new();
+        for (id, entry) in map.iter().enumerate() {
+            let vif = entry.map_err(map_err(MAP_VIF_TABLE))?;
+            if vif.state != forwarder_common::vif_state::ABSENT {
+                out.push((id as u32, vif));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every attachment slot in use: (id, entry).
+    pub fn attachment_entries(&self) -> Result<Vec<(u32, Attachment)>, Error> {
+        let map: Array<&MapData, Attachment> =
+            Array::try_from(self.map(MAP_ATTACHMENTS)?).map_err(map_err(MAP_ATTACHMENTS))?;
+        let mut out = Vec::new();
+        for (id, entry) in map.iter().enumerate() {
+            let att = entry.map_err(map_err(MAP_ATTACHMENTS))?;
+            if att.state != 0 {
+                out.push((id as u32, att));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every control port: (ifindex, VIF id).
+    pub fn control_ports(&self) -> Result<Vec<(u32, u32)>, Error> {
+        let map: HashMap<&MapData, u32, u32> =
+            HashMap::try_from(self.map(MAP_CONTROL_PORTS)?).map_err(map_err(MAP_CONTROL_PORTS))?;
+        map.iter()
+            .map(|e| e.map_err(map_err(MAP_CONTROL_PORTS)))
+            .collect()
     }
 
     /// Installs many routes with one map handle; stops at the first failure.
@@ -762,21 +900,11 @@ fn readopt(program: &mut Xdp, path: &Path) -> Result<Option<XdpLinkId>, Error> {
     }
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 fn is_bpffs(path: &Path) -> Result<bool, Error> {
-    use std::os::unix::ffi::OsStrExt as _;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::NotBpffs(path.to_owned()))?;
-    // SAFETY: statfs is plain data; c is NUL-terminated and outlives the call.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
-        return Err(Error::Io {
-            path: path.to_owned(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(st.f_type == BPF_FS_MAGIC)
+    crate::netns::is_bpffs(path).map_err(|e| Error::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// Pins need a bpf filesystem. Under /sys/fs/bpf one is mounted if the host has none yet (as
@@ -892,48 +1020,37 @@ pub fn vlan_counter(ebpf: &Ebpf, vlan: Option<u16>) -> Result<PacketCounter, Err
         }))
 }
 
-/// Host settings a port needs before XDP can work on it, applied in the calling thread's
-/// network namespace through iproute2/ethtool/procfs (see docs/decisions.md):
-/// - every port: `rxvlan off` (XDP must see 802.1Q tags inline) and `gro on` (a veth only
-///   accepts XDP redirects when its peer runs XDP or GRO);
+/// Host settings a port needs before XDP can work on it, in the calling thread's network
+/// namespace (see docs/decisions.md):
+/// - connection ports: `rxvlan off txvlan off` with `ethtool` (a one-shot setting of a few
+///   configured ports), so XDP sees 802.1Q tags inline;
+/// - every port: GRO on (a veth only accepts XDP redirects when its peer runs XDP or GRO);
 /// - the underlay: IPv4 forwarding on (`bpf_fib_lookup` refuses interfaces without it).
+///
+/// Offload toggles a device does not support are not fatal: the frame path still works on
+/// NICs that deliver tags inline.
 pub fn prepare_port(ifname: &str, role: PortRole) -> Result<(), Error> {
-    // Offload toggles a device does not support are not fatal: ethtool says so and the frame
-    // path still works on NICs that deliver tags inline.
-    if let Err(e) = crate::host::run("ethtool", &["-K", ifname, "rxvlan", "off", "txvlan", "off"]) {
+    if role != PortRole::Control
+        && let Err(e) =
+            crate::host::run("ethtool", &["-K", ifname, "rxvlan", "off", "txvlan", "off"])
+    {
         tracing::warn!(port = ifname, error = %e, "could not turn VLAN offload off");
     }
-    if let Err(e) = crate::host::run("ethtool", &["-K", ifname, "gro", "on"]) {
+    if let Err(e) = netlink::set_offload(ifname, netlink::Offload::Gro, true) {
         tracing::warn!(port = ifname, error = %e, "could not turn GRO on");
     }
     if role == PortRole::Underlay {
-        let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{ifname}/forwarding"));
-        fs::write(&path, "1").map_err(|source| Error::Io { path, source })?;
+        netlink::sysctl(&format!("net/ipv4/conf/{ifname}/forwarding"), "1")?;
     }
     Ok(())
 }
 
 /// Keeps the kernel's neighbour entry for the underlay next hop toward `remote_vtep`
-/// resolved (a `managed` neighbour, Linux ≥ 5.16), so `bpf_fib_lookup` finds a MAC without
+/// resolved (a `managed` neighbour, Linux >= 5.16), so `bpf_fib_lookup` finds a MAC without
 /// waiting for traffic the host itself would send.
 pub fn track_vtep(remote_vtep: Ipv4Addr) -> Result<(), Error> {
-    let route = crate::host::run("ip", &["-o", "route", "get", &remote_vtep.to_string()])?;
-    // `172.31.0.2 dev ul0 src 172.31.0.1 ...` or `... via 172.31.0.254 dev ul0 ...`
-    let words: Vec<&str> = route.split_whitespace().collect();
-    let after = |key: &str| {
-        words
-            .iter()
-            .position(|w| *w == key)
-            .and_then(|i| words.get(i + 1))
-    };
-    let dev = after("dev").ok_or_else(|| crate::host::Error {
-        command: format!("ip route get {remote_vtep}"),
-        message: format!("no device in `{}`", route.trim()),
-    })?;
-    let next_hop = after("via").map_or_else(|| remote_vtep.to_string(), |s| (*s).to_owned());
-    crate::host::run(
-        "ip",
-        &["neigh", "replace", &next_hop, "dev", dev, "managed"],
-    )?;
+    let mut nl = netlink::Netlink::open()?;
+    let hop = nl.route_get(remote_vtep)?;
+    nl.managed_neighbour(hop.oif, hop.gateway.unwrap_or(remote_vtep))?;
     Ok(())
 }

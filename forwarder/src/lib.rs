@@ -4,12 +4,20 @@
 //! `dataplane` owns the XDP programs and their maps.
 
 pub mod agent;
+pub mod apply;
 pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod host;
+pub mod ids;
+pub mod lock;
+pub mod model;
+pub mod netlink;
+pub mod netns;
+pub mod observe;
+pub mod plan;
 pub mod rib;
 pub mod state;
 pub mod vifcp;

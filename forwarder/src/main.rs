@@ -26,22 +26,10 @@ fn main() -> ExitCode {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .init();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                // BGP sessions keep their timers while a large reconcile runs on the other.
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: starting the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(forwarder::agent::run(config)) {
+            match forwarder::agent::main(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {:#}", anyhow::Error::from(e));
+                    eprintln!("error: {}", forwarder::agent::error_chain(&e));
                     ExitCode::FAILURE
                 }
             }

@@ -2,26 +2,41 @@
 //! interconnect address(es) on `vif0`, one end of a veth pair whose host end (`fwc<ID>`) runs
 //! `xdp_control`. The customer's ARP, BGP and ICMP for the cloud address arrive there
 //! untagged; what the namespace sends is tagged by XDP. Works without the 802.1Q module and
-//! lets two VIFs on different connections use the same /30. The client router's MAC is read
-//! from the namespace's neighbour table, kept resolved by a `managed` neighbour entry.
+//! lets two VIFs on different connections use the same /30. The client routers' MACs come
+//! from the namespace's neighbour table (a `managed` entry per client address keeps them
+//! resolved), read once when the control plane is built and then followed by events.
 //!
 //! Namespaces outlive the agent (like the pinned maps): a restarted agent finds them, keeps
-//! their addresses and sockets, and only fixes what differs.
+//! their addresses and neighbours, and only fixes what differs. Everything is done over
+//! netlink and procfs, no `ip` processes.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, os::fd::AsRawFd as _};
 
-use crate::host::{self, Error};
+use netlink_sys::Socket;
+
+use crate::{
+    netlink::{self, Neighbour, Netlink, Offload},
+    netns::{self, Found, Namespace},
+    observe,
+};
 
 /// The interface inside the namespace.
 pub const INNER_IF: &str = "vif0";
 
-/// Names of one VIF's control plane.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControlPlane {
-    /// Network namespace, e.g. `fwv-vif-100`.
-    pub netns: String,
-    /// Host end of the veth pair, e.g. `fwc3` (ifnames are at most 15 bytes, VIF names 32).
-    pub host_if: String,
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error(transparent)]
+    Netlink(#[from] netlink::Error),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} has no MAC address")]
+    NoMac(&'static str),
 }
 
 /// One /30 of the VIF.
@@ -32,146 +47,142 @@ pub struct Pair {
     pub prefix_len: u8,
 }
 
-impl ControlPlane {
-    pub fn new(netns_prefix: &str, vif_name: &str, vif_id: u32) -> Self {
-        Self {
-            netns: format!("{netns_prefix}{vif_name}"),
-            host_if: format!("fwc{vif_id}"),
-        }
-    }
+/// What [`ensure`] built or found.
+#[derive(Debug)]
+pub struct Built {
+    /// The namespace, held open: it survives an `ip netns del` while the agent runs, and its
+    /// inode says whether it is still the same one.
+    pub namespace: Namespace,
+    pub found: Found,
+    /// The veth pair was (re)made: the host end needs XDP again, connections through the old
+    /// `vif0` are gone.
+    pub veth_recreated: bool,
+    pub host_ifindex: u32,
+    /// The MAC the customer sees for the cloud addresses.
+    pub mac: [u8; 6],
+    /// The client neighbours as they are now.
+    pub neighbours: Vec<Neighbour>,
+    /// A neighbour-event socket inside the namespace, when asked for.
+    pub monitor: Option<Socket>,
+}
 
-    fn in_ns(&self, args: &[&str]) -> Result<String, Error> {
-        let mut full = vec!["netns", "exec", self.netns.as_str()];
-        full.extend_from_slice(args);
-        host::run("ip", &full)
-    }
-
-    fn netns_exists(&self) -> Result<bool, Error> {
-        let list = host::run("ip", &["netns", "list"])?;
-        Ok(list
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(self.netns.as_str())))
-    }
-
-    /// Creates what is missing and corrects what differs; leaves a correct control plane
-    /// untouched (its BGP sockets keep running). Returns the MAC of `vif0`, which is the MAC
-    /// the customer sees for the cloud addresses, and whether the veth pair was (re)created
-    /// (then the host end needs XDP again and sockets in the namespace are gone).
-    pub fn ensure(&self, pairs: &[Pair]) -> Result<([u8; 6], bool), Error> {
-        if !self.netns_exists()? {
-            host::run("ip", &["netns", "add", &self.netns])?;
-        }
-        let host_end = host::ip_json(&["link", "show", "dev", &self.host_if]).is_ok();
-        let inner_end =
-            host::ip_json(&["-n", &self.netns, "link", "show", "dev", INNER_IF]).is_ok();
-        let recreated = !(host_end && inner_end);
-        if recreated {
+/// Creates what is missing and corrects what differs; leaves a correct control plane
+/// untouched (its BGP sockets keep running). `held` is the namespace the agent already
+/// holds for this VIF, if any (a name removed by hand is pointed at it again). `host` is a
+/// netlink socket of the agent's own namespace, where the host end lives.
+pub fn ensure(
+    netns_name: &str,
+    host_if: &str,
+    pairs: &[Pair],
+    held: Option<&Namespace>,
+    want_monitor: bool,
+    host: &mut Netlink,
+) -> Result<Built, Error> {
+    let (namespace, found) = netns::ensure(netns_name, held)?;
+    let host_end = host.link(host_if)?;
+    let host_ns = Namespace::current()?;
+    let inside = namespace.run(|| -> Result<_, Error> {
+        let mut nl = Netlink::open()?;
+        let inner = nl.link(INNER_IF)?;
+        let recreate = !(host_end
+            .as_ref()
+            .is_some_and(|l| l.kind.as_deref() == Some("veth"))
+            && inner.is_some());
+        if recreate {
             // Half a pair is useless: start over with both ends.
-            if host_end {
-                host::run("ip", &["link", "del", "dev", &self.host_if])?;
+            if let Some(l) = &inner {
+                nl.delete_link(l.index)?;
             }
-            if inner_end {
-                host::run("ip", &["-n", &self.netns, "link", "del", "dev", INNER_IF])?;
+            if let Some(l) = &host_end {
+                host.delete_link(l.index)?;
             }
-            host::run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "name",
-                    &self.host_if,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    INNER_IF,
-                    "netns",
-                    &self.netns,
-                ],
-            )?;
+            nl.add_veth(INNER_IF, host_if, host_ns.file.as_raw_fd())?;
         }
         // No IPv6 chatter on the customer link; the kernel answers ARP and ICMP for us.
-        self.in_ns(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-        self.in_ns(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
-        host::run("ip", &["-n", &self.netns, "link", "set", "dev", "lo", "up"])?;
-        host::run(
-            "ip",
-            &["-n", &self.netns, "link", "set", "dev", INNER_IF, "up"],
-        )?;
-        host::run("ip", &["link", "set", "dev", &self.host_if, "up"])?;
+        netlink::sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
+        netlink::sysctl("net/ipv6/conf/default/disable_ipv6", "1")?;
+        let lo = nl.link("lo")?;
+        if let Some(lo) = lo.filter(|l| !l.up) {
+            nl.set_up(lo.index)?;
+        }
+        let inner = nl.link(INNER_IF)?.ok_or_else(|| Error::Io {
+            what: format!("{INNER_IF} in {netns_name}"),
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        nl.set_up(inner.index)?;
         // XDP redirects into vif0 need GRO there; TCP from vif0 through XDP needs its
         // checksums done in software.
-        self.in_ns(&["ethtool", "-K", INNER_IF, "gro", "on", "tx", "off"])?;
-
-        let wanted: Vec<String> = pairs
-            .iter()
-            .map(|p| format!("{}/{}", p.cloud, p.prefix_len))
-            .collect();
-        let present = self.addresses()?;
-        for addr in present.iter().filter(|a| !wanted.contains(a)) {
-            host::run(
-                "ip",
-                &["-n", &self.netns, "addr", "del", addr, "dev", INNER_IF],
-            )?;
+        netlink::set_offload(INNER_IF, Offload::Gro, true)?;
+        netlink::set_offload(INNER_IF, Offload::TxChecksum, false)?;
+        let present = nl.addresses(inner.index)?;
+        for (addr, len) in &present {
+            if !pairs
+                .iter()
+                .any(|p| p.cloud == *addr && p.prefix_len == *len)
+            {
+                nl.delete_address(inner.index, *addr, *len)?;
+            }
         }
-        for addr in wanted.iter().filter(|a| !present.contains(a)) {
-            host::run(
-                "ip",
-                &["-n", &self.netns, "addr", "add", addr, "dev", INNER_IF],
-            )?;
+        for p in pairs {
+            if !present.contains(&(p.cloud, p.prefix_len)) {
+                nl.add_address(inner.index, p.cloud, p.prefix_len)?;
+            }
         }
-        for pair in pairs {
-            host::run(
-                "ip",
-                &[
-                    "-n",
-                    &self.netns,
-                    "neigh",
-                    "replace",
-                    &pair.client.to_string(),
-                    "dev",
-                    INNER_IF,
-                    "managed",
-                ],
-            )?;
+        // Subscribed before the neighbours are read: no change falls between the two.
+        let monitor = if want_monitor {
+            Some(observe::neighbour_socket().map_err(|source| Error::Io {
+                what: format!("neighbour events of {netns_name}"),
+                source,
+            })?)
+        } else {
+            None
+        };
+        for p in pairs {
+            nl.managed_neighbour(inner.index, p.client)?;
         }
-        Ok((host::link_mac(Some(&self.netns), INNER_IF)?, recreated))
+        let neighbours = nl.neighbours(inner.index)?;
+        let mac = inner.mac.ok_or(Error::NoMac(INNER_IF))?;
+        Ok((recreate, mac, neighbours, monitor))
+    })??;
+    let (veth_recreated, mac, neighbours, monitor) = inside;
+    let host_end = host.link(host_if)?.ok_or_else(|| Error::Io {
+        what: format!("{host_if} after creating it"),
+        source: std::io::ErrorKind::NotFound.into(),
+    })?;
+    if !host_end.up {
+        host.set_up(host_end.index)?;
     }
+    if veth_recreated && let Err(e) = netlink::set_offload(host_if, Offload::Gro, true) {
+        tracing::warn!(port = host_if, error = %e, "could not turn GRO on");
+    }
+    Ok(Built {
+        namespace,
+        found,
+        veth_recreated,
+        host_ifindex: host_end.index,
+        mac,
+        neighbours,
+        monitor,
+    })
+}
 
-    fn addresses(&self) -> Result<Vec<String>, Error> {
-        let links = host::ip_json(&["-n", &self.netns, "-4", "addr", "show", "dev", INNER_IF])?;
-        Ok(links
-            .iter()
-            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-            .filter_map(|a| {
-                Some(format!(
-                    "{}/{}",
-                    a["local"].as_str()?,
-                    a["prefixlen"].as_u64()?
-                ))
-            })
-            .collect())
+/// Removes a control plane: the host end of its veth (taking the other end with it) and the
+/// namespace's name. The namespace itself goes with the last thing holding it.
+pub fn destroy(netns_name: &str, host_if: &str, host: &mut Netlink) -> Result<(), Error> {
+    if let Some(link) = host.link(host_if)? {
+        host.delete_link(link.index)?;
     }
+    netns::delete(netns_name)?;
+    Ok(())
+}
 
-    /// The client routers' MACs, as far as ARP has resolved them, in `clients` order.
-    pub fn client_macs(&self, clients: &[Ipv4Addr]) -> Result<Vec<Option<[u8; 6]>>, Error> {
-        let known = host::neighbours(&self.netns, INNER_IF)?;
-        Ok(clients
-            .iter()
-            .map(|c| {
-                known
-                    .iter()
-                    .find(|(addr, _)| addr == c)
-                    .map(|(_, mac)| *mac)
-            })
-            .collect())
-    }
-
-    /// Removes the namespace (and with it both ends of the veth pair).
-    pub fn destroy(&self) -> Result<(), Error> {
-        if self.netns_exists()? {
-            host::run("ip", &["netns", "del", &self.netns])?;
-        }
-        Ok(())
-    }
+/// The current neighbours of `vif0` in the namespace (after lost events).
+pub fn neighbours(namespace: &Namespace) -> Result<Vec<Neighbour>, Error> {
+    namespace.run(|| -> Result<_, Error> {
+        let mut nl = Netlink::open()?;
+        let Some(inner) = nl.link(INNER_IF)? else {
+            return Ok(Vec::new());
+        };
+        Ok(nl.neighbours(inner.index)?)
+    })?
 }

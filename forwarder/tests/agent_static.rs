@@ -424,15 +424,18 @@ fn link_down_makes_the_vif_unavailable_and_reload_removes_a_vif() -> Result<()> 
         "traffic did not come back with the link: {received}/{sent}"
     );
 
-    // Someone deletes the VIF's control namespace: the agent notices on its next check,
-    // rebuilds it (new veth, XDP on it again), ARP resolves the client again, traffic resumes.
-    let netns = cli_json(&t.socket(), &["vif", "show", "vif-100"])?["control_netns"]
+    // Someone deletes the VIF's control namespace (`ip netns del`): the agent sees the name
+    // go (inotify on /run/netns) and points it at the namespace it still holds, so nothing
+    // inside is disturbed.
+    let detail = cli_json(&t.socket(), &["vif", "show", "vif-100"])?;
+    let netns = detail["control_netns"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    std::process::Command::new("ip")
-        .args(["netns", "del", &netns])
-        .status()?;
+    let host_if = detail["control_interface"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let exists = |name: &str| {
         std::process::Command::new("ip")
             .args(["netns", "list"])
@@ -440,18 +443,37 @@ fn link_down_makes_the_vif_unavailable_and_reload_removes_a_vif() -> Result<()> 
             .is_ok_and(|o| {
                 String::from_utf8_lossy(&o.stdout)
                     .lines()
-                    .any(|l| l.starts_with(name))
+                    .any(|l| l.split_whitespace().next() == Some(name))
             })
     };
+    let out = std::process::Command::new("ip")
+        .args(["netns", "del", &netns])
+        .output()?;
+    ensure!(out.status.success(), "ip netns del: {out:?}");
     ensure!(
-        !exists(&netns),
-        "namespace {netns} still listed after deletion"
+        wait_for(Duration::from_secs(5), || exists(&netns)
+            && agent
+                .log_text()
+                .contains("control namespace name was removed: restored")),
+        "the agent did not restore {netns}:\n{}",
+        agent.log_text()
     );
+    let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
     ensure!(
-        wait_for(Duration::from_secs(10), || exists(&netns)
-            && agent.log_text().contains("control plane was recreated")
+        received == sent,
+        "traffic after the namespace name was restored: {received}/{sent}"
+    );
+    println!("control namespace deleted by hand: restored, traffic flows");
+
+    // Someone deletes the control veth (both ends go): the agent rebuilds the pair, puts XDP
+    // on the new host end, ARP resolves the client again, traffic resumes.
+    sh(&t.gw, &format!("ip link del {host_if}"))?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || agent
+            .log_text()
+            .contains("control plane was recreated")
             && vif_state(&t) == "available"),
-        "the agent did not rebuild {netns}:\n{}",
+        "the agent did not rebuild the control veth:\n{}",
         agent.log_text()
     );
     ensure!(
@@ -459,10 +481,10 @@ fn link_down_makes_the_vif_unavailable_and_reload_removes_a_vif() -> Result<()> 
             t.ping(VPC_HOST, 1, "0.2")
                 .is_ok_and(|(sent, received)| sent == received)
         }),
-        "traffic did not resume after the control namespace was rebuilt:\n{}",
+        "traffic did not resume after the control veth was rebuilt:\n{}",
         agent.log_text()
     );
-    println!("control namespace deleted by hand: rebuilt, traffic resumed");
+    println!("control veth deleted by hand: rebuilt, traffic resumed");
 
     // The VPC moves to another VNI: a reload that changes only the attachment's VNI keeps it
     // working (its slot is rewritten, not emptied with the old key).

@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 pub mod customer;
+pub mod fixture;
 pub mod daemons;
 pub mod topology;
 pub use customer::{CustomerRouter, ShimCounters, SubInterface};

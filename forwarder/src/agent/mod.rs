@@ -1,7 +1,10 @@
-//! The agent: owns the configuration, the VIF control planes, the border gateways' route
-//! tables and the data plane, and keeps the three in step. Every change (start, reload, a CLI
-//! route, a link or neighbour change seen by the periodic check) goes through one
-//! `reconcile`, which computes what the maps should hold and writes only the difference.
+//! The agent: one owner of all state, on a thread of its own. Control connections, BGP
+//! sessions and kernel events (netlink, inotify) run as tasks on the runtime and send it
+//! messages; it answers them one at a time. Between the config and the maps: the `model`
+//! (built once per load), the `plan` (pure: what the maps should hold, recomputed only for
+//! what a message changed) and `apply` (the only writer of the maps, writing only the
+//! difference). Map writes and netlink requests block this thread only, never a runtime
+//! worker: BGP keepalives and control I/O keep going while a large change is written.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,20 +14,28 @@ use std::{
 };
 
 use aya::programs::XdpMode;
-use forwarder_common::{MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_VIFS, vif_state};
-use ipnet::Ipv4Net;
+use forwarder_common::vif_state;
+use tokio::sync::{mpsc, oneshot};
 
 mod bgp;
+mod host;
 mod requests;
 
 use crate::{
-    config::{self, Config, Routing},
-    control,
-    dataplane::{self, AttachmentSpec, Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec},
-    host,
-    rib::{self, Route, Source, Target},
-    state::{self, State},
-    vifcp::{ControlPlane, Pair},
+    apply::{self, Apply},
+    config::{self, Config},
+    control::{self, Request, Response},
+    dataplane::{self, AttachmentSpec, Dataplane, LoadOptions, VifSpec},
+    ids::{AttachmentId, VifId},
+    lock,
+    model::{self, Model},
+    netlink::{self, Netlink},
+    netns::{self, Namespace},
+    observe::{self, Monitor, NetEvent},
+    plan::{self, Desired, Dirty, Inputs, Observed, VifState},
+    rib::Rib,
+    state::{self, Owned, State},
+    vifcp,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -36,53 +47,41 @@ pub enum Error {
     #[error(transparent)]
     State(#[from] state::Error),
     #[error(transparent)]
-    Host(#[from] host::Error),
+    Netlink(#[from] netlink::Error),
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error(transparent)]
+    ControlPlane(#[from] vifcp::Error),
+    #[error(transparent)]
+    Lock(#[from] lock::Error),
+    #[error(transparent)]
+    Ids(#[from] crate::ids::Exhausted),
+    #[error("control socket")]
+    Bind(#[from] control::BindError),
     #[error(
         "underlay interface {interface} does not carry local_vtep {vtep}; add it first (`ip addr add {vtep}/.. dev {interface}`)"
     )]
     NoLocalVtep { interface: String, vtep: Ipv4Addr },
     #[error("{0}")]
     Refused(String),
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// A VIF as the agent tracks it between reconciliations.
-#[derive(Clone, Debug)]
-struct VifRuntime {
-    id: u32,
-    port_ifindex: u32,
-    control: ControlPlane,
-    control_ifindex: u32,
-    mac: [u8; 6],
-    state: u32,
-    /// Last sample of the connection port's link state and the client routers' MACs.
-    link_up: bool,
-    client_macs: Vec<Option<[u8; 6]>>,
-}
-
-#[derive(Clone, Debug)]
-struct Port {
-    role: PortRole,
-    ifindex: u32,
-}
-
-pub struct Agent {
-    config_path: PathBuf,
-    config: Config,
-    state: State,
-    dp: Dataplane,
-    mode: XdpMode,
-    ports: BTreeMap<String, Port>,
-    vifs: BTreeMap<String, VifRuntime>,
-    tables: BTreeMap<String, rib::Table>,
-    installed_routes: BTreeMap<(u32, Ipv4Net), u32>,
-    installed_next_hops: BTreeMap<u32, NextHopSpec>,
-    started: Instant,
-    speaker: crate::bgp::Speaker,
-    bgp: bgp::BgpState,
-    /// The last reconcile did not finish.
-    retry: bool,
-    /// The last reload was only partly applied: the next tick applies it again.
-    reapply: bool,
+/// An error with its causes, `outer: inner: innermost`, for logs and CLI answers.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn xdp_mode(mode: config::XdpMode) -> XdpMode {
@@ -102,65 +101,164 @@ fn state_name(state: u32) -> &'static str {
     }
 }
 
+/// A VIF's control plane as the agent holds it.
+#[derive(Debug)]
+struct ControlPlane {
+    /// Held open: recognises the namespace, survives its name being removed.
+    namespace: Namespace,
+    /// Stamped on the neighbour events of this instance.
+    generation: u64,
+    /// None until the neighbour monitor runs.
+    monitor: Option<Monitor>,
+    host_ifindex: u32,
+    mac: [u8; 6],
+}
+
+/// Work that failed and is tried again on the retry timer.
+#[derive(Debug, Default)]
+struct Retry {
+    /// Control planes to build or repair.
+    vifs: BTreeSet<VifId>,
+    /// Ports to attach.
+    ports: BTreeSet<String>,
+    /// The last reload was applied only in part.
+    reload: bool,
+}
+
+impl Retry {
+    fn is_empty(&self) -> bool {
+        self.vifs.is_empty() && self.ports.is_empty() && !self.reload
+    }
+}
+
+pub struct Agent {
+    config_path: PathBuf,
+    config: Config,
+    model: Model,
+    state: State,
+    apply: Apply,
+    /// Requests in the agent's own namespace.
+    host: Netlink,
+    observed: Observed,
+    rib: Rib,
+    desired: Desired,
+    bgp: bgp::BgpState,
+    speaker: crate::bgp::Speaker,
+    control_planes: BTreeMap<VifId, ControlPlane>,
+    net_tx: mpsc::Sender<NetEvent>,
+    /// Link events of the agent's namespace and removals under /run/netns.
+    _monitors: Vec<Monitor>,
+    next_generation: u64,
+    retry: Retry,
+    /// Changes seen but not planned yet (a batch of events is planned once).
+    dirty: Dirty,
+    started: Instant,
+    _locks: lock::Locks,
+}
+
+/// What the owner loop receives from the control server.
+pub struct ControlMsg {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
 impl Agent {
-    /// Loads the configuration and the persisted state, re-adopts (or creates) the pinned data
-    /// plane, attaches it to every port and programs it.
+    /// Loads the config and the persisted state, re-adopts (or creates) the pinned data
+    /// plane, builds the control planes, attaches every port and programs the maps. Runs on
+    /// the owner thread, inside the runtime.
     pub fn start(
         config_path: &Path,
-        events: tokio::sync::mpsc::Sender<crate::bgp::Event>,
+        config: Config,
+        events: mpsc::Sender<crate::bgp::Event>,
+        net_tx: mpsc::Sender<NetEvent>,
     ) -> Result<Self, Error> {
-        let config = config::load(config_path)?;
-        let state = State::load(&config.agent.state_dir)?;
-        check_local_vtep(&config)?;
+        let agent_cfg = &config.agent;
+        Dataplane::prepare_pin_dir(&agent_cfg.pin_dir)?;
+        let locks = lock::acquire(
+            &agent_cfg.state_dir,
+            &agent_cfg.control_socket,
+            &agent_cfg.pin_dir,
+        )?;
+        let mut state = State::load(&agent_cfg.state_dir)?;
+        let mut host = Netlink::open()?;
+        check_local_vtep(&config, &mut host)?;
         let dp = Dataplane::load(&LoadOptions {
-            pin_dir: Some(config.agent.pin_dir.clone()),
-            max_routes: None,
+            pin_dir: Some(agent_cfg.pin_dir.clone()),
+            max_routes: Some(agent_cfg.route_capacity),
         })?;
-        let installed_routes = dp
-            .routes()?
-            .into_iter()
-            .map(|(gw, prefix, nh)| ((gw, prefix), nh))
-            .collect();
+        let apply = Apply::new(dp, xdp_mode(agent_cfg.xdp_mode))?;
+        if state.owned.is_none() {
+            // A state file of the version before: what it knew of VIFs is what it made.
+            state.owned = Some(Owned {
+                namespaces: state
+                    .ids
+                    .vifs
+                    .iter()
+                    .map(|(name, _)| format!("{}{name}", agent_cfg.netns_prefix))
+                    .collect(),
+                links: state
+                    .ids
+                    .vifs
+                    .iter()
+                    .map(|(_, id)| format!("{}{id}", model::CONTROL_IF_PREFIX))
+                    .collect(),
+            });
+        }
+        let model = Model::build(&config, &state.routes, &mut state.ids)?;
+        // Subscribed before the first read of the links: no change falls in between.
+        let link_socket = observe::link_socket().map_err(|source| Error::Io {
+            what: "subscribing to link events".into(),
+            source,
+        })?;
+        let mut monitors = vec![
+            observe::spawn(link_socket, observe::Scope::Host, net_tx.clone()).map_err(
+                |source| Error::Io {
+                    what: "watching link events".into(),
+                    source,
+                },
+            )?,
+        ];
+        std::fs::create_dir_all(netns::RUN_DIR).map_err(|source| Error::Io {
+            what: format!("creating {}", netns::RUN_DIR),
+            source,
+        })?;
+        monitors.push(
+            observe::netns_dir(net_tx.clone()).map_err(|source| Error::Io {
+                what: format!("watching {}", netns::RUN_DIR),
+                source,
+            })?,
+        );
         let mut agent = Self {
             config_path: config_path.to_owned(),
-            mode: xdp_mode(config.agent.xdp_mode),
             config,
+            model,
             state,
-            dp,
-            ports: BTreeMap::new(),
-            vifs: BTreeMap::new(),
-            tables: BTreeMap::new(),
-            installed_routes,
-            // Unknown until written: the first reconcile rewrites every next hop it needs
-            // (same values, so traffic does not notice) and clears the ones it does not.
-            installed_next_hops: BTreeMap::new(),
-            started: Instant::now(),
-            speaker: crate::bgp::Speaker::new(events),
+            apply,
+            host,
+            observed: Observed::default(),
+            rib: Rib::default(),
+            desired: Desired::default(),
             bgp: bgp::BgpState::default(),
-            retry: false,
-            reapply: false,
+            speaker: crate::bgp::Speaker::new(events),
+            control_planes: BTreeMap::new(),
+            net_tx,
+            _monitors: monitors,
+            next_generation: 0,
+            retry: Retry::default(),
+            dirty: Dirty::default(),
+            started: Instant::now(),
+            _locks: locks,
         };
-        let stale: Vec<u32> = agent
-            .dp
-            .next_hops()?
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        // Slots the pinned map uses but the state file does not know (a lost or older state
-        // file) are not handed out during the first reconcile, which still routes through them.
-        let known: BTreeSet<u32> = agent.state.ids.next_hops.values().copied().collect();
-        for id in stale.iter().filter(|id| !known.contains(id)) {
-            agent
-                .state
-                .ids
-                .next_hops
-                .insert(format!("pinned:{id}"), *id);
+        agent.read_links()?;
+        // The plan starts from the states the data plane has: a re-adopted VIF keeps its
+        // state until the plan decides otherwise (no blip on restart).
+        for id in agent.model.vifs.keys() {
+            if let Some(s) = agent.apply.vif_state(id.0).and_then(VifState::from_value) {
+                agent.desired.vifs.insert(*id, s);
+            }
         }
-        agent.apply_config()?;
-        let wanted: BTreeSet<u32> = agent.installed_next_hops.keys().copied().collect();
-        for id in stale.into_iter().filter(|id| !wanted.contains(id)) {
-            agent.dp.clear_next_hop(id)?;
-        }
+        agent.apply_model(None)?;
+        agent.save_state()?;
         Ok(agent)
     }
 
@@ -168,642 +266,290 @@ impl Agent {
         &self.config
     }
 
-    /// Brings ports, attachments, VIFs and route tables in line with `self.config`.
-    fn apply_config(&mut self) -> Result<(), Error> {
-        self.sync_ids()?;
-        self.sync_ports()?;
+    fn save_state(&mut self) -> Result<(), Error> {
+        Ok(self.state.save(&self.config.agent.state_dir)?)
+    }
+
+    fn owned(&mut self) -> &mut Owned {
+        self.state.owned.get_or_insert_with(Owned::default)
+    }
+
+    /// Brings everything in line with `self.model`: ports, attachments, control planes and
+    /// VIF entries, sessions, then a full plan. `old` is the model before a reload: what it
+    /// had and the new one does not is removed, after its routes are gone.
+    fn apply_model(&mut self, old: Option<&Model>) -> Result<(), Error> {
+        let removed_vifs: Vec<(VifId, model::Vif)> = old
+            .map(|o| {
+                o.vifs
+                    .iter()
+                    .filter(|(id, _)| !self.model.vifs.contains_key(id))
+                    .map(|(id, v)| (*id, v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A VIF on its way out stops taking traffic at once.
+        for (id, v) in &removed_vifs {
+            tracing::info!(vif = %v.name, "deleting VIF: withdrawing its routes");
+            self.apply.set_vif_state(id.0, vif_state::DELETING)?;
+        }
+        self.sync_ports();
         self.sync_attachments()?;
-        self.sync_vifs()?;
-        self.remove_leftovers()?;
+        for id in self.model.vifs.keys().copied().collect::<Vec<_>>() {
+            if let Err(e) = self.ensure_vif(id) {
+                tracing::error!(vif = %self.model.vif_name(id), error = %error_chain(&e), "control plane not ready; retrying");
+                self.retry.vifs.insert(id);
+            }
+        }
         self.sync_sessions();
-        self.rebuild_tables();
-        self.sample_vifs();
-        self.reconcile()?;
-        self.state.save(&self.config.agent.state_dir)?;
+        self.rib = plan::build_rib(&self.model, &self.bgp.masks);
+        self.replan(Dirty::all())?;
+        // Gone from the model and from the routes: now from the maps and the host.
+        for (id, v) in removed_vifs {
+            self.remove_vif_objects(id, &v)?;
+        }
+        self.remove_leftovers()?;
         Ok(())
     }
 
-    /// Gives every object of the config an id (kept across restarts), releases the ids of
-    /// objects that are gone.
-    fn sync_ids(&mut self) -> Result<(), Error> {
-        let ids = &mut self.state.ids;
-        let gateways: BTreeSet<&str> = self
-            .config
-            .border_gateways
-            .iter()
-            .map(|g| g.name.as_str())
-            .collect();
-        ids.gateways
-            .retain(|name, _| gateways.contains(name.as_str()));
-        for name in &gateways {
-            state::allocate(&mut ids.gateways, name, "border gateway", 1, u32::MAX)?;
+    /// The VIF table entry of `id` as the model, its control plane and its state make it.
+    fn vif_spec(&self, id: VifId) -> Option<VifSpec> {
+        let v = self.model.vifs.get(&id)?;
+        let cp = self.control_planes.get(&id);
+        let mut cloud_addrs = [None, None];
+        for (slot, peer) in cloud_addrs.iter_mut().zip(&v.peers) {
+            *slot = Some(peer.cloud_address);
         }
-        let vifs: BTreeSet<&str> = self.config.vifs.iter().map(|v| v.name.as_str()).collect();
-        ids.vifs.retain(|name, _| vifs.contains(name.as_str()));
-        for name in &vifs {
-            state::allocate(&mut ids.vifs, name, "VIF", 1, MAX_VIFS)?;
-        }
-        let atts: BTreeSet<&str> = self
-            .config
-            .vpc_attachments
-            .iter()
-            .map(|a| a.name.as_str())
-            .collect();
-        ids.attachments
-            .retain(|name, _| atts.contains(name.as_str()));
-        for name in &atts {
-            state::allocate(&mut ids.attachments, name, "attachment", 1, MAX_ATTACHMENTS)?;
-        }
-        Ok(())
-    }
-
-    fn gateway_id(&self, name: &str) -> u32 {
-        self.state.ids.gateways.get(name).copied().unwrap_or(0)
-    }
-
-    fn next_hop_id(&mut self, key: &str) -> Result<u32, Error> {
-        Ok(state::allocate(
-            &mut self.state.ids.next_hops,
-            key,
-            "next hop",
-            1,
-            MAX_NEXT_HOPS,
-        )?)
-    }
-
-    /// Connection ports and the underlay, by interface name.
-    fn wanted_ports(&self) -> BTreeMap<String, PortRole> {
-        let mut wanted: BTreeMap<String, PortRole> = self
-            .config
-            .connections
-            .iter()
-            .map(|c| (c.interface.clone(), PortRole::Connection))
-            .collect();
-        wanted.insert(self.config.underlay.interface.clone(), PortRole::Underlay);
-        wanted
-    }
-
-    /// Attaches XDP to every configured port that does not have it yet.
-    fn sync_ports(&mut self) -> Result<(), Error> {
-        for (name, role) in self.wanted_ports() {
-            if self.ports.get(&name).is_some_and(|p| p.role == role) {
-                continue;
-            }
-            dataplane::prepare_port(&name, role)?;
-            let ifindex = self.dp.attach(&name, role, self.mode)?;
-            tracing::info!(port = %name, ?role, ifindex, "XDP attached");
-            self.ports.insert(name, Port { role, ifindex });
-        }
-        Ok(())
-    }
-
-    /// Detaches ports and deletes control namespaces nothing configured uses any more: after
-    /// the VIFs on them are gone (a reload), or left by an earlier run whose config had them
-    /// (pinned links and namespaces outlive the agent).
-    fn remove_leftovers(&mut self) -> Result<(), Error> {
-        let mut wanted: BTreeSet<String> = self.wanted_ports().into_keys().collect();
-        wanted.extend(self.vifs.values().map(|v| v.control.host_if.clone()));
-        let mut present: BTreeSet<String> = self.ports.keys().cloned().collect();
-        if let Ok(dir) = std::fs::read_dir(self.config.agent.pin_dir.join("links")) {
-            present.extend(
-                dir.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned()),
-            );
-        }
-        for name in present.difference(&wanted) {
-            tracing::info!(port = %name, "detaching XDP from a port no longer configured");
-            self.dp.detach(name)?;
-            self.ports.remove(name);
-        }
-        let prefix = &self.config.agent.netns_prefix;
-        let ours: BTreeSet<String> = self
+        let state = self
+            .desired
             .vifs
-            .values()
-            .map(|v| v.control.netns.clone())
-            .collect();
-        let listed = host::run("ip", &["netns", "list"])?;
-        for name in listed.lines().filter_map(|l| l.split_whitespace().next()) {
-            if !prefix.is_empty() && name.starts_with(prefix.as_str()) && !ours.contains(name) {
-                tracing::info!(netns = name, "deleting a control namespace no VIF uses");
-                host::run("ip", &["netns", "del", name])?;
-            }
+            .get(&id)
+            .map_or(vif_state::CONFIGURING, |s| s.value());
+        Some(VifSpec {
+            id: id.0,
+            port_ifindex: self.apply.port(&v.port).map_or(0, |p| p.ifindex),
+            vlan: v.vlan,
+            gateway_id: v.gateway.0,
+            state,
+            control_ifindex: cp.map_or(0, |c| c.host_ifindex),
+            cloud_addrs,
+            mac: cp.map_or([0; 6], |c| c.mac),
+        })
+    }
+
+    fn write_vif(&mut self, id: VifId) -> Result<(), Error> {
+        if let Some(spec) = self.vif_spec(id) {
+            self.apply.set_vif(&spec)?;
         }
         Ok(())
+    }
+
+    fn attachment_spec(&self, id: AttachmentId) -> Option<AttachmentSpec> {
+        let a = self.model.attachments.get(&id)?;
+        Some(AttachmentSpec {
+            id: id.0,
+            gateway_id: a.gateway.0,
+            vni: a.vni,
+            local_vtep: self.model.local_vtep,
+            remote_vtep: a.remote_vtep,
+            underlay_ifindex: self
+                .apply
+                .port(&self.model.underlay)
+                .map_or(0, |p| p.ifindex),
+            router_mac: a.router_mac,
+        })
     }
 
     fn sync_attachments(&mut self) -> Result<(), Error> {
-        let underlay = self
-            .ports
-            .get(&self.config.underlay.interface)
-            .map_or(0, |p| p.ifindex);
-        let mut wanted = BTreeSet::new();
-        for att in self.config.vpc_attachments.clone() {
-            let id = self
-                .state
-                .ids
-                .attachments
-                .get(&att.name)
-                .copied()
-                .unwrap_or(0);
-            let spec = AttachmentSpec {
-                id,
-                gateway_id: self.gateway_id(&att.border_gateway),
-                vni: att.vni,
-                local_vtep: self.config.underlay.local_vtep,
-                remote_vtep: att.remote_vtep,
-                underlay_ifindex: underlay,
-                router_mac: att.router_mac.0,
-            };
-            self.dp.upsert_attachment(&spec)?;
-            if let Err(e) = dataplane::track_vtep(att.remote_vtep) {
-                tracing::warn!(attachment = %att.name, error = %e, "cannot keep the VTEP's neighbour resolved");
+        for id in self.model.attachments.keys().copied().collect::<Vec<_>>() {
+            if let Some(spec) = self.attachment_spec(id) {
+                self.apply.set_attachment(&spec)?;
+                if let Err(e) = dataplane::track_vtep(spec.remote_vtep) {
+                    tracing::warn!(attachment = %self.model.attachments[&id].name, error = %error_chain(&e), "cannot keep the VTEP's neighbour resolved");
+                }
             }
-            wanted.insert((att.vni, att.remote_vtep.octets(), id));
         }
-        // Keys no attachment owns any more (removed, or its VNI/VTEP changed); a slot is
-        // emptied only when no configured attachment uses its id.
-        let live_ids: BTreeSet<u32> = wanted.iter().map(|(_, _, id)| *id).collect();
-        for (key, id) in self.dp.vtep_keys()? {
-            if !wanted.contains(&(key.vni, key.remote_vtep, id)) {
+        Ok(())
+    }
+
+    /// Objects of earlier configs or runs that the model no longer has: attachment and VIF
+    /// slots, pinned links, and the namespaces and links this agent made. Ids are released
+    /// once nothing in the maps refers to them.
+    fn remove_leftovers(&mut self) -> Result<(), Error> {
+        for id in self.apply.attachment_ids() {
+            if !self.model.attachments.contains_key(&AttachmentId(id)) {
                 tracing::info!(
-                    vni = key.vni,
-                    "removing an attachment key no longer configured"
+                    attachment = id,
+                    "removing an attachment no longer configured"
                 );
-                self.dp.remove_vtep_key(key)?;
-                if !live_ids.contains(&id) {
-                    self.dp.clear_attachment(id)?;
-                }
+                self.apply.remove_attachment(id)?;
+            }
+        }
+        for id in self.apply.vif_ids() {
+            if !self.model.vifs.contains_key(&VifId(id)) {
+                tracing::info!(vif = id, "removing a VIF slot no longer configured");
+                self.apply.remove_vif(id)?;
+            }
+        }
+        let mut wanted: BTreeSet<String> = self.model.ports.keys().cloned().collect();
+        wanted.extend(self.model.vifs.values().map(|v| v.host_if.clone()));
+        let attached: Vec<String> = self.apply.ports().map(|(n, _)| n.to_owned()).collect();
+        for name in self.apply.pinned_ports().into_iter().chain(attached) {
+            if !wanted.contains(&name) {
+                tracing::info!(port = %name, "detaching XDP from a port no longer configured");
+                self.apply.detach(&name)?;
+            }
+        }
+        let namespaces: BTreeSet<String> =
+            self.model.vifs.values().map(|v| v.netns.clone()).collect();
+        let owned = self.owned().clone();
+        for name in owned.namespaces.difference(&namespaces) {
+            tracing::info!(netns = %name, "deleting a control namespace no VIF uses");
+            netns::delete(name)?;
+            self.owned().namespaces.remove(name);
+        }
+        for name in owned.links.difference(&wanted) {
+            if let Some(link) = self.host.link(name)? {
+                tracing::info!(link = %name, "deleting a control veth no VIF uses");
+                self.host.delete_link(link.index)?;
+            }
+            self.owned().links.remove(name);
+        }
+        // Ids of objects gone from the config (after their slots were emptied above).
+        let ids = &mut self.state.ids;
+        for name in ids.vifs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>() {
+            if self.model.vif_id(&name).is_none() {
+                ids.vifs.release(&name);
+            }
+        }
+        for name in ids
+            .attachments
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<Vec<_>>()
+        {
+            if self.model.attachment_id(&name).is_none() {
+                ids.attachments.release(&name);
+            }
+        }
+        for name in ids
+            .gateways
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect::<Vec<_>>()
+        {
+            if self.model.gateway_id(&name).is_none() {
+                ids.gateways.release(&name);
             }
         }
         Ok(())
     }
 
-    fn sync_vifs(&mut self) -> Result<(), Error> {
-        let configured: BTreeSet<String> =
-            self.config.vifs.iter().map(|v| v.name.clone()).collect();
-        // VIFs that went away: withdraw their routes first (tables rebuilt without them),
-        // then remove them from the maps and their control planes.
-        let gone: Vec<String> = self
-            .vifs
-            .keys()
-            .filter(|n| !configured.contains(*n))
-            .cloned()
-            .collect();
-        for name in gone {
-            self.remove_vif(&name)?;
-        }
-        let mut keys = BTreeSet::new();
-        for vif in self.config.vifs.clone() {
-            let id = self.state.ids.vifs.get(&vif.name).copied().unwrap_or(0);
-            let connection = self
-                .config
-                .connection(&vif.connection)
-                .map(|c| c.interface.clone())
-                .unwrap_or_default();
-            let port_ifindex = self.ports.get(&connection).map_or(0, |p| p.ifindex);
-            let control = ControlPlane::new(&self.config.agent.netns_prefix, &vif.name, id);
-            let pairs: Vec<Pair> = vif
-                .peers
-                .iter()
-                .map(|p| Pair {
-                    cloud: p.cloud_address,
-                    client: p.client_address,
-                    prefix_len: p.prefix_len,
-                })
-                .collect();
-            let (mac, recreated) = control.ensure(&pairs)?;
-            let control_port = control.host_if.clone();
-            if recreated && self.ports.contains_key(&control_port) {
-                // The pair vanished under us (namespace deleted by hand, ...): the new host
-                // end needs XDP, and the VIF's BGP sessions need sockets in the new namespace.
-                tracing::warn!(vif = %vif.name, "control plane was recreated");
-                self.dp.detach(&control_port)?;
-                self.ports.remove(&control_port);
-                self.stop_sessions_of(&vif.name);
-            }
-            if !self.ports.contains_key(&control_port) {
-                dataplane::prepare_port(&control_port, PortRole::Control)?;
-                let ifindex = self
-                    .dp
-                    .attach(&control_port, PortRole::Control, self.mode)?;
-                self.ports.insert(
-                    control_port.clone(),
-                    Port {
-                        role: PortRole::Control,
-                        ifindex,
-                    },
-                );
-            }
-            let control_ifindex = self.ports.get(&control_port).map_or(0, |p| p.ifindex);
-            // A re-adopted VIF keeps the state the data plane has (no blip on restart).
-            let previous = self.vifs.get(&vif.name).map(|v| v.state);
-            let adopted = self
-                .dp
-                .vif(id)
-                .map(|v| v.state)
-                .unwrap_or(vif_state::ABSENT);
-            let state = previous.unwrap_or(if adopted == vif_state::ABSENT {
-                vif_state::CONFIGURING
-            } else {
-                adopted
-            });
-            let runtime = VifRuntime {
-                id,
-                port_ifindex,
-                control,
-                control_ifindex,
-                mac,
-                state,
-                link_up: self.vifs.get(&vif.name).is_some_and(|v| v.link_up),
-                client_macs: self
-                    .vifs
-                    .get(&vif.name)
-                    .map(|v| v.client_macs.clone())
-                    .unwrap_or_default(),
-            };
-            self.dp.upsert_vif(&self.vif_spec(&vif, &runtime))?;
-            keys.insert((port_ifindex, vif.vlan, id));
-            self.vifs.insert(vif.name.clone(), runtime);
-        }
-        // (port, VLAN) keys that no configured VIF owns any more (changed VLAN or connection,
-        // state left by an earlier run), and table slots no VIF uses.
-        let live_ids: BTreeSet<u32> = self.vifs.values().map(|v| v.id).collect();
-        for (key, id) in self.dp.vif_keys()? {
-            if !keys.contains(&(key.ifindex, key.vlan, id)) {
-                self.dp.remove_vif_key(key)?;
-                if !live_ids.contains(&id) {
-                    self.dp.clear_vif(id)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn vif_spec(&self, vif: &config::Vif, rt: &VifRuntime) -> VifSpec {
-        let mut cloud_addrs = [None, None];
-        for (slot, peer) in cloud_addrs.iter_mut().zip(&vif.peers) {
-            *slot = Some(peer.cloud_address);
-        }
-        VifSpec {
-            id: rt.id,
-            port_ifindex: rt.port_ifindex,
-            vlan: vif.vlan,
-            gateway_id: self.gateway_id(&vif.border_gateway),
-            state: rt.state,
-            control_ifindex: rt.control_ifindex,
-            cloud_addrs,
-            mac: rt.mac,
-        }
-    }
-
-    fn remove_vif(&mut self, name: &str) -> Result<(), Error> {
-        let Some(rt) = self.vifs.get(name).cloned() else {
+    /// Plans what `dirty` (and what was already waiting) names and writes the difference;
+    /// tells the sessions what to announce or withdraw.
+    fn replan(&mut self, dirty: Dirty) -> Result<(), Error> {
+        let mut dirty_all = std::mem::take(&mut self.dirty);
+        dirty_all.all |= dirty.all;
+        dirty_all.vifs.extend(dirty.vifs);
+        dirty_all.prefixes.extend(dirty.prefixes);
+        if dirty_all.is_empty() {
+            self.send_full_exports();
             return Ok(());
-        };
-        tracing::info!(vif = name, "deleting VIF: withdrawing its routes");
-        self.dp.set_vif_state(rt.id, vif_state::DELETING)?;
-        for table in self.tables.values_mut() {
-            table.remove_where(|r| r.target.vif() != Some(name));
         }
-        self.vifs.remove(name);
-        self.reconcile()?;
-        for (key, id) in self.dp.vif_keys()? {
-            if id == rt.id {
-                self.dp.remove_vif_key(key)?;
+        let inputs = Inputs {
+            model: &self.model,
+            observed: &self.observed,
+            sessions_up: &self.bgp.up,
+            rib: &self.rib,
+        };
+        let changes = self.desired.update(&inputs, &dirty_all);
+        for (vif, s) in &changes.vifs {
+            tracing::info!(vif = %self.model.vif_name(*vif), to = s.name(), "VIF state");
+        }
+        if !changes.is_empty() {
+            let report = self
+                .apply
+                .sync(&self.desired, &changes, &mut self.state.ids.next_hops)?;
+            self.after_apply(&report)?;
+            if !changes.routes.is_empty() {
+                tracing::debug!(
+                    routes = changes.routes.len(),
+                    written = report.written,
+                    removed = report.removed,
+                    "routes updated"
+                );
             }
         }
-        self.dp.clear_vif(rt.id)?;
-        self.dp.remove_control_port(rt.control_ifindex)?;
-        self.dp.detach(&rt.control.host_if)?;
-        self.ports.remove(&rt.control.host_if);
-        rt.control.destroy()?;
+        self.export_changes(&changes);
         Ok(())
     }
 
-    /// Every candidate route: propagated VPC CIDRs, static routes of the config and of the CLI.
-    pub(crate) fn rebuild_tables(&mut self) {
-        let mut tables: BTreeMap<String, rib::Table> = self
-            .config
-            .border_gateways
-            .iter()
-            .map(|g| (g.name.clone(), rib::Table::default()))
-            .collect();
-        for att in &self.config.vpc_attachments {
-            if let Some(t) = tables.get_mut(&att.border_gateway) {
-                for prefix in &att.propagate {
-                    t.insert(Route {
-                        prefix: *prefix,
-                        source: Source::Propagated,
-                        target: Target::Attachment(att.name.clone()),
-                    });
-                }
-            }
+    fn after_apply(&mut self, report: &apply::Report) -> Result<(), Error> {
+        for e in &report.errors {
+            tracing::error!(error = %e, "map write failed; retrying");
         }
-        let statics = self
-            .config
-            .static_routes
-            .iter()
-            .map(|r| (r.border_gateway.clone(), r.prefix, r.via.clone()))
-            .chain(
-                self.state
-                    .routes
-                    .iter()
-                    .map(|r| (r.gateway.clone(), r.prefix, r.via.clone())),
-            );
-        for (gateway, prefix, via) in statics {
-            let target = match self.config.via(&via) {
-                Some(config::Via::Vif(_)) => Target::Vif(via),
-                Some(config::Via::Attachment(_)) => Target::Attachment(via),
-                None => continue,
-            };
-            if let Some(t) = tables.get_mut(&gateway) {
-                t.insert(Route {
-                    prefix,
-                    source: Source::Static,
-                    target,
-                });
-            }
+        if report.ids_changed {
+            // Ids are part of what the pinned maps mean: a restart must find the same ones.
+            self.save_state()?;
         }
-        for (gateway, route) in self.bgp_routes() {
-            if let Some(t) = tables.get_mut(&gateway) {
-                t.insert(route);
-            }
-        }
-        self.tables = tables;
+        Ok(())
     }
 
-    /// Observes links and neighbours, updates VIF states, and writes the next hops and routes
-    /// that differ from what the data plane holds.
-    pub fn reconcile(&mut self) -> Result<(), Error> {
-        // Set until this reconcile completes: a failure is retried on the next tick.
-        self.retry = true;
-        let ids_before = self.state.ids.clone();
-        self.derive_vif_states()?;
-        // Next hops: one per attachment, one per (VIF, resolved client router), one group per
-        // VIF over its resolved client routers.
-        let mut wanted_nh: BTreeMap<u32, NextHopSpec> = BTreeMap::new();
-        let mut target_nh: BTreeMap<Target, u32> = BTreeMap::new();
-        for att in self.config.vpc_attachments.clone() {
-            let id = self.next_hop_id(&format!("att:{}", att.name))?;
-            let att_id = self
-                .state
-                .ids
-                .attachments
-                .get(&att.name)
-                .copied()
-                .unwrap_or(0);
-            wanted_nh.insert(id, NextHopSpec::Attachment(att_id));
-            target_nh.insert(Target::Attachment(att.name.clone()), id);
+    /// When the retry timer should fire, if there is anything to retry.
+    fn retry_due(&self) -> Option<Duration> {
+        if !self.retry.is_empty() {
+            Some(Duration::from_millis(500))
+        } else if self.apply.has_pending() {
+            Some(Duration::from_secs(2))
+        } else {
+            None
         }
-        // Masks of BGP sessions that routes point to, per VIF.
-        let mut masks: BTreeMap<String, BTreeSet<u8>> = BTreeMap::new();
-        for table in self.tables.values() {
-            for route in table.routes() {
-                if let Target::VifPeers(vif, mask) = &route.target {
-                    masks.entry(vif.clone()).or_default().insert(*mask);
-                }
-            }
-        }
-        for (name, rt) in self.vifs.clone() {
-            if rt.state != vif_state::AVAILABLE {
-                continue;
-            }
-            let mut members = Vec::new();
-            for (i, mac) in self.eligible_peers(&name) {
-                let id = self.next_hop_id(&format!("vif:{name}:{i}"))?;
-                wanted_nh.insert(id, NextHopSpec::Vif { vif: rt.id, mac });
-                members.push((i, id));
-            }
-            if members.is_empty() {
-                continue;
-            }
-            let id = self.next_hop_id(&format!("vif:{name}"))?;
-            wanted_nh.insert(
-                id,
-                NextHopSpec::Group(members.iter().map(|(_, id)| *id).collect()),
-            );
-            target_nh.insert(Target::Vif(name.clone()), id);
-            // Every mask the VIF's peers can form, not only those routes use now: when a
-            // session is lost, the group of routes it shared is rewritten without it at once,
-            // before those routes move to the group of the sessions that remain.
-            let peers = self.config.vif(&name).map_or(0, |v| v.peers.len());
-            let all_masks: BTreeSet<u8> = (1..(1u8 << peers)).collect();
-            for mask in all_masks
-                .iter()
-                .chain(masks.get(&name).into_iter().flatten())
-            {
-                let group: Vec<u32> = members
-                    .iter()
-                    .filter(|(i, _)| mask & (1 << i) != 0)
-                    .map(|(_, id)| *id)
-                    .collect();
-                if !group.is_empty() {
-                    let id = self.next_hop_id(&format!("vif:{name}:m{mask}"))?;
-                    wanted_nh.insert(id, NextHopSpec::Group(group));
-                    target_nh.insert(Target::VifPeers(name.clone(), *mask), id);
-                }
-            }
-        }
-        // Routes: the selection of each table among targets that can carry traffic.
-        let mut wanted_routes: BTreeMap<(u32, Ipv4Net), u32> = BTreeMap::new();
-        let mut selected: BTreeMap<String, Vec<(Ipv4Net, Target)>> = BTreeMap::new();
-        for (gateway, table) in &self.tables {
-            let gw = self.gateway_id(gateway);
-            let chosen = selected.entry(gateway.clone()).or_default();
-            for (prefix, route) in table.select(|t| target_nh.contains_key(t)) {
-                if let Some(nh) = target_nh.get(&route.target) {
-                    wanted_routes.insert((gw, prefix), *nh);
-                    chosen.push((prefix, route.target.clone()));
-                }
-            }
-        }
+    }
 
-        // Write order: next hops members first, then groups, then routes; clean up last.
-        let nh_diff = rib::diff(&self.installed_next_hops, &wanted_nh);
-        let (groups, singles): (Vec<_>, Vec<_>) = nh_diff
-            .upsert
-            .iter()
-            .partition(|(_, spec)| matches!(spec, NextHopSpec::Group(_)));
-        for (id, spec) in singles.into_iter().chain(groups) {
-            self.dp.set_next_hop(*id, spec)?;
-            self.installed_next_hops.insert(*id, spec.clone());
+    /// Tries again what failed: control planes, ports, a half-applied reload, map writes.
+    fn on_retry(&mut self) -> Result<(), Error> {
+        if std::mem::take(&mut self.retry.reload) {
+            let old = self.model.clone();
+            if let Err(e) = self.apply_model(Some(&old)) {
+                self.retry.reload = true;
+                return Err(e);
+            }
         }
-        let route_diff = rib::diff(&self.installed_routes, &wanted_routes);
-        if !route_diff.is_empty() {
-            tracing::info!(
-                add = route_diff.upsert.len(),
-                remove = route_diff.remove.len(),
-                "updating routes"
-            );
+        for name in std::mem::take(&mut self.retry.ports) {
+            self.attach_port(&name);
         }
-        // Removals first (they also make room), then each write on its own: a full map or a
-        // failed write leaves that route out (counted, retried on the next tick) instead of
-        // stalling every other change.
-        let removes: Vec<(u32, Ipv4Net)> = route_diff.remove.clone();
-        self.dp.remove_routes(&removes)?;
-        for key in &removes {
-            self.installed_routes.remove(key);
-        }
-        let mut failed = 0usize;
-        let mut first_error = None;
-        for ((gw, prefix), nh) in route_diff.upsert {
-            match self.dp.upsert_route(gw, prefix, nh) {
+        let vifs = std::mem::take(&mut self.retry.vifs);
+        let mut dirty = Dirty::default();
+        for id in vifs {
+            if !self.model.vifs.contains_key(&id) {
+                continue;
+            }
+            match self.ensure_vif(id) {
                 Ok(()) => {
-                    self.installed_routes.insert((gw, prefix), nh);
+                    dirty.vifs.insert(id);
                 }
                 Err(e) => {
-                    failed += 1;
-                    first_error.get_or_insert(e);
+                    tracing::warn!(vif = %self.model.vif_name(id), error = %error_chain(&e), "control plane still not ready");
+                    self.retry.vifs.insert(id);
                 }
             }
         }
-        if let Some(e) = first_error {
-            tracing::error!(failed, error = %e, "routes not installed; retrying on the next tick");
-        }
-        // Next hops no installed route uses any more can go.
-        let used: BTreeSet<u32> = self.installed_routes.values().copied().collect();
-        for id in nh_diff.remove {
-            // A group member is never cleared while its group (wanted) still lists it, and a
-            // group never while an installed route points to it.
-            if used.contains(&id) {
-                continue;
-            }
-            self.dp.clear_next_hop(id)?;
-            self.installed_next_hops.remove(&id);
-        }
-        self.export(&selected);
-        self.retry = failed > 0;
-        // Next-hop ids no object needs any more are released.
-        let live: BTreeSet<u32> = self.installed_next_hops.keys().copied().collect();
-        let keep_names: BTreeSet<String> = self
-            .config
-            .vpc_attachments
-            .iter()
-            .map(|a| format!("att:{}", a.name))
-            .chain(self.config.vifs.iter().flat_map(|v| {
-                (0..v.peers.len())
-                    .map(move |i| format!("vif:{}:{i}", v.name))
-                    .chain((1..4u8).map(move |m| format!("vif:{}:m{m}", v.name)))
-                    .chain([format!("vif:{}", v.name)])
-            }))
-            .collect();
-        self.state
-            .ids
-            .next_hops
-            .retain(|name, id| live.contains(id) || keep_names.contains(name));
-        // Ids are part of what the pinned maps mean: a restart must find the same ones.
-        if self.state.ids != ids_before {
-            self.state.save(&self.config.agent.state_dir)?;
-        }
-        Ok(())
+        self.sync_sessions();
+        self.replan(dirty)?;
+        let report = self
+            .apply
+            .retry(&self.desired, &mut self.state.ids.next_hops)?;
+        self.after_apply(&report)
     }
 
-    /// Samples each VIF's connection link state and its client routers' MACs (iproute2
-    /// calls: done on the periodic tick, not per event).
-    fn sample_vifs(&mut self) -> bool {
-        let configs: BTreeMap<String, config::Vif> = self
-            .config
-            .vifs
-            .iter()
-            .map(|v| (v.name.clone(), v.clone()))
-            .collect();
-        let mut changed = false;
-        let mut reapply = false;
-        for (name, rt) in self.vifs.iter_mut() {
-            let Some(vif) = configs.get(name) else {
-                continue;
-            };
-            let interface = self
-                .config
-                .connection(&vif.connection)
-                .map(|c| c.interface.clone())
-                .unwrap_or_default();
-            let link_up = host::link_up(&interface).unwrap_or(false);
-            let clients: Vec<Ipv4Addr> = vif.peers.iter().map(|p| p.client_address).collect();
-            let client_macs = rt.control.client_macs(&clients).unwrap_or_else(|e| {
-                // Most likely the namespace is gone: the config is applied again to rebuild it.
-                tracing::warn!(vif = %name, error = %e, "cannot read the control plane's neighbours");
-                reapply = true;
-                vec![None; clients.len()]
-            });
-            changed |= link_up != rt.link_up || client_macs != rt.client_macs;
-            rt.link_up = link_up;
-            rt.client_macs = client_macs;
-        }
-        self.reapply |= reapply;
-        changed
-    }
-
-    /// The peers of a VIF that can take traffic: client MAC resolved and, for BGP, session
-    /// established.
-    fn eligible_peers(&self, name: &str) -> Vec<(usize, [u8; 6])> {
-        let Some(rt) = self.vifs.get(name) else {
-            return Vec::new();
-        };
-        let bgp = self
-            .config
-            .vif(name)
-            .is_some_and(|v| v.routing == Routing::Bgp);
-        rt.client_macs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, mac)| Some((i, (*mac)?)))
-            .filter(|(i, _)| !bgp || self.bgp.up.contains(&(name.to_owned(), *i)))
-            .collect()
-    }
-
-    /// VIF states from the last sample and the BGP sessions: `available` when the link is up
-    /// and at least one peer can take traffic.
-    fn derive_vif_states(&mut self) -> Result<(), Error> {
-        let names: Vec<String> = self.vifs.keys().cloned().collect();
-        for name in names {
-            let Some(rt) = self.vifs.get(&name) else {
-                continue;
-            };
-            let (old, link_up) = (rt.state, rt.link_up);
-            let usable = !self.eligible_peers(&name).is_empty();
-            let state = if link_up && usable {
-                vif_state::AVAILABLE
-            } else if old == vif_state::CONFIGURING {
-                vif_state::CONFIGURING
-            } else {
-                vif_state::UNAVAILABLE
-            };
-            if state != old {
-                tracing::info!(vif = %name, from = state_name(old), to = state_name(state), link_up, "VIF state");
-                self.dp.set_vif_state(rt.id, state)?;
-            }
-            if let Some(rt) = self.vifs.get_mut(&name) {
-                rt.state = state;
-            }
-        }
-        Ok(())
-    }
-
-    /// The periodic check: sample links and neighbours; reconcile when something moved (or
-    /// when a previous reconcile failed and must be retried).
-    pub fn tick(&mut self) -> Result<(), Error> {
-        if self.reapply {
-            self.apply_config()?;
-            self.reapply = false;
-            return Ok(());
-        }
-        if self.sample_vifs() || self.retry {
-            self.reconcile()?;
-        }
-        Ok(())
-    }
-
-    /// Re-reads the config file. A config that does not load, or that leaves a CLI-added route
-    /// dangling, changes nothing.
+    /// Re-reads the config file. A config that does not load, that leaves a CLI-added route
+    /// dangling, or that changes `[agent]` or `[underlay]` changes nothing.
     pub fn reload(&mut self) -> Result<(), Error> {
         let config = config::load(&self.config_path)?;
         for r in &self.state.routes {
-            let ok = config
-                .via(&r.via)
-                .is_some_and(|v| v.border_gateway() == r.gateway)
+            let via = config.via(&r.via);
+            let ok = via.is_some_and(|v| v.border_gateway() == r.gateway)
                 && config.border_gateway(&r.gateway).is_some()
-                && !(matches!(config.via(&r.via), Some(config::Via::Vif(_)))
+                && !(matches!(via, Some(config::Via::Vif(_)))
                     && config
                         .overlapping_propagated(&r.gateway, r.prefix)
                         .is_some());
@@ -829,109 +575,262 @@ impl Agent {
                 "[agent] and [underlay] changes need a restart of the agent (`systemctl restart forwarder`); nothing was changed".into(),
             ));
         }
+        let model = Model::build(&config, &self.state.routes, &mut self.state.ids)?;
         tracing::info!(path = %self.config_path.display(), "reloading the configuration");
         self.config = config;
+        let old = std::mem::replace(&mut self.model, model);
+        // A VIF that moved to another VLAN or connection starts its sessions over.
+        let moved: Vec<VifId> = self
+            .model
+            .vifs
+            .iter()
+            .filter(|(id, v)| {
+                old.vifs
+                    .get(id)
+                    .is_some_and(|o| o.port != v.port || o.vlan != v.vlan)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in moved {
+            self.stop_sessions_of(id);
+        }
         // Validated, but applying may still fail half-way (an interface vanished, a map is
-        // full): the rest is retried every second until it succeeds.
-        let applied = self.apply_config();
-        self.reapply = applied.is_err();
-        applied
+        // full): the rest is retried until it succeeds.
+        let applied = self.apply_model(Some(&old));
+        self.retry.reload = applied.is_err();
+        let saved = self.save_state();
+        applied.and(saved)
     }
 
-    /// A short clean-up when the agent stops: the socket goes, forwarding stays.
+    /// The control socket's access rule (the group resolved by name).
+    pub fn access(&self) -> Result<control::Access, Error> {
+        let Some(name) = &self.config.agent.control_group else {
+            return Ok(control::Access::default());
+        };
+        let c = std::ffi::CString::new(name.as_str())
+            .map_err(|_| Error::Refused(format!("control_group {name:?} contains a NUL byte")))?;
+        // SAFETY: getgrnam reads the group database; the result is copied out at once and
+        // only the agent's owner thread calls it.
+        let gid = unsafe {
+            let group = libc::getgrnam(c.as_ptr());
+            if group.is_null() {
+                None
+            } else {
+                Some((*group).gr_gid)
+            }
+        };
+        gid.map(|gid| control::Access { group: Some(gid) })
+            .ok_or_else(|| Error::Refused(format!("[agent] control_group {name:?}: no such group")))
+    }
+
     pub fn socket_path(&self) -> PathBuf {
         self.config.agent.control_socket.clone()
     }
-}
 
-/// An error with its causes, `outer: inner: innermost`, for logs and CLI answers.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+    /// Handles one kernel event; a batch is planned together by the caller.
+    fn on_net_event(&mut self, event: NetEvent) -> Result<(), Error> {
+        self.handle_net_event(event)
     }
-    text
+
+    /// Plans what the last batch of messages changed.
+    fn flush(&mut self) -> Result<(), Error> {
+        self.replan(Dirty::default())
+    }
 }
 
-fn check_local_vtep(config: &Config) -> Result<(), Error> {
+fn check_local_vtep(config: &Config, host: &mut Netlink) -> Result<(), Error> {
     let iface = &config.underlay.interface;
-    let addrs = host::ip_json(&["-4", "addr", "show", "dev", iface])?;
-    let vtep = config.underlay.local_vtep.to_string();
-    let has = addrs
+    let vtep = config.underlay.local_vtep;
+    let missing = || Error::NoLocalVtep {
+        interface: iface.clone(),
+        vtep,
+    };
+    let link = host.link(iface)?.ok_or_else(missing)?;
+    if !host
+        .addresses(link.index)?
         .iter()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .any(|a| a["local"].as_str() == Some(vtep.as_str()));
-    if !has {
-        return Err(Error::NoLocalVtep {
-            interface: iface.clone(),
-            vtep: config.underlay.local_vtep,
-        });
+        .any(|(addr, _)| *addr == vtep)
+    {
+        return Err(missing());
     }
     Ok(())
 }
 
-/// Runs the agent until SIGTERM/SIGINT: the control socket, a reconcile every second, a
-/// reload on SIGHUP. XDP and the pinned maps stay when it returns.
-pub async fn run(config_path: &Path) -> Result<(), Error> {
+/// A killed agent's successor may have many sockets open: control planes, monitors, BGP
+/// listeners, pinned links. Raise the soft limit of open files to the hard one.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a plain struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+                tracing::warn!("could not raise the open files limit");
+            }
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT: the process-wide fix-ups (before any thread), the
+/// runtime, the owner thread, the control server. XDP and the pinned maps stay when it
+/// returns.
+pub fn main(config_path: &Path) -> Result<(), Error> {
+    let config = config::load(config_path)?;
+    if let Some(note) = netns::join_parent_mount_namespace(&config.agent.pin_dir)? {
+        tracing::info!("{note}");
+    }
+    raise_open_files_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // BGP sessions and control connections; the owner has its own thread.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            what: "starting the runtime".into(),
+            source,
+        })?;
+    let handle = runtime.handle().clone();
+    let path = config_path.to_owned();
+    let owner = std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || handle.block_on(run(path, config)))
+        .map_err(|source| Error::Io {
+            what: "starting the owner thread".into(),
+            source,
+        })?;
+    let result = owner
+        .join()
+        .unwrap_or_else(|_| Err(Error::Refused("the agent's owner thread panicked".into())));
+    // Session tasks end with the runtime; forwarding goes on from the pinned maps.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+/// The owner loop.
+async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (events_tx, mut events) = tokio::sync::mpsc::channel(1024);
-    let agent = Agent::start(config_path, events_tx)?;
+    let (events_tx, mut events) = mpsc::channel(1024);
+    let (net_tx, mut net_rx) = mpsc::channel(4096);
+    let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(64);
+    let mut agent = Agent::start(&config_path, config, events_tx, net_tx)?;
     let socket = agent.socket_path();
-    let listener = control::bind(&socket)
-        .map_err(|source| Error::Refused(format!("binding {}: {source}", socket.display())))?;
-    tracing::info!(socket = %socket.display(), "agent ready");
-    let agent = std::sync::Arc::new(tokio::sync::Mutex::new(agent));
-    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Refused(e.to_string()))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Refused(e.to_string()))?;
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Refused(e.to_string()))?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let listener = control::bind(&socket, agent.access()?)?;
+    let server = tokio::spawn(control_server(listener, agent.access()?, control_tx));
+    tracing::info!(socket = %socket.display(), vifs = agent.model.vifs.len(), "agent ready");
+    let sig = |kind| {
+        signal(kind).map_err(|source| Error::Io {
+            what: "installing signal handlers".into(),
+            source,
+        })
+    };
+    let (mut term, mut int, mut hup) = (
+        sig(SignalKind::terminate())?,
+        sig(SignalKind::interrupt())?,
+        sig(SignalKind::hangup())?,
+    );
     loop {
-        tokio::select! {
+        let retry = agent.retry_due();
+        let outcome = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                if let Err(e) = agent.lock().await.reload() {
-                    tracing::error!(error = %error_chain(&e), "reload refused; the running configuration is unchanged");
+                if let Err(e) = agent.reload() {
+                    tracing::error!(error = %error_chain(&e), "reload refused or incomplete");
                 }
+                Ok(())
             }
-            _ = tick.tick() => {
-                if let Err(e) = agent.lock().await.tick() {
-                    tracing::error!(error = %error_chain(&e), "reconcile failed; retrying in a second");
+            Some(event) = net_rx.recv() => {
+                let mut result = agent.on_net_event(event);
+                // Everything already queued is taken in one go and planned once.
+                while result.is_ok() && let Ok(event) = net_rx.try_recv() {
+                    result = agent.on_net_event(event);
                 }
+                result.and_then(|()| agent.flush())
             }
             Some(event) = events.recv() => {
-                // Everything already queued is taken in one go: a 100k-prefix import is many
-                // UPDATEs but only as many reconciliations as the agent can keep up with.
-                let mut agent = agent.lock().await;
                 agent.handle_bgp_event(event);
                 while let Ok(event) = events.try_recv() {
                     agent.handle_bgp_event(event);
                 }
-                agent.rebuild_tables();
-                if let Err(e) = agent.reconcile() {
-                    tracing::error!(error = %error_chain(&e), "reconcile after BGP events failed");
-                }
+                agent.flush()
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let agent = agent.clone();
-                    tokio::spawn(async move {
-                        let served = control::serve_one(stream, async |request| agent.lock().await.handle(request)).await;
-                        if let Err(e) = served {
-                            tracing::warn!(error = %e, "control connection failed");
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "accepting a control connection"),
-            },
+            Some(msg) = control_rx.recv() => {
+                let response = agent.handle(msg.request);
+                // A client that went away does not care.
+                msg.reply.send(response).ok();
+                Ok(())
+            }
+            () = sleep_or_never(retry) => agent.on_retry(),
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %error_chain(&e), "applying a change failed; retrying");
+            agent.retry.reload |= matches!(e, Error::Dataplane(_));
         }
     }
     tracing::info!("stopping: XDP and pinned maps stay, forwarding continues");
+    server.abort();
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, "removing the control socket");
     }
     Ok(())
+}
+
+async fn sleep_or_never(after: Option<Duration>) {
+    match after {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// At most this many control connections are served at once; more are answered "busy".
+const MAX_CONTROL_CONNECTIONS: usize = 64;
+
+/// Accepts control connections; each is served by a task that hands its request to the
+/// owner and waits for the answer.
+async fn control_server(
+    listener: tokio::net::UnixListener,
+    access: control::Access,
+    owner: mpsc::Sender<ControlMsg>,
+) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a control connection");
+                // EMFILE and friends: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let owner = owner.clone();
+        let permit = slots.clone().try_acquire_owned();
+        tokio::spawn(async move {
+            let served = match permit {
+                Ok(_permit) => {
+                    control::serve_one(stream, access, async |request| {
+                        let (reply, answer) = oneshot::channel();
+                        if owner.send(ControlMsg { request, reply }).await.is_err() {
+                            return Response::err("the agent is stopping");
+                        }
+                        answer
+                            .await
+                            .unwrap_or_else(|_| Response::err("the agent is stopping"))
+                    })
+                    .await
+                }
+                Err(_) => {
+                    control::refuse(stream, "too many control connections at once; try again").await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "control connection failed");
+            }
+        });
+    }
 }

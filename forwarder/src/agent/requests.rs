@@ -1,19 +1,22 @@
 //! Answers to control requests: read-only views of the agent's state, and the changes an
 //! operator may make (static routes, reload).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use aya::programs::XdpMode;
-use forwarder_common::{drop_reason, pass_reason, vif_state};
+use forwarder_common::{drop_reason, pass_reason};
 use ipnet::Ipv4Net;
 
 use super::{Agent, Error, state_name};
 use crate::{
-    config::{self, Routing},
+    apply::Pending,
+    config::Routing,
     control::{self, Request, Response},
-    dataplane::PortRole,
-    host,
-    rib::{Source, Target},
+    ids::{GatewayId, VifId},
+    model::{self, Static},
+    netlink::format_mac,
+    plan::Dirty,
+    rib::{Candidate, Source, Target},
     state::CliRoute,
 };
 
@@ -50,11 +53,8 @@ impl Agent {
     }
 
     fn bgp_routes_view(&self, vif: &str, advertised: bool) -> Result<Response, Error> {
-        let config = self
-            .config
-            .vif(vif)
-            .ok_or_else(|| Error::Refused(format!("no VIF named {vif:?}")))?;
-        if config.routing != Routing::Bgp {
+        let id = self.check_vif(vif)?;
+        if self.model.vifs[&id].routing != Routing::Bgp {
             return Err(Error::Refused(format!("VIF {vif:?} is statically routed")));
         }
         if advertised {
@@ -70,41 +70,47 @@ impl Agent {
         }
     }
 
+    fn check_vif(&self, name: &str) -> Result<VifId, Error> {
+        self.model
+            .vif_id(name)
+            .ok_or_else(|| Error::Refused(format!("no VIF named {name:?}")))
+    }
+
+    fn check_gateway(&self, gateway: &str) -> Result<GatewayId, Error> {
+        self.model
+            .gateway_id(gateway)
+            .ok_or_else(|| Error::Refused(format!("no border gateway named {gateway:?}")))
+    }
+
     fn status(&self) -> control::Status {
+        let xdp_mode = match self.apply.mode() {
+            XdpMode::Skb => "skb",
+            _ => "native",
+        };
         let ports = self
-            .ports
-            .iter()
+            .apply
+            .ports()
             .map(|(name, p)| control::PortStatus {
-                name: name.clone(),
-                role: match p.role {
-                    PortRole::Connection => "connection",
-                    PortRole::Underlay => "underlay",
-                    PortRole::Control => "control",
-                }
-                .into(),
+                name: name.to_owned(),
+                role: p.role.name().into(),
                 ifindex: p.ifindex,
-                xdp_mode: match self.mode {
-                    XdpMode::Skb => "skb",
-                    _ => "native",
-                }
-                .into(),
-                up: host::link_up(name).unwrap_or(false),
+                xdp_mode: xdp_mode.into(),
+                up: self.observed.port_up(name),
             })
             .collect();
         let gateways = self
-            .config
-            .border_gateways
+            .model
+            .gateways
             .iter()
-            .map(|g| {
-                let gw = self.gateway_id(&g.name);
+            .map(|(id, g)| {
+                let routes = self.apply.gateway_routes(*id);
                 control::GatewayStatus {
                     name: g.name.clone(),
-                    routes: self.tables.get(&g.name).map_or(0, |t| t.routes().count()),
-                    installed: self
-                        .installed_routes
-                        .keys()
-                        .filter(|(id, _)| *id == gw)
-                        .count(),
+                    routes: self.rib.table(*id).map(|(_, c)| c.len()).sum(),
+                    selected: self.desired.routes.get(id).map_or(0, |t| t.len()),
+                    installed: routes.installed,
+                    not_installed: routes.pending,
+                    route_map_full: routes.waiting_for_room,
                 }
             })
             .collect();
@@ -114,147 +120,144 @@ impl Agent {
             ports,
             vifs: self.vif_summaries(),
             gateways,
+            maps: control::MapUsage {
+                routes: control::Usage {
+                    used: self.apply.routes_installed() as u64,
+                    capacity: u64::from(self.apply.route_capacity()),
+                },
+                next_hops: control::Usage {
+                    used: self.state.ids.next_hops.len() as u64,
+                    capacity: u64::from(self.apply.next_hop_capacity()),
+                },
+                vifs: control::Usage {
+                    used: self.model.vifs.len() as u64,
+                    capacity: u64::from(forwarder_common::MAX_VIFS - 1),
+                },
+            },
         }
     }
 
+    fn vif_state_name(&self, id: VifId) -> &'static str {
+        self.apply.vif_state(id.0).map_or("configuring", state_name)
+    }
+
     fn vif_summaries(&self) -> Vec<control::VifSummary> {
-        self.config
+        self.model
             .vifs
             .iter()
-            .map(|v| self.vif_summary(v))
+            .map(|(id, v)| self.vif_summary(*id, v))
             .collect()
     }
 
-    fn vif_summary(&self, v: &config::Vif) -> control::VifSummary {
+    fn vif_summary(&self, id: VifId, v: &model::Vif) -> control::VifSummary {
         control::VifSummary {
             name: v.name.clone(),
-            connection: v.connection.clone(),
+            connection: v.config.connection.clone(),
             vlan: v.vlan,
-            border_gateway: v.border_gateway.clone(),
+            border_gateway: v.config.border_gateway.clone(),
             routing: match v.routing {
                 Routing::Bgp => "bgp",
                 Routing::Static => "static",
             }
             .into(),
-            state: state_name(
-                self.vifs
-                    .get(&v.name)
-                    .map_or(vif_state::ABSENT, |r| r.state),
-            )
-            .into(),
+            state: self.vif_state_name(id).into(),
         }
     }
 
     fn vif_detail(&self, name: &str) -> Result<control::VifDetail, Error> {
-        let vif = self
-            .config
-            .vif(name)
-            .ok_or_else(|| Error::Refused(format!("no VIF named {name:?}")))?;
-        let rt = self
-            .vifs
-            .get(name)
-            .ok_or_else(|| Error::Refused(format!("VIF {name:?} is not set up")))?;
+        let id = self.check_vif(name)?;
+        let v = &self.model.vifs[&id];
+        let cp = self
+            .control_planes
+            .get(&id)
+            .ok_or_else(|| Error::Refused(format!("VIF {name:?} is not set up yet")))?;
         Ok(control::VifDetail {
-            summary: self.vif_summary(vif),
-            id: rt.id,
-            control_netns: rt.control.netns.clone(),
-            control_interface: rt.control.host_if.clone(),
-            mac: host::format_mac(rt.mac),
-            peers: vif
+            summary: self.vif_summary(id, v),
+            id: id.0,
+            control_netns: v.netns.clone(),
+            control_interface: v.host_if.clone(),
+            mac: format_mac(cp.mac),
+            peers: v
                 .peers
                 .iter()
                 .enumerate()
                 .map(|(i, p)| control::PeerStatus {
                     cloud_address: format!("{}/{}", p.cloud_address, p.prefix_len),
                     client_address: p.client_address.to_string(),
-                    client_mac: rt
-                        .client_macs
-                        .get(i)
-                        .copied()
-                        .flatten()
-                        .map(host::format_mac),
+                    client_mac: self
+                        .observed
+                        .clients
+                        .get(&(id, i as u8))
+                        .map(|m| format_mac(*m)),
                 })
                 .collect(),
         })
     }
 
-    fn check_gateway(&self, gateway: &str) -> Result<u32, Error> {
-        self.config
-            .border_gateway(gateway)
-            .map(|_| self.gateway_id(gateway))
-            .ok_or_else(|| Error::Refused(format!("no border gateway named {gateway:?}")))
+    /// Why a candidate is not the installed route, if it is not.
+    fn not_installed_reason(
+        &self,
+        gateway: GatewayId,
+        prefix: Ipv4Net,
+        candidate: Candidate,
+    ) -> Option<String> {
+        let selected = self.desired.route(gateway, prefix);
+        if selected == Some(candidate) {
+            let nh = self.state.ids.next_hops.get(&candidate.target.next_hop());
+            if nh.is_some() && self.apply.installed(gateway, prefix) == nh {
+                return None;
+            }
+            return Some(match self.apply.pending(gateway, prefix) {
+                Some(Pending::Full) => "the route map is full".to_owned(),
+                Some(Pending::Failed(e)) => format!("writing it failed ({e}); retrying"),
+                None => "not written yet".to_owned(),
+            });
+        }
+        if selected.is_some() {
+            return Some("a preferred route for the prefix is installed".to_owned());
+        }
+        Some(match candidate.target.vif() {
+            Some(vif) => format!(
+                "vif {} is {}",
+                self.model.vif_name(vif),
+                self.vif_state_name(vif)
+            ),
+            None => "not selected".to_owned(),
+        })
     }
 
     fn route_list(&self, gateway: Option<&str>) -> Result<Vec<control::RouteEntry>, Error> {
-        if let Some(g) = gateway {
-            self.check_gateway(g)?;
-        }
+        let only = gateway.map(|g| self.check_gateway(g)).transpose()?;
         let mut out = Vec::new();
-        for (name, table) in &self.tables {
-            if gateway.is_some_and(|g| g != name) {
+        for (id, g) in &self.model.gateways {
+            if only.is_some_and(|o| o != *id) {
                 continue;
             }
-            let gw = self.gateway_id(name);
-            let installed_targets: BTreeMap<u32, Target> = self.nh_targets();
-            for route in table.routes() {
-                let installed_nh = self.installed_routes.get(&(gw, route.prefix));
-                let installed =
-                    installed_nh.and_then(|nh| installed_targets.get(nh)) == Some(&route.target);
-                let reason = (!installed).then(|| {
-                    if installed_nh.is_some() {
-                        "a preferred route for the prefix is installed".to_owned()
-                    } else if let Target::Vif(v) = &route.target {
-                        format!(
-                            "vif {v} is {}",
-                            state_name(self.vifs.get(v).map_or(0, |r| r.state))
-                        )
-                    } else {
-                        "not selected".to_owned()
-                    }
-                });
-                out.push(control::RouteEntry {
-                    gateway: name.clone(),
-                    prefix: route.prefix,
-                    source: route.source.to_string(),
-                    next_hop: route.target.to_string(),
-                    installed,
-                    reason,
-                    cli: route.source == Source::Static
-                        && self.state.routes.iter().any(|r| {
-                            r.gateway == *name
-                                && r.prefix == route.prefix
-                                && r.via == route.target.name()
-                        }),
-                });
+            for (prefix, candidates) in self.rib.table(*id) {
+                for c in candidates {
+                    let reason = self.not_installed_reason(*id, prefix, *c);
+                    out.push(control::RouteEntry {
+                        gateway: g.name.clone(),
+                        prefix,
+                        source: c.source.name().to_owned(),
+                        next_hop: self.model.describe(c.target),
+                        installed: reason.is_none(),
+                        reason,
+                        cli: c.source == Source::Static
+                            && self
+                                .model
+                                .statics
+                                .get(&(*id, prefix))
+                                .is_some_and(|s| s.cli),
+                    });
+                }
             }
         }
         Ok(out)
     }
 
-    /// Next-hop id → the target it serves (groups and attachments, as routes use them).
-    fn nh_targets(&self) -> BTreeMap<u32, Target> {
-        let mut out = BTreeMap::new();
-        for (name, id) in &self.state.ids.next_hops {
-            if let Some(att) = name.strip_prefix("att:") {
-                out.insert(*id, Target::Attachment(att.to_owned()));
-            } else if let Some(vif) = name.strip_prefix("vif:") {
-                match vif.split_once(':') {
-                    None => {
-                        out.insert(*id, Target::Vif(vif.to_owned()));
-                    }
-                    Some((vif, mask)) => {
-                        if let Some(mask) = mask.strip_prefix('m').and_then(|m| m.parse().ok()) {
-                            out.insert(*id, Target::VifPeers(vif.to_owned(), mask));
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
     fn route_add(&mut self, gateway: String, prefix: Ipv4Net, via: String) -> Result<(), Error> {
-        self.check_gateway(&gateway)?;
+        let gw = self.check_gateway(&gateway)?;
         if prefix.trunc() != prefix {
             return Err(Error::Refused(format!(
                 "prefix {prefix} has host bits set (did you mean {}?)",
@@ -262,35 +265,28 @@ impl Agent {
             )));
         }
         let target = self
-            .config
-            .via(&via)
+            .model
+            .target(&via)
             .ok_or_else(|| Error::Refused(format!("no VIF or attachment named {via:?}")))?;
-        if target.border_gateway() != gateway {
+        let target_gw = self.model.target_gateway(target).unwrap_or(gw);
+        if target_gw != gw {
+            let kind = match target {
+                Target::Attachment(_) => "vpc_attachment",
+                _ => "vif",
+            };
             return Err(Error::Refused(format!(
-                "{} {via:?} belongs to border gateway {:?}, not {gateway:?}",
-                target.kind(),
-                target.border_gateway()
+                "{kind} {via:?} belongs to border gateway {:?}, not {gateway:?}",
+                self.model.gateway_name(target_gw)
             )));
         }
-        if let config::Via::Vif(_) = target
-            && let Some((att, cidr)) = self.config.overlapping_propagated(&gateway, prefix)
+        if target.vif().is_some()
+            && let Some((att, cidr)) = self.model.overlapping_vpc(gw, prefix)
         {
             return Err(Error::Refused(format!(
-                "{prefix} overlaps VPC CIDR {cidr} of attachment {:?}: customer segments must not overlap VPC segments",
-                att.name
+                "{prefix} overlaps VPC CIDR {cidr} of attachment {att:?}: customer segments must not overlap VPC segments"
             )));
         }
-        let exists = self
-            .config
-            .static_routes
-            .iter()
-            .any(|r| r.border_gateway == gateway && r.prefix == prefix)
-            || self
-                .state
-                .routes
-                .iter()
-                .any(|r| r.gateway == gateway && r.prefix == prefix);
-        if exists {
+        if self.model.statics.contains_key(&(gw, prefix)) {
             return Err(Error::Refused(format!(
                 "a static route for {prefix} already exists in {gateway:?}; delete it first"
             )));
@@ -302,51 +298,84 @@ impl Agent {
         });
         self.state.routes.sort();
         // Persisted before it is applied: an acknowledged route survives a crash.
-        self.state.save(&self.config.agent.state_dir)?;
-        self.rebuild_tables();
-        self.reconcile()
+        self.save_state()?;
+        self.model
+            .statics
+            .insert((gw, prefix), Static { target, cli: true });
+        self.rib.insert(
+            gw,
+            prefix,
+            Candidate {
+                source: Source::Static,
+                target,
+            },
+        );
+        let mut dirty = Dirty::default();
+        dirty.prefixes.insert((gw, prefix));
+        self.replan(dirty)
     }
 
     fn route_del(&mut self, gateway: &str, prefix: Ipv4Net) -> Result<(), Error> {
-        self.check_gateway(gateway)?;
-        let before = self.state.routes.len();
-        self.state
-            .routes
-            .retain(|r| !(r.gateway == gateway && r.prefix == prefix));
-        if self.state.routes.len() == before {
-            if self
-                .config
-                .static_routes
-                .iter()
-                .any(|r| r.border_gateway == gateway && r.prefix == prefix)
-            {
+        let gw = self.check_gateway(gateway)?;
+        match self.model.statics.get(&(gw, prefix)) {
+            None => {
+                return Err(Error::Refused(format!(
+                    "no static route for {prefix} in {gateway:?}"
+                )));
+            }
+            Some(s) if !s.cli => {
                 return Err(Error::Refused(format!(
                     "the static route for {prefix} comes from the config file: remove it there and run `forwarder reload`"
                 )));
             }
-            return Err(Error::Refused(format!(
-                "no static route for {prefix} in {gateway:?}"
-            )));
+            Some(_) => {}
         }
-        self.state.save(&self.config.agent.state_dir)?;
-        self.rebuild_tables();
-        self.reconcile()
+        self.state
+            .routes
+            .retain(|r| !(r.gateway == gateway && r.prefix == prefix));
+        self.save_state()?;
+        if let Some(s) = self.model.statics.remove(&(gw, prefix)) {
+            self.rib.remove(
+                gw,
+                prefix,
+                Candidate {
+                    source: Source::Static,
+                    target: s.target,
+                },
+            );
+        }
+        let mut dirty = Dirty::default();
+        dirty.prefixes.insert((gw, prefix));
+        self.replan(dirty)
     }
 
     fn lookup(&self, gateway: &str, address: Ipv4Addr) -> Result<control::LookupAnswer, Error> {
         let gw = self.check_gateway(gateway)?;
-        let id = self.dp.lookup(gw, address)?;
-        let targets = self.nh_targets();
+        let id = self.apply.dataplane().lookup(gw.0, address)?;
         Ok(control::LookupAnswer {
             gateway: gateway.to_owned(),
             address,
             next_hop_id: id,
-            next_hop: id.map(|id| {
-                targets
-                    .get(&id)
-                    .map_or_else(|| format!("next hop {id}"), Target::to_string)
+            next_hop: id.map(|id| match self.state.ids.next_hops.key(id) {
+                Some(key) => self.describe_next_hop(*key),
+                None => format!("next hop {id}"),
             }),
         })
+    }
+
+    fn describe_next_hop(&self, key: crate::ids::NextHopKey) -> String {
+        use crate::ids::NextHopKey;
+        match key {
+            NextHopKey::Attachment { attachment } => {
+                self.model.describe(Target::Attachment(attachment))
+            }
+            NextHopKey::Vif { vif } => self.model.describe(Target::Vif(vif)),
+            NextHopKey::VifPeers { vif, mask } => self.model.describe(Target::VifPeers(vif, mask)),
+            NextHopKey::VifPeer { vif, peer } => {
+                format!("vif {} (client router {peer})", self.model.vif_name(vif))
+            }
+            NextHopKey::Pinned { id } => format!("next hop {id} (left by an earlier run)"),
+        }
     }
 
     fn stats(&self, vif: Option<&str>, attachment: Option<&str>) -> Result<control::Stats, Error> {
@@ -356,36 +385,39 @@ impl Agent {
             tx_packets: c.tx_packets,
             tx_bytes: c.tx_bytes,
         };
-        if let Some(v) = vif
-            && !self.vifs.contains_key(v)
-        {
-            return Err(Error::Refused(format!("no VIF named {v:?}")));
+        if let Some(v) = vif {
+            self.check_vif(v)?;
         }
         if let Some(a) = attachment
-            && self.config.attachment(a).is_none()
+            && self.model.attachment_id(a).is_none()
         {
             return Err(Error::Refused(format!("no attachment named {a:?}")));
         }
+        let dp = self.apply.dataplane();
         let mut vifs = Vec::new();
-        for (name, rt) in &self.vifs {
-            if attachment.is_none() && vif.is_none_or(|v| v == name) {
-                vifs.push(control::NamedCounters {
-                    name: name.clone(),
-                    counters: convert(self.dp.vif_counters(rt.id)?),
-                });
+        if attachment.is_none() {
+            for (id, v) in &self.model.vifs {
+                if vif.is_none_or(|n| n == v.name) {
+                    vifs.push(control::NamedCounters {
+                        name: v.name.clone(),
+                        counters: convert(dp.vif_counters(id.0)?),
+                    });
+                }
             }
         }
         let mut attachments = Vec::new();
-        for (name, id) in &self.state.ids.attachments {
-            if vif.is_none() && attachment.is_none_or(|a| a == name) {
-                attachments.push(control::NamedCounters {
-                    name: name.clone(),
-                    counters: convert(self.dp.attachment_counters(*id)?),
-                });
+        if vif.is_none() {
+            for (id, a) in &self.model.attachments {
+                if attachment.is_none_or(|n| n == a.name) {
+                    attachments.push(control::NamedCounters {
+                        name: a.name.clone(),
+                        counters: convert(dp.attachment_counters(id.0)?),
+                    });
+                }
             }
         }
-        let drops = self.dp.drops()?;
-        let passes = self.dp.passes()?;
+        let drops = dp.drops()?;
+        let passes = dp.passes()?;
         Ok(control::Stats {
             vifs,
             attachments,

@@ -227,6 +227,8 @@ fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
 #[derive(Debug)]
 enum Command {
     Export(BTreeSet<Ipv4Net>),
+    /// Announce these, withdraw those: a change of the export, not the whole of it.
+    ExportDelta(Vec<Ipv4Net>, Vec<Ipv4Net>),
     VpcCidrs(Vec<Ipv4Net>),
     Shutdown,
 }
@@ -332,6 +334,19 @@ impl Speaker {
     pub fn set_export(&mut self, vif: &str, peer_index: usize, prefixes: BTreeSet<Ipv4Net>) {
         if let Some(handle) = self.sessions.get(&(vif.to_string(), peer_index)) {
             handle.send(Command::Export(prefixes));
+        }
+    }
+
+    /// A change of what the session advertises: work proportional to the change.
+    pub fn update_export(
+        &mut self,
+        vif: &str,
+        peer_index: usize,
+        announce: Vec<Ipv4Net>,
+        withdraw: Vec<Ipv4Net>,
+    ) {
+        if let Some(handle) = self.sessions.get(&(vif.to_string(), peer_index)) {
+            handle.send(Command::ExportDelta(announce, withdraw));
         }
     }
 

@@ -315,6 +315,9 @@ impl Session {
         match wake {
             Wake::Command(None | Some(Command::Shutdown)) => return Flow::Stop,
             Wake::Command(Some(Command::Export(set))) => self.set_export(set),
+            Wake::Command(Some(Command::ExportDelta(announce, withdraw))) => {
+                self.change_export(announce, withdraw);
+            }
             Wake::Command(Some(Command::VpcCidrs(cidrs))) => {
                 self.policy.vpc_cidrs = cidrs;
                 self.rejudge().await;
@@ -711,6 +714,33 @@ impl Session {
                 withdraw = withdraw.len(),
                 "export changed"
             );
+            self.send_updates(&announce, &withdraw);
+        }
+    }
+
+    /// Announces and withdraws what changed, without comparing the whole export.
+    fn change_export(&mut self, announce: Vec<Ipv4Net>, withdraw: Vec<Ipv4Net>) {
+        for p in &withdraw {
+            self.export.remove(p);
+        }
+        self.export.extend(announce.iter().copied());
+        if self.established().is_none() {
+            return;
+        }
+        let (announce, withdraw) = {
+            let mut shared = lock(&self.shared);
+            let announce: Vec<Ipv4Net> = announce
+                .into_iter()
+                .filter(|p| shared.advertised.insert(*p))
+                .collect();
+            let withdraw: Vec<Ipv4Net> = withdraw
+                .into_iter()
+                .filter(|p| shared.advertised.remove(p))
+                .collect();
+            shared.status.prefixes_advertised = shared.advertised.len();
+            (announce, withdraw)
+        };
+        if !announce.is_empty() || !withdraw.is_empty() {
             self.send_updates(&announce, &withdraw);
         }
     }

@@ -1,0 +1,389 @@
+//! The agent's side of the host: ports (attached when they appear, attached again when they
+//! are recreated), VIF control planes (built, repaired, removed), and the kernel events that
+//! move link states and client router MACs. Every change lands in `self.dirty` for the next
+//! plan.
+
+use std::collections::BTreeSet;
+
+use super::{Agent, ControlPlane, Error, error_chain};
+use crate::{
+    ids::VifId,
+    model::{self, PortRole},
+    netlink::Neighbour,
+    netns::{self, Found},
+    observe::{self, NetEvent, Scope},
+    plan::LinkState,
+    vifcp::{self, Pair},
+};
+
+impl Agent {
+    /// Reads every link of the agent's namespace (at start, and after lost events) and acts
+    /// on what differs from what was known.
+    pub(super) fn read_links(&mut self) -> Result<(), Error> {
+        let links = self.host.links()?;
+        let old = std::mem::take(&mut self.observed.links);
+        for link in links {
+            self.observed.links.insert(
+                link.name.clone(),
+                LinkState {
+                    index: link.index,
+                    up: link.up,
+                },
+            );
+        }
+        let names: BTreeSet<String> = old
+            .keys()
+            .chain(self.observed.links.keys())
+            .cloned()
+            .collect();
+        for name in names {
+            if old.get(&name) != self.observed.links.get(&name) {
+                self.link_changed(&name, old.get(&name).copied());
+            }
+        }
+        Ok(())
+    }
+
+    /// The VIF whose control veth's host end is `name`.
+    fn control_vif(&self, name: &str) -> Option<VifId> {
+        let id: u32 = name.strip_prefix(model::CONTROL_IF_PREFIX)?.parse().ok()?;
+        self.model
+            .vifs
+            .contains_key(&VifId(id))
+            .then_some(VifId(id))
+    }
+
+    fn link_changed(&mut self, name: &str, before: Option<LinkState>) {
+        let now = self.observed.links.get(name).copied();
+        if let Some(role) = self.model.ports.get(name).copied() {
+            let attached = self.apply.port(name).map(|p| p.ifindex);
+            match now {
+                Some(link) if attached != Some(link.index) => {
+                    if attached.is_some() {
+                        tracing::warn!(
+                            port = name,
+                            ifindex = link.index,
+                            "port was recreated: attaching XDP again"
+                        );
+                    }
+                    self.attach_port(name);
+                }
+                Some(link) if before.map(|b| b.up) != Some(link.up) => {
+                    tracing::info!(port = name, up = link.up, "port link state");
+                }
+                Some(_) => return,
+                None => {
+                    tracing::warn!(
+                        port = name,
+                        ?role,
+                        "port deleted: its VIFs stop until it is back"
+                    );
+                    if let Err(e) = self.apply.forget_port(name) {
+                        tracing::warn!(port = name, error = %error_chain(&e), "forgetting the port");
+                    }
+                }
+            }
+            let vifs = self.model.vifs_on_port(name).to_vec();
+            self.dirty.vifs.extend(vifs);
+            return;
+        }
+        if let Some(vif) = self.control_vif(name) {
+            let known = self.control_planes.get(&vif).map(|c| c.host_ifindex);
+            let broken = match now {
+                None => known.is_some(),
+                Some(link) if Some(link.index) != known => known.is_some(),
+                // An event may be older than the state: ask before repairing.
+                Some(link) if !link.up => {
+                    !self.host.link(name).ok().flatten().is_some_and(|l| l.up)
+                }
+                Some(_) => false,
+            };
+            if broken {
+                tracing::warn!(vif = %self.model.vif_name(vif), link = name, "control veth lost or down: repairing the control plane");
+                self.retry.vifs.insert(vif);
+            }
+        }
+    }
+
+    /// Attaches XDP to a configured port (again, when it was recreated). A port that is not
+    /// there yet is attached when its link appears.
+    pub(super) fn attach_port(&mut self, name: &str) {
+        let Some(role) = self.model.ports.get(name).copied() else {
+            return;
+        };
+        if !self.observed.links.contains_key(name) {
+            tracing::warn!(
+                port = name,
+                ?role,
+                "port missing; XDP is attached when it appears"
+            );
+            return;
+        }
+        match self.apply.attach(name, role) {
+            Ok(ifindex) => {
+                tracing::info!(port = name, ?role, ifindex, "XDP attached");
+                match role {
+                    PortRole::Connection => {
+                        for vif in self.model.vifs_on_port(name).to_vec() {
+                            if let Err(e) = self.write_vif(vif) {
+                                tracing::error!(vif = %self.model.vif_name(vif), error = %error_chain(&e), "updating the VIF's port");
+                            }
+                            self.dirty.vifs.insert(vif);
+                        }
+                    }
+                    PortRole::Underlay => {
+                        if let Err(e) = self.sync_attachments() {
+                            tracing::error!(error = %error_chain(&e), "updating the attachments' underlay port");
+                        }
+                    }
+                    PortRole::Control => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(port = name, error = %error_chain(&e), "attaching XDP failed; retrying");
+                self.retry.ports.insert(name.to_owned());
+            }
+        }
+    }
+
+    /// Attaches every configured port that does not have XDP (or has it on an old ifindex).
+    pub(super) fn sync_ports(&mut self) {
+        let ports: Vec<String> = self.model.ports.keys().cloned().collect();
+        for name in ports {
+            let link = self.observed.links.get(&name).map(|l| l.index);
+            if link.is_none() || self.apply.port(&name).map(|p| p.ifindex) != link {
+                self.attach_port(&name);
+            }
+        }
+    }
+
+    /// Builds or repairs VIF `id`'s control plane, attaches XDP to its host end, reads its
+    /// client MACs and writes its VIF entry.
+    pub(super) fn ensure_vif(&mut self, id: VifId) -> Result<(), Error> {
+        let Some(v) = self.model.vifs.get(&id).cloned() else {
+            return Ok(());
+        };
+        let pairs: Vec<Pair> = v
+            .peers
+            .iter()
+            .map(|p| Pair {
+                cloud: p.cloud_address,
+                client: p.client_address,
+                prefix_len: p.prefix_len,
+            })
+            .collect();
+        let held = self.control_planes.get(&id);
+        // A new monitor when there is none, or when the name now means another namespace.
+        let want_monitor = held.is_none_or(|cp| {
+            netns::exists(&v.netns)
+                && netns::Namespace::open(&netns::path(&v.netns))
+                    .is_ok_and(|ns| ns.inode != cp.namespace.inode)
+        });
+        let built = vifcp::ensure(
+            &v.netns,
+            &v.host_if,
+            &pairs,
+            held.map(|cp| &cp.namespace),
+            want_monitor,
+            &mut self.host,
+        )?;
+        let new_namespace = held.is_some_and(|cp| cp.namespace.inode != built.namespace.inode);
+        match (built.found, built.veth_recreated, held.is_some()) {
+            (Found::Restored, _, _) => {
+                tracing::warn!(vif = %v.name, netns = %v.netns, "control namespace name was removed: restored");
+            }
+            (Found::ReplacedStale, _, _) => {
+                tracing::warn!(vif = %v.name, netns = %v.netns, "control namespace entry was not a namespace: replaced");
+            }
+            (_, true, true) => {
+                tracing::warn!(vif = %v.name, netns = %v.netns, "control plane was recreated");
+            }
+            (Found::Created, _, false) => {
+                tracing::debug!(vif = %v.name, netns = %v.netns, "control plane created");
+            }
+            _ => {}
+        }
+        if new_namespace {
+            // The sessions' sockets live in the old namespace.
+            self.stop_sessions_of(id);
+        }
+        let owned = self.owned();
+        let recorded =
+            owned.namespaces.insert(v.netns.clone()) | owned.links.insert(v.host_if.clone());
+        if self.apply.port(&v.host_if).map(|p| p.ifindex) != Some(built.host_ifindex) {
+            self.apply.attach(&v.host_if, PortRole::Control)?;
+        }
+        let (generation, monitor) = match built.monitor {
+            Some(socket) => {
+                self.next_generation += 1;
+                let monitor = observe::spawn(
+                    socket,
+                    Scope::Vif(id, self.next_generation),
+                    self.net_tx.clone(),
+                )
+                .map_err(|source| Error::Io {
+                    what: format!("watching the neighbours of {}", v.netns),
+                    source,
+                })?;
+                (self.next_generation, Some(monitor))
+            }
+            None => {
+                let old = self.control_planes.remove(&id);
+                (
+                    old.as_ref().map_or(0, |c| c.generation),
+                    old.and_then(|c| c.monitor),
+                )
+            }
+        };
+        self.control_planes.insert(
+            id,
+            ControlPlane {
+                namespace: built.namespace,
+                generation,
+                monitor,
+                host_ifindex: built.host_ifindex,
+                mac: built.mac,
+            },
+        );
+        self.set_clients(id, &built.neighbours);
+        self.write_vif(id)?;
+        self.dirty.vifs.insert(id);
+        if recorded {
+            self.save_state()?;
+        }
+        Ok(())
+    }
+
+    /// Takes the client MACs of VIF `id` from a full read of its neighbours.
+    fn set_clients(&mut self, id: VifId, neighbours: &[Neighbour]) {
+        let Some(v) = self.model.vifs.get(&id) else {
+            return;
+        };
+        for (i, peer) in v.peers.iter().enumerate() {
+            let key = (id, i as u8);
+            match neighbours
+                .iter()
+                .find(|n| n.addr == peer.client_address)
+                .and_then(|n| n.mac)
+            {
+                Some(mac) => {
+                    self.observed.clients.insert(key, mac);
+                }
+                None => {
+                    self.observed.clients.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Removes what a VIF gone from the config left: its map entries, its port, its control
+    /// plane (the routes toward it are already gone).
+    pub(super) fn remove_vif_objects(&mut self, id: VifId, v: &model::Vif) -> Result<(), Error> {
+        self.apply.remove_vif(id.0)?;
+        self.apply.detach(&v.host_if)?;
+        self.control_planes.remove(&id);
+        vifcp::destroy(&v.netns, &v.host_if, &mut self.host)?;
+        let owned = self.owned();
+        owned.namespaces.remove(&v.netns);
+        owned.links.remove(&v.host_if);
+        self.observed.clients.retain(|(vif, _), _| *vif != id);
+        tracing::info!(vif = %v.name, "VIF deleted");
+        Ok(())
+    }
+
+    pub(super) fn handle_net_event(&mut self, event: NetEvent) -> Result<(), Error> {
+        match event {
+            NetEvent::Link(link) => {
+                // A renamed link: its old name is gone.
+                let renamed: Vec<String> = self
+                    .observed
+                    .links
+                    .iter()
+                    .filter(|(n, l)| l.index == link.index && **n != link.name)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for old in renamed {
+                    let before = self.observed.links.remove(&old);
+                    self.link_changed(&old, before);
+                }
+                let state = LinkState {
+                    index: link.index,
+                    up: link.up,
+                };
+                let before = self.observed.links.insert(link.name.clone(), state);
+                if before != Some(state) {
+                    self.link_changed(&link.name, before);
+                }
+            }
+            NetEvent::LinkGone { index, name } => {
+                if self
+                    .observed
+                    .links
+                    .get(&name)
+                    .is_some_and(|l| l.index == index)
+                {
+                    let before = self.observed.links.remove(&name);
+                    self.link_changed(&name, before);
+                }
+            }
+            NetEvent::Neighbour {
+                vif,
+                generation,
+                neighbour,
+            } => {
+                if self
+                    .control_planes
+                    .get(&vif)
+                    .is_none_or(|cp| cp.generation != generation)
+                {
+                    return Ok(());
+                }
+                let Some(v) = self.model.vifs.get(&vif) else {
+                    return Ok(());
+                };
+                for (i, peer) in v.peers.iter().enumerate() {
+                    if peer.client_address != neighbour.addr {
+                        continue;
+                    }
+                    let key = (vif, i as u8);
+                    let changed = match neighbour.mac {
+                        Some(mac) => self.observed.clients.insert(key, mac) != Some(mac),
+                        None => self.observed.clients.remove(&key).is_some(),
+                    };
+                    if changed {
+                        self.dirty.vifs.insert(vif);
+                    }
+                }
+            }
+            NetEvent::Resync(Scope::Host) => self.read_links()?,
+            NetEvent::Resync(Scope::Vif(vif, generation)) => {
+                let Some(cp) = self
+                    .control_planes
+                    .get(&vif)
+                    .filter(|cp| cp.generation == generation)
+                else {
+                    return Ok(());
+                };
+                let neighbours = vifcp::neighbours(&cp.namespace)?;
+                self.set_clients(vif, &neighbours);
+                self.dirty.vifs.insert(vif);
+            }
+            NetEvent::NetnsGone(name) => {
+                let vif = self
+                    .model
+                    .vifs
+                    .iter()
+                    .find(|(_, v)| v.netns == name)
+                    .map(|(id, _)| *id);
+                if let Some(vif) = vif
+                    && !netns::exists(&name)
+                    && let Err(e) = self.ensure_vif(vif)
+                {
+                    tracing::error!(vif = %self.model.vif_name(vif), error = %error_chain(&e), "restoring the control plane; retrying");
+                    self.retry.vifs.insert(vif);
+                }
+            }
+        }
+        Ok(())
+    }
+}

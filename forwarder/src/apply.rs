@@ -1,0 +1,780 @@
+//! The only writer of the maps. It knows what the maps hold (read once from the pinned maps
+//! at start, then kept in step with every write) and writes only the difference between that
+//! and what the plan wants, in an order that never lets traffic see a half-made state:
+//! VIF states, then next hops (members before the groups that list them), then route
+//! removals, then route writes (propagated and static before BGP), then next hops nothing
+//! points to any more. A full route map leaves the routes that do not fit pending (retried
+//! when space frees up), and a propagated or static route takes the place of a BGP one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use aya::programs::XdpMode;
+use forwarder_common::{Attachment, MAP_NEXT_HOPS, MAP_ROUTES, Vif, VifKey, VtepKey};
+use ipnet::Ipv4Net;
+
+use crate::{
+    dataplane::{self, AttachmentSpec, Dataplane, NextHopSpec, PortRole, VifSpec},
+    ids::{GatewayId, NextHopKey, Pool},
+    plan::{Changes, Desired, NextHop},
+    rib::{Candidate, Source},
+};
+
+pub use dataplane::Error;
+
+/// A port with XDP attached by this agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub role: PortRole,
+    pub ifindex: u32,
+}
+
+/// What one pass wrote and what it could not.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub written: usize,
+    pub removed: usize,
+    /// Next-hop ids were given out or released: the state file must be saved.
+    pub ids_changed: bool,
+    /// Failures other than a full route map (the first few), retried later.
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    fn error(&mut self, e: impl std::fmt::Display) {
+        if self.errors.len() < 8 {
+            self.errors.push(e.to_string());
+        }
+    }
+}
+
+/// A gateway's routes as the map holds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayRoutes {
+    pub installed: usize,
+    /// Selected but not in the map.
+    pub pending: usize,
+    /// Some of those wait for room in a full route map.
+    pub waiting_for_room: bool,
+}
+
+/// Why a selected route is not in the map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// The route map is full.
+    Full,
+    /// A write failed (the message says why); retried.
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct Programmed {
+    routes: HashMap<(GatewayId, Ipv4Net), (u32, Source)>,
+    per_gateway: HashMap<GatewayId, usize>,
+    /// Installed BGP routes: the ones to give up when a static route needs room.
+    bgp: BTreeSet<(GatewayId, Ipv4Net)>,
+    next_hops: HashMap<u32, NextHopSpec>,
+    /// Routes pointing to each next hop.
+    route_refs: HashMap<u32, u32>,
+    /// Groups listing each next hop.
+    member_refs: HashMap<u32, u32>,
+    vifs: BTreeMap<u32, Vif>,
+    vif_keys: HashMap<VifKey, u32>,
+    control_ports: HashMap<u32, u32>,
+    attachments: BTreeMap<u32, Attachment>,
+    vtep_keys: HashMap<VtepKey, u32>,
+    ports: BTreeMap<String, Port>,
+}
+
+fn bump(refs: &mut HashMap<u32, u32>, id: u32, up: bool) {
+    if up {
+        *refs.entry(id).or_default() += 1;
+    } else if let Some(n) = refs.get_mut(&id) {
+        *n -= 1;
+        if *n == 0 {
+            refs.remove(&id);
+        }
+    }
+}
+
+pub struct Apply {
+    dp: Dataplane,
+    mode: XdpMode,
+    programmed: Programmed,
+    /// Selected routes not in the map, most preferred source first.
+    pending: BTreeMap<(Source, GatewayId, Ipv4Net), Pending>,
+    /// Next hops no longer wanted but still referred to; cleared once nothing does.
+    deferred: BTreeSet<NextHopKey>,
+    route_capacity: u32,
+    next_hop_capacity: u32,
+}
+
+impl Apply {
+    /// Takes the data plane and reads what its (possibly re-adopted) maps hold.
+    pub fn new(dp: Dataplane, mode: XdpMode) -> Result<Self, Error> {
+        let mut p = Programmed::default();
+        for (gw, prefix, nh) in dp.routes()? {
+            // The source is not in the map; BGP is the safe guess (never kept over a
+            // static route) until the first full pass rewrites it.
+            let gateway = GatewayId(gw);
+            p.routes.insert((gateway, prefix), (nh, Source::Bgp));
+            p.bgp.insert((gateway, prefix));
+            *p.per_gateway.entry(gateway).or_default() += 1;
+            bump(&mut p.route_refs, nh, true);
+        }
+        for (id, entry) in dp.next_hops()? {
+            if let Some(spec) = NextHopSpec::from_entry(&entry) {
+                if let NextHopSpec::Group(members) = &spec {
+                    for m in members {
+                        bump(&mut p.member_refs, *m, true);
+                    }
+                }
+                p.next_hops.insert(id, spec);
+            }
+        }
+        p.vifs = dp.vif_entries()?.into_iter().collect();
+        p.vif_keys = dp.vif_keys()?.into_iter().collect();
+        p.control_ports = dp.control_ports()?.into_iter().collect();
+        p.attachments = dp.attachment_entries()?.into_iter().collect();
+        p.vtep_keys = dp.vtep_keys()?.into_iter().collect();
+        let route_capacity = dp.capacity(MAP_ROUTES)?;
+        let next_hop_capacity = dp
+            .capacity(MAP_NEXT_HOPS)?
+            .min(forwarder_common::MAX_NEXT_HOPS);
+        Ok(Self {
+            dp,
+            mode,
+            programmed: p,
+            pending: BTreeMap::new(),
+            deferred: BTreeSet::new(),
+            route_capacity,
+            next_hop_capacity,
+        })
+    }
+
+    /// For reads (counters, lookups): the maps are written only here.
+    pub fn dataplane(&self) -> &Dataplane {
+        &self.dp
+    }
+
+    pub fn route_capacity(&self) -> u32 {
+        self.route_capacity
+    }
+
+    pub fn next_hop_capacity(&self) -> u32 {
+        self.next_hop_capacity
+    }
+
+    pub fn routes_installed(&self) -> usize {
+        self.programmed.routes.len()
+    }
+
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// A gateway's routes in the map and waiting for it.
+    pub fn gateway_routes(&self, gateway: GatewayId) -> GatewayRoutes {
+        let mut out = GatewayRoutes {
+            installed: self
+                .programmed
+                .per_gateway
+                .get(&gateway)
+                .copied()
+                .unwrap_or(0),
+            ..GatewayRoutes::default()
+        };
+        for ((_, g, _), why) in &self.pending {
+            if *g == gateway {
+                out.pending += 1;
+                out.waiting_for_room |= *why == Pending::Full;
+            }
+        }
+        out
+    }
+
+    /// The next-hop id a route of the map holds.
+    pub fn installed(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<u32> {
+        self.programmed
+            .routes
+            .get(&(gateway, prefix))
+            .map(|(nh, _)| *nh)
+    }
+
+    pub fn pending(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<&Pending> {
+        [Source::Propagated, Source::Static, Source::Bgp]
+            .iter()
+            .find_map(|s| self.pending.get(&(*s, gateway, prefix)))
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || !self.deferred.is_empty()
+    }
+
+    // ---- ports -----------------------------------------------------------------------
+
+    pub fn port(&self, name: &str) -> Option<Port> {
+        self.programmed.ports.get(name).copied()
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = (&str, Port)> {
+        self.programmed.ports.iter().map(|(n, p)| (n.as_str(), *p))
+    }
+
+    /// Prepares `name` and attaches the program for `role` (re-adopting its pinned link).
+    pub fn attach(&mut self, name: &str, role: PortRole) -> Result<u32, Error> {
+        if role != PortRole::Control {
+            dataplane::prepare_port(name, role)?;
+        }
+        let ifindex = self.dp.attach(name, role, self.mode)?;
+        self.programmed
+            .ports
+            .insert(name.to_owned(), Port { role, ifindex });
+        Ok(ifindex)
+    }
+
+    /// Forgets a port whose interface is gone (the kernel detached it; the pin is stale).
+    pub fn forget_port(&mut self, name: &str) -> Result<(), Error> {
+        self.programmed.ports.remove(name);
+        self.dp.detach(name)
+    }
+
+    pub fn detach(&mut self, name: &str) -> Result<(), Error> {
+        self.programmed.ports.remove(name);
+        self.dp.detach(name)
+    }
+
+    /// Ports with a pinned link (ours, by the pin directory), attached by this run or not.
+    pub fn pinned_ports(&self) -> Vec<String> {
+        self.dp.pinned_ports()
+    }
+
+    // ---- VIFs and attachments ---------------------------------------------------------
+
+    /// Makes VIF `spec.id` what `spec` says: its slot, its one (port, VLAN) key, its control
+    /// port. Writes only what differs.
+    pub fn set_vif(&mut self, spec: &VifSpec) -> Result<(), Error> {
+        let p = &mut self.programmed;
+        let entry = spec.entry();
+        if p.vifs.get(&spec.id) != Some(&entry) {
+            // Slot first: a key never points to a stale slot.
+            self.dp.set_vif_slot(spec.id, entry)?;
+            p.vifs.insert(spec.id, entry);
+        }
+        let key = spec.key();
+        if p.vif_keys.get(&key) != Some(&spec.id) {
+            self.dp.set_vif_key(key, spec.id)?;
+            p.vif_keys.insert(key, spec.id);
+        }
+        let stale: Vec<VifKey> = p
+            .vif_keys
+            .iter()
+            .filter(|(k, id)| **id == spec.id && **k != key)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.dp.remove_vif_key(k)?;
+            p.vif_keys.remove(&k);
+        }
+        if spec.control_ifindex != 0 {
+            if p.control_ports.get(&spec.control_ifindex) != Some(&spec.id) {
+                self.dp.set_control_port(spec.control_ifindex, spec.id)?;
+                p.control_ports.insert(spec.control_ifindex, spec.id);
+            }
+            self.dp.add_tx_port(spec.control_ifindex)?;
+        }
+        let stale: Vec<u32> = p
+            .control_ports
+            .iter()
+            .filter(|(ifindex, id)| **id == spec.id && **ifindex != spec.control_ifindex)
+            .map(|(ifindex, _)| *ifindex)
+            .collect();
+        for ifindex in stale {
+            self.dp.remove_control_port(ifindex)?;
+            p.control_ports.remove(&ifindex);
+        }
+        Ok(())
+    }
+
+    /// Changes a VIF's state (one write).
+    pub fn set_vif_state(&mut self, id: u32, state: u32) -> Result<(), Error> {
+        let Some(entry) = self.programmed.vifs.get_mut(&id) else {
+            return Ok(());
+        };
+        if entry.state != state {
+            let mut new = *entry;
+            new.state = state;
+            self.dp.set_vif_slot(id, new)?;
+            *entry = new;
+        }
+        Ok(())
+    }
+
+    pub fn vif_state(&self, id: u32) -> Option<u32> {
+        self.programmed.vifs.get(&id).map(|v| v.state)
+    }
+
+    /// Removes a VIF: its keys first (no new frame finds it), its control port, its slot.
+    pub fn remove_vif(&mut self, id: u32) -> Result<(), Error> {
+        let p = &mut self.programmed;
+        let keys: Vec<VifKey> = p
+            .vif_keys
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.dp.remove_vif_key(k)?;
+            p.vif_keys.remove(&k);
+        }
+        let ports: Vec<u32> = p
+            .control_ports
+            .iter()
+            .filter(|(_, v)| **v == id)
+            .map(|(i, _)| *i)
+            .collect();
+        for ifindex in ports {
+            self.dp.remove_control_port(ifindex)?;
+            p.control_ports.remove(&ifindex);
+        }
+        if p.vifs.remove(&id).is_some() {
+            self.dp.clear_vif(id)?;
+        }
+        Ok(())
+    }
+
+    /// VIF slots and keys in use, by id.
+    pub fn vif_ids(&self) -> BTreeSet<u32> {
+        self.programmed
+            .vifs
+            .keys()
+            .chain(self.programmed.vif_keys.values())
+            .chain(self.programmed.control_ports.values())
+            .copied()
+            .collect()
+    }
+
+    /// Makes attachment `spec.id` what `spec` says (slot, one key), writing what differs.
+    pub fn set_attachment(&mut self, spec: &AttachmentSpec) -> Result<(), Error> {
+        let p = &mut self.programmed;
+        let entry = spec.entry();
+        if p.attachments.get(&spec.id) != Some(&entry) {
+            self.dp.set_attachment_slot(spec.id, entry)?;
+            p.attachments.insert(spec.id, entry);
+        }
+        let key = spec.key();
+        if p.vtep_keys.get(&key) != Some(&spec.id) {
+            self.dp.set_vtep_key(key, spec.id)?;
+            p.vtep_keys.insert(key, spec.id);
+        }
+        let stale: Vec<VtepKey> = p
+            .vtep_keys
+            .iter()
+            .filter(|(k, id)| **id == spec.id && **k != key)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.dp.remove_vtep_key(k)?;
+            p.vtep_keys.remove(&k);
+        }
+        Ok(())
+    }
+
+    pub fn remove_attachment(&mut self, id: u32) -> Result<(), Error> {
+        let p = &mut self.programmed;
+        let keys: Vec<VtepKey> = p
+            .vtep_keys
+            .iter()
+            .filter(|(_, a)| **a == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.dp.remove_vtep_key(k)?;
+            p.vtep_keys.remove(&k);
+        }
+        if p.attachments.remove(&id).is_some() {
+            self.dp.clear_attachment(id)?;
+        }
+        Ok(())
+    }
+
+    pub fn attachment_ids(&self) -> BTreeSet<u32> {
+        self.programmed
+            .attachments
+            .keys()
+            .chain(self.programmed.vtep_keys.values())
+            .copied()
+            .collect()
+    }
+
+    // ---- next hops and routes -----------------------------------------------------------
+
+    fn spec_of(nh: &NextHop, pool: &Pool<NextHopKey>) -> Option<NextHopSpec> {
+        Some(match nh {
+            NextHop::Attachment(a) => NextHopSpec::Attachment(a.0),
+            NextHop::Vif { vif, mac } => NextHopSpec::Vif {
+                vif: vif.0,
+                mac: *mac,
+            },
+            NextHop::Group(members) => NextHopSpec::Group(
+                members
+                    .iter()
+                    .map(|m| pool.get(m))
+                    .collect::<Option<Vec<u32>>>()?,
+            ),
+        })
+    }
+
+    fn write_next_hop(&mut self, id: u32, spec: NextHopSpec) -> Result<(), Error> {
+        if self.programmed.next_hops.get(&id) == Some(&spec) {
+            return Ok(());
+        }
+        self.dp.set_next_hop(id, &spec)?;
+        let p = &mut self.programmed;
+        if let Some(NextHopSpec::Group(old)) = p.next_hops.get(&id) {
+            for m in old.clone() {
+                bump(&mut p.member_refs, m, false);
+            }
+        }
+        if let NextHopSpec::Group(new) = &spec {
+            for m in new {
+                bump(&mut p.member_refs, *m, true);
+            }
+        }
+        p.next_hops.insert(id, spec);
+        Ok(())
+    }
+
+    /// Clears a next hop nothing refers to; false (and nothing done) while something does.
+    fn clear_next_hop(
+        &mut self,
+        key: NextHopKey,
+        pool: &mut Pool<NextHopKey>,
+    ) -> Result<bool, Error> {
+        let Some(id) = pool.get(&key) else {
+            return Ok(true);
+        };
+        let p = &self.programmed;
+        if p.route_refs.contains_key(&id) || p.member_refs.contains_key(&id) {
+            return Ok(false);
+        }
+        if p.next_hops.contains_key(&id) {
+            self.dp.clear_next_hop(id)?;
+            let p = &mut self.programmed;
+            if let Some(NextHopSpec::Group(old)) = p.next_hops.remove(&id) {
+                for m in old {
+                    bump(&mut p.member_refs, m, false);
+                }
+            }
+        }
+        pool.release(&key);
+        Ok(true)
+    }
+
+    fn remove_route(&mut self, gateway: GatewayId, prefix: Ipv4Net) -> Result<(), Error> {
+        let Some((nh, _)) = self.programmed.routes.get(&(gateway, prefix)).copied() else {
+            return Ok(());
+        };
+        self.dp.remove_route(gateway.0, prefix)?;
+        self.forget_route(gateway, prefix, nh);
+        Ok(())
+    }
+
+    fn forget_route(&mut self, gateway: GatewayId, prefix: Ipv4Net, nh: u32) {
+        let p = &mut self.programmed;
+        p.routes.remove(&(gateway, prefix));
+        p.bgp.remove(&(gateway, prefix));
+        bump(&mut p.route_refs, nh, false);
+        if let Some(n) = p.per_gateway.get_mut(&gateway) {
+            *n -= 1;
+            if *n == 0 {
+                p.per_gateway.remove(&gateway);
+            }
+        }
+    }
+
+    /// Gives up one installed BGP route (made pending) to make room; false if there is none.
+    fn evict_bgp(&mut self) -> Result<bool, Error> {
+        let Some((gateway, prefix)) = self.programmed.bgp.last().copied() else {
+            return Ok(false);
+        };
+        tracing::warn!(gateway = %gateway, prefix = %prefix, "route map full: a BGP route makes room for a propagated or static one");
+        self.remove_route(gateway, prefix)?;
+        self.pending
+            .insert((Source::Bgp, gateway, prefix), Pending::Full);
+        Ok(true)
+    }
+
+    /// Writes one selected route; on a full map it is left pending (a propagated or static
+    /// route first takes the place of a BGP one).
+    fn install(
+        &mut self,
+        gateway: GatewayId,
+        prefix: Ipv4Net,
+        candidate: Candidate,
+        pool: &Pool<NextHopKey>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        for s in [Source::Propagated, Source::Static, Source::Bgp] {
+            self.pending.remove(&(s, gateway, prefix));
+        }
+        let pending_key = (candidate.source, gateway, prefix);
+        let Some(nh) = pool
+            .get(&candidate.target.next_hop())
+            .filter(|id| self.programmed.next_hops.contains_key(id))
+        else {
+            self.pending.insert(
+                pending_key,
+                Pending::Failed("its next hop could not be written".into()),
+            );
+            return Ok(());
+        };
+        let old = self.programmed.routes.get(&(gateway, prefix)).copied();
+        if old.map(|(id, _)| id) == Some(nh) {
+            self.note_source(gateway, prefix, nh, candidate.source);
+            return Ok(());
+        }
+        let mut result = self.dp.upsert_route(gateway.0, prefix, nh);
+        if matches!(result, Err(Error::RouteMapFull))
+            && candidate.source != Source::Bgp
+            && self.evict_bgp()?
+        {
+            result = self.dp.upsert_route(gateway.0, prefix, nh);
+        }
+        match result {
+            Ok(()) => {
+                if let Some((old_nh, _)) = old {
+                    self.forget_route(gateway, prefix, old_nh);
+                }
+                let p = &mut self.programmed;
+                p.routes.insert((gateway, prefix), (nh, candidate.source));
+                *p.per_gateway.entry(gateway).or_default() += 1;
+                bump(&mut p.route_refs, nh, true);
+                self.note_source(gateway, prefix, nh, candidate.source);
+                report.written += 1;
+            }
+            Err(Error::RouteMapFull) => {
+                self.pending.insert(pending_key, Pending::Full);
+            }
+            Err(e) => {
+                report.error(format!("route {prefix} of gateway {gateway}: {e}"));
+                self.pending
+                    .insert(pending_key, Pending::Failed(crate::agent::error_chain(&e)));
+            }
+        }
+        Ok(())
+    }
+
+    fn note_source(&mut self, gateway: GatewayId, prefix: Ipv4Net, nh: u32, source: Source) {
+        let p = &mut self.programmed;
+        p.routes.insert((gateway, prefix), (nh, source));
+        if source == Source::Bgp {
+            p.bgp.insert((gateway, prefix));
+        } else {
+            p.bgp.remove(&(gateway, prefix));
+        }
+    }
+
+    /// Writes what `changes` moved (everything, for a full plan) so that the maps hold
+    /// `desired`. Next-hop ids come from `pool` (allocated for new next hops, released for
+    /// those cleared).
+    pub fn sync(
+        &mut self,
+        desired: &Desired,
+        changes: &Changes,
+        pool: &mut Pool<NextHopKey>,
+    ) -> Result<Report, Error> {
+        let mut report = Report::default();
+        pool.set_capacity(self.next_hop_capacity);
+
+        // VIF states.
+        let states: Vec<(u32, u32)> = if changes.full {
+            desired.vifs.iter().map(|(v, s)| (v.0, s.value())).collect()
+        } else {
+            changes.vifs.iter().map(|(v, s)| (v.0, s.value())).collect()
+        };
+        for (id, state) in states {
+            self.set_vif_state(id, state)?;
+        }
+
+        // Next hops: which keys to look at.
+        let mut keys: BTreeSet<NextHopKey> = changes.next_hops.clone();
+        if changes.full {
+            keys.extend(desired.next_hops.keys().copied());
+            let ids: Vec<u32> = self.programmed.next_hops.keys().copied().collect();
+            for id in ids {
+                match pool.key(id) {
+                    Some(key) => {
+                        keys.insert(*key);
+                    }
+                    None => {
+                        // A slot no state file explained: reserved until unused.
+                        let key = NextHopKey::Pinned { id };
+                        if pool.reserve(key, id) {
+                            report.ids_changed = true;
+                        }
+                        keys.insert(key);
+                    }
+                }
+            }
+            // Ids the state file holds for nothing programmed or wanted.
+            let stale: Vec<NextHopKey> = pool
+                .iter()
+                .filter(|(k, id)| {
+                    !desired.next_hops.contains_key(k)
+                        && !self.programmed.next_hops.contains_key(id)
+                        && !self.programmed.route_refs.contains_key(id)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for key in stale {
+                pool.release(&key);
+                report.ids_changed = true;
+            }
+        }
+        let (mut upserts, mut removals): (Vec<NextHopKey>, Vec<NextHopKey>) = keys
+            .into_iter()
+            .partition(|k| desired.next_hops.contains_key(k));
+        // Members before the groups that list them.
+        upserts.sort_by_key(|k| matches!(desired.next_hops.get(k), Some(NextHop::Group(_))));
+        for key in upserts {
+            let Some(nh) = desired.next_hops.get(&key) else {
+                continue;
+            };
+            let had = pool.get(&key).is_some();
+            let id = match pool.allocate(&key) {
+                Ok(id) => id,
+                Err(e) => {
+                    report.error(e);
+                    continue;
+                }
+            };
+            report.ids_changed |= !had;
+            self.deferred.remove(&key);
+            let Some(spec) = Self::spec_of(nh, pool) else {
+                report.error(format!("next hop {key:?}: a member has no slot"));
+                continue;
+            };
+            if let Err(e) = self.write_next_hop(id, spec) {
+                report.error(format!("next hop {key:?}: {e}"));
+            }
+        }
+
+        // Routes: removals first (they also make room), then writes by preference.
+        let mut routes: Vec<(GatewayId, Ipv4Net)> = changes
+            .routes
+            .iter()
+            .map(|c| (c.gateway, c.prefix))
+            .collect();
+        if changes.full {
+            routes.extend(self.programmed.routes.keys().copied());
+            routes.extend(self.pending.keys().map(|(_, g, p)| (*g, *p)));
+            routes.extend(
+                desired
+                    .routes
+                    .iter()
+                    .flat_map(|(g, t)| t.keys().map(move |p| (*g, *p))),
+            );
+            routes.sort_unstable();
+            routes.dedup();
+        }
+        let mut writes: Vec<(Source, GatewayId, Ipv4Net, Candidate)> = Vec::new();
+        for (gateway, prefix) in routes {
+            match desired.route(gateway, prefix) {
+                Some(c) => writes.push((c.source, gateway, prefix, c)),
+                None => {
+                    for s in [Source::Propagated, Source::Static, Source::Bgp] {
+                        self.pending.remove(&(s, gateway, prefix));
+                    }
+                    if self.programmed.routes.contains_key(&(gateway, prefix)) {
+                        match self.remove_route(gateway, prefix) {
+                            Ok(()) => report.removed += 1,
+                            Err(e) => report.error(format!("removing {prefix}: {e}")),
+                        }
+                    }
+                }
+            }
+        }
+        writes.sort_unstable_by_key(|(s, g, p, _)| (*s, *g, *p));
+        for (_, gateway, prefix, candidate) in writes {
+            self.install(gateway, prefix, candidate, pool, &mut report)?;
+        }
+        if report.removed > 0 && !self.pending.is_empty() {
+            self.retry_pending(desired, pool, &mut report)?;
+        }
+
+        // Next hops nothing wants: groups first (they free their members).
+        removals.extend(self.deferred.iter().copied());
+        removals.sort_by_key(|k| {
+            !matches!(
+                pool.get(k)
+                    .and_then(|id| self.programmed.next_hops.get(&id)),
+                Some(NextHopSpec::Group(_))
+            )
+        });
+        removals.dedup();
+        for key in removals {
+            if desired.next_hops.contains_key(&key) {
+                self.deferred.remove(&key);
+                continue;
+            }
+            match self.clear_next_hop(key, pool) {
+                Ok(true) => {
+                    self.deferred.remove(&key);
+                    report.ids_changed = true;
+                }
+                Ok(false) => {
+                    self.deferred.insert(key);
+                }
+                Err(e) => {
+                    self.deferred.insert(key);
+                    report.error(format!("clearing next hop {key:?}: {e}"));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn retry_pending(
+        &mut self,
+        desired: &Desired,
+        pool: &Pool<NextHopKey>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let keys: Vec<(Source, GatewayId, Ipv4Net)> = self.pending.keys().copied().collect();
+        for (source, gateway, prefix) in keys {
+            let Some(c) = desired.route(gateway, prefix) else {
+                self.pending.remove(&(source, gateway, prefix));
+                continue;
+            };
+            self.install(gateway, prefix, c, pool, report)?;
+            // BGP routes that do not fit: the rest will not either.
+            if c.source == Source::Bgp
+                && matches!(
+                    self.pending.get(&(c.source, gateway, prefix)),
+                    Some(Pending::Full)
+                )
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Retries pending routes and deferred next-hop removals (a timer while there are any).
+    pub fn retry(
+        &mut self,
+        desired: &Desired,
+        pool: &mut Pool<NextHopKey>,
+    ) -> Result<Report, Error> {
+        let mut report = Report::default();
+        self.retry_pending(desired, pool, &mut report)?;
+        let deferred: Vec<NextHopKey> = self.deferred.iter().copied().collect();
+        for key in deferred {
+            if desired.next_hops.contains_key(&key) || self.clear_next_hop(key, pool)? {
+                self.deferred.remove(&key);
+                report.ids_changed = true;
+            }
+        }
+        Ok(report)
+    }
+}

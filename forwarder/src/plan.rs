@@ -1,0 +1,500 @@
+//! What the data plane should hold, computed from the model, what was observed of the host
+//! (links, client router MACs), the BGP sessions that are up and the route tables. Pure: no
+//! maps, no I/O, no clock; `apply` turns the result into map writes.
+//!
+//! [`Desired::update`] recomputes only what a change touches (a VIF, a set of prefixes) and
+//! says what moved; a full plan is the same update with everything dirty, so the incremental
+//! path and the full one cannot disagree (a unit test holds them to it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use forwarder_common::vif_state;
+use ipnet::Ipv4Net;
+
+use crate::{
+    config::Routing,
+    ids::{AttachmentId, GatewayId, NextHopKey, VifId},
+    model::Model,
+    rib::{Candidate, Rib, Source, Target},
+};
+
+/// A session: (VIF, index of its `[[vif.peer]]`).
+pub type SessionKey = (VifId, u8);
+
+/// BGP routes held: per (VIF, prefix), the mask of the VIF's sessions that announced it.
+pub type BgpMasks = HashMap<(VifId, Ipv4Net), u8>;
+
+/// A link of the agent's namespace as last seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub up: bool,
+}
+
+/// What the agent has observed of the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Links of the agent's namespace by name (ports).
+    pub links: BTreeMap<String, LinkState>,
+    /// Resolved client router MACs per (VIF, peer index).
+    pub clients: BTreeMap<SessionKey, [u8; 6]>,
+}
+
+impl Observed {
+    pub fn port_up(&self, name: &str) -> bool {
+        self.links.get(name).is_some_and(|l| l.up)
+    }
+}
+
+/// The plan's inputs.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub model: &'a Model,
+    pub observed: &'a Observed,
+    pub sessions_up: &'a BTreeSet<SessionKey>,
+    pub rib: &'a Rib,
+}
+
+/// VIF states the plan decides (`deleting` is the agent's, while it removes a VIF).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VifState {
+    Configuring,
+    Available,
+    Unavailable,
+}
+
+impl VifState {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Configuring => "configuring",
+            Self::Available => "available",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The value of [`forwarder_common::Vif::state`].
+    pub const fn value(self) -> u32 {
+        match self {
+            Self::Configuring => vif_state::CONFIGURING,
+            Self::Available => vif_state::AVAILABLE,
+            Self::Unavailable => vif_state::UNAVAILABLE,
+        }
+    }
+
+    /// The state a VIF table entry holds, if it is one the plan decides.
+    pub const fn from_value(value: u32) -> Option<Self> {
+        match value {
+            vif_state::CONFIGURING => Some(Self::Configuring),
+            vif_state::AVAILABLE => Some(Self::Available),
+            vif_state::UNAVAILABLE => Some(Self::Unavailable),
+            _ => None,
+        }
+    }
+}
+
+/// A next hop as routes see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NextHop {
+    Attachment(AttachmentId),
+    /// A VIF and the client router MAC frames toward it carry.
+    Vif {
+        vif: VifId,
+        mac: [u8; 6],
+    },
+    /// Member next hops (each an attachment or VIF next hop), chosen by flow hash.
+    Group(Vec<NextHopKey>),
+}
+
+/// What the data plane should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub vifs: BTreeMap<VifId, VifState>,
+    pub next_hops: BTreeMap<NextHopKey, NextHop>,
+    /// The selected route of every prefix, per gateway.
+    pub routes: BTreeMap<GatewayId, HashMap<Ipv4Net, Candidate>>,
+}
+
+/// What changed since the last plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Everything (start, reload).
+    pub all: bool,
+    pub vifs: BTreeSet<VifId>,
+    pub prefixes: BTreeSet<(GatewayId, Ipv4Net)>,
+}
+
+impl Dirty {
+    pub fn all() -> Self {
+        Self {
+            all: true,
+            ..Self::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.vifs.is_empty() && self.prefixes.is_empty()
+    }
+}
+
+/// One prefix whose selected route changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteChange {
+    pub gateway: GatewayId,
+    pub prefix: Ipv4Net,
+    pub old: Option<Candidate>,
+    pub new: Option<Candidate>,
+}
+
+/// What an update moved: the work `apply` has to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Everything was planned again: apply compares all of it with the maps.
+    pub full: bool,
+    pub vifs: Vec<(VifId, VifState)>,
+    /// Next hops added, changed or removed.
+    pub next_hops: BTreeSet<NextHopKey>,
+    pub routes: Vec<RouteChange>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.vifs.is_empty() && self.next_hops.is_empty() && self.routes.is_empty()
+    }
+}
+
+/// A VIF's state: `available` when its port is up and at least one client router can take
+/// traffic; before it ever was, `configuring`; after, `unavailable`.
+pub fn vif_state(inputs: &Inputs<'_>, vif: VifId, previous: VifState) -> VifState {
+    let Some(v) = inputs.model.vifs.get(&vif) else {
+        return VifState::Unavailable;
+    };
+    if inputs.observed.port_up(&v.port) && !eligible_peers(inputs, vif).is_empty() {
+        VifState::Available
+    } else if previous == VifState::Configuring {
+        VifState::Configuring
+    } else {
+        VifState::Unavailable
+    }
+}
+
+/// The client routers of a VIF that can take traffic: MAC resolved and, for BGP, session up.
+pub fn eligible_peers(inputs: &Inputs<'_>, vif: VifId) -> Vec<(u8, [u8; 6])> {
+    let Some(v) = inputs.model.vifs.get(&vif) else {
+        return Vec::new();
+    };
+    let bgp = v.routing == Routing::Bgp;
+    (0..v.peers.len() as u8)
+        .filter_map(|i| Some((i, *inputs.observed.clients.get(&(vif, i))?)))
+        .filter(|(i, _)| !bgp || inputs.sessions_up.contains(&(vif, *i)))
+        .collect()
+}
+
+/// A VIF's next hops in `state`: one per eligible client router, a group of all of them
+/// (routes toward the VIF), and for BGP one group per set of sessions a route can be held by
+/// (every mask, not only those routes use now: when a session is lost, the group of the
+/// routes it shared loses it in one write, before those routes move).
+pub fn vif_next_hops(
+    inputs: &Inputs<'_>,
+    vif: VifId,
+    state: VifState,
+) -> BTreeMap<NextHopKey, NextHop> {
+    let mut out = BTreeMap::new();
+    let Some(v) = inputs.model.vifs.get(&vif) else {
+        return out;
+    };
+    if state != VifState::Available {
+        return out;
+    }
+    let eligible = eligible_peers(inputs, vif);
+    if eligible.is_empty() {
+        return out;
+    }
+    for (peer, mac) in &eligible {
+        out.insert(
+            NextHopKey::VifPeer { vif, peer: *peer },
+            NextHop::Vif { vif, mac: *mac },
+        );
+    }
+    out.insert(
+        NextHopKey::Vif { vif },
+        NextHop::Group(
+            eligible
+                .iter()
+                .map(|(peer, _)| NextHopKey::VifPeer { vif, peer: *peer })
+                .collect(),
+        ),
+    );
+    if v.routing == Routing::Bgp {
+        for mask in 1..(1u16 << v.peers.len()) {
+            let mask = mask as u8;
+            let members: Vec<NextHopKey> = eligible
+                .iter()
+                .filter(|(peer, _)| mask & (1 << peer) != 0)
+                .map(|(peer, _)| NextHopKey::VifPeer { vif, peer: *peer })
+                .collect();
+            if !members.is_empty() {
+                out.insert(NextHopKey::VifPeers { vif, mask }, NextHop::Group(members));
+            }
+        }
+    }
+    out
+}
+
+/// Every candidate route the model and the BGP routes make.
+pub fn build_rib(model: &Model, bgp: &BgpMasks) -> Rib {
+    let mut rib = Rib::default();
+    for (id, att) in &model.attachments {
+        for prefix in &att.propagate {
+            rib.insert(
+                att.gateway,
+                *prefix,
+                Candidate {
+                    source: Source::Propagated,
+                    target: Target::Attachment(*id),
+                },
+            );
+        }
+    }
+    for ((gateway, prefix), s) in &model.statics {
+        rib.insert(
+            *gateway,
+            *prefix,
+            Candidate {
+                source: Source::Static,
+                target: s.target,
+            },
+        );
+    }
+    for ((vif, prefix), mask) in bgp {
+        if let Some(v) = model.vifs.get(vif) {
+            rib.insert(
+                v.gateway,
+                *prefix,
+                Candidate {
+                    source: Source::Bgp,
+                    target: Target::VifPeers(*vif, *mask),
+                },
+            );
+        }
+    }
+    rib
+}
+
+fn vif_keys(next_hops: &BTreeMap<NextHopKey, NextHop>, vif: VifId) -> Vec<NextHopKey> {
+    let peers = NextHopKey::VifPeer { vif, peer: 0 }..=NextHopKey::VifPeer { vif, peer: u8::MAX };
+    let masks = NextHopKey::VifPeers { vif, mask: 0 }..=NextHopKey::VifPeers { vif, mask: u8::MAX };
+    next_hops
+        .range(peers)
+        .chain(next_hops.range(masks))
+        .map(|(k, _)| *k)
+        .chain(
+            next_hops
+                .get_key_value(&NextHopKey::Vif { vif })
+                .map(|(k, _)| *k),
+        )
+        .collect()
+}
+
+impl Desired {
+    /// The route of `prefix` the data plane should use: the most preferred candidate whose
+    /// next hop exists (a target that cannot carry traffic lets a less preferred one win).
+    pub fn select(&self, rib: &Rib, gateway: GatewayId, prefix: Ipv4Net) -> Option<Candidate> {
+        rib.candidates(gateway, prefix)
+            .iter()
+            .find(|c| self.next_hops.contains_key(&c.target.next_hop()))
+            .copied()
+    }
+
+    pub fn route(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<Candidate> {
+        self.routes.get(&gateway)?.get(&prefix).copied()
+    }
+
+    /// Brings the plan up to date with `inputs` for what `dirty` names, and returns what moved.
+    pub fn update(&mut self, inputs: &Inputs<'_>, dirty: &Dirty) -> Changes {
+        let mut changes = Changes {
+            full: dirty.all,
+            ..Changes::default()
+        };
+        let model = inputs.model;
+        let mut prefixes: BTreeSet<(GatewayId, Ipv4Net)> = dirty.prefixes.clone();
+
+        // Attachments: one next hop each, whatever happens.
+        if dirty.all {
+            let wanted: BTreeMap<NextHopKey, NextHop> = model
+                .attachments
+                .keys()
+                .map(|a| {
+                    (
+                        NextHopKey::Attachment { attachment: *a },
+                        NextHop::Attachment(*a),
+                    )
+                })
+                .collect();
+            let stale: Vec<NextHopKey> = self
+                .next_hops
+                .keys()
+                .filter(|k| matches!(k, NextHopKey::Attachment { .. } | NextHopKey::Pinned { .. }))
+                .filter(|k| !wanted.contains_key(k))
+                .copied()
+                .collect();
+            for key in stale {
+                self.next_hops.remove(&key);
+                changes.next_hops.insert(key);
+            }
+            for (key, nh) in wanted {
+                if self.next_hops.get(&key) != Some(&nh) {
+                    self.next_hops.insert(key, nh);
+                    changes.next_hops.insert(key);
+                }
+            }
+        }
+
+        // VIFs: state and next hops; a VIF whose set of next hops changed re-selects the
+        // prefixes that have a candidate toward it.
+        let vifs: BTreeSet<VifId> = if dirty.all {
+            model
+                .vifs
+                .keys()
+                .chain(self.vifs.keys())
+                .copied()
+                .chain(self.next_hops.keys().filter_map(NextHopKey::vif))
+                .collect()
+        } else {
+            dirty.vifs.clone()
+        };
+        for vif in vifs {
+            let exists = model.vifs.contains_key(&vif);
+            let previous = self.vifs.get(&vif).copied();
+            let state =
+                exists.then(|| vif_state(inputs, vif, previous.unwrap_or(VifState::Configuring)));
+            match state {
+                Some(s) => {
+                    if previous != Some(s) {
+                        changes.vifs.push((vif, s));
+                    }
+                    self.vifs.insert(vif, s);
+                }
+                None => {
+                    self.vifs.remove(&vif);
+                }
+            }
+            let wanted = state.map_or_else(BTreeMap::new, |s| vif_next_hops(inputs, vif, s));
+            let present = vif_keys(&self.next_hops, vif);
+            let mut keys_moved = false;
+            for key in present.iter().filter(|k| !wanted.contains_key(k)) {
+                self.next_hops.remove(key);
+                changes.next_hops.insert(*key);
+                keys_moved = true;
+            }
+            for (key, nh) in wanted {
+                match self.next_hops.get(&key) {
+                    Some(old) if *old == nh => {}
+                    old => {
+                        keys_moved |= old.is_none();
+                        self.next_hops.insert(key, nh);
+                        changes.next_hops.insert(key);
+                    }
+                }
+            }
+            if keys_moved && !dirty.all {
+                match model.vifs.get(&vif) {
+                    Some(v) => prefixes.extend(inputs.rib.toward(vif).map(|p| (v.gateway, p))),
+                    // A VIF gone from the model: the rib no longer lists prefixes toward it,
+                    // but routes selected toward it must go (rare: a whole-table scan).
+                    None => prefixes.extend(self.routes.iter().flat_map(|(g, t)| {
+                        t.iter()
+                            .filter(|(_, c)| c.target.vif() == Some(vif))
+                            .map(move |(p, _)| (*g, *p))
+                    })),
+                }
+            }
+        }
+
+        // Routes.
+        if dirty.all {
+            prefixes.extend(inputs.rib.prefixes());
+            prefixes.extend(
+                self.routes
+                    .iter()
+                    .flat_map(|(g, t)| t.keys().map(move |p| (*g, *p))),
+            );
+        }
+        for (gateway, prefix) in prefixes {
+            let new = if model.gateways.contains_key(&gateway) {
+                self.select(inputs.rib, gateway, prefix)
+            } else {
+                None
+            };
+            let old = self.route(gateway, prefix);
+            if old == new {
+                continue;
+            }
+            match new {
+                Some(c) => {
+                    self.routes.entry(gateway).or_default().insert(prefix, c);
+                }
+                None => {
+                    if let Some(t) = self.routes.get_mut(&gateway) {
+                        t.remove(&prefix);
+                        if t.is_empty() {
+                            self.routes.remove(&gateway);
+                        }
+                    }
+                }
+            }
+            changes.routes.push(RouteChange {
+                gateway,
+                prefix,
+                old,
+                new,
+            });
+        }
+        changes
+    }
+
+    /// What a session of `vif` should advertise: every route selected in its gateway except
+    /// those toward the VIF itself.
+    pub fn exports(&self, model: &Model, vif: VifId) -> BTreeSet<Ipv4Net> {
+        let Some(v) = model.vifs.get(&vif) else {
+            return BTreeSet::new();
+        };
+        self.routes
+            .get(&v.gateway)
+            .into_iter()
+            .flatten()
+            .filter(|(_, c)| c.target.vif() != Some(vif))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
+
+/// What each established session must announce and withdraw after `changes`.
+pub fn export_changes(
+    changes: &Changes,
+    model: &Model,
+    sessions_up: &BTreeSet<SessionKey>,
+) -> BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> {
+    let mut out: BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> = BTreeMap::new();
+    for change in &changes.routes {
+        for vif in model.vifs_of_gateway(change.gateway) {
+            let exported = |c: Option<Candidate>| c.is_some_and(|c| c.target.vif() != Some(*vif));
+            let (was, now) = (exported(change.old), exported(change.new));
+            if was == now {
+                continue;
+            }
+            let sessions = sessions_up.range((*vif, 0)..=(*vif, u8::MAX));
+            for session in sessions {
+                let entry = out.entry(*session).or_default();
+                if now {
+                    entry.0.push(change.prefix);
+                } else {
+                    entry.1.push(change.prefix);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

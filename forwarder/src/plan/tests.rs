@@ -1,0 +1,567 @@
+//! The plan without root: VIF states, next hops and groups, selection, exports, the
+//! incremental path against the full one, and ids at the maps' full capacity.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use forwarder_tests::fixture::{Fixture, Vif};
+use ipnet::Ipv4Net;
+
+use super::*;
+use crate::{
+    config,
+    ids::{GatewayId, NextHopKey, VifId},
+    model::Model,
+    state::Ids,
+};
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().expect("prefix")
+}
+
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+/// A gateway as the agent would hold it, driven by hand.
+struct World {
+    model: Model,
+    observed: Observed,
+    up: BTreeSet<SessionKey>,
+    masks: BgpMasks,
+    rib: Rib,
+    desired: Desired,
+}
+
+impl World {
+    fn new(fixture: &Fixture) -> Self {
+        let config = config::parse(&fixture.toml(), "test.toml").expect("valid fixture");
+        let mut ids = Ids::default();
+        let model = Model::build(&config, &[], &mut ids).expect("ids");
+        let masks = BgpMasks::new();
+        let rib = build_rib(&model, &masks);
+        Self {
+            model,
+            observed: Observed::default(),
+            up: BTreeSet::new(),
+            masks,
+            rib,
+            desired: Desired::default(),
+        }
+    }
+
+    fn vif(&self, name: &str) -> VifId {
+        self.model.vif_id(name).expect("vif")
+    }
+
+    fn gateway(&self) -> GatewayId {
+        self.model.gateway_id("bgw-1").expect("gateway")
+    }
+
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            model: &self.model,
+            observed: &self.observed,
+            sessions_up: &self.up,
+            rib: &self.rib,
+        }
+    }
+
+    fn update(&mut self, dirty: &Dirty) -> Changes {
+        let inputs = Inputs {
+            model: &self.model,
+            observed: &self.observed,
+            sessions_up: &self.up,
+            rib: &self.rib,
+        };
+        self.desired.update(&inputs, dirty)
+    }
+
+    /// The plan from scratch (VIF states carry over: `configuring` is history).
+    fn full(&self) -> Desired {
+        let mut d = Desired {
+            vifs: self.desired.vifs.clone(),
+            ..Desired::default()
+        };
+        d.update(&self.inputs(), &Dirty::all());
+        d
+    }
+
+    fn port(&mut self, name: &str, up: bool) -> Dirty {
+        self.observed
+            .links
+            .insert(name.to_owned(), LinkState { index: 7, up });
+        Dirty {
+            vifs: self.model.vifs_on_port(name).iter().copied().collect(),
+            ..Dirty::default()
+        }
+    }
+
+    fn client(&mut self, vif: VifId, peer: u8, mac: Option<[u8; 6]>) -> Dirty {
+        match mac {
+            Some(m) => self.observed.clients.insert((vif, peer), m),
+            None => self.observed.clients.remove(&(vif, peer)),
+        };
+        Dirty {
+            vifs: [vif].into(),
+            ..Dirty::default()
+        }
+    }
+
+    fn session(&mut self, vif: VifId, peer: u8, up: bool) -> Dirty {
+        let mut dirty = Dirty {
+            vifs: [vif].into(),
+            ..Dirty::default()
+        };
+        if up {
+            self.up.insert((vif, peer));
+        } else {
+            self.up.remove(&(vif, peer));
+            let held: Vec<Ipv4Net> = self
+                .masks
+                .iter()
+                .filter(|((v, _), m)| *v == vif && **m & (1 << peer) != 0)
+                .map(|((_, p), _)| *p)
+                .collect();
+            for p in held {
+                dirty
+                    .prefixes
+                    .extend(self.announce(vif, peer, p, false).prefixes);
+            }
+        }
+        dirty
+    }
+
+    /// Session (vif, peer) announces or withdraws `prefix`.
+    fn announce(&mut self, vif: VifId, peer: u8, prefix: Ipv4Net, on: bool) -> Dirty {
+        let gateway = self.model.vifs[&vif].gateway;
+        let old = self.masks.get(&(vif, prefix)).copied().unwrap_or(0);
+        let new = if on {
+            old | 1 << peer
+        } else {
+            old & !(1 << peer)
+        };
+        let cand = |mask| Candidate {
+            source: Source::Bgp,
+            target: Target::VifPeers(vif, mask),
+        };
+        if old != 0 {
+            self.rib.remove(gateway, prefix, cand(old));
+        }
+        if new != 0 {
+            self.rib.insert(gateway, prefix, cand(new));
+            self.masks.insert((vif, prefix), new);
+        } else {
+            self.masks.remove(&(vif, prefix));
+        }
+        Dirty {
+            prefixes: [(gateway, prefix)].into(),
+            ..Dirty::default()
+        }
+    }
+}
+
+fn one_static_vif() -> Fixture {
+    Fixture::design("10.0.1.0/24")
+        .vif(
+            Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
+                .peer("169.254.10.2", "169.254.10.1"),
+        )
+        .static_route("bgw-1", "192.168.50.0/24", "vif-100")
+}
+
+fn two_bgp_vifs() -> Fixture {
+    Fixture::design("10.0.1.0/24")
+        .vif(
+            Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001)
+                .peer("169.254.10.2", "169.254.10.1")
+                .peer("169.254.20.2", "169.254.20.1"),
+        )
+        .vif(Vif::bgp("vif-200", "hc-1", 200, "bgw-1", 65002).peer("169.254.30.2", "169.254.30.1"))
+}
+
+#[test]
+fn a_static_vif_carries_its_routes_while_its_port_is_up_and_a_client_mac_is_known() {
+    let mut w = World::new(&one_static_vif());
+    let (vif, gw, idc) = (w.vif("vif-100"), w.gateway(), net("192.168.50.0/24"));
+    let changes = w.update(&Dirty::all());
+    assert_eq!(changes.vifs, vec![(vif, VifState::Configuring)]);
+    assert_eq!(
+        w.desired.route(gw, idc),
+        None,
+        "no route before the VIF is up"
+    );
+    assert!(w.desired.route(gw, net("10.0.1.0/24")).is_some());
+
+    let mut dirty = w.port("hc1", true);
+    dirty.vifs.extend(w.client(vif, 0, Some(MAC_A)).vifs);
+    let changes = w.update(&dirty);
+    assert_eq!(changes.vifs, vec![(vif, VifState::Available)]);
+    assert_eq!(
+        w.desired
+            .next_hops
+            .get(&NextHopKey::VifPeer { vif, peer: 0 }),
+        Some(&NextHop::Vif { vif, mac: MAC_A })
+    );
+    assert_eq!(
+        w.desired.next_hops.get(&NextHopKey::Vif { vif }),
+        Some(&NextHop::Group(vec![NextHopKey::VifPeer { vif, peer: 0 }]))
+    );
+    // No BGP session groups for a static VIF.
+    assert!(
+        !w.desired
+            .next_hops
+            .keys()
+            .any(|k| matches!(k, NextHopKey::VifPeers { .. }))
+    );
+    assert_eq!(
+        w.desired.route(gw, idc).map(|c| c.target),
+        Some(Target::Vif(vif))
+    );
+    assert_eq!(changes.routes.len(), 1);
+
+    // A new client MAC rewrites one next hop, no route.
+    let changes = {
+        let d = w.client(vif, 0, Some(MAC_B));
+        w.update(&d)
+    };
+    assert!(changes.routes.is_empty());
+    assert_eq!(
+        changes.next_hops,
+        [NextHopKey::VifPeer { vif, peer: 0 }].into()
+    );
+
+    // The port goes down: unavailable, next hops and the route go.
+    let dirty = w.port("hc1", false);
+    let changes = w.update(&dirty);
+    assert_eq!(changes.vifs, vec![(vif, VifState::Unavailable)]);
+    assert_eq!(w.desired.route(gw, idc), None);
+    assert!(w.desired.next_hops.keys().all(|k| k.vif().is_none()));
+    assert_eq!(w.full(), w.desired);
+}
+
+#[test]
+fn preference_is_propagated_then_static_then_bgp_and_a_loser_takes_over() {
+    let fixture = two_bgp_vifs().static_route("bgw-1", "192.168.50.0/24", "vif-200");
+    let mut w = World::new(&fixture);
+    let (a, b, gw) = (w.vif("vif-100"), w.vif("vif-200"), w.gateway());
+    let idc = net("192.168.50.0/24");
+    w.update(&Dirty::all());
+    let mut dirty = w.port("hc1", true);
+    for (vif, peer) in [(a, 0), (a, 1), (b, 0)] {
+        dirty.vifs.extend(w.client(vif, peer, Some(MAC_A)).vifs);
+        dirty.vifs.extend(w.session(vif, peer, true).vifs);
+    }
+    dirty.prefixes.extend(w.announce(a, 0, idc, true).prefixes);
+    // A customer route overlapping a VPC CIDR loses to the VPC's own.
+    dirty
+        .prefixes
+        .extend(w.announce(a, 0, net("10.0.1.0/24"), true).prefixes);
+    w.update(&dirty);
+    let route = |w: &World, p| w.desired.route(gw, p).map(|c| (c.source, c.target));
+    assert_eq!(route(&w, idc), Some((Source::Static, Target::Vif(b))));
+    assert_eq!(
+        route(&w, net("10.0.1.0/24")).map(|r| r.0),
+        Some(Source::Propagated)
+    );
+    // vif-200's only session goes: its static route cannot carry traffic, BGP takes over.
+    let changes = {
+        let d = w.session(b, 0, false);
+        w.update(&d)
+    };
+    assert_eq!(route(&w, idc), Some((Source::Bgp, Target::VifPeers(a, 1))));
+    assert_eq!(changes.vifs, vec![(b, VifState::Unavailable)]);
+    assert_eq!(w.full(), w.desired);
+}
+
+#[test]
+fn a_lost_session_leaves_the_shared_group_in_one_write_before_routes_move() {
+    let mut w = World::new(&two_bgp_vifs());
+    let (a, gw) = (w.vif("vif-100"), w.gateway());
+    w.update(&Dirty::all());
+    let mut dirty = w.port("hc1", true);
+    for peer in [0, 1] {
+        dirty.vifs.extend(w.client(a, peer, Some(MAC_A)).vifs);
+        dirty.vifs.extend(w.session(a, peer, true).vifs);
+    }
+    let both: Vec<Ipv4Net> = (0..100u32)
+        .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("net"))
+        .collect();
+    for p in &both {
+        dirty.prefixes.extend(w.announce(a, 0, *p, true).prefixes);
+        dirty.prefixes.extend(w.announce(a, 1, *p, true).prefixes);
+    }
+    w.update(&dirty);
+    let m3 = NextHopKey::VifPeers { vif: a, mask: 3 };
+    assert_eq!(
+        w.desired.next_hops.get(&m3),
+        Some(&NextHop::Group(vec![
+            NextHopKey::VifPeer { vif: a, peer: 0 },
+            NextHopKey::VifPeer { vif: a, peer: 1 }
+        ]))
+    );
+    assert!(
+        both.iter()
+            .all(|p| w.desired.route(gw, *p).map(|c| c.target) == Some(Target::VifPeers(a, 3)))
+    );
+    // Every mask has its group, used or not.
+    for mask in 1..=3 {
+        assert!(
+            w.desired
+                .next_hops
+                .contains_key(&NextHopKey::VifPeers { vif: a, mask })
+        );
+    }
+
+    let changes = {
+        let d = w.session(a, 0, false);
+        w.update(&d)
+    };
+    // The group of both sessions now lists only peer 1: apply writes groups before routes,
+    // so the 100 routes stop using peer 0 with that one write.
+    assert_eq!(
+        w.desired.next_hops.get(&m3),
+        Some(&NextHop::Group(vec![NextHopKey::VifPeer {
+            vif: a,
+            peer: 1
+        }]))
+    );
+    assert!(changes.next_hops.contains(&m3));
+    assert_eq!(changes.routes.len(), 100);
+    assert!(
+        both.iter()
+            .all(|p| w.desired.route(gw, *p).map(|c| c.target) == Some(Target::VifPeers(a, 2)))
+    );
+    assert!(
+        !w.desired
+            .next_hops
+            .contains_key(&NextHopKey::VifPeer { vif: a, peer: 0 })
+    );
+    assert_eq!(w.desired.vifs[&a], VifState::Available);
+    assert_eq!(w.full(), w.desired);
+}
+
+#[test]
+fn exports_are_the_gateways_routes_except_the_vifs_own_and_follow_changes() {
+    let mut w = World::new(&two_bgp_vifs());
+    let (a, b) = (w.vif("vif-100"), w.vif("vif-200"));
+    w.update(&Dirty::all());
+    let mut dirty = w.port("hc1", true);
+    for (vif, peer) in [(a, 0), (b, 0)] {
+        dirty.vifs.extend(w.client(vif, peer, Some(MAC_A)).vifs);
+        dirty.vifs.extend(w.session(vif, peer, true).vifs);
+    }
+    let (pa, pb) = (net("192.168.1.0/24"), net("192.168.2.0/24"));
+    dirty.prefixes.extend(w.announce(a, 0, pa, true).prefixes);
+    w.update(&dirty);
+    let vpc = net("10.0.1.0/24");
+    assert_eq!(w.desired.exports(&w.model, a), [vpc].into());
+    assert_eq!(w.desired.exports(&w.model, b), [vpc, pa].into());
+
+    let changes = {
+        let d = w.announce(b, 0, pb, true);
+        w.update(&d)
+    };
+    let deltas = export_changes(&changes, &w.model, &w.up);
+    assert_eq!(
+        deltas,
+        BTreeMap::from([((a, 0), (vec![pb], vec![]))]),
+        "vif-100 learns vif-200's route; vif-200 is not told its own"
+    );
+    let changes = {
+        let d = w.announce(a, 0, pa, false);
+        w.update(&d)
+    };
+    assert_eq!(
+        export_changes(&changes, &w.model, &w.up),
+        BTreeMap::from([((b, 0), (vec![], vec![pa]))])
+    );
+}
+
+#[test]
+fn a_change_to_one_vif_touches_only_that_vif_and_its_prefixes() {
+    let fixture =
+        Fixture::design("10.0.1.0/24").many_vifs("v", 200, "hc-1", "bgw-1", Some(65001), false);
+    let mut w = World::new(&fixture);
+    let vifs: Vec<VifId> = w.model.vifs.keys().copied().collect();
+    w.update(&Dirty::all());
+    let mut dirty = w.port("hc1", true);
+    for (n, vif) in vifs.iter().enumerate() {
+        dirty.vifs.extend(w.client(*vif, 0, Some(MAC_A)).vifs);
+        dirty.vifs.extend(w.session(*vif, 0, true).vifs);
+        // 50 prefixes per VIF: 10,000 routes.
+        for i in 0..50u32 {
+            let p = Ipv4Net::new(
+                std::net::Ipv4Addr::from(0xac10_0000 + ((n as u32 * 50 + i) << 8)),
+                24,
+            )
+            .expect("net");
+            dirty.prefixes.extend(w.announce(*vif, 0, p, true).prefixes);
+        }
+    }
+    let changes = w.update(&dirty);
+    assert_eq!(changes.routes.len(), 200 * 50);
+
+    let one = vifs[17];
+    let changes = {
+        let d = w.client(one, 0, None);
+        w.update(&d)
+    };
+    assert_eq!(changes.vifs, vec![(one, VifState::Unavailable)]);
+    assert_eq!(changes.routes.len(), 50, "only the VIF's own routes move");
+    assert!(changes.next_hops.iter().all(|k| k.vif() == Some(one)));
+    let changes = {
+        let d = w.client(one, 0, Some(MAC_B));
+        w.update(&d)
+    };
+    assert_eq!(changes.routes.len(), 50);
+    assert_eq!(w.full(), w.desired);
+}
+
+/// A small deterministic generator: the same sequence on every run.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % below
+    }
+}
+
+#[test]
+fn incremental_updates_always_agree_with_a_full_plan() {
+    let fixture = two_bgp_vifs()
+        .vif(
+            Vif::static_routed("vif-300", "hc-2", 300, "bgw-1")
+                .peer("169.254.40.2", "169.254.40.1"),
+        )
+        .connection("hc-2", "hc2")
+        .static_route("bgw-1", "192.168.3.0/24", "vif-300")
+        .static_route("bgw-1", "192.168.1.0/24", "vif-300");
+    let mut w = World::new(&fixture);
+    let vifs = [w.vif("vif-100"), w.vif("vif-200"), w.vif("vif-300")];
+    let peers = [(vifs[0], 0), (vifs[0], 1), (vifs[1], 0), (vifs[2], 0)];
+    let prefixes: Vec<Ipv4Net> = (0..6u32)
+        .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("net"))
+        .chain([net("10.0.1.0/25")])
+        .collect();
+    w.update(&Dirty::all());
+    let mut rng = Lcg(42);
+    let mut available = 0;
+    for step in 0..3000 {
+        let dirty = match rng.next(5) {
+            0 => {
+                let port = ["hc1", "hc2"][rng.next(2) as usize];
+                let up = rng.next(3) != 0;
+                w.port(port, up)
+            }
+            1 => {
+                let (vif, peer) = peers[rng.next(peers.len() as u64) as usize];
+                let mac = [None, Some(MAC_A), Some(MAC_B)][rng.next(3) as usize];
+                w.client(vif, peer, mac)
+            }
+            2 => {
+                let (vif, peer) = peers[rng.next(3) as usize];
+                let up = rng.next(2) == 0;
+                w.session(vif, peer, up)
+            }
+            _ => {
+                let (vif, peer) = peers[rng.next(3) as usize];
+                let p = prefixes[rng.next(prefixes.len() as u64) as usize];
+                let on = rng.next(3) != 0 && w.up.contains(&(vif, peer));
+                w.announce(vif, peer, p, on)
+            }
+        };
+        w.update(&dirty);
+        assert_eq!(
+            w.full(),
+            w.desired,
+            "step {step}: incremental plan differs from a full one"
+        );
+        available += w
+            .desired
+            .vifs
+            .values()
+            .filter(|s| **s == VifState::Available)
+            .count();
+    }
+    // The walk spends real time with VIFs up (it is not 3,000 steps of nothing).
+    assert!(available > 1500, "{available}");
+}
+
+#[test]
+fn every_vif_the_maps_hold_gets_its_next_hop_ids() {
+    // 16,383 BGP VIFs (the VIF table's 16,384 slots less the reserved 0) with two sessions
+    // each, on five connections: every next hop of every VIF, groups included, gets an id.
+    let capacity = forwarder_common::MAX_VIFS - 1;
+    let mut fixture = Fixture::design("10.0.1.0/24");
+    let mut left = capacity;
+    for c in 1..=5 {
+        let count = left.min(4094);
+        left -= count;
+        if c > 1 {
+            fixture = fixture.connection(&format!("hc-{c}"), &format!("hc{c}"));
+        }
+        fixture = fixture.many_vifs(
+            &format!("c{c}-"),
+            count,
+            &format!("hc-{c}"),
+            "bgw-1",
+            Some(65001),
+            true,
+        );
+    }
+    let config = config::parse(&fixture.toml(), "test.toml").expect("valid");
+    let mut ids = Ids::default();
+    let model = Model::build(&config, &[], &mut ids).expect("VIF ids");
+    assert_eq!(model.vifs.len() as u32, capacity);
+    let mut observed = Observed::default();
+    let mut up = BTreeSet::new();
+    for c in 1..=5 {
+        observed
+            .links
+            .insert(format!("hc{c}"), LinkState { index: c, up: true });
+    }
+    for vif in model.vifs.keys() {
+        for peer in 0..2 {
+            observed.clients.insert((*vif, peer), MAC_A);
+            up.insert((*vif, peer));
+        }
+    }
+    let rib = build_rib(&model, &BgpMasks::new());
+    let inputs = Inputs {
+        model: &model,
+        observed: &observed,
+        sessions_up: &up,
+        rib: &rib,
+    };
+    let mut desired = Desired::default();
+    desired.update(&inputs, &Dirty::all());
+    // Two client routers, their group and three session groups per VIF, one attachment.
+    assert_eq!(desired.next_hops.len() as u32, capacity * 6 + 1);
+    for key in desired.next_hops.keys() {
+        ids.next_hops
+            .allocate(key)
+            .expect("a next-hop id for every key");
+    }
+    assert!((ids.next_hops.len() as u32) < forwarder_common::MAX_NEXT_HOPS);
+
+    // One VIF more than the table holds is a clear error, not a wrapped id.
+    let config = config::parse(
+        &fixture
+            .clone()
+            .connection("hc-6", "hc6")
+            .vif(
+                Vif::static_routed("one-too-many", "hc-6", 1, "bgw-1").peer("10.9.9.2", "10.9.9.1"),
+            )
+            .toml(),
+        "test.toml",
+    )
+    .expect("valid");
+    let err = Model::build(&config, &[], &mut Ids::default()).expect_err("no VIF id left");
+    assert_eq!(
+        err.to_string(),
+        format!("no free VIF id: all {capacity} slots of the map are in use")
+    );
+}

@@ -444,12 +444,18 @@ impl Apply {
         Ok(())
     }
 
+    /// Whether next-hop slot `id` holds anything or is referred to.
+    pub fn next_hop_in_use(&self, id: u32) -> bool {
+        let p = &self.programmed;
+        p.next_hops.contains_key(&id)
+            || p.route_refs.contains_key(&id)
+            || p.member_refs.contains_key(&id)
+    }
+
     /// Clears a next hop nothing refers to; false (and nothing done) while something does.
-    fn clear_next_hop(
-        &mut self,
-        key: NextHopKey,
-        pool: &mut Pool<NextHopKey>,
-    ) -> Result<bool, Error> {
+    /// Its id stays with its key (the agent releases ids of objects gone from the config):
+    /// a VIF that comes back finds its slots, and a flap does not rewrite the state file.
+    fn clear_next_hop(&mut self, key: NextHopKey, pool: &Pool<NextHopKey>) -> Result<bool, Error> {
         let Some(id) = pool.get(&key) else {
             return Ok(true);
         };
@@ -466,7 +472,6 @@ impl Apply {
                 }
             }
         }
-        pool.release(&key);
         Ok(true)
     }
 
@@ -616,20 +621,6 @@ impl Apply {
                     }
                 }
             }
-            // Ids the state file holds for nothing programmed or wanted.
-            let stale: Vec<NextHopKey> = pool
-                .iter()
-                .filter(|(k, id)| {
-                    !desired.next_hops.contains_key(k)
-                        && !self.programmed.next_hops.contains_key(id)
-                        && !self.programmed.route_refs.contains_key(id)
-                })
-                .map(|(k, _)| *k)
-                .collect();
-            for key in stale {
-                pool.release(&key);
-                report.ids_changed = true;
-            }
         }
         let (mut upserts, mut removals): (Vec<NextHopKey>, Vec<NextHopKey>) = keys
             .into_iter()
@@ -720,7 +711,6 @@ impl Apply {
             match self.clear_next_hop(key, pool) {
                 Ok(true) => {
                     self.deferred.remove(&key);
-                    report.ids_changed = true;
                 }
                 Ok(false) => {
                     self.deferred.insert(key);
@@ -772,7 +762,6 @@ impl Apply {
         for key in deferred {
             if desired.next_hops.contains_key(&key) || self.clear_next_hop(key, pool)? {
                 self.deferred.remove(&key);
-                report.ids_changed = true;
             }
         }
         Ok(report)

@@ -249,7 +249,13 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     };
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    // An agent that refuses the request may answer and close before reading all of it:
+    // its answer is what matters.
+    if let Err(e) = (&stream).write_all(line.as_bytes())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(io(e));
+    }
     let mut answer = String::new();
     std::io::BufReader::new(&stream)
         .read_line(&mut answer)
@@ -408,14 +414,14 @@ where
 {
     let refusal = refused(&stream, access);
     let (mut read, mut write) = stream.into_split();
-    let response = match refusal {
-        Some(reason) => Response::err(reason),
-        None => match read_request(&mut read).await {
-            Err(reason) => Response::err(reason),
-            Ok(line) => match serde_json::from_str::<Request>(&line) {
-                Ok(request) => handle(request).await,
-                Err(e) => Response::err(format!("malformed request: {e}")),
-            },
+    // The request is read (within the limits) even from a peer that is refused, so that
+    // the refusal is what it reads, not a reset connection.
+    let request = read_request(&mut read).await;
+    let response = match (refusal, request) {
+        (Some(reason), _) | (None, Err(reason)) => Response::err(reason),
+        (None, Ok(line)) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => handle(request).await,
+            Err(e) => Response::err(format!("malformed request: {e}")),
         },
     };
     let mut out = serde_json::to_string(&response)

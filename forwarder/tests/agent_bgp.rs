@@ -424,3 +424,117 @@ fn a_hundred_thousand_prefixes_reach_the_map() -> Result<()> {
     ensure!(sent == received, "traffic with 100k routes");
     Ok(())
 }
+
+#[test]
+fn a_full_route_map_keeps_static_routes_and_other_gateways_going() -> Result<()> {
+    use forwarder_tests::fixture::Vif;
+    let t = Topology::new("fullmap")?;
+    let _customer = t.customer_router_bgp()?;
+    // 16 routes fit: two propagated VPC CIDRs, then what the customer's BGP brings.
+    t.write_fixture(
+        &t.fixture()
+            .agent("route_capacity", "16")
+            .agent("bgp_hold_time", "9")
+            .agent("bgp_connect_retry", "1")
+            .gateway("bgw-2")
+            .attachment("att-b", "bgw-2", 1002, "172.31.0.3", &["10.2.0.0/16"])
+            .vif(
+                Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001)
+                    .peer(&CLIENT1.to_string(), &CLOUD1.to_string()),
+            ),
+    )?;
+    let agent = t.start_agent(common::bin())?;
+    let prefixes: Vec<Ipv4Net> = (0..30u32)
+        .map(|i| Ipv4Net::new(Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("prefix"))
+        .collect();
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+        &prefixes,
+    )?;
+    bird.wait_established(CLOUD1, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    let gateway = |name: &str| -> serde_json::Value {
+        cli_json(&t.socket(), &["status"])
+            .ok()
+            .and_then(|s| {
+                s["gateways"]
+                    .as_array()
+                    .and_then(|g| g.iter().find(|g| g["name"] == name).cloned())
+            })
+            .unwrap_or_default()
+    };
+    ensure!(
+        wait_for(Duration::from_secs(15), || gateway("bgw-1")["selected"]
+            == 31),
+        "BIRD's routes not selected: {}",
+        gateway("bgw-1")
+    );
+    let full = gateway("bgw-1");
+    println!("bgw-1 with a full map: {full}");
+    ensure!(
+        full["installed"] == 15 && full["not_installed"] == 16 && full["route_map_full"] == true,
+        "{full}"
+    );
+    let status = cli_json(&t.socket(), &["status"])?;
+    ensure!(
+        status["maps"]["routes"] == serde_json::json!({"used": 16, "capacity": 16}),
+        "{}",
+        status["maps"]
+    );
+    let not_installed = cli_json(&t.socket(), &["route", "list", "--gateway", "bgw-1"])?
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["installed"] == false).cloned())
+        .context("a route not installed")?;
+    ensure!(
+        not_installed["reason"] == "the route map is full",
+        "{not_installed}"
+    );
+
+    // Another gateway's static route goes in at once: a BGP route makes room for it.
+    let out = common::cli(
+        &t.socket(),
+        &[
+            "route",
+            "add",
+            "--gateway",
+            "bgw-2",
+            "10.3.0.0/16",
+            "--via",
+            "att-b",
+        ],
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = cli_json(&t.socket(), &["lookup", "--gateway", "bgw-2", "10.3.0.1"])?;
+    ensure!(found["next_hop"] == "attachment att-b", "{found}");
+    ensure!(gateway("bgw-2")["installed"] == 2, "{}", gateway("bgw-2"));
+    ensure!(gateway("bgw-1")["installed"] == 14, "{}", gateway("bgw-1"));
+
+    // Room comes back: the BGP routes waiting for it are installed.
+    let out = common::cli(
+        &t.socket(),
+        &["route", "del", "--gateway", "bgw-2", "10.3.0.0/16"],
+    )?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bird.withdraw(&prefixes[..20])?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || {
+            let g = gateway("bgw-1");
+            g["installed"] == 11 && g["not_installed"] == 0 && g["route_map_full"] == false
+        }),
+        "after the withdrawals: {}",
+        gateway("bgw-1")
+    );
+    println!("bgw-1 after the withdrawals: {}", gateway("bgw-1"));
+    Ok(())
+}

@@ -136,9 +136,17 @@ impl Fixture {
             .attachment("att-a", "bgw-1", 1001, "172.31.0.2", &[vpc_cidr])
     }
 
-    /// Adds `key = value` to `[agent]` (value as TOML).
+    /// Sets `key = value` in `[agent]` (value as TOML), replacing an earlier value.
     pub fn agent(mut self, key: &str, value: &str) -> Self {
-        self.agent.push(format!("{key} = {value}"));
+        let line = format!("{key} = {value}");
+        match self
+            .agent
+            .iter_mut()
+            .find(|l| l.split(" = ").next() == Some(key))
+        {
+            Some(existing) => *existing = line,
+            None => self.agent.push(line),
+        }
         self
     }
 

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{NetNs, customer::CustomerRouter, veth};
+use crate::{NetNs, customer::CustomerRouter, fixture::Fixture, veth};
 use anyhow::{Context as _, Result, bail};
 
 pub const VPC_HOST: &str = "10.0.1.10";
@@ -113,62 +113,76 @@ impl Topology {
         self.dir.0.join("forwarder.sock")
     }
 
-    /// A config for this topology; `vif` and `extra` are TOML appended after the common part.
-    pub fn write_config(&self, vif_and_routes: &str) -> Result<PathBuf> {
+    /// The config of this topology without VIFs: DESIGN §6's connection, gateway and
+    /// attachment, and this test's own state directory, socket, pin directory and namespace
+    /// prefix (so tests run side by side).
+    pub fn fixture(&self) -> Fixture {
         let tag = self.gw.name().replace("fwt-gw-", "");
-        let text = format!(
-            r#"[agent]
-state_dir = "{state}"
-control_socket = "{socket}"
-pin_dir = "/sys/fs/bpf/fwt-{tag}"
-netns_prefix = "fwt-{tag}-"
+        Fixture::design("10.0.1.0/24")
+            .agent(
+                "state_dir",
+                &format!("\"{}\"", self.dir.0.join("state").display()),
+            )
+            .agent(
+                "control_socket",
+                &format!("\"{}\"", self.socket().display()),
+            )
+            .agent("pin_dir", &format!("\"/sys/fs/bpf/fwt-{tag}\""))
+            .agent("netns_prefix", &format!("\"fwt-{tag}-\""))
+    }
 
-[underlay]
-interface = "ul0"
-local_vtep = "172.31.0.1"
-
-[[connection]]
-name = "hc-1"
-kind = "hosted"
-interface = "hc1"
-
-[[border_gateway]]
-name = "bgw-1"
-
-[[vpc_attachment]]
-name = "att-a"
-border_gateway = "bgw-1"
-vni = 1001
-remote_vtep = "172.31.0.2"
-router_mac = "{VXLAN_MAC}"
-propagate = ["10.0.1.0/24"]
-
-{vif_and_routes}
-"#,
-            state = self.dir.0.join("state").display(),
-            socket = self.socket().display(),
-        );
+    /// Writes `fixture` as this topology's config file.
+    pub fn write_fixture(&self, fixture: &Fixture) -> Result<PathBuf> {
         let path = self.config_path();
-        std::fs::write(&path, text)?;
+        std::fs::write(&path, fixture.toml())?;
         Ok(path)
     }
 
-    /// Starts `forwarder agent` inside the gateway namespace and waits for its socket.
+    /// The topology's config with `vif_and_routes` (TOML) appended.
+    pub fn write_config(&self, vif_and_routes: &str) -> Result<PathBuf> {
+        self.write_fixture(&self.fixture().raw(vif_and_routes))
+    }
+
+    /// Starts `forwarder agent` inside the gateway namespace (with `nsenter --net`, as the
+    /// systemd unit does) and waits for its socket.
     pub fn start_agent(&self, forwarder: &Path) -> Result<Agent> {
-        let log = std::fs::File::create(self.dir.0.join("agent.log"))?;
-        // nsenter --net, not `ip netns exec`: the latter gives the agent a mount namespace of
-        // its own, and the VIF control namespaces it creates (netns bind mounts) would be
-        // invisible to the next agent and die with this one.
-        let netns = format!("--net=/run/netns/{}", self.gw.name());
-        let child = Command::new("nsenter")
-            .arg(netns.as_str())
+        self.start_agent_via(forwarder, Launch::Nsenter)
+    }
+
+    /// The agent process, started the way `launch` says, its stderr in `agent.log`
+    /// (appended: a restarted agent's log follows the first one's).
+    pub fn spawn_agent(&self, forwarder: &Path, launch: Launch) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join("agent.log"))?;
+        let mut command = match launch {
+            // nsenter keeps the caller's mount namespace.
+            Launch::Nsenter => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{}", self.gw.name()));
+                c
+            }
+            // `ip netns exec` gives the agent a private mount namespace and a fresh /sys.
+            Launch::IpNetnsExec => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", self.gw.name()]);
+                c
+            }
+        };
+        command
             .arg(forwarder)
             .args(["agent", "--config"])
             .arg(self.config_path())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("spawning the agent")?;
+            .context("spawning the agent")
+    }
+
+    /// Starts the agent the way `launch` says and waits until it answers.
+    pub fn start_agent_via(&self, forwarder: &Path, launch: Launch) -> Result<Agent> {
+        let child = self.spawn_agent(forwarder, launch)?;
         let mut agent = Agent {
             child: Some(child),
             log: self.dir.0.join("agent.log"),
@@ -199,6 +213,41 @@ propagate = ["10.0.1.0/24"]
 
     fn netns_prefix(&self) -> String {
         format!("fwt-{}-", self.gw.name().replace("fwt-gw-", ""))
+    }
+
+    /// Pings the VPC host from the IDC host `count` times at 10/s while `during` runs (it
+    /// starts a second into the pings); returns (sent, received) and what `during` returned.
+    pub fn ping_during<T>(
+        &self,
+        count: u32,
+        during: impl FnOnce() -> Result<T>,
+    ) -> Result<((u32, u32), T)> {
+        let idc = self.idc.name().to_owned();
+        let pinger = std::thread::spawn(move || {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &idc,
+                    "ping",
+                    "-n",
+                    "-q",
+                    "-c",
+                    &count.to_string(),
+                    "-i",
+                    "0.1",
+                    "-W",
+                    "1",
+                    VPC_HOST,
+                ])
+                .output()
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let result = during();
+        let out = pinger
+            .join()
+            .map_err(|_| anyhow::anyhow!("ping thread panicked"))??;
+        Ok((parse_ping(&String::from_utf8_lossy(&out.stdout))?, result?))
     }
 
     /// Pings from the IDC host; returns (sent, received).
@@ -267,6 +316,15 @@ pub fn parse_ping(text: &str) -> Result<(u32, u32)> {
         [sent, received, ..] => Ok((*sent, *received)),
         _ => bail!("cannot read {line:?}"),
     }
+}
+
+/// How the agent is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// `nsenter --net=/run/netns/GW forwarder agent ...`
+    Nsenter,
+    /// `ip netns exec GW forwarder agent ...`
+    IpNetnsExec,
 }
 
 /// The running agent process; SIGKILLed on drop (what it pinned stays, as in production).

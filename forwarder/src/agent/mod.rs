@@ -26,7 +26,7 @@ use crate::{
     config::{self, Config},
     control::{self, Request, Response},
     dataplane::{self, AttachmentSpec, Dataplane, LoadOptions, VifSpec},
-    ids::{AttachmentId, VifId},
+    ids::{AttachmentId, NextHopKey, VifId},
     lock,
     model::{self, Model},
     netlink::{self, Netlink},
@@ -440,6 +440,26 @@ impl Agent {
             if self.model.gateway_id(&name).is_none() {
                 ids.gateways.release(&name);
             }
+        }
+        // Next-hop slots of objects gone from the config, and slots an earlier run left,
+        // once the map no longer uses them.
+        let unused: Vec<NextHopKey> = ids
+            .next_hops
+            .iter()
+            .filter(|(key, id)| {
+                let gone = match key {
+                    NextHopKey::Attachment { attachment } => {
+                        !self.model.attachments.contains_key(attachment)
+                    }
+                    NextHopKey::Pinned { .. } => true,
+                    _ => key.vif().is_some_and(|v| !self.model.vifs.contains_key(&v)),
+                };
+                gone && !self.apply.next_hop_in_use(*id)
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in unused {
+            ids.next_hops.release(&key);
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! points to any more. A full route map leaves the routes that do not fit pending (retried
 //! when space frees up), and a propagated or static route takes the place of a BGP one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use aya::programs::XdpMode;
 use forwarder_common::{Attachment, MAP_NEXT_HOPS, MAP_ROUTES, Vif, VifKey, VtepKey};
@@ -66,6 +66,73 @@ pub enum Pending {
     Failed(String),
 }
 
+/// Hash-map keys that point to slots, with the way back: which keys point to a slot.
+#[derive(Debug)]
+struct Keys<K> {
+    to_slot: HashMap<K, u32>,
+    of_slot: HashMap<u32, HashSet<K>>,
+}
+
+impl<K> Default for Keys<K> {
+    fn default() -> Self {
+        Self {
+            to_slot: HashMap::new(),
+            of_slot: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + std::hash::Hash> Keys<K> {
+    fn load(entries: Vec<(K, u32)>) -> Self {
+        let mut keys = Self::default();
+        for (k, slot) in entries {
+            keys.insert(k, slot);
+        }
+        keys
+    }
+
+    fn get(&self, key: &K) -> Option<u32> {
+        self.to_slot.get(key).copied()
+    }
+
+    fn insert(&mut self, key: K, slot: u32) {
+        if let Some(old) = self.to_slot.insert(key, slot) {
+            self.unlink(key, old);
+        }
+        self.of_slot.entry(slot).or_default().insert(key);
+    }
+
+    fn remove(&mut self, key: K) {
+        if let Some(slot) = self.to_slot.remove(&key) {
+            self.unlink(key, slot);
+        }
+    }
+
+    fn unlink(&mut self, key: K, slot: u32) {
+        if let Some(set) = self.of_slot.get_mut(&slot) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.of_slot.remove(&slot);
+            }
+        }
+    }
+
+    /// The keys pointing to `slot` other than `except`.
+    fn others(&self, slot: u32, except: Option<K>) -> Vec<K> {
+        self.of_slot
+            .get(&slot)
+            .into_iter()
+            .flatten()
+            .filter(|k| Some(**k) != except)
+            .copied()
+            .collect()
+    }
+
+    fn slots(&self) -> impl Iterator<Item = u32> + '_ {
+        self.of_slot.keys().copied()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Programmed {
     routes: HashMap<(GatewayId, Ipv4Net), (u32, Source)>,
@@ -78,10 +145,11 @@ struct Programmed {
     /// Groups listing each next hop.
     member_refs: HashMap<u32, u32>,
     vifs: BTreeMap<u32, Vif>,
-    vif_keys: HashMap<VifKey, u32>,
-    control_ports: HashMap<u32, u32>,
+    vif_keys: Keys<VifKey>,
+    /// Control ports (ifindex) of each VIF.
+    control_ports: Keys<u32>,
     attachments: BTreeMap<u32, Attachment>,
-    vtep_keys: HashMap<VtepKey, u32>,
+    vtep_keys: Keys<VtepKey>,
     ports: BTreeMap<String, Port>,
 }
 
@@ -132,10 +200,10 @@ impl Apply {
             }
         }
         p.vifs = dp.vif_entries()?.into_iter().collect();
-        p.vif_keys = dp.vif_keys()?.into_iter().collect();
-        p.control_ports = dp.control_ports()?.into_iter().collect();
+        p.vif_keys = Keys::load(dp.vif_keys()?);
+        p.control_ports = Keys::load(dp.control_ports()?);
         p.attachments = dp.attachment_entries()?.into_iter().collect();
-        p.vtep_keys = dp.vtep_keys()?.into_iter().collect();
+        p.vtep_keys = Keys::load(dp.vtep_keys()?);
         let route_capacity = dp.capacity(MAP_ROUTES)?;
         let next_hop_capacity = dp
             .capacity(MAP_NEXT_HOPS)?
@@ -257,40 +325,30 @@ impl Apply {
         let entry = spec.entry();
         if p.vifs.get(&spec.id) != Some(&entry) {
             // Slot first: a key never points to a stale slot.
+            tracing::trace!(vif = spec.id, ?entry, "VIF slot written");
             self.dp.set_vif_slot(spec.id, entry)?;
             p.vifs.insert(spec.id, entry);
         }
         let key = spec.key();
-        if p.vif_keys.get(&key) != Some(&spec.id) {
+        if p.vif_keys.get(&key) != Some(spec.id) {
             self.dp.set_vif_key(key, spec.id)?;
             p.vif_keys.insert(key, spec.id);
         }
-        let stale: Vec<VifKey> = p
-            .vif_keys
-            .iter()
-            .filter(|(k, id)| **id == spec.id && **k != key)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
+        for k in p.vif_keys.others(spec.id, Some(key)) {
             self.dp.remove_vif_key(k)?;
-            p.vif_keys.remove(&k);
+            p.vif_keys.remove(k);
         }
-        if spec.control_ifindex != 0 {
-            if p.control_ports.get(&spec.control_ifindex) != Some(&spec.id) {
-                self.dp.set_control_port(spec.control_ifindex, spec.id)?;
-                p.control_ports.insert(spec.control_ifindex, spec.id);
+        let port = (spec.control_ifindex != 0).then_some(spec.control_ifindex);
+        if let Some(ifindex) = port {
+            if p.control_ports.get(&ifindex) != Some(spec.id) {
+                self.dp.set_control_port(ifindex, spec.id)?;
+                p.control_ports.insert(ifindex, spec.id);
             }
-            self.dp.add_tx_port(spec.control_ifindex)?;
+            self.dp.add_tx_port(ifindex)?;
         }
-        let stale: Vec<u32> = p
-            .control_ports
-            .iter()
-            .filter(|(ifindex, id)| **id == spec.id && **ifindex != spec.control_ifindex)
-            .map(|(ifindex, _)| *ifindex)
-            .collect();
-        for ifindex in stale {
+        for ifindex in p.control_ports.others(spec.id, port) {
             self.dp.remove_control_port(ifindex)?;
-            p.control_ports.remove(&ifindex);
+            p.control_ports.remove(ifindex);
         }
         Ok(())
     }
@@ -313,28 +371,21 @@ impl Apply {
         self.programmed.vifs.get(&id).map(|v| v.state)
     }
 
+    /// VIF table slot `id` as the map holds it.
+    pub fn vif_entry(&self, id: u32) -> Option<Vif> {
+        self.programmed.vifs.get(&id).copied()
+    }
+
     /// Removes a VIF: its keys first (no new frame finds it), its control port, its slot.
     pub fn remove_vif(&mut self, id: u32) -> Result<(), Error> {
         let p = &mut self.programmed;
-        let keys: Vec<VifKey> = p
-            .vif_keys
-            .iter()
-            .filter(|(_, v)| **v == id)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
+        for k in p.vif_keys.others(id, None) {
             self.dp.remove_vif_key(k)?;
-            p.vif_keys.remove(&k);
+            p.vif_keys.remove(k);
         }
-        let ports: Vec<u32> = p
-            .control_ports
-            .iter()
-            .filter(|(_, v)| **v == id)
-            .map(|(i, _)| *i)
-            .collect();
-        for ifindex in ports {
+        for ifindex in p.control_ports.others(id, None) {
             self.dp.remove_control_port(ifindex)?;
-            p.control_ports.remove(&ifindex);
+            p.control_ports.remove(ifindex);
         }
         if p.vifs.remove(&id).is_some() {
             self.dp.clear_vif(id)?;
@@ -344,12 +395,12 @@ impl Apply {
 
     /// VIF slots and keys in use, by id.
     pub fn vif_ids(&self) -> BTreeSet<u32> {
-        self.programmed
-            .vifs
+        let p = &self.programmed;
+        p.vifs
             .keys()
-            .chain(self.programmed.vif_keys.values())
-            .chain(self.programmed.control_ports.values())
             .copied()
+            .chain(p.vif_keys.slots())
+            .chain(p.control_ports.slots())
             .collect()
     }
 
@@ -362,34 +413,22 @@ impl Apply {
             p.attachments.insert(spec.id, entry);
         }
         let key = spec.key();
-        if p.vtep_keys.get(&key) != Some(&spec.id) {
+        if p.vtep_keys.get(&key) != Some(spec.id) {
             self.dp.set_vtep_key(key, spec.id)?;
             p.vtep_keys.insert(key, spec.id);
         }
-        let stale: Vec<VtepKey> = p
-            .vtep_keys
-            .iter()
-            .filter(|(k, id)| **id == spec.id && **k != key)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
+        for k in p.vtep_keys.others(spec.id, Some(key)) {
             self.dp.remove_vtep_key(k)?;
-            p.vtep_keys.remove(&k);
+            p.vtep_keys.remove(k);
         }
         Ok(())
     }
 
     pub fn remove_attachment(&mut self, id: u32) -> Result<(), Error> {
         let p = &mut self.programmed;
-        let keys: Vec<VtepKey> = p
-            .vtep_keys
-            .iter()
-            .filter(|(_, a)| **a == id)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
+        for k in p.vtep_keys.others(id, None) {
             self.dp.remove_vtep_key(k)?;
-            p.vtep_keys.remove(&k);
+            p.vtep_keys.remove(k);
         }
         if p.attachments.remove(&id).is_some() {
             self.dp.clear_attachment(id)?;
@@ -398,11 +437,11 @@ impl Apply {
     }
 
     pub fn attachment_ids(&self) -> BTreeSet<u32> {
-        self.programmed
-            .attachments
+        let p = &self.programmed;
+        p.attachments
             .keys()
-            .chain(self.programmed.vtep_keys.values())
             .copied()
+            .chain(p.vtep_keys.slots())
             .collect()
     }
 
@@ -428,6 +467,7 @@ impl Apply {
         if self.programmed.next_hops.get(&id) == Some(&spec) {
             return Ok(());
         }
+        tracing::trace!(id, ?spec, "next hop written");
         self.dp.set_next_hop(id, &spec)?;
         let p = &mut self.programmed;
         if let Some(NextHopSpec::Group(old)) = p.next_hops.get(&id) {
@@ -538,6 +578,7 @@ impl Apply {
             self.note_source(gateway, prefix, nh, candidate.source);
             return Ok(());
         }
+        tracing::trace!(gateway = %gateway, prefix = %prefix, nh, "route written");
         let mut result = self.dp.upsert_route(gateway.0, prefix, nh);
         if matches!(result, Err(Error::RouteMapFull))
             && candidate.source != Source::Bgp

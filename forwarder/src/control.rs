@@ -427,8 +427,25 @@ where
     let mut out = serde_json::to_string(&response)
         .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"encoding the answer: {e}\"}}"));
     out.push('\n');
-    write.write_all(out.as_bytes()).await
+    write.write_all(out.as_bytes()).await?;
+    write.shutdown().await?;
+    // Closing with unread input resets the connection, and the client would see the reset
+    // instead of the answer: read what is left (a little, for a little while) first.
+    let mut sink = [0u8; 4096];
+    let mut left = DRAIN_LIMIT;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, read.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
+    Ok(())
 }
+
+/// What is read after the answer, at most, before the connection is closed.
+const DRAIN_LIMIT: usize = 1 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a connection that will not be served with `reason`, and closes it.
 pub async fn refuse(mut stream: tokio::net::UnixStream, reason: &str) -> std::io::Result<()> {

@@ -468,28 +468,36 @@ impl Desired {
     }
 }
 
-/// What each established session must announce and withdraw after `changes`.
+/// What each established session must announce and withdraw after `changes`: work in
+/// proportion to the changed routes times the sessions of their gateway.
 pub fn export_changes(
     changes: &Changes,
     model: &Model,
     sessions_up: &BTreeSet<SessionKey>,
 ) -> BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> {
     let mut out: BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> = BTreeMap::new();
+    if changes.routes.is_empty() || sessions_up.is_empty() {
+        return out;
+    }
+    let mut by_gateway: HashMap<GatewayId, Vec<SessionKey>> = HashMap::new();
+    for session in sessions_up {
+        if let Some(v) = model.vifs.get(&session.0) {
+            by_gateway.entry(v.gateway).or_default().push(*session);
+        }
+    }
     for change in &changes.routes {
-        for vif in model.vifs_of_gateway(change.gateway) {
-            let exported = |c: Option<Candidate>| c.is_some_and(|c| c.target.vif() != Some(*vif));
+        for session in by_gateway.get(&change.gateway).into_iter().flatten() {
+            let exported =
+                |c: Option<Candidate>| c.is_some_and(|c| c.target.vif() != Some(session.0));
             let (was, now) = (exported(change.old), exported(change.new));
             if was == now {
                 continue;
             }
-            let sessions = sessions_up.range((*vif, 0)..=(*vif, u8::MAX));
-            for session in sessions {
-                let entry = out.entry(*session).or_default();
-                if now {
-                    entry.0.push(change.prefix);
-                } else {
-                    entry.1.push(change.prefix);
-                }
+            let entry = out.entry(*session).or_default();
+            if now {
+                entry.0.push(change.prefix);
+            } else {
+                entry.1.push(change.prefix);
             }
         }
     }

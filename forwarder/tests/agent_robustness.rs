@@ -55,18 +55,37 @@ fn started_by_ip_netns_exec_and_killed_it_comes_back_without_losing_a_ping() -> 
         "the agent did not leave ip netns exec's private mount namespace:\n{}",
         agent.log_text()
     );
+    let mut before_restart = 0;
     let ((sent, received), ()) = t.ping_during(80, || {
         agent.kill()?;
         std::thread::sleep(Duration::from_secs(1));
-        agent = t.start_agent_via(common::bin(), Launch::IpNetnsExec)?;
+        before_restart = agent.log_text().len();
+        // Every map write logged: a restart that finds the maps right writes none.
+        agent = t.start_agent_logging(
+            common::bin(),
+            Launch::IpNetnsExec,
+            "info,forwarder::apply=trace",
+        )?;
         Ok(())
     })?;
     println!("ping across SIGKILL and restart under ip netns exec: {received}/{sent}");
     ensure!(
         sent == 80 && received == sent,
-        "lost {} of {sent} pings:\n{}",
+        "lost {} of {sent} pings; drops {}\n{}\n{}",
         sent - received,
+        cli_json(&t.socket(), &["stats"])?["drops"],
+        t.diagnostics(),
         agent.log_text()
+    );
+    let restart_log = agent.log_text().split_off(before_restart);
+    let writes: Vec<&str> = restart_log
+        .lines()
+        .filter(|l| l.contains("written"))
+        .collect();
+    ensure!(
+        writes.is_empty(),
+        "the restarted agent rewrote maps that were right:\n{}",
+        writes.join("\n")
     );
     // The control namespace is a real one, seen from here (not an empty file).
     let netns = cli_json(&t.socket(), &["vif", "show", "vif-100"])?["control_netns"]

@@ -224,8 +224,10 @@ fn the_agent_can_be_killed_and_restarted_without_losing_a_ping() -> Result<()> {
     println!("ping during kill -9 and restart: {received}/{sent} received");
     ensure!(
         sent == 80 && received == sent,
-        "lost {} of {sent} pings across the restart\n{}",
+        "lost {} of {sent} pings across the restart; drops {}\n{}\n{}",
         sent - received,
+        cli_json(&t.socket(), &["stats"])?["drops"],
+        t.diagnostics(),
         agent.log_text()
     );
 

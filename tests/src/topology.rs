@@ -150,8 +150,20 @@ impl Topology {
     }
 
     /// The agent process, started the way `launch` says, its stderr in `agent.log`
-    /// (appended: a restarted agent's log follows the first one's).
+    /// (appended: a restarted agent's log follows the first one's). The log filter is
+    /// `FORWARDER_TEST_LOG` (default `info`).
     pub fn spawn_agent(&self, forwarder: &Path, launch: Launch) -> Result<Child> {
+        let filter = std::env::var("FORWARDER_TEST_LOG").unwrap_or_else(|_| "info".into());
+        self.spawn_agent_logging(forwarder, launch, &filter)
+    }
+
+    /// [`Self::spawn_agent`] with the log filter `filter` (`RUST_LOG` syntax).
+    pub fn spawn_agent_logging(
+        &self,
+        forwarder: &Path,
+        launch: Launch,
+        filter: &str,
+    ) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -171,6 +183,7 @@ impl Topology {
             }
         };
         command
+            .env("RUST_LOG", filter)
             .arg(forwarder)
             .args(["agent", "--config"])
             .arg(self.config_path())
@@ -183,6 +196,21 @@ impl Topology {
     /// Starts the agent the way `launch` says and waits until it answers.
     pub fn start_agent_via(&self, forwarder: &Path, launch: Launch) -> Result<Agent> {
         let child = self.spawn_agent(forwarder, launch)?;
+        self.wait_agent(forwarder, child)
+    }
+
+    /// [`Self::start_agent_via`] with the log filter `filter`.
+    pub fn start_agent_logging(
+        &self,
+        forwarder: &Path,
+        launch: Launch,
+        filter: &str,
+    ) -> Result<Agent> {
+        let child = self.spawn_agent_logging(forwarder, launch, filter)?;
+        self.wait_agent(forwarder, child)
+    }
+
+    fn wait_agent(&self, forwarder: &Path, child: Child) -> Result<Agent> {
         let mut agent = Agent {
             child: Some(child),
             log: self.dir.0.join("agent.log"),
@@ -222,26 +250,8 @@ impl Topology {
         count: u32,
         during: impl FnOnce() -> Result<T>,
     ) -> Result<((u32, u32), T)> {
-        let idc = self.idc.name().to_owned();
-        let pinger = std::thread::spawn(move || {
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &idc,
-                    "ping",
-                    "-n",
-                    "-q",
-                    "-c",
-                    &count.to_string(),
-                    "-i",
-                    "0.1",
-                    "-W",
-                    "1",
-                    VPC_HOST,
-                ])
-                .output()
-        });
+        let mut ping = self.ping_command(VPC_HOST, count, "0.1");
+        let pinger = std::thread::spawn(move || ping.output());
         std::thread::sleep(Duration::from_secs(1));
         let result = during();
         let out = pinger
@@ -250,26 +260,55 @@ impl Topology {
         Ok((parse_ping(&String::from_utf8_lossy(&out.stdout))?, result?))
     }
 
+    /// `ping` from the IDC host (`ip netns exec`, not NetNs::exec: a ping with losses exits
+    /// non-zero and we want its summary).
+    fn ping_command(&self, target: &str, count: u32, interval: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args([
+            "netns",
+            "exec",
+            self.idc.name(),
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            interval,
+            "-W",
+            "1",
+            target,
+        ]);
+        command
+    }
+
+    /// Link counters of every namespace and the customer router's shim filters: what a
+    /// failure message needs to say where a packet went.
+    pub fn diagnostics(&self) -> String {
+        [
+            (&self.idc, "ip -s link"),
+            (
+                &self.rtr,
+                "ip -s link; tc -s filter show dev trunk0 ingress",
+            ),
+            (&self.gw, "ip -s link; ip neigh"),
+            (&self.vpc, "ip -s link; ip neigh"),
+        ]
+        .iter()
+        .map(|(ns, cmd)| {
+            format!(
+                "--- {}: {cmd}\n{}",
+                ns.name(),
+                sh(ns, cmd).unwrap_or_else(|e| e.to_string())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+
     /// Pings from the IDC host; returns (sent, received).
     pub fn ping(&self, target: &str, count: u32, interval: &str) -> Result<(u32, u32)> {
-        // Not NetNs::exec: a ping with losses exits non-zero and we want its summary.
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.idc.name(),
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                interval,
-                "-W",
-                "1",
-                target,
-            ])
-            .output()?;
+        let out = self.ping_command(target, count, interval).output()?;
         parse_ping(&String::from_utf8_lossy(&out.stdout))
     }
 }

@@ -22,6 +22,7 @@ impl Agent {
     pub(super) fn read_links(&mut self) -> Result<(), Error> {
         let links = self.host.links()?;
         let old = std::mem::take(&mut self.observed.links);
+        self.link_names = links.iter().map(|l| (l.index, l.name.clone())).collect();
         for link in links {
             self.observed.links.insert(
                 link.name.clone(),
@@ -295,14 +296,9 @@ impl Agent {
         match event {
             NetEvent::Link(link) => {
                 // A renamed link: its old name is gone.
-                let renamed: Vec<String> = self
-                    .observed
-                    .links
-                    .iter()
-                    .filter(|(n, l)| l.index == link.index && **n != link.name)
-                    .map(|(n, _)| n.clone())
-                    .collect();
-                for old in renamed {
+                if let Some(old) = self.link_names.insert(link.index, link.name.clone())
+                    && old != link.name
+                {
                     let before = self.observed.links.remove(&old);
                     self.link_changed(&old, before);
                 }
@@ -316,6 +312,7 @@ impl Agent {
                 }
             }
             NetEvent::LinkGone { index, name } => {
+                self.link_names.remove(&index);
                 if self
                     .observed
                     .links

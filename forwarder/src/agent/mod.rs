@@ -140,6 +140,8 @@ pub struct Agent {
     /// Requests in the agent's own namespace.
     host: Netlink,
     observed: Observed,
+    /// Names of the agent's namespace's links by ifindex (a renamed port is a gone port).
+    link_names: std::collections::HashMap<u32, String>,
     rib: Rib,
     desired: Desired,
     bgp: bgp::BgpState,
@@ -236,6 +238,7 @@ impl Agent {
             apply,
             host,
             observed: Observed::default(),
+            link_names: std::collections::HashMap::new(),
             rib: Rib::default(),
             desired: Desired::default(),
             bgp: bgp::BgpState::default(),
@@ -249,7 +252,6 @@ impl Agent {
             started: Instant::now(),
             _locks: locks,
         };
-        agent.read_links()?;
         // The plan starts from the states the data plane has: a re-adopted VIF keeps its
         // state until the plan decides otherwise (no blip on restart).
         for id in agent.model.vifs.keys() {
@@ -257,6 +259,7 @@ impl Agent {
                 agent.desired.vifs.insert(*id, s);
             }
         }
+        agent.read_links()?;
         agent.apply_model(None)?;
         agent.save_state()?;
         Ok(agent)
@@ -319,20 +322,30 @@ impl Agent {
         for (slot, peer) in cloud_addrs.iter_mut().zip(&v.peers) {
             *slot = Some(peer.cloud_address);
         }
+        // Until the plan and the control plane are known (a restart re-adopting the maps),
+        // what the map holds: a half-known VIF is never written over a working one.
+        let programmed = self.apply.vif_entry(id.0);
         let state = self
             .desired
             .vifs
             .get(&id)
-            .map_or(vif_state::CONFIGURING, |s| s.value());
+            .map(|s| s.value())
+            .or(programmed.map(|e| e.state))
+            .unwrap_or(vif_state::CONFIGURING);
+        let (control_ifindex, mac) = match (cp, programmed) {
+            (Some(c), _) => (c.host_ifindex, c.mac),
+            (None, Some(e)) => (e.control_ifindex, e.mac),
+            (None, None) => (0, [0; 6]),
+        };
         Some(VifSpec {
             id: id.0,
             port_ifindex: self.apply.port(&v.port).map_or(0, |p| p.ifindex),
             vlan: v.vlan,
             gateway_id: v.gateway.0,
             state,
-            control_ifindex: cp.map_or(0, |c| c.host_ifindex),
+            control_ifindex,
             cloud_addrs,
-            mac: cp.map_or([0; 6], |c| c.mac),
+            mac,
         })
     }
 

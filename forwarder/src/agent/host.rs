@@ -9,7 +9,7 @@ use super::{Agent, ControlPlane, Error, error_chain};
 use crate::{
     ids::VifId,
     model::{self, PortRole},
-    netlink::Neighbour,
+    netlink::{self, Neighbour},
     netns::{self, Found},
     observe::{self, NetEvent, Scope},
     plan::LinkState,
@@ -156,6 +156,51 @@ impl Agent {
                 self.attach_port(&name);
             }
         }
+    }
+
+    /// The kernel's neighbour table is one for all namespaces, and its garbage collector
+    /// removes entries (managed ones too) once the table holds more than `gc_thresh2`
+    /// (default 512): at a few hundred VIFs the client routers' entries would start to
+    /// vanish. Raises the thresholds (host-wide sysctls, writable from the host's network
+    /// namespace) to fit every client router with room to spare, or says what to set.
+    pub(super) fn fit_neighbour_table(&mut self) {
+        let clients: usize = self.model.vifs.values().map(|v| v.peers.len()).sum();
+        // Room for the host's own neighbours and for the VIFs' other entries.
+        let want = (clients * 2 + 1024) as u64;
+        let key = |n: u8| format!("net/ipv4/neigh/default/gc_thresh{n}");
+        let read = |n: u8| {
+            std::fs::read_to_string(std::path::Path::new("/proc/sys").join(key(n)))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+        };
+        let (Some(t1), Some(t2), Some(t3)) = (read(1), read(2), read(3)) else {
+            if clients > 256 && !self.neighbour_table_warned {
+                self.neighbour_table_warned = true;
+                tracing::warn!(
+                    clients,
+                    "the kernel's neighbour table limits are not visible from this network namespace: set net.ipv4.neigh.default.gc_thresh2/3 on the host to at least {want}/{} or client routers' entries will be collected",
+                    want * 2
+                );
+            }
+            return;
+        };
+        if t2 >= want && t3 >= want * 2 {
+            return;
+        }
+        let (n1, n2, n3) = (t1.max(want / 2), t2.max(want), t3.max(want * 2));
+        for (n, value) in [(3, n3), (2, n2), (1, n1)] {
+            if let Err(e) = netlink::sysctl(&key(n), &value.to_string()) {
+                tracing::warn!(error = %error_chain(&e), "raising the neighbour table limits");
+                return;
+            }
+        }
+        tracing::info!(
+            clients,
+            gc_thresh1 = n1,
+            gc_thresh2 = n2,
+            gc_thresh3 = n3,
+            "raised the kernel's neighbour table limits to fit every client router"
+        );
     }
 
     /// Builds or repairs VIF `id`'s control plane, attaches XDP to its host end, reads its

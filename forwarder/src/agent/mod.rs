@@ -151,6 +151,8 @@ pub struct Agent {
     /// Link events of the agent's namespace and removals under /run/netns.
     _monitors: Vec<Monitor>,
     next_generation: u64,
+    /// The neighbour-table advice was logged once.
+    neighbour_table_warned: bool,
     retry: Retry,
     /// Changes seen but not planned yet (a batch of events is planned once).
     dirty: Dirty,
@@ -247,6 +249,7 @@ impl Agent {
             net_tx,
             _monitors: monitors,
             next_generation: 0,
+            neighbour_table_warned: false,
             retry: Retry::default(),
             dirty: Dirty::default(),
             started: Instant::now(),
@@ -295,6 +298,7 @@ impl Agent {
             tracing::info!(vif = %v.name, "deleting VIF: withdrawing its routes");
             self.apply.set_vif_state(id.0, vif_state::DELETING)?;
         }
+        self.fit_neighbour_table();
         self.sync_ports();
         self.sync_attachments()?;
         for id in self.model.vifs.keys().copied().collect::<Vec<_>>() {

@@ -267,9 +267,35 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
             );
             out += "\nborder gateways:\n";
             out += &table(
-                &["NAME", "ROUTES", "INSTALLED"],
-                &rows(&data["gateways"], &["name", "routes", "installed"]),
+                &[
+                    "NAME",
+                    "ROUTES",
+                    "SELECTED",
+                    "INSTALLED",
+                    "NOT INSTALLED",
+                    "ROUTE MAP FULL",
+                ],
+                &rows(
+                    &data["gateways"],
+                    &[
+                        "name",
+                        "routes",
+                        "selected",
+                        "installed",
+                        "not_installed",
+                        "route_map_full",
+                    ],
+                ),
             );
+            out += "\nmaps:\n";
+            for map in ["routes", "next_hops", "vifs"] {
+                let usage = &data["maps"][map];
+                out += &format!(
+                    "  {map:<10} {} of {}\n",
+                    text(&usage["used"]),
+                    text(&usage["capacity"])
+                );
+            }
             out
         }
         Request::VifList => table(

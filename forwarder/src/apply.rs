@@ -172,6 +172,9 @@ pub struct Apply {
     pending: BTreeMap<(Source, GatewayId, Ipv4Net), Pending>,
     /// Next hops no longer wanted but still referred to; cleared once nothing does.
     deferred: BTreeSet<NextHopKey>,
+    /// Next hops whose write failed, and routes whose removal failed: written again.
+    failed_next_hops: BTreeSet<NextHopKey>,
+    failed_routes: BTreeSet<(GatewayId, Ipv4Net)>,
     route_capacity: u32,
     next_hop_capacity: u32,
 }
@@ -214,6 +217,8 @@ impl Apply {
             programmed: p,
             pending: BTreeMap::new(),
             deferred: BTreeSet::new(),
+            failed_next_hops: BTreeSet::new(),
+            failed_routes: BTreeSet::new(),
             route_capacity,
             next_hop_capacity,
         })
@@ -240,24 +245,40 @@ impl Apply {
         self.mode
     }
 
-    /// A gateway's routes in the map and waiting for it.
-    pub fn gateway_routes(&self, gateway: GatewayId) -> GatewayRoutes {
-        let mut out = GatewayRoutes {
+    /// Pending routes per gateway: (count, some wait for room). One pass over them.
+    pub fn pending_by_gateway(&self) -> HashMap<GatewayId, (usize, bool)> {
+        let mut out: HashMap<GatewayId, (usize, bool)> = HashMap::new();
+        for ((_, g, _), why) in &self.pending {
+            let entry = out.entry(*g).or_default();
+            entry.0 += 1;
+            entry.1 |= *why == Pending::Full;
+        }
+        out
+    }
+
+    /// A gateway's routes in the map and waiting for it, with `pending` from
+    /// [`Self::pending_by_gateway`].
+    pub fn gateway_routes_with(
+        &self,
+        gateway: GatewayId,
+        pending: &HashMap<GatewayId, (usize, bool)>,
+    ) -> GatewayRoutes {
+        let (waiting, full) = pending.get(&gateway).copied().unwrap_or_default();
+        GatewayRoutes {
             installed: self
                 .programmed
                 .per_gateway
                 .get(&gateway)
                 .copied()
                 .unwrap_or(0),
-            ..GatewayRoutes::default()
-        };
-        for ((_, g, _), why) in &self.pending {
-            if *g == gateway {
-                out.pending += 1;
-                out.waiting_for_room |= *why == Pending::Full;
-            }
+            pending: waiting,
+            waiting_for_room: full,
         }
-        out
+    }
+
+    /// A gateway's routes in the map and waiting for it.
+    pub fn gateway_routes(&self, gateway: GatewayId) -> GatewayRoutes {
+        self.gateway_routes_with(gateway, &self.pending_by_gateway())
     }
 
     /// The next-hop id a route of the map holds.
@@ -275,7 +296,10 @@ impl Apply {
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || !self.deferred.is_empty()
+        !self.pending.is_empty()
+            || !self.deferred.is_empty()
+            || !self.failed_next_hops.is_empty()
+            || !self.failed_routes.is_empty()
     }
 
     // ---- ports -----------------------------------------------------------------------
@@ -369,6 +393,11 @@ impl Apply {
 
     pub fn vif_state(&self, id: u32) -> Option<u32> {
         self.programmed.vifs.get(&id).map(|v| v.state)
+    }
+
+    /// Attachment slot `id` as the map holds it.
+    pub fn attachment_entry(&self, id: u32) -> Option<Attachment> {
+        self.programmed.attachments.get(&id).copied()
     }
 
     /// VIF table slot `id` as the map holds it.
@@ -515,13 +544,14 @@ impl Apply {
         Ok(true)
     }
 
-    fn remove_route(&mut self, gateway: GatewayId, prefix: Ipv4Net) -> Result<(), Error> {
+    /// Removes a route from the map; false if it was not there.
+    fn remove_route(&mut self, gateway: GatewayId, prefix: Ipv4Net) -> Result<bool, Error> {
         let Some((nh, _)) = self.programmed.routes.get(&(gateway, prefix)).copied() else {
-            return Ok(());
+            return Ok(false);
         };
         self.dp.remove_route(gateway.0, prefix)?;
         self.forget_route(gateway, prefix, nh);
-        Ok(())
+        Ok(true)
     }
 
     fn forget_route(&mut self, gateway: GatewayId, prefix: Ipv4Net, nh: u32) {
@@ -663,33 +693,7 @@ impl Apply {
                 }
             }
         }
-        let (mut upserts, mut removals): (Vec<NextHopKey>, Vec<NextHopKey>) = keys
-            .into_iter()
-            .partition(|k| desired.next_hops.contains_key(k));
-        // Members before the groups that list them.
-        upserts.sort_by_key(|k| matches!(desired.next_hops.get(k), Some(NextHop::Group(_))));
-        for key in upserts {
-            let Some(nh) = desired.next_hops.get(&key) else {
-                continue;
-            };
-            let had = pool.get(&key).is_some();
-            let id = match pool.allocate(&key) {
-                Ok(id) => id,
-                Err(e) => {
-                    report.error(e);
-                    continue;
-                }
-            };
-            report.ids_changed |= !had;
-            self.deferred.remove(&key);
-            let Some(spec) = Self::spec_of(nh, pool) else {
-                report.error(format!("next hop {key:?}: a member has no slot"));
-                continue;
-            };
-            if let Err(e) = self.write_next_hop(id, spec) {
-                report.error(format!("next hop {key:?}: {e}"));
-            }
-        }
+        let removals = self.write_next_hops(keys, desired, pool, &mut report);
 
         // Routes: removals first (they also make room), then writes by preference.
         let mut routes: Vec<(GatewayId, Ipv4Net)> = changes
@@ -706,9 +710,73 @@ impl Apply {
                     .iter()
                     .flat_map(|(g, t)| t.keys().map(move |p| (*g, *p))),
             );
-            routes.sort_unstable();
-            routes.dedup();
         }
+        self.write_routes(routes, desired, pool, &mut report)?;
+        if report.removed > 0 && !self.pending.is_empty() {
+            self.retry_pending(desired, pool, &mut report)?;
+        }
+        self.clear_next_hops(removals, desired, pool, &mut report);
+        Ok(report)
+    }
+
+    /// Writes the next hops of `keys` that `desired` has (members before the groups that
+    /// list them) and returns the others, to be cleared once routes no longer use them.
+    fn write_next_hops(
+        &mut self,
+        keys: BTreeSet<NextHopKey>,
+        desired: &Desired,
+        pool: &mut Pool<NextHopKey>,
+        report: &mut Report,
+    ) -> Vec<NextHopKey> {
+        let (mut upserts, removals): (Vec<NextHopKey>, Vec<NextHopKey>) = keys
+            .into_iter()
+            .partition(|k| desired.next_hops.contains_key(k));
+        upserts.sort_by_key(|k| matches!(desired.next_hops.get(k), Some(NextHop::Group(_))));
+        for key in upserts {
+            let Some(nh) = desired.next_hops.get(&key) else {
+                continue;
+            };
+            self.deferred.remove(&key);
+            let had = pool.get(&key).is_some();
+            let id = match pool.allocate(&key) {
+                Ok(id) => id,
+                Err(e) => {
+                    report.error(e);
+                    self.failed_next_hops.insert(key);
+                    continue;
+                }
+            };
+            report.ids_changed |= !had;
+            let written = match Self::spec_of(nh, pool) {
+                Some(spec) => self
+                    .write_next_hop(id, spec)
+                    .map_err(|e| format!("next hop {key:?}: {e}")),
+                None => Err(format!("next hop {key:?}: a member has no slot")),
+            };
+            match written {
+                Ok(()) => {
+                    self.failed_next_hops.remove(&key);
+                }
+                Err(e) => {
+                    report.error(e);
+                    self.failed_next_hops.insert(key);
+                }
+            }
+        }
+        removals
+    }
+
+    /// Brings the routes of `routes` in line with `desired`: removals first (they also make
+    /// room), then writes, propagated and static before BGP.
+    fn write_routes(
+        &mut self,
+        mut routes: Vec<(GatewayId, Ipv4Net)>,
+        desired: &Desired,
+        pool: &Pool<NextHopKey>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        routes.sort_unstable();
+        routes.dedup();
         let mut writes: Vec<(Source, GatewayId, Ipv4Net, Candidate)> = Vec::new();
         for (gateway, prefix) in routes {
             match desired.route(gateway, prefix) {
@@ -717,10 +785,17 @@ impl Apply {
                     for s in [Source::Propagated, Source::Static, Source::Bgp] {
                         self.pending.remove(&(s, gateway, prefix));
                     }
-                    if self.programmed.routes.contains_key(&(gateway, prefix)) {
-                        match self.remove_route(gateway, prefix) {
-                            Ok(()) => report.removed += 1,
-                            Err(e) => report.error(format!("removing {prefix}: {e}")),
+                    match self.remove_route(gateway, prefix) {
+                        Ok(true) => {
+                            report.removed += 1;
+                            self.failed_routes.remove(&(gateway, prefix));
+                        }
+                        Ok(false) => {
+                            self.failed_routes.remove(&(gateway, prefix));
+                        }
+                        Err(e) => {
+                            report.error(format!("removing {prefix}: {e}"));
+                            self.failed_routes.insert((gateway, prefix));
                         }
                     }
                 }
@@ -728,13 +803,21 @@ impl Apply {
         }
         writes.sort_unstable_by_key(|(s, g, p, _)| (*s, *g, *p));
         for (_, gateway, prefix, candidate) in writes {
-            self.install(gateway, prefix, candidate, pool, &mut report)?;
+            self.failed_routes.remove(&(gateway, prefix));
+            self.install(gateway, prefix, candidate, pool, report)?;
         }
-        if report.removed > 0 && !self.pending.is_empty() {
-            self.retry_pending(desired, pool, &mut report)?;
-        }
+        Ok(())
+    }
 
-        // Next hops nothing wants: groups first (they free their members).
+    /// Clears next hops nothing wants (groups first: they free their members); those still
+    /// referred to wait.
+    fn clear_next_hops(
+        &mut self,
+        mut removals: Vec<NextHopKey>,
+        desired: &Desired,
+        pool: &Pool<NextHopKey>,
+        report: &mut Report,
+    ) {
         removals.extend(self.deferred.iter().copied());
         removals.sort_by_key(|k| {
             !matches!(
@@ -752,6 +835,7 @@ impl Apply {
             match self.clear_next_hop(key, pool) {
                 Ok(true) => {
                     self.deferred.remove(&key);
+                    self.failed_next_hops.remove(&key);
                 }
                 Ok(false) => {
                     self.deferred.insert(key);
@@ -762,7 +846,6 @@ impl Apply {
                 }
             }
         }
-        Ok(report)
     }
 
     fn retry_pending(
@@ -778,33 +861,32 @@ impl Apply {
                 continue;
             };
             self.install(gateway, prefix, c, pool, report)?;
-            // BGP routes that do not fit: the rest will not either.
-            if c.source == Source::Bgp
-                && matches!(
-                    self.pending.get(&(c.source, gateway, prefix)),
-                    Some(Pending::Full)
-                )
-            {
+            // A route that still does not fit (and had nothing to take the place of): the
+            // rest will not either.
+            if matches!(
+                self.pending.get(&(c.source, gateway, prefix)),
+                Some(Pending::Full)
+            ) {
                 break;
             }
         }
         Ok(())
     }
 
-    /// Retries pending routes and deferred next-hop removals (a timer while there are any).
+    /// Retries what did not go in: next hops and route removals that failed, pending routes,
+    /// next hops waiting to be cleared (the agent's timer, while there are any).
     pub fn retry(
         &mut self,
         desired: &Desired,
         pool: &mut Pool<NextHopKey>,
     ) -> Result<Report, Error> {
         let mut report = Report::default();
+        let keys = std::mem::take(&mut self.failed_next_hops);
+        let removals = self.write_next_hops(keys, desired, pool, &mut report);
+        let routes: Vec<(GatewayId, Ipv4Net)> = self.failed_routes.iter().copied().collect();
+        self.write_routes(routes, desired, pool, &mut report)?;
         self.retry_pending(desired, pool, &mut report)?;
-        let deferred: Vec<NextHopKey> = self.deferred.iter().copied().collect();
-        for key in deferred {
-            if desired.next_hops.contains_key(&key) || self.clear_next_hop(key, pool)? {
-                self.deferred.remove(&key);
-            }
-        }
+        self.clear_next_hops(removals, desired, pool, &mut report);
         Ok(report)
     }
 }

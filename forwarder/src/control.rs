@@ -290,10 +290,61 @@ pub struct Access {
     pub group: Option<u32>,
 }
 
+/// Whether something answers on the socket at `path`: a non-blocking connect, so a listener
+/// with a full backlog counts as alive instead of hanging the caller.
+fn answers(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; the path is copied into it within bounds; the
+    // socket is closed before returning.
+    unsafe {
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        if bytes.len() >= addr.sun_path.len() {
+            return false;
+        }
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        let fd = libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        );
+        if fd < 0 {
+            return false;
+        }
+        let rc = libc::connect(
+            fd,
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error().raw_os_error();
+        libc::close(fd);
+        rc == 0 || err == Some(libc::EAGAIN)
+    }
+}
+
+/// Refuses a control socket path another agent answers on, or that is not a socket. Called
+/// before anything is programmed, so an agent that cannot serve changes nothing.
+pub fn check_free(path: &Path) -> Result<(), BindError> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(BindError::NotSocket(path.to_owned())),
+        Ok(_) if answers(path) => Err(BindError::Live(path.to_owned())),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(BindError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 /// Binds the socket: mode 0600, or 0660 owned by the control group; the parent directory is
 /// created. An existing path is replaced only when it is a socket nobody answers on.
 pub fn bind(path: &Path, access: Access) -> Result<tokio::net::UnixListener, BindError> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    use std::os::unix::fs::PermissionsExt as _;
     let io_err = |source| BindError::Io {
         path: path.to_owned(),
         source,
@@ -301,15 +352,10 @@ pub fn bind(path: &Path, access: Access) -> Result<tokio::net::UnixListener, Bin
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io_err)?;
     }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(BindError::NotSocket(path.to_owned()));
-        }
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(BindError::Live(path.to_owned())),
-            // Refused: the agent that bound it is gone.
-            Err(_) => std::fs::remove_file(path).map_err(io_err)?,
-        },
+    check_free(path)?;
+    match std::fs::remove_file(path) {
+        // Nobody answers on it: the agent that bound it is gone.
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(e)),
     }

@@ -426,10 +426,14 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Allows redirects to `ifindex`.
+    /// Allows redirects to `ifindex`. A port already there is left alone: replacing a
+    /// devmap entry removes it for an instant.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), Error> {
         let mut tx =
             DevMapHash::try_from(self.map_mut(MAP_TX_PORTS)?).map_err(map_err(MAP_TX_PORTS))?;
+        if tx.get(ifindex, 0).is_ok_and(|v| v.if_index == ifindex) {
+            return Ok(());
+        }
         tx.insert(ifindex, ifindex, None, 0)
             .map_err(|source| Error::TxPort {
                 ifindex,

@@ -6,7 +6,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Read as _, Seek as _, Write as _},
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -62,13 +62,19 @@ fn lock_file(what: &'static str, shown: &Path, path: &Path) -> Result<File, Erro
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err)?;
     }
+    // Never through a symlink, and only a regular file: a lock path in a directory others
+    // can write must not make the agent truncate something else.
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(io_err)?;
+    if !file.metadata().map_err(io_err)?.is_file() {
+        return Err(io_err(io::Error::other("not a regular file")));
+    }
     if !flock(&file).map_err(io_err)? {
         let mut text = String::new();
         let pid = file

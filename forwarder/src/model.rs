@@ -110,6 +110,7 @@ pub struct Model {
     gateway_names: HashMap<String, GatewayId>,
     names: HashMap<String, Named>,
     vifs_by_port: HashMap<String, Vec<VifId>>,
+    vifs_by_netns: HashMap<String, VifId>,
     vifs_by_gateway: HashMap<GatewayId, Vec<VifId>>,
 }
 
@@ -126,6 +127,7 @@ impl Default for Model {
             gateway_names: HashMap::new(),
             names: HashMap::new(),
             vifs_by_port: HashMap::new(),
+            vifs_by_netns: HashMap::new(),
             vifs_by_gateway: HashMap::new(),
         }
     }
@@ -186,6 +188,8 @@ impl Model {
             m.names.insert(v.name.clone(), Named::Vif(id));
             m.vifs_by_port.entry(port.clone()).or_default().push(id);
             m.vifs_by_gateway.entry(gateway).or_default().push(id);
+            let netns = format!("{}{}", config.agent.netns_prefix, v.name);
+            m.vifs_by_netns.insert(netns, id);
             m.vifs.insert(
                 id,
                 Vif {
@@ -251,6 +255,11 @@ impl Model {
             Target::Attachment(a) => self.attachments.get(&a).map(|a| a.gateway),
             Target::Vif(v) | Target::VifPeers(v, _) => self.vifs.get(&v).map(|v| v.gateway),
         }
+    }
+
+    /// The VIF whose control namespace is `netns`.
+    pub fn vif_of_netns(&self, netns: &str) -> Option<VifId> {
+        self.vifs_by_netns.get(netns).copied()
     }
 
     pub fn vifs_on_port(&self, port: &str) -> &[VifId] {

@@ -410,6 +410,23 @@ impl Netlink {
         .map(drop)
     }
 
+    /// Removes the neighbour entry of `addr` on link `index`, if there is one.
+    pub fn delete_neighbour(&mut self, index: u32, addr: Ipv4Addr) -> Result<(), Error> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        match self.exchange(RouteNetlinkMessage::DelNeighbour(msg), 0, || {
+            format!("removing the neighbour {addr} on link {index}")
+        }) {
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
     /// The kernel's route toward `dst` (`ip route get`).
     pub fn route_get(&mut self, dst: Ipv4Addr) -> Result<RouteHop, Error> {
         let mut msg = RouteMessage::default();

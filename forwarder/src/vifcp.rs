@@ -58,12 +58,23 @@ pub struct Built {
     /// `vif0` are gone.
     pub veth_recreated: bool,
     pub host_ifindex: u32,
+    /// `vif0` inside: neighbour events of another ifindex are of an older pair.
+    pub inner_ifindex: u32,
     /// The MAC the customer sees for the cloud addresses.
     pub mac: [u8; 6],
     /// The client neighbours as they are now.
     pub neighbours: Vec<Neighbour>,
     /// A neighbour-event socket inside the namespace, when asked for.
     pub monitor: Option<Socket>,
+}
+
+/// How [`ensure`] goes about it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Open a neighbour-event socket inside (a new monitor).
+    pub monitor: bool,
+    /// Forget the client routers' neighbour entries first (they are other routers now).
+    pub reset_neighbours: bool,
 }
 
 /// Creates what is missing and corrects what differs; leaves a correct control plane
@@ -75,7 +86,7 @@ pub fn ensure(
     host_if: &str,
     pairs: &[Pair],
     held: Option<&Namespace>,
-    want_monitor: bool,
+    options: Options,
     host: &mut Netlink,
 ) -> Result<Built, Error> {
     let (namespace, found) = netns::ensure(netns_name, held)?;
@@ -129,7 +140,7 @@ pub fn ensure(
             }
         }
         // Subscribed before the neighbours are read: no change falls between the two.
-        let monitor = if want_monitor {
+        let monitor = if options.monitor {
             Some(observe::neighbour_socket().map_err(|source| Error::Io {
                 what: format!("neighbour events of {netns_name}"),
                 source,
@@ -137,14 +148,19 @@ pub fn ensure(
         } else {
             None
         };
+        if options.reset_neighbours {
+            for p in pairs {
+                nl.delete_neighbour(inner.index, p.client)?;
+            }
+        }
         for p in pairs {
             nl.managed_neighbour(inner.index, p.client)?;
         }
         let neighbours = nl.neighbours(inner.index)?;
         let mac = inner.mac.ok_or(Error::NoMac(INNER_IF))?;
-        Ok((recreate, mac, neighbours, monitor))
+        Ok((recreate, inner.index, mac, neighbours, monitor))
     })??;
-    let (veth_recreated, mac, neighbours, monitor) = inside;
+    let (veth_recreated, inner_ifindex, mac, neighbours, monitor) = inside;
     let host_end = host.link(host_if)?.ok_or_else(|| Error::Io {
         what: format!("{host_if} after creating it"),
         source: std::io::ErrorKind::NotFound.into(),
@@ -160,6 +176,7 @@ pub fn ensure(
         found,
         veth_recreated,
         host_ifindex: host_end.index,
+        inner_ifindex,
         mac,
         neighbours,
         monitor,

@@ -538,3 +538,90 @@ fn a_full_route_map_keeps_static_routes_and_other_gateways_going() -> Result<()>
     println!("bgw-1 after the withdrawals: {}", gateway("bgw-1"));
     Ok(())
 }
+
+#[test]
+fn a_vif_moved_to_another_gateway_advertises_that_gateways_routes_and_a_removed_vif_leaves_nothing()
+-> Result<()> {
+    use forwarder_tests::fixture::Vif;
+    let t = Topology::new("bgpmove")?;
+    let _customer = t.customer_router_bgp()?;
+    let base = || {
+        t.fixture()
+            .agent("bgp_hold_time", "9")
+            .agent("bgp_connect_retry", "1")
+            .gateway("bgw-2")
+            .attachment("att-b", "bgw-2", 1002, "172.31.0.3", &["10.2.0.0/16"])
+    };
+    let bgp_vif = |gateway: &str| {
+        Vif::bgp("vif-100", "hc-1", 100, gateway, 65001)
+            .peer(&CLIENT1.to_string(), &CLOUD1.to_string())
+    };
+    t.write_fixture(&base().vif(bgp_vif("bgw-1")))?;
+    let agent = t.start_agent(common::bin())?;
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+        &[net("192.168.50.0/24")],
+    )?;
+    bird.wait_established(CLOUD1, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    bird.wait_received(CLOUD1, &[net("10.0.1.0/24")], Duration::from_secs(10))?;
+
+    // The VIF moves to bgw-2: its session starts over and BIRD hears bgw-2's routes only.
+    t.write_fixture(&base().vif(bgp_vif("bgw-2")))?;
+    let out = common::cli(&t.socket(), &["reload"])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bird.wait_received(CLOUD1, &[net("10.2.0.0/16")], Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || cli_json(
+            &t.socket(),
+            &["lookup", "--gateway", "bgw-2", "192.168.50.1"]
+        )
+        .is_ok_and(|l| l["next_hop"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("vif vif-100")))),
+        "the customer's route is not in bgw-2"
+    );
+    ensure!(
+        lookup(&t, "192.168.50.1")?["next_hop_id"].is_null(),
+        "the customer's route stayed in bgw-1"
+    );
+    let id = cli_json(&t.socket(), &["vif", "show", "vif-100"])?["id"].clone();
+
+    // Removed while holding routes: nothing of it is left for the next VIF that gets its id.
+    t.write_fixture(&base())?;
+    let out = common::cli(&t.socket(), &["reload"])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.write_fixture(&base().vif(
+        Vif::static_routed("vif-300", "hc-1", 300, "bgw-2").peer("169.254.30.2", "169.254.30.1"),
+    ))?;
+    let out = common::cli(&t.socket(), &["reload"])?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = cli_json(&t.socket(), &["vif", "show", "vif-300"])?;
+    println!("vif-100 had id {id}; vif-300 has {}", new["id"]);
+    ensure!(
+        new["id"] == id,
+        "the test expects the id to be given again: {new}"
+    );
+    let routes = cli_json(&t.socket(), &["route", "list", "--gateway", "bgw-2"])?;
+    ensure!(
+        !routes.to_string().contains("192.168.50.0/24"),
+        "vif-300 inherited vif-100's BGP route: {routes}"
+    );
+    Ok(())
+}

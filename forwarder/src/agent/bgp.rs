@@ -37,6 +37,16 @@ pub struct BgpState {
     pub announce_all: BTreeSet<SessionKey>,
 }
 
+impl BgpState {
+    /// Forgets the routes of a VIF gone from the model (its sessions are stopped).
+    pub fn forget_vif(&mut self, vif: VifId) {
+        self.masks.retain(|(v, _), _| *v != vif);
+        self.routes.retain(|(v, _), _| *v != vif);
+        self.up.retain(|(v, _)| *v != vif);
+        self.announce_all.retain(|(v, _)| *v != vif);
+    }
+}
+
 impl Agent {
     /// Starts, restarts or stops sessions so that every peer of every BGP VIF with a control
     /// plane has one with its current settings.
@@ -133,11 +143,17 @@ impl Agent {
         }
     }
 
-    /// The mask of (vif, prefix) becomes `new`: the route tables follow.
+    /// The mask of (vif, prefix) becomes `new`: the route tables follow (a VIF the model no
+    /// longer has keeps no mask; the tables are rebuilt without it).
     fn set_mask(&mut self, vif: VifId, prefix: Ipv4Net, new: u8) {
         let old = self.bgp.masks.get(&(vif, prefix)).copied().unwrap_or(0);
         if old == new {
             return;
+        }
+        if new != 0 {
+            self.bgp.masks.insert((vif, prefix), new);
+        } else {
+            self.bgp.masks.remove(&(vif, prefix));
         }
         let Some(gateway) = self.model.vifs.get(&vif).map(|v| v.gateway) else {
             return;
@@ -151,9 +167,6 @@ impl Agent {
         }
         if new != 0 {
             self.rib.insert(gateway, prefix, candidate(new));
-            self.bgp.masks.insert((vif, prefix), new);
-        } else {
-            self.bgp.masks.remove(&(vif, prefix));
         }
         self.dirty.prefixes.insert((gateway, prefix));
     }

@@ -206,6 +206,17 @@ impl Agent {
     /// Builds or repairs VIF `id`'s control plane, attaches XDP to its host end, reads its
     /// client MACs and writes its VIF entry.
     pub(super) fn ensure_vif(&mut self, id: VifId) -> Result<(), Error> {
+        self.ensure_vif_with(id, false, false)
+    }
+
+    /// Reads VIF `id`'s neighbours again through a new monitor, so that no older queued
+    /// event can undo what is read (after lost events); `reset` first forgets the client
+    /// routers' entries (the VIF moved: other routers answer now).
+    pub(super) fn resync_vif(&mut self, id: VifId, reset: bool) -> Result<(), Error> {
+        self.ensure_vif_with(id, true, reset)
+    }
+
+    fn ensure_vif_with(&mut self, id: VifId, new_monitor: bool, reset: bool) -> Result<(), Error> {
         let Some(v) = self.model.vifs.get(&id).cloned() else {
             return Ok(());
         };
@@ -220,17 +231,21 @@ impl Agent {
             .collect();
         let held = self.control_planes.get(&id);
         // A new monitor when there is none, or when the name now means another namespace.
-        let want_monitor = held.is_none_or(|cp| {
-            netns::exists(&v.netns)
-                && netns::Namespace::open(&netns::path(&v.netns))
-                    .is_ok_and(|ns| ns.inode != cp.namespace.inode)
-        });
+        let want_monitor = new_monitor
+            || held.is_none_or(|cp| {
+                netns::exists(&v.netns)
+                    && netns::Namespace::open(&netns::path(&v.netns))
+                        .is_ok_and(|ns| ns.inode != cp.namespace.inode)
+            });
         let built = vifcp::ensure(
             &v.netns,
             &v.host_if,
             &pairs,
             held.map(|cp| &cp.namespace),
-            want_monitor,
+            vifcp::Options {
+                monitor: want_monitor,
+                reset_neighbours: reset,
+            },
             &mut self.host,
         )?;
         let new_namespace = held.is_some_and(|cp| cp.namespace.inode != built.namespace.inode);
@@ -256,6 +271,7 @@ impl Agent {
         let owned = self.owned();
         let recorded =
             owned.namespaces.insert(v.netns.clone()) | owned.links.insert(v.host_if.clone());
+        self.state_changed |= recorded;
         if self.apply.port(&v.host_if).map(|p| p.ifindex) != Some(built.host_ifindex) {
             self.apply.attach(&v.host_if, PortRole::Control)?;
         }
@@ -288,15 +304,13 @@ impl Agent {
                 generation,
                 monitor,
                 host_ifindex: built.host_ifindex,
+                inner_ifindex: built.inner_ifindex,
                 mac: built.mac,
             },
         );
         self.set_clients(id, &built.neighbours);
         self.write_vif(id)?;
         self.dirty.vifs.insert(id);
-        if recorded {
-            self.save_state()?;
-        }
         Ok(())
     }
 
@@ -332,9 +346,29 @@ impl Agent {
         let owned = self.owned();
         owned.namespaces.remove(&v.netns);
         owned.links.remove(&v.host_if);
-        self.observed.clients.retain(|(vif, _), _| *vif != id);
+        self.state_changed = true;
+        self.forget_vif(id);
         tracing::info!(vif = %v.name, "VIF deleted");
         Ok(())
+    }
+
+    /// Drops everything the agent held for a VIF gone from the model, so that a VIF given its
+    /// id later starts from nothing (no routes, clients or sessions of the old one).
+    pub(super) fn forget_vif(&mut self, id: VifId) {
+        self.control_planes.remove(&id);
+        let clients: Vec<(VifId, u8)> = self
+            .observed
+            .clients
+            .range((id, 0)..=(id, u8::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in clients {
+            self.observed.clients.remove(&key);
+        }
+        self.stop_sessions_of(id);
+        self.bgp.forget_vif(id);
+        self.retry.vifs.remove(&id);
+        self.retry.resync.remove(&id);
     }
 
     pub(super) fn handle_net_event(&mut self, event: NetEvent) -> Result<(), Error> {
@@ -373,11 +407,11 @@ impl Agent {
                 generation,
                 neighbour,
             } => {
-                if self
-                    .control_planes
-                    .get(&vif)
-                    .is_none_or(|cp| cp.generation != generation)
-                {
+                // Events of an older monitor, or of an older vif0 (the pair was remade), are
+                // history: the read that came with the new one is newer.
+                if self.control_planes.get(&vif).is_none_or(|cp| {
+                    cp.generation != generation || cp.inner_ifindex != neighbour.ifindex
+                }) {
                     return Ok(());
                 }
                 let Some(v) = self.model.vifs.get(&vif) else {
@@ -397,26 +431,27 @@ impl Agent {
                     }
                 }
             }
-            NetEvent::Resync(Scope::Host) => self.read_links()?,
+            NetEvent::Resync(Scope::Host) => {
+                if let Err(e) = self.read_links() {
+                    self.retry.links = true;
+                    return Err(e);
+                }
+            }
             NetEvent::Resync(Scope::Vif(vif, generation)) => {
-                let Some(cp) = self
+                if self
                     .control_planes
                     .get(&vif)
-                    .filter(|cp| cp.generation == generation)
-                else {
+                    .is_none_or(|cp| cp.generation != generation)
+                {
                     return Ok(());
-                };
-                let neighbours = vifcp::neighbours(&cp.namespace)?;
-                self.set_clients(vif, &neighbours);
-                self.dirty.vifs.insert(vif);
+                }
+                if let Err(e) = self.resync_vif(vif, false) {
+                    self.retry.resync.insert(vif);
+                    return Err(e);
+                }
             }
             NetEvent::NetnsGone(name) => {
-                let vif = self
-                    .model
-                    .vifs
-                    .iter()
-                    .find(|(_, v)| v.netns == name)
-                    .map(|(id, _)| *id);
+                let vif = self.model.vif_of_netns(&name);
                 if let Some(vif) = vif
                     && !netns::exists(&name)
                     && let Err(e) = self.ensure_vif(vif)

@@ -111,23 +111,88 @@ struct ControlPlane {
     /// None until the neighbour monitor runs.
     monitor: Option<Monitor>,
     host_ifindex: u32,
+    /// `vif0` inside the namespace.
+    inner_ifindex: u32,
     mac: [u8; 6],
 }
 
-/// Work that failed and is tried again on the retry timer.
+/// What a new model asks of the host and the maps: the part of it not done yet (a reload
+/// that failed half-way keeps what is left here and is retried).
+#[derive(Debug, Default)]
+struct Transition {
+    /// VIFs gone from the model: removed once their routes are gone.
+    removed: Vec<(VifId, model::Vif)>,
+    /// VIFs whose control plane must be built or changed.
+    ensure: BTreeSet<VifId>,
+    /// VIFs moved to another port, VLAN or border gateway: new client routers, new table.
+    moved: BTreeSet<VifId>,
+}
+
+impl Transition {
+    /// From `old` (None: nothing was running) to `new`, for what `built` already has.
+    fn between(old: Option<&Model>, new: &Model, built: &BTreeMap<VifId, ControlPlane>) -> Self {
+        let mut t = Self::default();
+        if let Some(old) = old {
+            t.removed = old
+                .vifs
+                .iter()
+                .filter(|(id, _)| !new.vifs.contains_key(id))
+                .map(|(id, v)| (*id, v.clone()))
+                .collect();
+        }
+        for (id, v) in &new.vifs {
+            let before = old.and_then(|o| o.vifs.get(id));
+            let changed = before
+                .is_none_or(|o| o.peers != v.peers || o.netns != v.netns || o.host_if != v.host_if);
+            if changed || !built.contains_key(id) {
+                t.ensure.insert(*id);
+            }
+            if before
+                .is_some_and(|o| o.port != v.port || o.vlan != v.vlan || o.gateway != v.gateway)
+            {
+                t.moved.insert(*id);
+            }
+        }
+        t
+    }
+
+    fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.ensure.is_empty() && self.moved.is_empty()
+    }
+}
+
+/// Work that failed and is tried again on the retry timer, with a growing delay while it
+/// keeps failing.
 #[derive(Debug, Default)]
 struct Retry {
     /// Control planes to build or repair.
     vifs: BTreeSet<VifId>,
     /// Ports to attach.
     ports: BTreeSet<String>,
-    /// The last reload was applied only in part.
-    reload: bool,
+    /// Namespaces whose neighbours must be read again.
+    resync: BTreeSet<VifId>,
+    /// A model not fully applied yet (a reload or a start that failed half-way).
+    model: Option<Transition>,
+    /// The agent's own links must be read again.
+    links: bool,
+    /// Consecutive retries that did not finish.
+    failures: u32,
 }
 
 impl Retry {
     fn is_empty(&self) -> bool {
-        self.vifs.is_empty() && self.ports.is_empty() && !self.reload
+        self.vifs.is_empty()
+            && !self.links
+            && self.ports.is_empty()
+            && self.resync.is_empty()
+            && self.model.is_none()
+    }
+
+    /// 0.5 s, doubling while it keeps failing, at most 30 s.
+    fn delay(&self) -> Duration {
+        Duration::from_millis(500)
+            .saturating_mul(1 << self.failures.min(6))
+            .min(Duration::from_secs(30))
     }
 }
 
@@ -153,6 +218,8 @@ pub struct Agent {
     next_generation: u64,
     /// The neighbour-table advice was logged once.
     neighbour_table_warned: bool,
+    /// The state file is behind what is in memory.
+    state_changed: bool,
     retry: Retry,
     /// Changes seen but not planned yet (a batch of events is planned once).
     dirty: Dirty,
@@ -183,6 +250,7 @@ impl Agent {
             &agent_cfg.control_socket,
             &agent_cfg.pin_dir,
         )?;
+        control::check_free(&agent_cfg.control_socket)?;
         let mut state = State::load(&agent_cfg.state_dir)?;
         let mut host = Netlink::open()?;
         check_local_vtep(&config, &mut host)?;
@@ -250,6 +318,7 @@ impl Agent {
             _monitors: monitors,
             next_generation: 0,
             neighbour_table_warned: false,
+            state_changed: false,
             retry: Retry::default(),
             dirty: Dirty::default(),
             started: Instant::now(),
@@ -263,7 +332,8 @@ impl Agent {
             }
         }
         agent.read_links()?;
-        agent.apply_model(None)?;
+        let transition = Transition::between(None, &agent.model, &agent.control_planes);
+        agent.apply_model(transition)?;
         agent.save_state()?;
         Ok(agent)
     }
@@ -273,7 +343,17 @@ impl Agent {
     }
 
     fn save_state(&mut self) -> Result<(), Error> {
+        self.state_changed = false;
         Ok(self.state.save(&self.config.agent.state_dir)?)
+    }
+
+    /// Saves the state file if something changed it since the last save (once per message
+    /// handled, however many ids it gave out).
+    fn save_if_changed(&mut self) -> Result<(), Error> {
+        if self.state_changed {
+            self.save_state()?;
+        }
+        Ok(())
     }
 
     fn owned(&mut self) -> &mut Owned {
@@ -281,40 +361,80 @@ impl Agent {
     }
 
     /// Brings everything in line with `self.model`: ports, attachments, control planes and
-    /// VIF entries, sessions, then a full plan. `old` is the model before a reload: what it
-    /// had and the new one does not is removed, after its routes are gone.
-    fn apply_model(&mut self, old: Option<&Model>) -> Result<(), Error> {
-        let removed_vifs: Vec<(VifId, model::Vif)> = old
-            .map(|o| {
-                o.vifs
-                    .iter()
-                    .filter(|(id, _)| !self.model.vifs.contains_key(id))
-                    .map(|(id, v)| (*id, v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        // A VIF on its way out stops taking traffic at once.
-        for (id, v) in &removed_vifs {
+    /// VIF entries, sessions, then a full plan; what `t` removed goes last, once its routes are
+    /// gone. On an error, what is left of `t` is kept for the retry timer.
+    fn apply_model(&mut self, mut t: Transition) -> Result<(), Error> {
+        let result = self.apply_transition(&mut t);
+        if result.is_err() || !t.is_empty() {
+            let pending = self.retry.model.get_or_insert_with(Transition::default);
+            pending.removed.extend(t.removed);
+            pending.ensure.extend(t.ensure);
+            pending.moved.extend(t.moved);
+        }
+        result
+    }
+
+    fn apply_transition(&mut self, t: &mut Transition) -> Result<(), Error> {
+        // A VIF on its way out stops taking traffic at once (its sessions stop below).
+        for (id, v) in &t.removed {
             tracing::info!(vif = %v.name, "deleting VIF: withdrawing its routes");
             self.apply.set_vif_state(id.0, vif_state::DELETING)?;
+        }
+        // A moved VIF has new client routers and maybe a new table: its sessions start
+        // over (with the new gateway's export), its old neighbours go.
+        let moved = std::mem::take(&mut t.moved);
+        for id in &moved {
+            self.stop_sessions_of(*id);
         }
         self.fit_neighbour_table();
         self.sync_ports();
         self.sync_attachments()?;
-        for id in self.model.vifs.keys().copied().collect::<Vec<_>>() {
+        // Recorded before they are made: whatever a crash leaves is known to be ours.
+        let names: Vec<(String, String)> = t
+            .ensure
+            .iter()
+            .filter_map(|id| self.model.vifs.get(id))
+            .map(|v| (v.netns.clone(), v.host_if.clone()))
+            .collect();
+        let owned = self.owned();
+        let mut recorded = false;
+        for (netns, host_if) in names {
+            recorded |= owned.namespaces.insert(netns);
+            recorded |= owned.links.insert(host_if);
+        }
+        if recorded {
+            self.save_state()?;
+        }
+        for id in moved {
+            t.ensure.remove(&id);
+            self.observed.clients.retain(|(v, _), _| *v != id);
+            if let Err(e) = self.resync_vif(id, true) {
+                tracing::error!(vif = %self.model.vif_name(id), error = %error_chain(&e), "control plane not ready; retrying");
+                self.retry.vifs.insert(id);
+            }
+        }
+        for id in std::mem::take(&mut t.ensure) {
             if let Err(e) = self.ensure_vif(id) {
                 tracing::error!(vif = %self.model.vif_name(id), error = %error_chain(&e), "control plane not ready; retrying");
                 self.retry.vifs.insert(id);
             }
         }
+        // Entries whose port, VLAN or gateway changed (a write only where they differ).
+        for id in self.model.vifs.keys().copied().collect::<Vec<_>>() {
+            self.write_vif(id)?;
+        }
         self.sync_sessions();
         self.rib = plan::build_rib(&self.model, &self.bgp.masks);
         self.replan(Dirty::all())?;
         // Gone from the model and from the routes: now from the maps and the host.
-        for (id, v) in removed_vifs {
-            self.remove_vif_objects(id, &v)?;
+        while let Some((id, v)) = t.removed.pop() {
+            if let Err(e) = self.remove_vif_objects(id, &v) {
+                t.removed.push((id, v));
+                return Err(e);
+            }
         }
         self.remove_leftovers()?;
+        self.state_changed = true;
         Ok(())
     }
 
@@ -341,9 +461,15 @@ impl Agent {
             (None, Some(e)) => (e.control_ifindex, e.mac),
             (None, None) => (0, [0; 6]),
         };
+        // A port not attached (yet) in this run: keep the port the entry has.
+        let port_ifindex = match (self.apply.port(&v.port), programmed) {
+            (Some(p), _) => p.ifindex,
+            (None, Some(e)) => e.port_ifindex,
+            (None, None) => 0,
+        };
         Some(VifSpec {
             id: id.0,
-            port_ifindex: self.apply.port(&v.port).map_or(0, |p| p.ifindex),
+            port_ifindex,
             vlan: v.vlan,
             gateway_id: v.gateway.0,
             state,
@@ -371,7 +497,12 @@ impl Agent {
             underlay_ifindex: self
                 .apply
                 .port(&self.model.underlay)
-                .map_or(0, |p| p.ifindex),
+                .map(|p| p.ifindex)
+                .or(self
+                    .apply
+                    .attachment_entry(id.0)
+                    .map(|e| e.underlay_ifindex))
+                .unwrap_or(0),
             router_mac: a.router_mac,
         })
     }
@@ -431,30 +562,60 @@ impl Agent {
             }
             self.owned().links.remove(name);
         }
-        // Ids of objects gone from the config (after their slots were emptied above).
+        // Ids of objects gone from the config, once nothing in the maps refers to them any
+        // more (a slot, a key, a next hop, a route): a new object never inherits a leftover.
+        let vif_slots = self.apply.vif_ids();
+        let att_slots = self.apply.attachment_ids();
+        let mut nh_owners: BTreeSet<VifId> = BTreeSet::new();
+        let mut nh_atts: BTreeSet<AttachmentId> = BTreeSet::new();
+        for (key, id) in self.state.ids.next_hops.iter() {
+            if self.apply.next_hop_in_use(id) {
+                match key {
+                    NextHopKey::Attachment { attachment } => {
+                        nh_atts.insert(*attachment);
+                    }
+                    _ => nh_owners.extend(key.vif()),
+                }
+            }
+        }
         let ids = &mut self.state.ids;
-        for name in ids.vifs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>() {
-            if self.model.vif_id(&name).is_none() {
+        for (name, id) in ids
+            .vifs
+            .iter()
+            .map(|(n, id)| (n.clone(), id))
+            .collect::<Vec<_>>()
+        {
+            if self.model.vif_id(&name).is_none()
+                && !vif_slots.contains(&id)
+                && !nh_owners.contains(&VifId(id))
+            {
                 ids.vifs.release(&name);
             }
         }
-        for name in ids
+        for (name, id) in ids
             .attachments
             .iter()
-            .map(|(n, _)| n.clone())
+            .map(|(n, id)| (n.clone(), id))
             .collect::<Vec<_>>()
         {
-            if self.model.attachment_id(&name).is_none() {
+            if self.model.attachment_id(&name).is_none()
+                && !att_slots.contains(&id)
+                && !nh_atts.contains(&AttachmentId(id))
+            {
                 ids.attachments.release(&name);
             }
         }
-        for name in ids
+        for (name, id) in ids
             .gateways
             .iter()
-            .map(|(n, _)| n.clone())
+            .map(|(n, id)| (n.clone(), id))
             .collect::<Vec<_>>()
         {
-            if self.model.gateway_id(&name).is_none() {
+            let routes = self.apply.gateway_routes(crate::ids::GatewayId(id));
+            if self.model.gateway_id(&name).is_none()
+                && routes.installed == 0
+                && routes.pending == 0
+            {
                 ids.gateways.release(&name);
             }
         }
@@ -502,39 +663,41 @@ impl Agent {
         for (vif, s) in &changes.vifs {
             tracing::info!(vif = %self.model.vif_name(*vif), to = s.name(), "VIF state");
         }
-        if !changes.is_empty() {
-            let report = self
-                .apply
-                .sync(&self.desired, &changes, &mut self.state.ids.next_hops)?;
-            self.after_apply(&report)?;
-            if !changes.routes.is_empty() {
-                tracing::debug!(
-                    routes = changes.routes.len(),
-                    written = report.written,
-                    removed = report.removed,
-                    "routes updated"
-                );
-            }
-        }
+        // The maps first, then the sessions; the sessions are told whatever happened to the
+        // maps (the export is the selection, and a failed write is retried).
+        let written = if changes.is_empty() {
+            Ok(())
+        } else {
+            self.apply
+                .sync(&self.desired, &changes, &mut self.state.ids.next_hops)
+                .map(|report| {
+                    if !changes.routes.is_empty() {
+                        tracing::debug!(
+                            routes = changes.routes.len(),
+                            written = report.written,
+                            removed = report.removed,
+                            "routes updated"
+                        );
+                    }
+                    self.after_apply(&report);
+                })
+        };
         self.export_changes(&changes);
-        Ok(())
+        Ok(written?)
     }
 
-    fn after_apply(&mut self, report: &apply::Report) -> Result<(), Error> {
+    fn after_apply(&mut self, report: &apply::Report) {
         for e in &report.errors {
             tracing::error!(error = %e, "map write failed; retrying");
         }
-        if report.ids_changed {
-            // Ids are part of what the pinned maps mean: a restart must find the same ones.
-            self.save_state()?;
-        }
-        Ok(())
+        // Ids are part of what the pinned maps mean: a restart must find the same ones.
+        self.state_changed |= report.ids_changed;
     }
 
     /// When the retry timer should fire, if there is anything to retry.
     fn retry_due(&self) -> Option<Duration> {
         if !self.retry.is_empty() {
-            Some(Duration::from_millis(500))
+            Some(self.retry.delay())
         } else if self.apply.has_pending() {
             Some(Duration::from_secs(2))
         } else {
@@ -542,40 +705,53 @@ impl Agent {
         }
     }
 
-    /// Tries again what failed: control planes, ports, a half-applied reload, map writes.
+    /// Tries again what failed: a model applied in part, ports, control planes, neighbour
+    /// reads, map writes. What still fails waits longer next time.
     fn on_retry(&mut self) -> Result<(), Error> {
-        if std::mem::take(&mut self.retry.reload) {
-            let old = self.model.clone();
-            if let Err(e) = self.apply_model(Some(&old)) {
-                self.retry.reload = true;
-                return Err(e);
-            }
+        let result = self.retry_pass();
+        if result.is_err() || !self.retry.is_empty() {
+            self.retry.failures = self.retry.failures.saturating_add(1);
+        } else {
+            self.retry.failures = 0;
+        }
+        result
+    }
+
+    fn retry_pass(&mut self) -> Result<(), Error> {
+        if let Some(t) = self.retry.model.take() {
+            self.apply_model(t)?;
+        }
+        if std::mem::take(&mut self.retry.links)
+            && let Err(e) = self.read_links()
+        {
+            self.retry.links = true;
+            return Err(e);
         }
         for name in std::mem::take(&mut self.retry.ports) {
             self.attach_port(&name);
         }
-        let vifs = std::mem::take(&mut self.retry.vifs);
-        let mut dirty = Dirty::default();
-        for id in vifs {
+        for id in std::mem::take(&mut self.retry.vifs) {
             if !self.model.vifs.contains_key(&id) {
                 continue;
             }
-            match self.ensure_vif(id) {
-                Ok(()) => {
-                    dirty.vifs.insert(id);
-                }
-                Err(e) => {
-                    tracing::warn!(vif = %self.model.vif_name(id), error = %error_chain(&e), "control plane still not ready");
-                    self.retry.vifs.insert(id);
-                }
+            if let Err(e) = self.ensure_vif(id) {
+                tracing::warn!(vif = %self.model.vif_name(id), error = %error_chain(&e), "control plane still not ready");
+                self.retry.vifs.insert(id);
+            }
+        }
+        for id in std::mem::take(&mut self.retry.resync) {
+            if let Err(e) = self.resync_vif(id, false) {
+                tracing::warn!(vif = %self.model.vif_name(id), error = %error_chain(&e), "reading the neighbours again failed");
+                self.retry.resync.insert(id);
             }
         }
         self.sync_sessions();
-        self.replan(dirty)?;
+        self.replan(Dirty::default())?;
         let report = self
             .apply
             .retry(&self.desired, &mut self.state.ids.next_hops)?;
-        self.after_apply(&report)
+        self.after_apply(&report);
+        Ok(())
     }
 
     /// Re-reads the config file. A config that does not load, that leaves a CLI-added route
@@ -616,25 +792,10 @@ impl Agent {
         tracing::info!(path = %self.config_path.display(), "reloading the configuration");
         self.config = config;
         let old = std::mem::replace(&mut self.model, model);
-        // A VIF that moved to another VLAN or connection starts its sessions over.
-        let moved: Vec<VifId> = self
-            .model
-            .vifs
-            .iter()
-            .filter(|(id, v)| {
-                old.vifs
-                    .get(id)
-                    .is_some_and(|o| o.port != v.port || o.vlan != v.vlan)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in moved {
-            self.stop_sessions_of(id);
-        }
         // Validated, but applying may still fail half-way (an interface vanished, a map is
         // full): the rest is retried until it succeeds.
-        let applied = self.apply_model(Some(&old));
-        self.retry.reload = applied.is_err();
+        let transition = Transition::between(Some(&old), &self.model, &self.control_planes);
+        let applied = self.apply_model(transition);
         let saved = self.save_state();
         applied.and(saved)
     }
@@ -770,8 +931,14 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         sig(SignalKind::interrupt())?,
         sig(SignalKind::hangup())?,
     );
+    // The retry timer is armed once and runs out whatever else arrives meanwhile.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        let retry = agent.retry_due();
+        match (retry_at, agent.retry_due()) {
+            (None, Some(after)) => retry_at = Some(tokio::time::Instant::now() + after),
+            (Some(_), None) => retry_at = None,
+            _ => {}
+        }
         let outcome = tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -784,10 +951,10 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
             Some(event) = net_rx.recv() => {
                 let mut result = agent.on_net_event(event);
                 // Everything already queued is taken in one go and planned once.
-                while result.is_ok() && let Ok(event) = net_rx.try_recv() {
-                    result = agent.on_net_event(event);
+                while let Ok(event) = net_rx.try_recv() {
+                    result = result.and(agent.on_net_event(event));
                 }
-                result.and_then(|()| agent.flush())
+                result.and(agent.flush())
             }
             Some(event) = events.recv() => {
                 agent.handle_bgp_event(event);
@@ -802,11 +969,19 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                 msg.reply.send(response).ok();
                 Ok(())
             }
-            () = sleep_or_never(retry) => agent.on_retry(),
+            () = sleep_until_or_never(retry_at) => {
+                retry_at = None;
+                agent.on_retry()
+            }
         };
         if let Err(e) = outcome {
             tracing::error!(error = %error_chain(&e), "applying a change failed; retrying");
-            agent.retry.reload |= matches!(e, Error::Dataplane(_));
+            // What failed is not known here: the whole model is applied again, which writes
+            // only what differs.
+            agent.retry.model.get_or_insert_with(Transition::default);
+        }
+        if let Err(e) = agent.save_if_changed() {
+            tracing::error!(error = %error_chain(&e), "saving the state file; retrying");
         }
     }
     tracing::info!("stopping: XDP and pinned maps stay, forwarding continues");
@@ -817,9 +992,9 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-async fn sleep_or_never(after: Option<Duration>) {
-    match after {
-        Some(d) => tokio::time::sleep(d).await,
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

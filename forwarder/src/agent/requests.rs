@@ -98,12 +98,13 @@ impl Agent {
                 up: self.observed.port_up(name),
             })
             .collect();
+        let pending = self.apply.pending_by_gateway();
         let gateways = self
             .model
             .gateways
             .iter()
             .map(|(id, g)| {
-                let routes = self.apply.gateway_routes(*id);
+                let routes = self.apply.gateway_routes_with(*id, &pending);
                 control::GatewayStatus {
                     name: g.name.clone(),
                     routes: self.rib.table(*id).map(|(_, c)| c.len()).sum(),
@@ -297,8 +298,14 @@ impl Agent {
             via,
         });
         self.state.routes.sort();
-        // Persisted before it is applied: an acknowledged route survives a crash.
-        self.save_state()?;
+        // Persisted before it is applied: an acknowledged route survives a crash. A route
+        // that cannot be persisted is not added at all.
+        if let Err(e) = self.save_state() {
+            self.state
+                .routes
+                .retain(|r| !(r.gateway == self.model.gateway_name(gw) && r.prefix == prefix));
+            return Err(e);
+        }
         self.model
             .statics
             .insert((gw, prefix), Static { target, cli: true });
@@ -330,10 +337,14 @@ impl Agent {
             }
             Some(_) => {}
         }
+        let before = self.state.routes.clone();
         self.state
             .routes
             .retain(|r| !(r.gateway == gateway && r.prefix == prefix));
-        self.save_state()?;
+        if let Err(e) = self.save_state() {
+            self.state.routes = before;
+            return Err(e);
+        }
         if let Some(s) = self.model.statics.remove(&(gw, prefix)) {
             self.rib.remove(
                 gw,

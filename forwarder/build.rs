@@ -11,6 +11,11 @@ fn main() -> anyhow::Result<()> {
     let common_dir = workspace.join("forwarder-common");
     // aya-build watches the eBPF crate; the contract crate it uses must trigger a rebuild too.
     println!("cargo:rerun-if-changed={}", common_dir.display());
+    // aya-build passes every line the nested cargo prints on stderr ("Compiling …",
+    // "Finished …") up as a cargo warning; a quiet nested cargo still reports errors and
+    // the compiler's own warnings.
+    // SAFETY: build scripts are single-threaded; nothing reads the environment concurrently.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "forwarder-ebpf",

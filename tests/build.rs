@@ -9,6 +9,11 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("tests/ has no parent directory")?;
     let ebpf_dir = workspace.join("forwarder-test-ebpf");
+    // aya-build passes every line the nested cargo prints on stderr ("Compiling …",
+    // "Finished …") up as a cargo warning; a quiet nested cargo still reports errors and
+    // the compiler's own warnings.
+    // SAFETY: build scripts are single-threaded; nothing reads the environment concurrently.
+    unsafe { std::env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "forwarder-test-ebpf",

@@ -61,6 +61,12 @@ pub enum Command {
         vif: Option<String>,
         #[arg(long)]
         attachment: Option<String>,
+        /// Show rates (packets and bits per second, drops per second), refreshed every second.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, requires = "watch", value_parser = clap::value_parser!(u32).range(1..))]
+        count: Option<u32>,
     },
     /// Re-read the config file and apply the difference (a bad config changes nothing).
     Reload,
@@ -69,6 +75,22 @@ pub enum Command {
         #[command(subcommand)]
         command: BgpCommand,
     },
+    /// Print a shell completion script (e.g. `forwarder completions bash >
+    /// /etc/bash_completion.d/forwarder`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `forwarder man > /usr/share/man/man1/forwarder.1`.
+    Man,
+}
+
+/// Writes the completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "forwarder", out);
+}
+
+/// Writes the manual page.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(out)
 }
 
 #[derive(Subcommand)]
@@ -155,10 +177,21 @@ pub fn control(cli: &Cli) -> ExitCode {
             gateway: gateway.clone(),
             address: *address,
         },
-        Command::Stats { vif, attachment } => Request::Stats {
-            vif: vif.clone(),
-            attachment: attachment.clone(),
-        },
+        Command::Stats {
+            vif,
+            attachment,
+            watch,
+            count,
+        } => {
+            let request = Request::Stats {
+                vif: vif.clone(),
+                attachment: attachment.clone(),
+            };
+            if *watch {
+                return watch_stats(cli, &request, *count);
+            }
+            request
+        }
         Command::Reload => Request::Reload,
         Command::Bgp {
             command: BgpCommand::Neighbors,
@@ -171,7 +204,9 @@ pub fn control(cli: &Cli) -> ExitCode {
             vif: vif.clone(),
             advertised: *advertised,
         },
-        Command::Agent { .. } | Command::Check { .. } => return ExitCode::FAILURE,
+        Command::Agent { .. } | Command::Check { .. } | Command::Completions { .. } | Command::Man => {
+            return ExitCode::FAILURE;
+        }
     };
     match control::call(&cli.socket, &request) {
         Ok(Response { ok: true, data, .. }) => {
@@ -197,6 +232,137 @@ pub fn control(cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Per-second rates between two `stats` answers taken `seconds` apart.
+fn rates(before: &serde_json::Value, now: &serde_json::Value, seconds: f64) -> serde_json::Value {
+    let delta = |a: &serde_json::Value, b: &serde_json::Value| {
+        b.as_u64().unwrap_or(0).saturating_sub(a.as_u64().unwrap_or(0)) as f64 / seconds
+    };
+    let section = |name: &str| -> Vec<serde_json::Value> {
+        now[name]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let old = before[name]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|e| e["name"] == entry["name"]))
+                    .cloned()
+                    .unwrap_or_default();
+                serde_json::json!({
+                    "name": entry["name"],
+                    "rx_pps": delta(&old["rx_packets"], &entry["rx_packets"]),
+                    "rx_bps": delta(&old["rx_bytes"], &entry["rx_bytes"]) * 8.0,
+                    "tx_pps": delta(&old["tx_packets"], &entry["tx_packets"]),
+                    "tx_bps": delta(&old["tx_bytes"], &entry["tx_bytes"]) * 8.0,
+                })
+            })
+            .collect()
+    };
+    let drops: serde_json::Map<String, serde_json::Value> = now["drops"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), serde_json::json!(delta(&before["drops"][k], v))))
+        .collect();
+    serde_json::json!({
+        "interval_seconds": seconds,
+        "vifs": section("vifs"),
+        "attachments": section("attachments"),
+        "drops_per_second": drops,
+    })
+}
+
+/// A rate for people: 1.2k, 3.4M, 5.6G.
+fn si(value: f64) -> String {
+    match value {
+        v if v >= 1e9 => format!("{:.1}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.1}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
+fn render_rates(rates: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for section in ["vifs", "attachments"] {
+        let rows: Vec<Vec<String>> = rates[section]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let mut row = vec![e["name"].as_str().unwrap_or_default().to_owned()];
+                for k in ["rx_pps", "rx_bps", "tx_pps", "tx_bps"] {
+                    row.push(si(e[k].as_f64().unwrap_or(0.0)));
+                }
+                row
+            })
+            .collect();
+        if !rows.is_empty() {
+            out += &format!("{section}:\n");
+            out += &table(&["NAME", "RX PKT/S", "RX BIT/S", "TX PKT/S", "TX BIT/S"], &rows);
+        }
+    }
+    let drops: Vec<String> = rates["drops_per_second"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_f64().unwrap_or(0.0) > 0.0)
+        .map(|(k, v)| format!("  {k:<22} {}/s", si(v.as_f64().unwrap_or(0.0))))
+        .collect();
+    out += "drops:";
+    if drops.is_empty() {
+        out += " none\n";
+    } else {
+        out += "\n";
+        out += &drops.join("\n");
+        out += "\n";
+    }
+    out
+}
+
+/// `stats --watch`: rates from one sample to the next, every second (`count` times, or until
+/// interrupted). On a terminal the screen is redrawn; otherwise each refresh follows the last
+/// (`--json`: one JSON object per line).
+fn watch_stats(cli: &Cli, request: &Request, count: Option<u32>) -> ExitCode {
+    use std::io::IsTerminal as _;
+    let sample = || match control::call(&cli.socket, request) {
+        Ok(Response { ok: true, data, .. }) => Ok((std::time::Instant::now(), data)),
+        Ok(Response { error, .. }) => Err(error.unwrap_or_else(|| "the agent refused".into())),
+        Err(e) => Err(e.to_string()),
+    };
+    let terminal = std::io::stdout().is_terminal() && !cli.json;
+    let mut last = match sample() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut shown = 0u32;
+    while count.is_none_or(|c| shown < c) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let now = match sample() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let seconds = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+        let rates = rates(&last.1, &now.1, seconds);
+        if cli.json {
+            println!("{rates}");
+        } else if terminal {
+            print!("\x1b[2J\x1b[H{}", render_rates(&rates));
+        } else {
+            println!("{}", render_rates(&rates));
+        }
+        last = now;
+        shown += 1;
+    }
+    ExitCode::SUCCESS
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {

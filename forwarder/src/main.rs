@@ -44,6 +44,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Completions { shell } => {
+            forwarder::cli::completions(*shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => match forwarder::cli::man(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         _ => forwarder::cli::control(&cli),
     }
 }

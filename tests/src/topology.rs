@@ -164,6 +164,17 @@ impl Topology {
         launch: Launch,
         filter: &str,
     ) -> Result<Child> {
+        self.spawn_agent_env(forwarder, launch, filter, &[])
+    }
+
+    /// [`Self::spawn_agent_logging`] with more environment variables.
+    pub fn spawn_agent_env(
+        &self,
+        forwarder: &Path,
+        launch: Launch,
+        filter: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -184,6 +195,7 @@ impl Topology {
         };
         command
             .env("RUST_LOG", filter)
+            .envs(env.iter().copied())
             .arg(forwarder)
             .args(["agent", "--config"])
             .arg(self.config_path())
@@ -210,7 +222,8 @@ impl Topology {
         self.wait_agent(forwarder, child)
     }
 
-    fn wait_agent(&self, forwarder: &Path, child: Child) -> Result<Agent> {
+    /// Waits until the agent `child` answers on its socket.
+    pub fn wait_agent(&self, forwarder: &Path, child: Child) -> Result<Agent> {
         let mut agent = Agent {
             child: Some(child),
             log: self.dir.0.join("agent.log"),

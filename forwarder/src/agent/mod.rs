@@ -790,6 +790,9 @@ impl Agent {
         }
         let model = Model::build(&config, &self.state.routes, &mut self.state.ids)?;
         tracing::info!(path = %self.config_path.display(), "reloading the configuration");
+        let mut reloading = vec![sd_notify::NotifyState::Reloading];
+        reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+        notify(&reloading);
         self.config = config;
         let old = std::mem::replace(&mut self.model, model);
         // Validated, but applying may still fail half-way (an interface vanished, a map is
@@ -797,6 +800,7 @@ impl Agent {
         let transition = Transition::between(Some(&old), &self.model, &self.control_planes);
         let applied = self.apply_model(transition);
         let saved = self.save_state();
+        notify(&[sd_notify::NotifyState::Ready]);
         applied.and(saved)
     }
 
@@ -920,6 +924,20 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let listener = control::bind(&socket, agent.access()?)?;
     let server = tokio::spawn(control_server(listener, agent.access()?, control_tx));
     tracing::info!(socket = %socket.display(), vifs = agent.model.vifs.len(), "agent ready");
+    // Maps adopted, ports attached, control planes built, socket answering: tell systemd.
+    let status = format!(
+        "{} VIFs, {} ports; control socket {}",
+        agent.model.vifs.len(),
+        agent.apply.ports().count(),
+        socket.display()
+    );
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+    // The owner loop itself answers the watchdog: a wedged loop stops the pings.
+    let mut watchdog = sd_notify::watchdog_enabled().map(|period| {
+        let mut ticks = tokio::time::interval(period / 2);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let sig = |kind| {
         signal(kind).map_err(|source| Error::Io {
             what: "installing signal handlers".into(),
@@ -973,6 +991,10 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                 retry_at = None;
                 agent.on_retry()
             }
+            () = tick_or_never(watchdog.as_mut()) => {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                Ok(())
+            }
         };
         if let Err(e) = outcome {
             tracing::error!(error = %error_chain(&e), "applying a change failed; retrying");
@@ -985,11 +1007,29 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         }
     }
     tracing::info!("stopping: XDP and pinned maps stay, forwarding continues");
+    notify(&[sd_notify::NotifyState::Stopping]);
     server.abort();
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, "removing the control socket");
     }
     Ok(())
+}
+
+async fn tick_or_never(ticks: Option<&mut tokio::time::Interval>) {
+    match ticks {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells the service manager (`NOTIFY_SOCKET`, set by systemd for `Type=notify`) how the
+/// agent is; nothing without one.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "notifying the service manager");
+    }
 }
 
 async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {

@@ -1,0 +1,195 @@
+//! What an operator's tools see (issue: operating it): shell completions and the manual page,
+//! the systemd unit as systemd-analyze reads it, the agent's readiness and watchdog on a
+//! NOTIFY_SOCKET, `stats --watch`.
+
+mod common;
+
+use std::{os::unix::net::UnixDatagram, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result, ensure};
+use common::{Topology, VPC_HOST, cli_json, wait_for};
+use forwarder_tests::{fixture::Vif, topology::Launch};
+
+fn forwarder(args: &[&str]) -> Result<String> {
+    let out = Command::new(common::bin()).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "forwarder {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_and_a_manual_page() -> Result<()> {
+    let dir = forwarder_tests::topology::TempDir::new("completions")?;
+    for (shell, marker) in [
+        ("bash", "complete -F _forwarder"),
+        ("zsh", "#compdef forwarder"),
+        ("fish", "complete -c forwarder"),
+    ] {
+        let script = forwarder(&["completions", shell])?;
+        ensure!(script.contains(marker), "{shell}: no {marker:?}");
+        for sub in ["reload", "route", "lookup", "neighbors", "completions"] {
+            ensure!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+        let path = dir.0.join(format!("forwarder.{shell}"));
+        std::fs::write(&path, &script)?;
+        println!("{shell}: {} lines", script.lines().count());
+    }
+    // Bash reads it without a syntax error and registers the completion.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p forwarder",
+            dir.0.join("forwarder.bash").display()
+        ))
+        .output()?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("_forwarder"),
+        "bash: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = forwarder(&["man"])?;
+    ensure!(page.contains(".TH forwarder 1"), "{page}");
+    for sub in ["agent", "check", "reload", "stats"] {
+        ensure!(page.contains(sub), "the manual page lacks {sub}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_systemd_unit_verifies() -> Result<()> {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../contrib/systemd/forwarder.service"),
+    )?;
+    ensure!(
+        unit.contains("Type=notify") && unit.contains("WatchdogSec="),
+        "{unit}"
+    );
+    // As installed: the binary where the unit says it is (here: the one just built).
+    let dir = forwarder_tests::topology::TempDir::new("unit")?;
+    let path = dir.0.join("forwarder.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/forwarder",
+            &common::bin().display().to_string(),
+        ),
+    )?;
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .context("systemd-analyze (package systemd)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify: {text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ready_and_watchdog_on_the_notify_socket_and_stats_watch_rates() -> Result<()> {
+    let t = Topology::new("notify")?;
+    let _customer = t.customer_router()?;
+    t.write_fixture(
+        &t.fixture()
+            .vif(
+                Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
+                    .peer("169.254.10.2", "169.254.10.1"),
+            )
+            .static_route("bgw-1", "192.168.50.0/24", "vif-100"),
+    )?;
+    // The service manager's side: a datagram socket of our own.
+    let path = t.dir.0.join("notify.sock");
+    let manager = UnixDatagram::bind(&path)?;
+    manager.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let socket = path.display().to_string();
+    let child = t.spawn_agent_env(
+        common::bin(),
+        Launch::Nsenter,
+        "info",
+        &[("NOTIFY_SOCKET", &socket), ("WATCHDOG_USEC", "1000000")],
+    )?;
+    let mut agent = t.wait_agent(common::bin(), child)?;
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !messages.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let n = manager
+            .recv(&mut buf)
+            .with_context(|| format!("no notification; got {messages:?}\n{}", agent.log_text()))?;
+        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    println!("notifications: {messages:?}");
+    let ready = messages
+        .iter()
+        .position(|m| m.contains("READY=1"))
+        .context("no READY=1")?;
+    ensure!(
+        messages[ready].contains("STATUS=1 VIFs"),
+        "{}",
+        messages[ready]
+    );
+    // READY=1 came when the agent answered: its socket works and its ports are attached.
+    let status = cli_json(&t.socket(), &["status"])?;
+    ensure!(
+        status["ports"].as_array().is_some_and(|p| p.len() == 3),
+        "{status}"
+    );
+
+    ensure!(
+        wait_for(Duration::from_secs(15), || cli_json(
+            &t.socket(),
+            &["vif", "show", "vif-100"]
+        )
+        .is_ok_and(|v| v["state"] == "available")),
+        "vif-100 not available"
+    );
+    let pinger = {
+        let idc = t.idc.name().to_owned();
+        std::thread::spawn(move || {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &idc, "ping", "-q", "-c", "40", "-i", "0.05", VPC_HOST,
+                ])
+                .output()
+        })
+    };
+    let out = common::cli(&t.socket(), &["--json", "stats", "--watch", "--count", "2"])?;
+    pinger
+        .join()
+        .map_err(|_| anyhow::anyhow!("ping thread"))??;
+    let text = String::from_utf8(out.stdout)?;
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    println!("stats --watch: {text}");
+    ensure!(lines.len() == 2, "{text}");
+    let rx = lines[1]["vifs"][0]["rx_pps"].as_f64().unwrap_or(0.0);
+    ensure!(
+        lines[1]["vifs"][0]["name"] == "vif-100" && rx > 5.0,
+        "rates: {}",
+        lines[1]
+    );
+
+    // SIGTERM: the manager hears STOPPING=1.
+    ensure!(agent.terminate()?.success(), "agent exit");
+    let mut stopping = false;
+    while let Ok(n) = manager.recv(&mut buf) {
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    ensure!(stopping, "no STOPPING=1");
+    Ok(())
+}

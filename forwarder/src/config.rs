@@ -103,6 +103,9 @@ pub struct Agent {
     /// Entries of the route map (all border gateways together) when it is created; a pinned
     /// map keeps the size it was created with.
     pub route_capacity: u32,
+    /// Where Prometheus scrapes `GET /metrics`, e.g. "127.0.0.1:9330" (in the agent's network
+    /// namespace); none: no metrics endpoint.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Agent {
@@ -120,6 +123,7 @@ impl Default for Agent {
             bgp_max_prefix_restart: 30,
             control_group: None,
             route_capacity: forwarder_common::MAX_ROUTES,
+            metrics_listen: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod dataplane;
 pub mod host;
 pub mod ids;
 pub mod lock;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod netns;

@@ -51,6 +51,9 @@ pub enum NetEvent {
     NetnsGone(String),
 }
 
+/// An event with the time it arrived (the event-to-map latency starts there).
+pub type Stamped = (tokio::time::Instant, NetEvent);
+
 /// A running monitor; dropping it stops it.
 #[derive(Debug)]
 pub struct Monitor(AbortHandle);
@@ -106,7 +109,7 @@ fn set_rcvbuf(fd: RawFd, size: usize) {
 
 /// Starts the task that reads `socket` and sends what it sees for `scope`. Must be called
 /// inside the runtime.
-pub fn spawn(socket: Socket, scope: Scope, tx: mpsc::Sender<NetEvent>) -> io::Result<Monitor> {
+pub fn spawn(socket: Socket, scope: Scope, tx: mpsc::Sender<Stamped>) -> io::Result<Monitor> {
     // SAFETY: the socket owns its descriptor and is moved into the AsyncFd, which keeps it
     // open (and the same) until it is dropped.
     let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| io::Error::other(e.to_string()))?;
@@ -124,8 +127,9 @@ pub fn spawn(socket: Socket, scope: Scope, tx: mpsc::Sender<NetEvent>) -> io::Re
             match guard.try_io(|inner| inner.get_ref().recv(&mut buf, 0)) {
                 Err(_would_block) => continue,
                 Ok(Ok(_)) => {
+                    let arrived = tokio::time::Instant::now();
                     for event in decode(&buf, scope) {
-                        if tx.send(event).await.is_err() {
+                        if tx.send((arrived, event)).await.is_err() {
                             return;
                         }
                     }
@@ -135,7 +139,8 @@ pub fn spawn(socket: Socket, scope: Scope, tx: mpsc::Sender<NetEvent>) -> io::Re
                         ?scope,
                         "netlink notifications lost; reading the state again"
                     );
-                    if tx.send(NetEvent::Resync(scope)).await.is_err() {
+                    let event = (tokio::time::Instant::now(), NetEvent::Resync(scope));
+                    if tx.send(event).await.is_err() {
                         return;
                     }
                 }
@@ -201,7 +206,7 @@ fn decode(buf: &[u8], scope: Scope) -> Vec<NetEvent> {
 
 /// Watches `/run/netns` for removed entries (someone ran `ip netns del` on a control
 /// namespace). Must be called inside the runtime.
-pub fn netns_dir(tx: mpsc::Sender<NetEvent>) -> io::Result<Monitor> {
+pub fn netns_dir(tx: mpsc::Sender<Stamped>) -> io::Result<Monitor> {
     use futures_util::StreamExt as _;
     use inotify::{Inotify, WatchMask};
     let inotify = Inotify::init()?;
@@ -216,7 +221,8 @@ pub fn netns_dir(tx: mpsc::Sender<NetEvent>) -> io::Result<Monitor> {
                     let Some(name) = event.name.and_then(|n| n.to_str().map(str::to_owned)) else {
                         continue;
                     };
-                    if tx.send(NetEvent::NetnsGone(name)).await.is_err() {
+                    let event = (tokio::time::Instant::now(), NetEvent::NetnsGone(name));
+                    if tx.send(event).await.is_err() {
                         return;
                     }
                 }

@@ -193,3 +193,179 @@ fn ready_and_watchdog_on_the_notify_socket_and_stats_watch_rates() -> Result<()>
     ensure!(stopping, "no STOPPING=1");
     Ok(())
 }
+
+/// A process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.kill().and_then(|()| self.0.wait().map(drop)) {
+            eprintln!("warning: stopping a helper process: {e}");
+        }
+    }
+}
+
+/// `promtool query instant` inside `ns`: the first sample's value, if any.
+fn prom_query(ns: &str, query: &str) -> Option<f64> {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "promtool",
+            "query",
+            "instant",
+            "http://127.0.0.1:9090",
+            query,
+        ])
+        .output()
+        .ok()?;
+    // `NAME{LABELS} => VALUE @[TIME]`
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.split(" => ").nth(1)?.split(" @").next()?.parse().ok())
+}
+
+#[test]
+fn debians_prometheus_scrapes_the_agent() -> Result<()> {
+    let t = Topology::new("prom")?;
+    let _customer = t.customer_router()?;
+    t.write_fixture(
+        &t.fixture()
+            .agent("metrics_listen", "\"127.0.0.1:9330\"")
+            .vif(
+                Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
+                    .peer("169.254.10.2", "169.254.10.1"),
+            )
+            // A BGP VIF whose router is not there: its session's metrics still exist.
+            .vif(
+                Vif::bgp("vif-200", "hc-1", 200, "bgw-1", 65002)
+                    .peer("169.254.30.2", "169.254.30.1"),
+            )
+            .static_route("bgw-1", "192.168.50.0/24", "vif-100"),
+    )?;
+    let agent = t.start_agent(common::bin())?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || cli_json(
+            &t.socket(),
+            &["vif", "show", "vif-100"]
+        )
+        .is_ok_and(|v| v["state"] == "available")),
+        "vif-100 not available"
+    );
+
+    // The exposition as Prometheus' own linter reads it.
+    let fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9330/metrics').read().decode(), end='')";
+    let exposition = t.gw.exec(&["/usr/bin/python3", "-c", fetch])?;
+    let text = String::from_utf8(exposition.stdout)?;
+    for name in [
+        "forwarder_vif_rx_packets_total{",
+        "forwarder_drops_total{reason=\"no_route\"}",
+        "forwarder_routes_installed{border_gateway=\"bgw-1\"}",
+        "forwarder_map_capacity_entries{map=\"routes\"}",
+        "forwarder_build_info{",
+        "forwarder_event_to_map_seconds_bucket",
+        "forwarder_plan_apply_duration_seconds_count",
+    ] {
+        ensure!(text.contains(name), "no {name} in the exposition:\n{text}");
+    }
+    let path = t.dir.0.join("metrics.txt");
+    std::fs::write(&path, &text)?;
+    let lint = Command::new("sh")
+        .arg("-c")
+        .arg(format!("promtool check metrics < {}", path.display()))
+        .output()?;
+    ensure!(
+        lint.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    // Prometheus itself, scraping every second.
+    let config = t.dir.0.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: forwarder\n    static_configs:\n      - targets: ['127.0.0.1:9330']\n",
+    )?;
+    let log = std::fs::File::create(t.dir.0.join("prometheus.log"))?;
+    let _prometheus = Killed(
+        Command::new("ip")
+            .args(["netns", "exec", t.gw.name(), "prometheus"])
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                t.dir.0.join("tsdb").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:9090")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting prometheus (package prometheus)")?,
+    );
+    let ns = t.gw.name().to_owned();
+    ensure!(
+        wait_for(Duration::from_secs(30), || prom_query(
+            &ns,
+            "up{job=\"forwarder\"}"
+        ) == Some(1.0)),
+        "the target never came up:\n{}",
+        std::fs::read_to_string(t.dir.0.join("prometheus.log")).unwrap_or_default()
+    );
+    let pings = 5;
+    let (sent, received) = t.ping(VPC_HOST, pings, "0.2")?;
+    ensure!(received == sent, "ping {received}/{sent}");
+    let query = "forwarder_vif_rx_packets_total{vif=\"vif-100\",connection=\"hc-1\",vlan=\"100\",border_gateway=\"bgw-1\"}";
+    let mut last = None;
+    ensure!(
+        wait_for(Duration::from_secs(15), || {
+            last = prom_query(&ns, query);
+            last.is_some_and(|v| v >= f64::from(pings))
+        }),
+        "Prometheus has {last:?} for {query}\n{}",
+        agent.log_text()
+    );
+    println!("Prometheus: {query} = {last:?} after {pings} pings");
+
+    // The Grafana dashboard asks for metrics the agent has, in PromQL Prometheus accepts.
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana/forwarder.json"),
+    )?)?;
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            exprs.push(target["expr"].as_str().context("expr")?.to_owned());
+        }
+    }
+    for expr in &exprs {
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("forwarder_"))
+        {
+            ensure!(
+                text.contains(name),
+                "the dashboard asks for {name}, which the agent lacks"
+            );
+        }
+        let query = expr.replace("$instance", ".*").replace("$vif", ".*");
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "promtool",
+                "query",
+                "instant",
+                "http://127.0.0.1:9090",
+            ])
+            .arg(&query)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "Prometheus refuses the dashboard's {query}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    println!("dashboard: {} queries checked", exprs.len());
+    Ok(())
+}

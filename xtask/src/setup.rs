@@ -33,6 +33,9 @@ const PACKAGES: &[&str] = &[
     "bird2",
     "frr",
     "gobgpd",
+    // the operators' own tools: Prometheus scraping the agent, systemd-analyze on the unit
+    "prometheus",
+    "systemd",
 ];
 
 pub fn run() -> Result<ExitCode> {

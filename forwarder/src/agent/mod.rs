@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod bgp;
 mod host;
+mod metrics;
 mod requests;
 
 use crate::{
@@ -212,7 +213,7 @@ pub struct Agent {
     bgp: bgp::BgpState,
     speaker: crate::bgp::Speaker,
     control_planes: BTreeMap<VifId, ControlPlane>,
-    net_tx: mpsc::Sender<NetEvent>,
+    net_tx: mpsc::Sender<observe::Stamped>,
     /// Link events of the agent's namespace and removals under /run/netns.
     _monitors: Vec<Monitor>,
     next_generation: u64,
@@ -220,6 +221,9 @@ pub struct Agent {
     neighbour_table_warned: bool,
     /// The state file is behind what is in memory.
     state_changed: bool,
+    histograms: crate::metrics::Histograms,
+    /// Arrival times of the kernel events planned by the next flush.
+    event_times: Vec<tokio::time::Instant>,
     retry: Retry,
     /// Changes seen but not planned yet (a batch of events is planned once).
     dirty: Dirty,
@@ -241,7 +245,7 @@ impl Agent {
         config_path: &Path,
         config: Config,
         events: mpsc::Sender<crate::bgp::Event>,
-        net_tx: mpsc::Sender<NetEvent>,
+        net_tx: mpsc::Sender<observe::Stamped>,
     ) -> Result<Self, Error> {
         let agent_cfg = &config.agent;
         Dataplane::prepare_pin_dir(&agent_cfg.pin_dir)?;
@@ -319,6 +323,8 @@ impl Agent {
             next_generation: 0,
             neighbour_table_warned: false,
             state_changed: false,
+            histograms: crate::metrics::Histograms::new(),
+            event_times: Vec::new(),
             retry: Retry::default(),
             dirty: Dirty::default(),
             started: Instant::now(),
@@ -665,6 +671,7 @@ impl Agent {
         }
         // The maps first, then the sessions; the sessions are told whatever happened to the
         // maps (the export is the selection, and a failed write is retried).
+        let started = Instant::now();
         let written = if changes.is_empty() {
             Ok(())
         } else {
@@ -683,6 +690,11 @@ impl Agent {
                 })
         };
         self.export_changes(&changes);
+        if !changes.is_empty() {
+            self.histograms
+                .plan_apply
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(written?)
     }
 
@@ -830,13 +842,21 @@ impl Agent {
     }
 
     /// Handles one kernel event; a batch is planned together by the caller.
-    fn on_net_event(&mut self, event: NetEvent) -> Result<(), Error> {
+    fn on_net_event(&mut self, (arrived, event): (tokio::time::Instant, NetEvent)) -> Result<(), Error> {
+        self.event_times.push(arrived);
         self.handle_net_event(event)
     }
 
     /// Plans what the last batch of messages changed.
     fn flush(&mut self) -> Result<(), Error> {
-        self.replan(Dirty::default())
+        let result = self.replan(Dirty::default());
+        let now = tokio::time::Instant::now();
+        for arrived in self.event_times.drain(..) {
+            self.histograms
+                .event_to_map
+                .observe(now.duration_since(arrived).as_secs_f64());
+        }
+        result
     }
 }
 
@@ -923,6 +943,18 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let socket = agent.socket_path();
     let listener = control::bind(&socket, agent.access()?)?;
     let server = tokio::spawn(control_server(listener, agent.access()?, control_tx));
+    let (scrape_tx, mut scrapes) = mpsc::channel::<crate::metrics::Scrape>(8);
+    let metrics_server = match agent.config.agent.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).map_err(|source| Error::Io {
+                what: format!("metrics_listen {addr}"),
+                source,
+            })?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+            Some(tokio::spawn(crate::metrics::serve(listener, scrape_tx)))
+        }
+        None => None,
+    };
     tracing::info!(socket = %socket.display(), vifs = agent.model.vifs.len(), "agent ready");
     // Maps adopted, ports attached, control planes built, socket answering: tell systemd.
     let status = format!(
@@ -981,6 +1013,11 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                 }
                 agent.flush()
             }
+            Some(scrape) = scrapes.recv() => {
+                // A scraper that went away does not care.
+                scrape.send(agent.exposition()).ok();
+                Ok(())
+            }
             Some(msg) = control_rx.recv() => {
                 let response = agent.handle(msg.request);
                 // A client that went away does not care.
@@ -1009,6 +1046,9 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     tracing::info!("stopping: XDP and pinned maps stay, forwarding continues");
     notify(&[sd_notify::NotifyState::Stopping]);
     server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     if let Err(e) = std::fs::remove_file(&socket) {
         tracing::warn!(error = %e, "removing the control socket");
     }

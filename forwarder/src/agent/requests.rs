@@ -138,7 +138,7 @@ impl Agent {
         }
     }
 
-    fn vif_state_name(&self, id: VifId) -> &'static str {
+    pub(super) fn vif_state_name(&self, id: VifId) -> &'static str {
         self.apply.vif_state(id.0).map_or("configuring", state_name)
     }
 

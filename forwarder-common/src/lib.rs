@@ -34,6 +34,16 @@ pub const MAP_DROPS: &str = "DROPS";
 /// `PerCpuArray<u64>` indexed by [`pass_reason`]: frames handed to the host or a control plane.
 pub const MAP_PASSES: &str = "PASSES";
 
+/// `Array<u32>` of one entry: the VIF whose frames are copied to [`MAP_CAPTURE_RING`]
+/// (`forwarder capture`), 0 when no capture runs. One array read per frame otherwise.
+pub const MAP_CAPTURE: &str = "CAPTURE";
+/// `RingBuf` of [`CaptureRecord`]s, read by the agent while a capture runs.
+pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
+/// Bytes of the capture ring buffer (a power of two, a multiple of the page size).
+pub const CAPTURE_RING_BYTES: u32 = 4 << 20;
+/// Bytes of a frame a capture keeps (longer frames are cut, their length recorded).
+pub const CAPTURE_SNAPLEN: usize = 2048;
+
 /// VIF ids are 0..MAX_VIFS (4094 VLANs on each of several connections).
 pub const MAX_VIFS: u32 = 16_384;
 pub const MAX_ATTACHMENTS: u32 = 4_096;
@@ -190,6 +200,31 @@ pub struct PacketCounter {
     pub bytes: u64,
 }
 
+/// Directions of a captured frame ([`CaptureRecord::direction`]).
+pub mod capture_direction {
+    /// Received from the customer, as it arrived (tagged).
+    pub const FROM_CUSTOMER: u32 = 0;
+    /// Sent toward the customer, as it leaves (tagged).
+    pub const TO_CUSTOMER: u32 = 1;
+}
+
+/// One captured frame in [`MAP_CAPTURE_RING`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CaptureRecord {
+    /// `bpf_ktime_get_ns` when it was seen (CLOCK_MONOTONIC).
+    pub timestamp_ns: u64,
+    pub vif: u32,
+    /// One of [`capture_direction`].
+    pub direction: u32,
+    /// The frame's length on the wire.
+    pub len: u32,
+    /// Bytes of it in `data` (at most [`CAPTURE_SNAPLEN`]).
+    pub caplen: u32,
+    pub data: [u8; CAPTURE_SNAPLEN],
+}
+
+const _: () = assert!(size_of::<CaptureRecord>() == 24 + CAPTURE_SNAPLEN);
 const _: () = assert!(size_of::<VifKey>() == 8);
 const _: () = assert!(size_of::<Vif>() == 32);
 const _: () = assert!(size_of::<Attachment>() == 36);
@@ -346,6 +381,7 @@ mod pod {
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::PacketCounter {}
+    unsafe impl aya::Pod for super::CaptureRecord {}
 }
 
 #[cfg(test)]

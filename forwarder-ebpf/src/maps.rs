@@ -5,10 +5,10 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use forwarder_common::{
-    Attachment, MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, RouteKey,
+    Attachment, CAPTURE_RING_BYTES, MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, RouteKey,
     TrafficCounters, Vif, VifKey, VtepKey, drop_reason, pass_reason,
 };
 
@@ -49,3 +49,9 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::
 
 #[map(name = "PASSES")]
 pub static PASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(pass_reason::COUNT, 0);
+
+#[map(name = "CAPTURE")]
+pub static CAPTURE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "CAPTURE_RING")]
+pub static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);

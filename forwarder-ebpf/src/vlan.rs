@@ -3,7 +3,7 @@
 //! frames that leave a VIF's control plane.
 
 use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
-use forwarder_common::{Vif, VifKey, next_hop_kind, pass_reason, vif_state};
+use forwarder_common::{Vif, VifKey, capture_direction, next_hop_kind, pass_reason, vif_state};
 
 use crate::{
     Drop,
@@ -12,7 +12,7 @@ use crate::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, VLAN_HLEN, check_ipv4,
         decrement_ttl, frame_len, read, write,
     },
-    redirect, route, stats, vxlan,
+    capture, redirect, route, stats, vxlan,
 };
 
 /// Offset of the IPv4 header in a tagged frame.
@@ -40,6 +40,7 @@ pub fn try_customer(ctx: &XdpContext) -> Result<u32, Drop> {
         return Err(Drop::UnknownVlan);
     }
     stats::vif_rx(vif_id, frame_len(ctx));
+    capture::frame(ctx, vif_id, capture_direction::FROM_CUSTOMER);
 
     let dst_mac: [u8; 6] = read(ctx, 0)?;
     let control = inner_type == ETH_P_ARP
@@ -106,6 +107,7 @@ fn hairpin(ctx: &XdpContext, tci: u16, nh: route::Resolved) -> Result<u32, Drop>
     write(ctx, 6, target.mac)?;
     write(ctx, ETH_HLEN, ((tci & 0xf000) | target.vlan).to_be_bytes())?;
     stats::vif_tx(nh.target, frame_len(ctx));
+    capture::frame(ctx, nh.target, capture_direction::TO_CUSTOMER);
     redirect(target.port_ifindex)
 }
 
@@ -131,5 +133,6 @@ pub fn try_control(ctx: &XdpContext) -> Result<u32, Drop> {
     write(ctx, ETH_HLEN, vif.vlan.to_be_bytes())?;
     stats::pass(pass_reason::CONTROL_OUT);
     stats::vif_tx(vif_id, frame_len(ctx));
+    capture::frame(ctx, vif_id, capture_direction::TO_CUSTOMER);
     redirect(vif.port_ifindex)
 }

@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use forwarder_common::{
-    Attachment, OUTER_TTL, VXLAN_OVERHEAD, VXLAN_PORT, Vif, VtepKey, finish_ipv4_csum,
+    Attachment, OUTER_TTL, VXLAN_OVERHEAD, VXLAN_PORT, Vif, VtepKey, capture_direction,
+    finish_ipv4_csum,
     next_hop_kind, pass_reason, vif_state, vxlan_source_port,
 };
 
@@ -19,7 +20,7 @@ use crate::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, Ipv4Hdr, Ipv4Info, VLAN_HLEN, check_ipv4,
         decrement_ttl, frame_len, read, write,
     },
-    redirect, route, stats,
+    capture, redirect, route, stats,
 };
 
 const AF_INET: u8 = 2;
@@ -199,5 +200,6 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
     let ipt = ETH_P_IP.to_be_bytes();
     write(ctx, 12, [tpid[0], tpid[1], tci[0], tci[1], ipt[0], ipt[1]])?;
     stats::vif_tx(nh.target, frame_len(ctx));
+    capture::frame(ctx, nh.target, capture_direction::TO_CUSTOMER);
     redirect(vif.port_ifindex)
 }

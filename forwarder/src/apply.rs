@@ -302,6 +302,25 @@ impl Apply {
             || !self.failed_routes.is_empty()
     }
 
+    // ---- capture ---------------------------------------------------------------------
+
+    /// Starts copying VIF `vif`'s frames (0: stops); the ring buffer to read them from is
+    /// lent to the caller while a capture runs.
+    pub fn set_capture(&mut self, vif: u32) -> Result<(), Error> {
+        if self.dp.capture()? != vif {
+            self.dp.set_capture(vif)?;
+        }
+        Ok(())
+    }
+
+    pub fn take_capture_ring(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+        self.dp.take_capture_ring()
+    }
+
+    pub fn return_capture_ring(&mut self, ring: aya::maps::RingBuf<aya::maps::MapData>) {
+        self.dp.return_capture_ring(ring);
+    }
+
     // ---- ports -----------------------------------------------------------------------
 
     pub fn port(&self, name: &str) -> Option<Port> {

@@ -75,6 +75,18 @@ pub enum Command {
         #[command(subcommand)]
         command: BgpCommand,
     },
+    /// Copy a VIF's frames, both directions, as the data plane classified them (802.1Q tag
+    /// included): pcap with -w (`-w -` for standard output, e.g. `| tcpdump -r -`), one line
+    /// per frame otherwise. Stops after --count frames or on Ctrl-C.
+    Capture {
+        #[arg(long)]
+        vif: String,
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// Write pcap to this file (`-`: standard output).
+        #[arg(short = 'w', long = "write")]
+        write: Option<PathBuf>,
+    },
     /// Print a shell completion script (e.g. `forwarder completions bash >
     /// /etc/bash_completion.d/forwarder`).
     Completions { shell: clap_complete::Shell },
@@ -204,6 +216,9 @@ pub fn control(cli: &Cli) -> ExitCode {
             vif: vif.clone(),
             advertised: *advertised,
         },
+        Command::Capture { vif, count, write } => {
+            return capture(cli, vif, *count, write.as_deref());
+        }
         Command::Agent { .. } | Command::Check { .. } | Command::Completions { .. } | Command::Man => {
             return ExitCode::FAILURE;
         }
@@ -232,6 +247,116 @@ pub fn control(cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `forwarder capture`: starts the capture, then copies the pcap stream to `write` or
+/// prints a line per frame.
+fn capture(cli: &Cli, vif: &str, count: Option<u64>, write: Option<&std::path::Path>) -> ExitCode {
+    use std::io::{Read as _, Write as _};
+    let request = Request::Capture {
+        vif: vif.to_owned(),
+        count,
+    };
+    let (answer, mut stream) = match control::call_stream(&cli.socket, &request) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !answer.ok {
+        eprintln!(
+            "error: {}",
+            answer.error.unwrap_or_else(|| "the agent refused".into())
+        );
+        return ExitCode::FAILURE;
+    }
+    let result = match write {
+        Some(path) => {
+            let mut out: Box<dyn std::io::Write> = if path.as_os_str() == "-" {
+                Box::new(std::io::stdout())
+            } else {
+                match std::fs::File::create(path) {
+                    Ok(f) => Box::new(f),
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            };
+            // Copied as it comes, so that an interrupted capture leaves a readable file.
+            let mut buf = [0u8; 64 * 1024];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        if let Err(e) = out.write_all(&buf[..n]).and_then(|()| out.flush()) {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+        }
+        None => {
+            eprintln!("capturing {vif} (Ctrl-C to stop)");
+            let mut header = [0u8; 24];
+            let mut frames = stream.read_exact(&mut header);
+            while frames.is_ok() {
+                let mut rec = [0u8; 16];
+                if stream.read_exact(&mut rec).is_err() {
+                    break;
+                }
+                let word = |i: usize| u32::from_le_bytes([rec[i], rec[i + 1], rec[i + 2], rec[i + 3]]);
+                let (secs, nanos, caplen, len) = (word(0), word(4), word(8), word(12));
+                let mut data = vec![0u8; caplen as usize];
+                frames = stream.read_exact(&mut data);
+                if frames.is_err() {
+                    break;
+                }
+                println!("{}", describe_frame(secs, nanos, len, &data));
+            }
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One captured frame in a line: time, length, VLAN, addresses.
+fn describe_frame(secs: u32, nanos: u32, len: u32, data: &[u8]) -> String {
+    let mac = |b: &[u8]| {
+        b.iter()
+            .map(|x| format!("{x:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut out = format!("{secs}.{nanos:09} {len:>5} bytes");
+    if data.len() >= 14 {
+        out += &format!(" {} > {}", mac(&data[6..12]), mac(&data[0..6]));
+        let mut ethertype = u16::from_be_bytes([data[12], data[13]]);
+        let mut l3 = 14;
+        if ethertype == 0x8100 && data.len() >= 18 {
+            out += &format!(" vlan {}", u16::from_be_bytes([data[14], data[15]]) & 0x0fff);
+            ethertype = u16::from_be_bytes([data[16], data[17]]);
+            l3 = 18;
+        }
+        match ethertype {
+            0x0800 if data.len() >= l3 + 20 => {
+                let ip = |o: usize| std::net::Ipv4Addr::new(data[o], data[o + 1], data[o + 2], data[o + 3]);
+                out += &format!(" {} > {} proto {}", ip(l3 + 12), ip(l3 + 16), data[l3 + 9]);
+            }
+            0x0806 => out += " arp",
+            other => out += &format!(" ethertype 0x{other:04x}"),
+        }
+    }
+    out
 }
 
 /// Per-second rates between two `stats` answers taken `seconds` apart.
@@ -594,6 +719,7 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
             &["PEER", "PREFIX", "VERDICT"],
             &rows(data, &["peer", "prefix", "verdict"]),
         ),
+        Request::Capture { .. } => String::new(),
         Request::RouteAdd { .. } | Request::RouteDel { .. } | Request::Reload => {
             format!("{}\n", text(data))
         }

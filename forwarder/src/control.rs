@@ -46,6 +46,24 @@ pub enum Request {
         vif: String,
         advertised: bool,
     },
+    /// The frames of a VIF: the answer line is followed by a pcap stream until `count`
+    /// frames or the client closes the connection.
+    Capture {
+        vif: String,
+        count: Option<u64>,
+    },
+}
+
+/// What the agent answers: one JSON line, or one JSON line and then a capture stream.
+pub enum Reply {
+    Response(Response),
+    Capture(crate::capture::Session),
+}
+
+impl From<Response> for Reply {
+    fn from(r: Response) -> Self {
+        Self::Response(r)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,6 +107,9 @@ pub struct Status {
     pub gateways: Vec<GatewayStatus>,
     /// Occupancy of the maps that bound what the gateway can hold.
     pub maps: MapUsage,
+    /// The VIF whose frames are being captured, if any.
+    #[serde(default)]
+    pub capture: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
@@ -233,6 +254,31 @@ pub enum ClientError {
     },
     #[error("the agent's answer is not valid: {0}")]
     Decode(#[from] serde_json::Error),
+}
+
+/// Sends a request whose answer line is followed by a stream (a capture): the answer and
+/// the stream to read the rest from.
+pub fn call_stream(
+    socket: &Path,
+    request: &Request,
+) -> Result<(Response, std::io::BufReader<std::os::unix::net::UnixStream>), ClientError> {
+    use std::io::{BufRead as _, Write as _};
+    let stream =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+            path: socket.to_owned(),
+            source,
+        })?;
+    let io = |source| ClientError::Io {
+        path: socket.to_owned(),
+        source,
+    };
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).map_err(io)?;
+    Ok((serde_json::from_str(&answer)?, reader))
 }
 
 /// Sends one request and waits for its answer (blocking; the CLI has no runtime).
@@ -456,23 +502,41 @@ pub async fn serve_one<F>(
     handle: F,
 ) -> std::io::Result<()>
 where
-    F: AsyncFnOnce(Request) -> Response,
+    F: AsyncFnOnce(Request) -> Reply,
 {
     let refusal = refused(&stream, access);
     let (mut read, mut write) = stream.into_split();
     // The request is read (within the limits) even from a peer that is refused, so that
     // the refusal is what it reads, not a reset connection.
     let request = read_request(&mut read).await;
-    let response = match (refusal, request) {
-        (Some(reason), _) | (None, Err(reason)) => Response::err(reason),
+    let reply = match (refusal, request) {
+        (Some(reason), _) | (None, Err(reason)) => Reply::Response(Response::err(reason)),
         (None, Ok(line)) => match serde_json::from_str::<Request>(&line) {
             Ok(request) => handle(request).await,
-            Err(e) => Response::err(format!("malformed request: {e}")),
+            Err(e) => Reply::Response(Response::err(format!("malformed request: {e}"))),
         },
+    };
+    let (response, capture) = match reply {
+        Reply::Response(r) => (r, None),
+        Reply::Capture(session) => (
+            Response::ok(serde_json::json!({
+                "vif": session.vif,
+                "snaplen": forwarder_common::CAPTURE_SNAPLEN,
+            })),
+            Some(session),
+        ),
     };
     let mut out = serde_json::to_string(&response)
         .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"encoding the answer: {e}\"}}"));
     out.push('\n');
+    if let Some(session) = capture {
+        if let Err(e) = write.write_all(out.as_bytes()).await {
+            tracing::debug!(error = %e, "capture client gone before the start");
+        }
+        // The stream gives the ring buffer back whatever happens to the client.
+        crate::capture::stream(session, read, write).await;
+        return Ok(());
+    }
     write.write_all(out.as_bytes()).await?;
     write.shutdown().await?;
     // Closing with unread input resets the connection, and the client would see the reset

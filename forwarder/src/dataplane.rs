@@ -12,7 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray,
+        Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf,
         lpm_trie::{Key, LpmTrie},
     },
     pin::PinError,
@@ -23,7 +23,7 @@ use aya::{
     },
 };
 use forwarder_common::{
-    Attachment, MAP_ATTACHMENT_STATS, MAP_ATTACHMENTS, MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS,
+    Attachment, MAP_ATTACHMENT_STATS, MAP_CAPTURE, MAP_CAPTURE_RING, MAP_ATTACHMENTS, MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS,
     MAP_PASSES, MAP_ROUTES, MAP_TX_PORTS, MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS,
     MAX_GROUP_MEMBERS, NextHop, PacketCounter, RouteKey, TrafficCounters, VLAN_COUNTERS,
     VLAN_UNTAGGED_SLOT, Vif, VifKey, VtepKey, drop_reason, next_hop_kind, outer_ipv4_partial_csum,
@@ -37,8 +37,10 @@ use crate::netlink;
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/forwarder-ebpf"));
 
-/// Every map the agent pins and re-adopts.
-const PINNED_MAPS: [&str; 12] = [
+/// Every map the agent pins and re-adopts (the capture flag too, so that a new agent turns
+/// off a capture a killed one left on).
+const PINNED_MAPS: [&str; 13] = [
+    MAP_CAPTURE,
     MAP_VIFS,
     MAP_VIF_TABLE,
     MAP_CONTROL_PORTS,
@@ -269,6 +271,8 @@ pub struct Dataplane {
     /// Ports this Dataplane attached, and the link its program holds for each, if any (a
     /// link that lives only in its pin is not held here).
     attached: std::collections::HashMap<String, (PortRole, Option<XdpLinkId>)>,
+    /// The capture ring buffer, lent to a capture while one runs.
+    capture_ring: Option<RingBuf<MapData>>,
 }
 
 impl Dataplane {
@@ -318,10 +322,15 @@ impl Dataplane {
                 source: Box::new(source),
             })?;
         }
+        let capture_ring = match ebpf.take_map(MAP_CAPTURE_RING) {
+            Some(map) => Some(RingBuf::try_from(map).map_err(map_err(MAP_CAPTURE_RING))?),
+            None => return Err(Error::MissingMap(MAP_CAPTURE_RING)),
+        };
         Ok(Self {
             ebpf,
             pin_dir: options.pin_dir.clone(),
             attached: std::collections::HashMap::new(),
+            capture_ring,
         })
     }
 
@@ -635,6 +644,30 @@ impl Dataplane {
             _ => return Err(Error::MissingMap(name)),
         };
         Ok(data.info().map_err(map_err(name))?.max_entries())
+    }
+
+    /// Captures VIF `vif`'s frames into the ring buffer (0: no capture).
+    pub fn set_capture(&mut self, vif: u32) -> Result<(), Error> {
+        self.array(MAP_CAPTURE)?
+            .set(0, vif, 0)
+            .map_err(map_err(MAP_CAPTURE))
+    }
+
+    /// The VIF being captured (0: none).
+    pub fn capture(&self) -> Result<u32, Error> {
+        let map: Array<&MapData, u32> =
+            Array::try_from(self.map(MAP_CAPTURE)?).map_err(map_err(MAP_CAPTURE))?;
+        map.get(&0, 0).map_err(map_err(MAP_CAPTURE))
+    }
+
+    /// Lends the capture ring buffer (None while a capture has it).
+    pub fn take_capture_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.capture_ring.take()
+    }
+
+    /// Takes the capture ring buffer back.
+    pub fn return_capture_ring(&mut self, ring: RingBuf<MapData>) {
+        self.capture_ring = Some(ring);
     }
 
     /// Every VIF table slot in use: (id, entry).

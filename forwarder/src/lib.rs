@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod apply;
 pub mod bgp;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;

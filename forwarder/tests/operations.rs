@@ -369,3 +369,115 @@ fn debians_prometheus_scrapes_the_agent() -> Result<()> {
     println!("dashboard: {} queries checked", exprs.len());
     Ok(())
 }
+
+#[test]
+fn a_capture_of_one_vif_is_a_pcap_tcpdump_reads() -> Result<()> {
+    let t = Topology::new("capture")?;
+    let _customer = t.customer_router()?;
+    t.write_fixture(
+        &t.fixture()
+            .vif(
+                Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
+                    .peer("169.254.10.2", "169.254.10.1"),
+            )
+            .static_route("bgw-1", "192.168.50.0/24", "vif-100"),
+    )?;
+    let agent = t.start_agent(common::bin())?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || cli_json(
+            &t.socket(),
+            &["vif", "show", "vif-100"]
+        )
+        .is_ok_and(|v| v["state"] == "available")),
+        "vif-100 not available"
+    );
+    let capturing = |t: &Topology| {
+        cli_json(&t.socket(), &["status"]).map(|s| s["capture"].as_str().map(str::to_owned))
+    };
+    ensure!(capturing(&t)?.is_none(), "a capture before any was started");
+
+    let pcap = t.dir.0.join("vif-100.pcap");
+    let capture = Killed(
+        Command::new(common::bin())
+            .arg("--socket")
+            .arg(t.socket())
+            .args(["capture", "--vif", "vif-100", "-w"])
+            .arg(&pcap)
+            .spawn()?,
+    );
+    ensure!(
+        wait_for(Duration::from_secs(5), || capturing(&t)
+            .is_ok_and(|c| c.as_deref() == Some("vif-100"))),
+        "the capture did not start"
+    );
+    // One capture at a time.
+    let second = common::cli(
+        &t.socket(),
+        &["capture", "--vif", "vif-100", "--count", "1"],
+    )?;
+    let err = String::from_utf8_lossy(&second.stderr);
+    ensure!(
+        second.status.code() == Some(1) && err.contains("a capture of VIF \"vif-100\" is running"),
+        "{err}"
+    );
+    let (sent, received) = t.ping(VPC_HOST, 5, "0.2")?;
+    ensure!(received == sent, "ping {received}/{sent}");
+    std::thread::sleep(Duration::from_millis(500));
+    // Ctrl-C: the client goes, the agent turns the capture off.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(capture.0.id() as i32, libc::SIGINT) };
+    drop(capture);
+    ensure!(
+        wait_for(Duration::from_secs(5), || capturing(&t)
+            .is_ok_and(|c| c.is_none())),
+        "the capture stayed on after its client left:\n{}",
+        agent.log_text()
+    );
+
+    let read = Command::new("tcpdump")
+        .args(["-nn", "-e", "-r"])
+        .arg(&pcap)
+        .arg("vlan 100 and icmp")
+        .output()?;
+    let text = String::from_utf8_lossy(&read.stdout);
+    println!("tcpdump -r:\n{text}");
+    ensure!(
+        read.status.success(),
+        "tcpdump: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    ensure!(
+        lines.len() == 10,
+        "{} ICMP frames, not 10:\n{text}",
+        lines.len()
+    );
+    ensure!(
+        lines.iter().all(|l| l.contains("vlan 100")),
+        "a frame without its VLAN tag:\n{text}"
+    );
+    let requests = lines.iter().filter(|l| l.contains("echo request")).count();
+    let replies = lines.iter().filter(|l| l.contains("echo reply")).count();
+    ensure!(
+        requests == 5 && replies == 5,
+        "{requests} requests, {replies} replies"
+    );
+
+    // `-w -` into tcpdump, with --count.
+    let pipe = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} --socket {} capture --vif vif-100 --count 4 -w - | tcpdump -nn -r - 2>/dev/null",
+            common::bin().display(),
+            t.socket().display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    t.ping(VPC_HOST, 4, "0.2")?;
+    let out = pipe.wait_with_output()?;
+    let piped = String::from_utf8_lossy(&out.stdout);
+    println!("piped:\n{piped}");
+    ensure!(piped.lines().count() == 4, "{piped}");
+    Ok(())
+}

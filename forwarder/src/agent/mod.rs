@@ -222,6 +222,9 @@ pub struct Agent {
     /// The state file is behind what is in memory.
     state_changed: bool,
     histograms: crate::metrics::Histograms,
+    /// The VIF being captured, and where captures give the ring buffer back.
+    capture: Option<String>,
+    capture_done: Option<mpsc::Sender<crate::capture::Done>>,
     /// Arrival times of the kernel events planned by the next flush.
     event_times: Vec<tokio::time::Instant>,
     retry: Retry,
@@ -234,7 +237,7 @@ pub struct Agent {
 /// What the owner loop receives from the control server.
 pub struct ControlMsg {
     pub request: Request,
-    pub reply: oneshot::Sender<Response>,
+    pub reply: oneshot::Sender<control::Reply>,
 }
 
 impl Agent {
@@ -324,6 +327,8 @@ impl Agent {
             neighbour_table_warned: false,
             state_changed: false,
             histograms: crate::metrics::Histograms::new(),
+            capture: None,
+            capture_done: None,
             event_times: Vec::new(),
             retry: Retry::default(),
             dirty: Dirty::default(),
@@ -337,6 +342,8 @@ impl Agent {
                 agent.desired.vifs.insert(*id, s);
             }
         }
+        // A capture a killed agent left on has no reader any more.
+        agent.apply.set_capture(0)?;
         agent.read_links()?;
         let transition = Transition::between(None, &agent.model, &agent.control_planes);
         agent.apply_model(transition)?;
@@ -939,7 +946,9 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     let (events_tx, mut events) = mpsc::channel(1024);
     let (net_tx, mut net_rx) = mpsc::channel(4096);
     let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(64);
+    let (capture_tx, mut captures) = mpsc::channel::<crate::capture::Done>(1);
     let mut agent = Agent::start(&config_path, config, events_tx, net_tx)?;
+    agent.capture_done = Some(capture_tx);
     let socket = agent.socket_path();
     let listener = control::bind(&socket, agent.access()?)?;
     let server = tokio::spawn(control_server(listener, agent.access()?, control_tx));
@@ -1019,9 +1028,16 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                 Ok(())
             }
             Some(msg) = control_rx.recv() => {
-                let response = agent.handle(msg.request);
-                // A client that went away does not care.
-                msg.reply.send(response).ok();
+                let reply = agent.reply(msg.request);
+                // A client that went away does not care (a capture it started ends at once
+                // and comes back as `Done`).
+                if let Err(control::Reply::Capture(session)) = msg.reply.send(reply) {
+                    agent.capture_ended(crate::capture::Done { ring: session.ring, frames: 0 });
+                }
+                Ok(())
+            }
+            Some(done) = captures.recv() => {
+                agent.capture_ended(done);
                 Ok(())
             }
             () = sleep_until_or_never(retry_at) => {
@@ -1106,13 +1122,12 @@ async fn control_server(
             let served = match permit {
                 Ok(_permit) => {
                     control::serve_one(stream, access, async |request| {
+                        let stopping = || Response::err("the agent is stopping").into();
                         let (reply, answer) = oneshot::channel();
                         if owner.send(ControlMsg { request, reply }).await.is_err() {
-                            return Response::err("the agent is stopping");
+                            return stopping();
                         }
-                        answer
-                            .await
-                            .unwrap_or_else(|_| Response::err("the agent is stopping"))
+                        answer.await.unwrap_or_else(|_| stopping())
                     })
                     .await
                 }

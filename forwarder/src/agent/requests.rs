@@ -10,6 +10,7 @@ use ipnet::Ipv4Net;
 use super::{Agent, Error, state_name};
 use crate::{
     apply::Pending,
+    capture,
     config::Routing,
     control::{self, Request, Response},
     ids::{GatewayId, VifId},
@@ -21,6 +22,56 @@ use crate::{
 };
 
 impl Agent {
+    /// The answer to a control request: a capture starts a stream, the rest is one line.
+    pub fn reply(&mut self, request: Request) -> control::Reply {
+        match request {
+            Request::Capture { vif, count } => match self.start_capture(&vif, count) {
+                Ok(session) => control::Reply::Capture(session),
+                Err(e) => Response::err(super::error_chain(&e)).into(),
+            },
+            other => self.handle(other).into(),
+        }
+    }
+
+    /// Turns the capture flag on for `vif` and lends the ring buffer to the stream.
+    fn start_capture(&mut self, vif: &str, count: Option<u64>) -> Result<capture::Session, Error> {
+        let id = self.check_vif(vif)?;
+        if let Some(other) = &self.capture {
+            return Err(Error::Refused(format!(
+                "a capture of VIF {other:?} is running; one at a time"
+            )));
+        }
+        let done = self
+            .capture_done
+            .clone()
+            .ok_or_else(|| Error::Refused("captures are not available".into()))?;
+        let ring = self
+            .apply
+            .take_capture_ring()
+            .ok_or_else(|| Error::Refused("the capture buffer is busy".into()))?;
+        if let Err(e) = self.apply.set_capture(id.0) {
+            self.apply.return_capture_ring(ring);
+            return Err(e.into());
+        }
+        tracing::info!(vif, ?count, "capture started");
+        self.capture = Some(vif.to_owned());
+        Ok(capture::Session {
+            vif: vif.to_owned(),
+            ring,
+            count,
+            done,
+        })
+    }
+
+    /// A capture ended: the flag goes off, the ring buffer comes back.
+    pub(super) fn capture_ended(&mut self, done: capture::Done) {
+        if let Err(e) = self.apply.set_capture(0) {
+            tracing::error!(error = %super::error_chain(&e), "turning the capture off");
+        }
+        self.apply.return_capture_ring(done.ring);
+        self.capture = None;
+    }
+
     pub fn handle(&mut self, request: Request) -> Response {
         let result = match request {
             Request::Status => Ok(Response::ok(self.status())),
@@ -48,6 +99,9 @@ impl Agent {
                 .map(|()| Response::ok("configuration reloaded")),
             Request::BgpNeighbors => Ok(Response::ok(self.speaker.status())),
             Request::BgpRoutes { vif, advertised } => self.bgp_routes_view(&vif, advertised),
+            Request::Capture { .. } => Err(Error::Refused(
+                "a capture is a stream: use `forwarder capture`".into(),
+            )),
         };
         result.unwrap_or_else(|e| Response::err(super::error_chain(&e)))
     }
@@ -121,6 +175,7 @@ impl Agent {
             ports,
             vifs: self.vif_summaries(),
             gateways,
+            capture: self.capture.clone(),
             maps: control::MapUsage {
                 routes: control::Usage {
                     used: self.apply.routes_installed() as u64,

@@ -1,6 +1,6 @@
-//! Builds the test-only TC programs of `forwarder-test-ebpf` (the customer router's VLAN shim)
-//! for bpfel-unknown-none (release, nightly for `-Z build-std=core`) and leaves the object in
-//! OUT_DIR, where `customer` embeds it.
+//! Builds the test-only programs of `forwarder-test-ebpf` (the customer router's VLAN shim, the
+//! ARP responder) for bpfel-unknown-none (release, nightly for `-Z build-std=core`) and leaves
+//! the object in OUT_DIR, where `customer` embeds it (and `arp` uses it from there).
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
-//! The contract between the VLAN shim's TC programs (`main.rs`, built for bpfel-unknown-none
-//! by `tests/build.rs`) and `forwarder_tests::customer`, which loads them: program and map
-//! names, key and value types, counter slots.
+//! The contract between the test programs (`main.rs`, built for bpfel-unknown-none by
+//! `tests/build.rs`) and the tests crate, which loads them (`forwarder_tests::customer` for
+//! the VLAN shim, `forwarder_tests::arp` for the ARP responder): program and map names, key
+//! and value types, counter slots.
 //!
 //! The shim emulates 802.1Q sub-interfaces of a customer router on a kernel without the
 //! 8021q module. Per VLAN there is a veth pair `vNNN` (the router's sub-interface, holding its
@@ -78,6 +79,36 @@ pub mod counter {
         "stacked_tags",
         "helper_failed",
     ];
+}
+
+/// XDP on a customer trunk: answers every 802.1Q-tagged ARP request (Ethernet/IPv4,
+/// operation 1) in place with XDP_TX, as if a router on that VLAN owned the requested address
+/// with MAC [`arp_reply_mac`]`(vlan)`; the tag stays. Everything else passes. Counted in
+/// [`MAP_ARP_COUNTERS`].
+pub const PROG_ARP_REPLY: &str = "xdp_arp_reply";
+/// Per-CPU `u64` counters of [`PROG_ARP_REPLY`], indexed by [`arp_counter`].
+pub const MAP_ARP_COUNTERS: &str = "ARP_COUNTERS";
+
+/// The MAC the ARP responder answers with on `vlan`: `02:cc:00:00:HI:LO`, HI:LO = the VLAN id,
+/// so each VLAN's client router has a distinct, predictable MAC.
+pub const fn arp_reply_mac(vlan: u16) -> [u8; 6] {
+    let [hi, lo] = vlan.to_be_bytes();
+    [0x02, 0xcc, 0x00, 0x00, hi, lo]
+}
+
+/// Slots of [`MAP_ARP_COUNTERS`].
+pub mod arp_counter {
+    /// ARP requests answered (XDP_TX).
+    pub const REPLIED: u32 = 0;
+    /// Frames that are not a tagged ARP request (untagged, other EtherType, ARP reply, not
+    /// Ethernet/IPv4, truncated): XDP_PASS.
+    pub const PASSED: u32 = 1;
+    /// Tagged ARP requests left alone: probes (sender 0.0.0.0) and announcements (sender =
+    /// target), which no router answers. XDP_PASS.
+    pub const NOT_ANSWERED: u32 = 2;
+    pub const COUNT: u32 = 3;
+
+    pub const NAMES: [&str; COUNT as usize] = ["replied", "passed", "not_answered"];
 }
 
 #[cfg(feature = "user")]

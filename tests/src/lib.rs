@@ -14,9 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub mod arp;
 pub mod customer;
-pub mod fixture;
 pub mod daemons;
+pub mod fixture;
 pub mod topology;
 pub use customer::{CustomerRouter, ShimCounters, SubInterface};
 

@@ -1,12 +1,31 @@
 //! `cargo xtask bench`: runs the benchmarks and writes their tables into BENCHMARKS.md.
 //! Speed is reported here, never asserted in tests: the machines are shared and noisy.
+//!
+//! Two parts: the XDP fast paths through BPF_PROG_TEST_RUN (`tests/benches/testrun.rs`), and
+//! the control plane with many static VIFs (`tests/benches/controlplane.rs`), which runs the
+//! agent built from the working tree against a baseline agent built from [`BASELINE_REV`].
 
 use std::{
     fmt::Write as _,
+    path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+/// The agent before the owner-loop/netlink reshape.
+const BASELINE_REV: &str = "29ae350";
+
+/// Environment variables of the control-plane bench that change what it measures; shown with
+/// the command line in BENCHMARKS.md when set.
+const BENCH_KNOBS: [&str; 6] = [
+    "FORWARDER_BENCH_ROUNDS",
+    "FORWARDER_BENCH_VIFS",
+    "FORWARDER_BENCH_EVENTS",
+    "FORWARDER_BENCH_IDLE_SECS",
+    "FORWARDER_BENCH_EVENT_TIMEOUT_SECS",
+    "FORWARDER_BENCH_KERNEL_NEIGH_GC",
+];
 
 pub fn run() -> Result<ExitCode> {
     if !crate::is_root() {
@@ -14,22 +33,9 @@ pub fn run() -> Result<ExitCode> {
     }
     crate::setup::run()?;
     let root = crate::workspace_root();
-    let output = Command::new("cargo")
-        .current_dir(&root)
-        .args([
-            "bench",
-            "--package",
-            "forwarder-tests",
-            "--bench",
-            "testrun",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("spawning cargo bench")?;
-    if !output.status.success() {
-        bail!("cargo bench failed ({})", output.status);
-    }
-    let table = String::from_utf8(output.stdout).context("bench output is not UTF-8")?;
+    let target = target_dir(&root);
+
+    let table = cargo_bench(&root, "testrun", &[])?;
     let mut doc = String::from("# Benchmarks\n\n");
     writeln!(
         doc,
@@ -38,9 +44,214 @@ pub fn run() -> Result<ExitCode> {
     )?;
     doc.push_str("## XDP fast paths (BPF_PROG_TEST_RUN)\n\n");
     doc.push_str(&table);
+
+    let (section, ok) = control_plane(&root, &target)?;
+    doc.push('\n');
+    doc.push_str(&section);
     std::fs::write(root.join("BENCHMARKS.md"), &doc).context("writing BENCHMARKS.md")?;
     print!("{doc}");
-    Ok(ExitCode::SUCCESS)
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Builds both agents, runs the control-plane bench and returns its BENCHMARKS.md section
+/// (with the commands that produced it) and whether it ran.
+fn control_plane(root: &Path, target: &Path) -> Result<(String, bool)> {
+    let shown = |p: &Path| {
+        p.strip_prefix(root)
+            .map_or_else(|_| p.display().to_string(), |r| r.display().to_string())
+    };
+    let mut commands = Vec::new();
+    let mut notes = Vec::new();
+
+    println!("==> building the agent under test (release)");
+    checked(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "-p", "forwarder"]),
+        "cargo build --release -p forwarder",
+    )?;
+    commands.push("cargo build --release -p forwarder".to_owned());
+    let new_bin = target.join("release/forwarder");
+
+    let baseline_src = target.join("bench-baseline-src");
+    let baseline_target = target.join("bench-baseline");
+    let baseline_bin = baseline_target.join("release/forwarder");
+    commands.push(format!(
+        "git worktree add --detach {} {BASELINE_REV}",
+        shown(&baseline_src)
+    ));
+    commands.push(format!(
+        "(cd {} && CARGO_TARGET_DIR={} cargo build --release -p forwarder)",
+        shown(&baseline_src),
+        shown(&baseline_target)
+    ));
+    let baseline = match build_baseline(root, &baseline_src, &baseline_target) {
+        Ok(()) => Some(baseline_bin),
+        Err(e) => {
+            eprintln!("warning: the baseline ({BASELINE_REV}) could not be built: {e:#}");
+            notes.push(format!(
+                "The baseline ({BASELINE_REV}) could not be built, so only the new binary was \
+                 measured: {}.",
+                format!("{e:#}").replace('\n', " ")
+            ));
+            None
+        }
+    };
+
+    let mut env = vec![("FORWARDER_BIN", new_bin.clone())];
+    if let Some(bin) = &baseline {
+        env.push(("FORWARDER_BASELINE_BIN", bin.clone()));
+    }
+    let mut line: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{k}={}", shown(v)))
+        .collect();
+    for knob in BENCH_KNOBS {
+        if let Ok(value) = std::env::var(knob) {
+            line.push(format!("{knob}={value}"));
+        }
+    }
+    line.push("cargo bench -p forwarder-tests --bench controlplane".to_owned());
+    commands.push(line.join(" "));
+
+    let (mut section, ok) = match cargo_bench(root, "controlplane", &env) {
+        Ok(text) => (text, true),
+        Err(e) => (
+            format!(
+                "## Control plane: static VIFs on one connection\n\nThe bench failed: {}.\n",
+                format!("{e:#}").replace('\n', " ")
+            ),
+            false,
+        ),
+    };
+    writeln!(
+        section,
+        "\nNew: the working tree at {}; baseline: {BASELINE_REV} (the agent before the \
+         owner-loop/netlink reshape). Machine: {}.",
+        revision(root),
+        machine()
+    )?;
+    for note in notes {
+        writeln!(section, "\n{note}")?;
+    }
+    section.push_str("\nCommands, from the workspace root:\n\n```\n");
+    for c in commands {
+        section.push_str(&c);
+        section.push('\n');
+    }
+    section.push_str("```\n");
+    Ok((section, ok))
+}
+
+/// `git worktree add` of [`BASELINE_REV`] (reused when it is already there) and a release build
+/// of the agent in it, with a target directory of its own.
+fn build_baseline(root: &Path, src: &Path, target: &Path) -> Result<()> {
+    let want = git(root, &["rev-parse", &format!("{BASELINE_REV}^{{commit}}")])?;
+    if src.exists() {
+        let have = git(src, &["rev-parse", "HEAD"])
+            .with_context(|| format!("{} exists but is not a git worktree", src.display()))?;
+        if have != want {
+            bail!(
+                "{} holds {have}, not {BASELINE_REV}; remove it (`git worktree remove --force {}`) \
+                 and rerun",
+                src.display(),
+                src.display()
+            );
+        }
+        println!("==> baseline worktree {} (reused)", src.display());
+    } else {
+        // A worktree whose directory was deleted is still registered until pruned.
+        git(root, &["worktree", "prune"])?;
+        let path = src.to_str().context("non-UTF-8 target directory")?;
+        git(root, &["worktree", "add", "--detach", path, BASELINE_REV])?;
+        println!("==> baseline worktree {} at {BASELINE_REV}", src.display());
+    }
+    println!("==> building the baseline agent ({BASELINE_REV}, release)");
+    checked(
+        Command::new("cargo")
+            .current_dir(src)
+            .env("CARGO_TARGET_DIR", target)
+            .args(["build", "--release", "-p", "forwarder"]),
+        "cargo build --release -p forwarder (baseline)",
+    )
+}
+
+/// Runs one bench of the tests crate; its stdout (a Markdown table or section) is returned,
+/// its stderr (progress) goes to ours.
+fn cargo_bench(root: &Path, bench: &str, env: &[(&str, PathBuf)]) -> Result<String> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["bench", "--package", "forwarder-tests", "--bench", bench])
+        .stderr(Stdio::inherit());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let output = cmd
+        .output()
+        .with_context(|| format!("spawning cargo bench --bench {bench}"))?;
+    if !output.status.success() {
+        bail!("cargo bench --bench {bench} failed ({})", output.status);
+    }
+    String::from_utf8(output.stdout).with_context(|| format!("{bench} output is not UTF-8"))
+}
+
+fn checked(cmd: &mut Command, what: &str) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// `git -C dir ARGS`, trimmed stdout; fails with git's stderr.
+fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .context("spawning git")?;
+    if !out.status.success() {
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Cargo's target directory for this workspace: `CARGO_TARGET_DIR`, or `target/`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// `abc1234`, or `abc1234 with uncommitted changes`.
+fn revision(root: &Path) -> String {
+    let head = git(root, &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|_| "?".into());
+    // --no-optional-locks: a status that refreshes the index would write it.
+    let dirty = git(
+        root,
+        &[
+            "--no-optional-locks",
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+    )
+    .is_ok_and(|s| !s.is_empty());
+    if dirty {
+        format!("{head} with uncommitted changes")
+    } else {
+        head
+    }
 }
 
 fn machine() -> String {

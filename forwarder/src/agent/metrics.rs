@@ -75,10 +75,22 @@ impl Agent {
         // Traffic per VIF and per attachment, from the per-CPU maps.
         let vif_labels = ["vif", "connection", "vlan", "border_gateway"];
         let vif_traffic = [
-            ("forwarder_vif_rx_packets_total", "Frames received from the customer on a VIF."),
-            ("forwarder_vif_rx_bytes_total", "Bytes received from the customer on a VIF."),
-            ("forwarder_vif_tx_packets_total", "Frames sent toward the customer on a VIF."),
-            ("forwarder_vif_tx_bytes_total", "Bytes sent toward the customer on a VIF."),
+            (
+                "forwarder_vif_rx_packets_total",
+                "Frames received from the customer on a VIF.",
+            ),
+            (
+                "forwarder_vif_rx_bytes_total",
+                "Bytes received from the customer on a VIF.",
+            ),
+            (
+                "forwarder_vif_tx_packets_total",
+                "Frames sent toward the customer on a VIF.",
+            ),
+            (
+                "forwarder_vif_tx_bytes_total",
+                "Bytes sent toward the customer on a VIF.",
+            ),
         ]
         .map(|(name, help)| counters(&registry, name, help, &vif_labels));
         let vif_state = gauges(
@@ -113,10 +125,22 @@ impl Agent {
         }
         let att_labels = ["attachment", "border_gateway", "vni"];
         let att_traffic = [
-            ("forwarder_attachment_rx_packets_total", "Frames decapsulated from a VPC attachment."),
-            ("forwarder_attachment_rx_bytes_total", "Bytes decapsulated from a VPC attachment."),
-            ("forwarder_attachment_tx_packets_total", "Frames encapsulated toward a VPC attachment."),
-            ("forwarder_attachment_tx_bytes_total", "Bytes encapsulated toward a VPC attachment."),
+            (
+                "forwarder_attachment_rx_packets_total",
+                "Frames decapsulated from a VPC attachment.",
+            ),
+            (
+                "forwarder_attachment_rx_bytes_total",
+                "Bytes decapsulated from a VPC attachment.",
+            ),
+            (
+                "forwarder_attachment_tx_packets_total",
+                "Frames encapsulated toward a VPC attachment.",
+            ),
+            (
+                "forwarder_attachment_tx_bytes_total",
+                "Bytes encapsulated toward a VPC attachment.",
+            ),
         ]
         .map(|(name, help)| counters(&registry, name, help, &att_labels));
         for (id, a) in &self.model.attachments {
@@ -192,9 +216,18 @@ impl Agent {
             &["vif", "peer", "remote", "state"],
         );
         let prefixes = [
-            ("forwarder_bgp_prefixes_received", "Prefixes the peer announced and holds."),
-            ("forwarder_bgp_prefixes_accepted", "Prefixes of the peer the import filter accepted."),
-            ("forwarder_bgp_prefixes_advertised", "Prefixes advertised to the peer."),
+            (
+                "forwarder_bgp_prefixes_received",
+                "Prefixes the peer announced and holds.",
+            ),
+            (
+                "forwarder_bgp_prefixes_accepted",
+                "Prefixes of the peer the import filter accepted.",
+            ),
+            (
+                "forwarder_bgp_prefixes_advertised",
+                "Prefixes advertised to the peer.",
+            ),
         ]
         .map(|(name, help)| gauges(&registry, name, help, &session_labels));
         let established = counters(
@@ -287,7 +320,10 @@ impl Agent {
             }
             let routes = self.apply.gateway_routes_with(*id, &pending);
             let values = [
-                (&selected, self.desired.routes.get(id).map_or(0, |t| t.len())),
+                (
+                    &selected,
+                    self.desired.routes.get(id).map_or(0, |t| t.len()),
+                ),
                 (&installed, routes.installed),
                 (&not_installed, routes.pending),
             ];

@@ -49,12 +49,7 @@ pub fn frame(ctx: &XdpContext, vif: u32, direction: u32) {
             // volatile read keeps the compiler from dropping a mask it knows is a no-op).
             let last = core::ptr::read_volatile(&(caplen - 1));
             let n = (last & (CAPTURE_SNAPLEN as u32 - 1)) + 1;
-            bpf_xdp_load_bytes(
-                ctx.as_ptr().cast(),
-                0,
-                (&raw mut (*record).data).cast(),
-                n,
-            )
+            bpf_xdp_load_bytes(ctx.as_ptr().cast(), 0, (&raw mut (*record).data).cast(), n)
         }
     };
     if copied == 0 {

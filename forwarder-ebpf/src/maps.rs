@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use forwarder_common::{
-    Attachment, CAPTURE_RING_BYTES, MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, RouteKey,
-    TrafficCounters, Vif, VifKey, VtepKey, drop_reason, pass_reason,
+    Attachment, CAPTURE_RING_BYTES, MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES,
+    MAX_VIFS, NextHop, RouteKey, TrafficCounters, Vif, VifKey, VtepKey, drop_reason, pass_reason,
 };
 
 #[map(name = "VIFS")]

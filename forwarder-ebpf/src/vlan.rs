@@ -6,13 +6,13 @@ use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_xdp_adjust_head, progra
 use forwarder_common::{Vif, VifKey, capture_direction, next_hop_kind, pass_reason, vif_state};
 
 use crate::{
-    Drop,
+    Drop, capture,
     maps::{CONTROL_PORTS, VIF_TABLE, VIFS},
     parse::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, VLAN_HLEN, check_ipv4,
         decrement_ttl, frame_len, read, write,
     },
-    capture, redirect, route, stats, vxlan,
+    redirect, route, stats, vxlan,
 };
 
 /// Offset of the IPv4 header in a tagged frame.

@@ -9,18 +9,17 @@ use aya_ebpf::{
 };
 use forwarder_common::{
     Attachment, OUTER_TTL, VXLAN_OVERHEAD, VXLAN_PORT, Vif, VtepKey, capture_direction,
-    finish_ipv4_csum,
-    next_hop_kind, pass_reason, vif_state, vxlan_source_port,
+    finish_ipv4_csum, next_hop_kind, pass_reason, vif_state, vxlan_source_port,
 };
 
 use crate::{
-    Drop,
+    Drop, capture,
     maps::{ATTACHMENTS, VIF_TABLE, VTEPS},
     parse::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, Ipv4Hdr, Ipv4Info, VLAN_HLEN, check_ipv4,
         decrement_ttl, frame_len, read, write,
     },
-    capture, redirect, route, stats,
+    redirect, route, stats,
 };
 
 const AF_INET: u8 = 2;

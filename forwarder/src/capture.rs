@@ -63,7 +63,8 @@ pub fn pcap_record(bytes: &[u8], offset_ns: i128) -> Option<Vec<u8>> {
     if bytes.len() < std::mem::size_of::<CaptureRecord>() {
         return None;
     }
-    let u32_at = |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u32_at =
+        |at: usize| u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&bytes[0..8]);
     let timestamp = i128::from(u64::from_ne_bytes(ts)) + offset_ns;
@@ -93,19 +94,18 @@ pub async fn stream(session: Session, mut read: OwnedReadHalf, mut write: OwnedW
     let mut frames = 0u64;
     // SAFETY: the ring buffer owns its descriptor and is moved into the AsyncFd, which keeps
     // it open (and the same) until `into_inner` gives it back.
-    let mut ring = match unsafe {
-        AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    } {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            let (ring, error) = e.into_parts();
-            tracing::error!(%error, "watching the capture ring");
-            if done.send(Done { ring, frames: 0 }).await.is_err() {
-                tracing::warn!("the agent stopped during a capture");
+    let mut ring =
+        match unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) } {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                let (ring, error) = e.into_parts();
+                tracing::error!(%error, "watching the capture ring");
+                if done.send(Done { ring, frames: 0 }).await.is_err() {
+                    tracing::warn!("the agent stopped during a capture");
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     let finished = |frames: u64| count.is_some_and(|c| frames >= c);
     if let Some(fd) = ring.as_mut()
         && write.write_all(&file_header()).await.is_ok()

@@ -219,7 +219,10 @@ pub fn control(cli: &Cli) -> ExitCode {
         Command::Capture { vif, count, write } => {
             return capture(cli, vif, *count, write.as_deref());
         }
-        Command::Agent { .. } | Command::Check { .. } | Command::Completions { .. } | Command::Man => {
+        Command::Agent { .. }
+        | Command::Check { .. }
+        | Command::Completions { .. }
+        | Command::Man => {
             return ExitCode::FAILURE;
         }
     };
@@ -307,7 +310,8 @@ fn capture(cli: &Cli, vif: &str, count: Option<u64>, write: Option<&std::path::P
                 if stream.read_exact(&mut rec).is_err() {
                     break;
                 }
-                let word = |i: usize| u32::from_le_bytes([rec[i], rec[i + 1], rec[i + 2], rec[i + 3]]);
+                let word =
+                    |i: usize| u32::from_le_bytes([rec[i], rec[i + 1], rec[i + 2], rec[i + 3]]);
                 let (secs, nanos, caplen, len) = (word(0), word(4), word(8), word(12));
                 let mut data = vec![0u8; caplen as usize];
                 frames = stream.read_exact(&mut data);
@@ -343,13 +347,18 @@ fn describe_frame(secs: u32, nanos: u32, len: u32, data: &[u8]) -> String {
         let mut ethertype = u16::from_be_bytes([data[12], data[13]]);
         let mut l3 = 14;
         if ethertype == 0x8100 && data.len() >= 18 {
-            out += &format!(" vlan {}", u16::from_be_bytes([data[14], data[15]]) & 0x0fff);
+            out += &format!(
+                " vlan {}",
+                u16::from_be_bytes([data[14], data[15]]) & 0x0fff
+            );
             ethertype = u16::from_be_bytes([data[16], data[17]]);
             l3 = 18;
         }
         match ethertype {
             0x0800 if data.len() >= l3 + 20 => {
-                let ip = |o: usize| std::net::Ipv4Addr::new(data[o], data[o + 1], data[o + 2], data[o + 3]);
+                let ip = |o: usize| {
+                    std::net::Ipv4Addr::new(data[o], data[o + 1], data[o + 2], data[o + 3])
+                };
                 out += &format!(" {} > {} proto {}", ip(l3 + 12), ip(l3 + 16), data[l3 + 9]);
             }
             0x0806 => out += " arp",
@@ -362,7 +371,10 @@ fn describe_frame(secs: u32, nanos: u32, len: u32, data: &[u8]) -> String {
 /// Per-second rates between two `stats` answers taken `seconds` apart.
 fn rates(before: &serde_json::Value, now: &serde_json::Value, seconds: f64) -> serde_json::Value {
     let delta = |a: &serde_json::Value, b: &serde_json::Value| {
-        b.as_u64().unwrap_or(0).saturating_sub(a.as_u64().unwrap_or(0)) as f64 / seconds
+        b.as_u64()
+            .unwrap_or(0)
+            .saturating_sub(a.as_u64().unwrap_or(0)) as f64
+            / seconds
     };
     let section = |name: &str| -> Vec<serde_json::Value> {
         now[name]
@@ -426,7 +438,10 @@ fn render_rates(rates: &serde_json::Value) -> String {
             .collect();
         if !rows.is_empty() {
             out += &format!("{section}:\n");
-            out += &table(&["NAME", "RX PKT/S", "RX BIT/S", "TX PKT/S", "TX BIT/S"], &rows);
+            out += &table(
+                &["NAME", "RX PKT/S", "RX BIT/S", "TX PKT/S", "TX BIT/S"],
+                &rows,
+            );
         }
     }
     let drops: Vec<String> = rates["drops_per_second"]

@@ -23,11 +23,11 @@ use aya::{
     },
 };
 use forwarder_common::{
-    Attachment, MAP_ATTACHMENT_STATS, MAP_CAPTURE, MAP_CAPTURE_RING, MAP_ATTACHMENTS, MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS,
-    MAP_PASSES, MAP_ROUTES, MAP_TX_PORTS, MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS,
-    MAX_GROUP_MEMBERS, NextHop, PacketCounter, RouteKey, TrafficCounters, VLAN_COUNTERS,
-    VLAN_UNTAGGED_SLOT, Vif, VifKey, VtepKey, drop_reason, next_hop_kind, outer_ipv4_partial_csum,
-    pass_reason,
+    Attachment, MAP_ATTACHMENT_STATS, MAP_ATTACHMENTS, MAP_CAPTURE, MAP_CAPTURE_RING,
+    MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES, MAP_ROUTES, MAP_TX_PORTS,
+    MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS, MAX_GROUP_MEMBERS, NextHop, PacketCounter,
+    RouteKey, TrafficCounters, VLAN_COUNTERS, VLAN_UNTAGGED_SLOT, Vif, VifKey, VtepKey,
+    drop_reason, next_hop_kind, outer_ipv4_partial_csum, pass_reason,
 };
 use ipnet::Ipv4Net;
 

@@ -27,10 +27,8 @@ const LATENCY_BUCKETS: [f64; 12] = [
 impl Histograms {
     pub fn new() -> Self {
         let histogram = |name: &str, help: &str| {
-            Histogram::with_opts(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .unwrap_or_else(|e| unreachable!("constant histogram options: {e}"))
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+                .unwrap_or_else(|e| unreachable!("constant histogram options: {e}"))
         };
         Self {
             plan_apply: histogram(
@@ -95,7 +93,9 @@ async fn answer(
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
         if let Ok(v) = hyper::header::HeaderValue::from_str(CONTENT_TYPE) {
-            response.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, v);
         }
         response
     };
@@ -103,15 +103,24 @@ async fn answer(
         return reply(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n".into());
     }
     if request.uri().path() != "/metrics" {
-        return reply(StatusCode::NOT_FOUND, "the metrics are at /metrics\n".into());
+        return reply(
+            StatusCode::NOT_FOUND,
+            "the metrics are at /metrics\n".into(),
+        );
     }
     let (tx, rx) = oneshot::channel();
     if owner.send(tx).await.is_err() {
-        return reply(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping\n".into());
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is stopping\n".into(),
+        );
     }
     match rx.await {
         Ok(text) => reply(StatusCode::OK, text),
-        Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping\n".into()),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the agent is stopping\n".into(),
+        ),
     }
 }
 

@@ -849,7 +849,10 @@ impl Agent {
     }
 
     /// Handles one kernel event; a batch is planned together by the caller.
-    fn on_net_event(&mut self, (arrived, event): (tokio::time::Instant, NetEvent)) -> Result<(), Error> {
+    fn on_net_event(
+        &mut self,
+        (arrived, event): (tokio::time::Instant, NetEvent),
+    ) -> Result<(), Error> {
         self.event_times.push(arrived);
         self.handle_net_event(event)
     }
@@ -972,7 +975,10 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         agent.apply.ports().count(),
         socket.display()
     );
-    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
     // The owner loop itself answers the watchdog: a wedged loop stops the pings.
     let mut watchdog = sd_notify::watchdog_enabled().map(|period| {
         let mut ticks = tokio::time::interval(period / 2);

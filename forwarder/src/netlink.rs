@@ -23,7 +23,8 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State},
     neighbour::{
-        NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
+        NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
+        NeighbourState,
     },
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
@@ -406,6 +407,23 @@ impl Netlink {
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
             || format!("adding a managed neighbour {addr} on link {index}"),
+        )
+        .map(drop)
+    }
+
+    /// Asks the kernel to resolve `addr` on link `index` now (`NTF_USE`): an entry that failed
+    /// while its link was down probes again at once instead of at its next timer.
+    pub fn resolve_neighbour(&mut self, index: u32, addr: Ipv4Addr) -> Result<(), Error> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.header.flags = NeighbourFlags::Use;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)));
+        self.exchange(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("resolving the neighbour {addr} on link {index}"),
         )
         .map(drop)
     }

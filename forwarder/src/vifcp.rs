@@ -193,6 +193,20 @@ pub fn destroy(netns_name: &str, host_if: &str, host: &mut Netlink) -> Result<()
     Ok(())
 }
 
+/// Makes the kernel in the namespace resolve `clients` now (their entries may have failed
+/// while the connection was down).
+pub fn resolve(namespace: &Namespace, clients: &[Ipv4Addr]) -> Result<(), Error> {
+    namespace.run(|| -> Result<_, Error> {
+        let mut nl = Netlink::open()?;
+        if let Some(inner) = nl.link(INNER_IF)? {
+            for client in clients {
+                nl.resolve_neighbour(inner.index, *client)?;
+            }
+        }
+        Ok(())
+    })?
+}
+
 /// The current neighbours of `vif0` in the namespace (after lost events).
 pub fn neighbours(namespace: &Namespace) -> Result<Vec<Neighbour>, Error> {
     namespace.run(|| -> Result<_, Error> {

@@ -71,6 +71,9 @@ impl Agent {
                 }
                 Some(link) if before.map(|b| b.up) != Some(link.up) => {
                     tracing::info!(port = name, up = link.up, "port link state");
+                    if link.up && role == PortRole::Connection {
+                        self.resolve_clients(name);
+                    }
                 }
                 Some(_) => return,
                 None => {
@@ -102,6 +105,30 @@ impl Agent {
             if broken {
                 tracing::warn!(vif = %self.model.vif_name(vif), link = name, "control veth lost or down: repairing the control plane");
                 self.retry.vifs.insert(vif);
+            }
+        }
+    }
+
+    /// A connection came (back) up: the client routers whose MAC was lost while it was down
+    /// are asked for at once, so their VIFs come back without waiting for ARP timers.
+    fn resolve_clients(&mut self, port: &str) {
+        for id in self.model.vifs_on_port(port).to_vec() {
+            let (Some(v), Some(cp)) = (self.model.vifs.get(&id), self.control_planes.get(&id))
+            else {
+                continue;
+            };
+            let missing: Vec<std::net::Ipv4Addr> = v
+                .peers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.observed.clients.contains_key(&(id, *i as u8)))
+                .map(|(_, p)| p.client_address)
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            if let Err(e) = vifcp::resolve(&cp.namespace, &missing) {
+                tracing::debug!(vif = %v.name, error = %error_chain(&e), "asking for client MACs");
             }
         }
     }
@@ -178,7 +205,8 @@ impl Agent {
                 self.neighbour_table_warned = true;
                 tracing::warn!(
                     clients,
-                    "the kernel's neighbour table limits are not visible from this network namespace: set net.ipv4.neigh.default.gc_thresh2/3 on the host to at least {want}/{} or client routers' entries will be collected",
+                    "the kernel's neighbour table limits are not visible from this network namespace: set net.ipv4.neigh.default.gc_thresh1/2/3 on the host to at least {}/{want}/{} or client routers' entries will be collected",
+                    want / 2,
                     want * 2
                 );
             }

@@ -256,33 +256,12 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
 }
 
-/// Sends a request whose answer line is followed by a stream (a capture): the answer and
-/// the stream to read the rest from.
+/// Sends a request whose answer line may be followed by a stream (a capture): the answer
+/// and the stream to read the rest from.
 pub fn call_stream(
     socket: &Path,
     request: &Request,
 ) -> Result<(Response, std::io::BufReader<std::os::unix::net::UnixStream>), ClientError> {
-    use std::io::{BufRead as _, Write as _};
-    let stream =
-        std::os::unix::net::UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-            path: socket.to_owned(),
-            source,
-        })?;
-    let io = |source| ClientError::Io {
-        path: socket.to_owned(),
-        source,
-    };
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    (&stream).write_all(line.as_bytes()).map_err(io)?;
-    let mut reader = std::io::BufReader::new(stream);
-    let mut answer = String::new();
-    reader.read_line(&mut answer).map_err(io)?;
-    Ok((serde_json::from_str(&answer)?, reader))
-}
-
-/// Sends one request and waits for its answer (blocking; the CLI has no runtime).
-pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     use std::io::{BufRead as _, Write as _};
     let stream =
         std::os::unix::net::UnixStream::connect(socket).map_err(|source| ClientError::Connect {
@@ -302,11 +281,15 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     {
         return Err(io(e));
     }
+    let mut reader = std::io::BufReader::new(stream);
     let mut answer = String::new();
-    std::io::BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(io)?;
-    Ok(serde_json::from_str(&answer)?)
+    reader.read_line(&mut answer).map_err(io)?;
+    Ok((serde_json::from_str(&answer)?, reader))
+}
+
+/// Sends one request and waits for its answer (blocking; the CLI has no runtime).
+pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    call_stream(socket, request).map(|(response, _)| response)
 }
 
 // ---- server ----------------------------------------------------------------------------

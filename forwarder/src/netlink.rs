@@ -419,7 +419,9 @@ impl Netlink {
         msg.header.ifindex = index;
         msg.header.flags = NeighbourFlags::Use;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)));
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
         self.exchange(
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_REPLACE,

@@ -20,11 +20,7 @@ fn vif_100() -> Vif {
 }
 
 fn write_static(t: &Topology) -> Result<()> {
-    t.write_fixture(&t.fixture().vif(vif_100()).static_route(
-        "bgw-1",
-        "192.168.50.0/24",
-        "vif-100",
-    ))?;
+    t.write_fixture(&t.static_fixture())?;
     Ok(())
 }
 
@@ -35,12 +31,8 @@ fn vif_state(t: &Topology) -> String {
 }
 
 fn wait_available(t: &Topology, log: &str) -> Result<()> {
-    ensure!(
-        wait_for(Duration::from_secs(15), || vif_state(t) == "available"),
-        "vif-100 never became available ({}):\n{log}",
-        vif_state(t)
-    );
-    Ok(())
+    t.wait_available(common::bin(), "vif-100")
+        .with_context(|| log.to_owned())
 }
 
 #[test]

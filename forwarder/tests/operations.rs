@@ -100,14 +100,7 @@ fn the_systemd_unit_verifies() -> Result<()> {
 fn ready_and_watchdog_on_the_notify_socket_and_stats_watch_rates() -> Result<()> {
     let t = Topology::new("notify")?;
     let _customer = t.customer_router()?;
-    t.write_fixture(
-        &t.fixture()
-            .vif(
-                Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
-                    .peer("169.254.10.2", "169.254.10.1"),
-            )
-            .static_route("bgw-1", "192.168.50.0/24", "vif-100"),
-    )?;
+    t.write_fixture(&t.static_fixture())?;
     // The service manager's side: a datagram socket of our own.
     let path = t.dir.0.join("notify.sock");
     let manager = UnixDatagram::bind(&path)?;
@@ -145,14 +138,7 @@ fn ready_and_watchdog_on_the_notify_socket_and_stats_watch_rates() -> Result<()>
         "{status}"
     );
 
-    ensure!(
-        wait_for(Duration::from_secs(15), || cli_json(
-            &t.socket(),
-            &["vif", "show", "vif-100"]
-        )
-        .is_ok_and(|v| v["state"] == "available")),
-        "vif-100 not available"
-    );
+    t.wait_available(common::bin(), "vif-100")?;
     let pinger = {
         let idc = t.idc.name().to_owned();
         std::thread::spawn(move || {
@@ -231,28 +217,16 @@ fn debians_prometheus_scrapes_the_agent() -> Result<()> {
     let t = Topology::new("prom")?;
     let _customer = t.customer_router()?;
     t.write_fixture(
-        &t.fixture()
+        &t.static_fixture()
             .agent("metrics_listen", "\"127.0.0.1:9330\"")
-            .vif(
-                Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
-                    .peer("169.254.10.2", "169.254.10.1"),
-            )
             // A BGP VIF whose router is not there: its session's metrics still exist.
             .vif(
                 Vif::bgp("vif-200", "hc-1", 200, "bgw-1", 65002)
                     .peer("169.254.30.2", "169.254.30.1"),
-            )
-            .static_route("bgw-1", "192.168.50.0/24", "vif-100"),
+            ),
     )?;
     let agent = t.start_agent(common::bin())?;
-    ensure!(
-        wait_for(Duration::from_secs(15), || cli_json(
-            &t.socket(),
-            &["vif", "show", "vif-100"]
-        )
-        .is_ok_and(|v| v["state"] == "available")),
-        "vif-100 not available"
-    );
+    t.wait_available(common::bin(), "vif-100")?;
 
     // The exposition as Prometheus' own linter reads it.
     let fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9330/metrics').read().decode(), end='')";
@@ -374,23 +348,9 @@ fn debians_prometheus_scrapes_the_agent() -> Result<()> {
 fn a_capture_of_one_vif_is_a_pcap_tcpdump_reads() -> Result<()> {
     let t = Topology::new("capture")?;
     let _customer = t.customer_router()?;
-    t.write_fixture(
-        &t.fixture()
-            .vif(
-                Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
-                    .peer("169.254.10.2", "169.254.10.1"),
-            )
-            .static_route("bgw-1", "192.168.50.0/24", "vif-100"),
-    )?;
+    t.write_fixture(&t.static_fixture())?;
     let agent = t.start_agent(common::bin())?;
-    ensure!(
-        wait_for(Duration::from_secs(15), || cli_json(
-            &t.socket(),
-            &["vif", "show", "vif-100"]
-        )
-        .is_ok_and(|v| v["state"] == "available")),
-        "vif-100 not available"
-    );
+    t.wait_available(common::bin(), "vif-100")?;
     let capturing = |t: &Topology| {
         cli_json(&t.socket(), &["status"]).map(|s| s["capture"].as_str().map(str::to_owned))
     };

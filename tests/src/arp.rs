@@ -7,7 +7,6 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::PerCpuArray,
     programs::{Xdp, XdpMode},
 };
 pub use forwarder_test_ebpf::arp_reply_mac;
@@ -105,18 +104,7 @@ pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 
 /// The counters of a loaded test object, summed over all CPUs.
 pub fn counters(ebpf: &Ebpf) -> Result<ArpCounters> {
-    let map = ebpf
-        .map(MAP_ARP_COUNTERS)
-        .with_context(|| format!("map {MAP_ARP_COUNTERS} missing"))?;
-    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-    let mut sums = [0u64; arp_counter::COUNT as usize];
-    for (slot, sum) in (0..arp_counter::COUNT).zip(sums.iter_mut()) {
-        *sum = counters
-            .get(&slot, 0)
-            .with_context(|| format!("{MAP_ARP_COUNTERS}[{}]", arp_counter::NAMES[slot as usize]))?
-            .iter()
-            .sum();
-    }
+    let sums = crate::per_cpu_sums(ebpf, MAP_ARP_COUNTERS, &arp_counter::NAMES)?;
     let [replied, passed, not_answered] = sums;
     Ok(ArpCounters {
         replied,

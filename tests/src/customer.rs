@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use anyhow::{Context as _, Result, bail, ensure};
 use aya::{
     Ebpf,
-    maps::{HashMap, PerCpuArray},
+    maps::HashMap,
     programs::{
         SchedClassifier, TcAttachType,
         tc::{self, TcError},
@@ -187,18 +187,7 @@ impl<'ns> CustomerRouter<'ns> {
 
 /// The counters of a loaded shim object, summed over all CPUs.
 pub fn shim_counters(ebpf: &Ebpf) -> Result<ShimCounters> {
-    let map = ebpf
-        .map(MAP_COUNTERS)
-        .with_context(|| format!("map {MAP_COUNTERS} missing"))?;
-    let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-    let mut sums = [0u64; counter::COUNT as usize];
-    for (slot, sum) in (0..counter::COUNT).zip(sums.iter_mut()) {
-        *sum = counters
-            .get(&slot, 0)
-            .with_context(|| format!("{MAP_COUNTERS}[{}]", counter::NAMES[slot as usize]))?
-            .iter()
-            .sum();
-    }
+    let sums = crate::per_cpu_sums(ebpf, MAP_COUNTERS, &counter::NAMES)?;
     let [
         to_trunk,
         from_trunk,

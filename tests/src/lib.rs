@@ -209,3 +209,25 @@ pub fn send_frames(ns: &NetNs, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
         result
     })
 }
+
+/// Slots `0..count` of a per-CPU `u64` array map of `ebpf`, each summed over all CPUs
+/// (`names` label the slots in errors).
+pub fn per_cpu_sums<const N: usize>(
+    ebpf: &aya::Ebpf,
+    map: &str,
+    names: &[&str; N],
+) -> Result<[u64; N]> {
+    let map = ebpf
+        .map(map)
+        .with_context(|| format!("map {map} missing"))?;
+    let counters: aya::maps::PerCpuArray<_, u64> = aya::maps::PerCpuArray::try_from(map)?;
+    let mut sums = [0u64; N];
+    for (slot, sum) in sums.iter_mut().enumerate() {
+        *sum = counters
+            .get(&(slot as u32), 0)
+            .with_context(|| format!("slot {}", names[slot]))?
+            .iter()
+            .sum();
+    }
+    Ok(sums)
+}

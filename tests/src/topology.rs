@@ -131,6 +131,30 @@ impl Topology {
             .agent("netns_prefix", &format!("\"fwt-{tag}-\""))
     }
 
+    /// [`Self::fixture`] with DESIGN's static VIF: `vif-100` on VLAN 100 (client
+    /// 169.254.10.2, cloud 169.254.10.1) and the IDC prefix 192.168.50.0/24 routed to it.
+    pub fn static_fixture(&self) -> Fixture {
+        self.fixture()
+            .vif(
+                crate::fixture::Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
+                    .peer("169.254.10.2", "169.254.10.1"),
+            )
+            .static_route("bgw-1", "192.168.50.0/24", "vif-100")
+    }
+
+    /// Waits until `vif` is `available`, or says what it is.
+    pub fn wait_available(&self, forwarder: &Path, vif: &str) -> Result<()> {
+        let state = || {
+            cli_json(forwarder, &self.socket(), &["vif", "show", vif])
+                .map(|v| v["state"].as_str().unwrap_or_default().to_owned())
+                .unwrap_or_default()
+        };
+        if !wait_for(Duration::from_secs(15), || state() == "available") {
+            bail!("{vif} never became available: {}", state());
+        }
+        Ok(())
+    }
+
     /// Writes `fixture` as this topology's config file.
     pub fn write_fixture(&self, fixture: &Fixture) -> Result<PathBuf> {
         let path = self.config_path();

@@ -1641,8 +1641,9 @@ fn report(settings: &Settings, results: &BTreeMap<&str, Vec<RoundResult>>) -> Re
          poll). Before the next event every VIF has settled per `vif list` and VIF_TABLE; a VIF \
          that changes on its own in between (its client entry failed during the flap) is left \
          out of that event's every-VIF time. Link down has a floor of 0–1 s that no agent can \
-         beat: the kernel reports the port's carrier loss through linkwatch, which defers it to \
-         a whole-second tick; up is reported at once. So the bench also reads the kernel's \
+         beat: the kernel reports the port's carrier loss through linkwatch, which sends such \
+         (non-urgent) changes host-wide at most once a second, and the previous event here \
+         came less than a second earlier; up is reported at once. So the bench also reads the kernel's \
          RTM_NEWLINK notifications for the port (`hc1`, a netlink socket in the gateway \
          namespace, read in the same poll loop before the map) and reports the time from the \
          first one with the new carrier state to the chosen VIF's change: what the agent \

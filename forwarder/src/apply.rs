@@ -282,6 +282,14 @@ impl Apply {
     }
 
     /// The next-hop id a route of the map holds.
+    /// Every route in the map with its next-hop id.
+    pub fn programmed_routes(&self) -> impl Iterator<Item = (GatewayId, Ipv4Net, u32)> + '_ {
+        self.programmed
+            .routes
+            .iter()
+            .map(|((g, p), (nh, _))| (*g, *p, *nh))
+    }
+
     pub fn installed(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<u32> {
         self.programmed
             .routes

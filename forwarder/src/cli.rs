@@ -708,6 +708,7 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
                 "RECEIVED",
                 "ACCEPTED",
                 "ADVERTISED",
+                "STALE",
                 "LAST ERROR",
             ],
             &rows(
@@ -721,6 +722,7 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
                     "prefixes_received",
                     "prefixes_accepted",
                     "prefixes_advertised",
+                    "stale_routes",
                     "last_error",
                 ],
             ),

@@ -46,6 +46,10 @@ pub const MAX_NAME_LEN: usize = 32;
 pub const MAX_INTERFACE_NAME_LEN: usize = 15;
 /// Linux `TCP_MD5SIG_MAXKEYLEN`.
 pub const MAX_BGP_PASSWORD_LEN: usize = 80;
+/// `max_prefixes` when a BGP VIF does not say: a private VIF carries a customer's own
+/// networks (AWS allows 100 on a private VIF, Azure 4,000 on private peering); 4,000 fits
+/// the largest of them and bounds one session's Adj-RIB-In at well under 1 MiB.
+pub const DEFAULT_MAX_PREFIXES: u32 = 4000;
 /// One interconnect pair per cloud router.
 pub const MAX_PEERS: usize = 2;
 /// Interconnect pairs are /30s.
@@ -97,6 +101,16 @@ pub struct Agent {
     pub bgp_connect_retry: u16,
     /// Seconds a session stays down after its peer exceeded `max_prefixes`.
     pub bgp_max_prefix_restart: u16,
+    /// Graceful restart (RFC 4724) on every session: customer routers keep our routes
+    /// while the agent restarts, and we keep theirs while they restart.
+    pub bgp_graceful_restart: bool,
+    /// The restart time we advertise: how long customer routers keep our routes while the
+    /// agent is away, and how long the agent keeps a session's routes after its own restart
+    /// before the session is back (seconds, 1 to 4095).
+    pub bgp_restart_time: u16,
+    /// After a session is back from a restart (ours or the peer's), how long its stale
+    /// routes wait for the peer's End-of-RIB before they are swept (seconds).
+    pub bgp_stale_routes_time: u16,
     /// Members of this group may use the control socket (mode 0660); without it only root
     /// (and the agent's own user) may (mode 0600).
     pub control_group: Option<String>,
@@ -121,6 +135,9 @@ impl Default for Agent {
             bgp_hold_time: 90,
             bgp_connect_retry: 5,
             bgp_max_prefix_restart: 30,
+            bgp_graceful_restart: true,
+            bgp_restart_time: 120,
+            bgp_stale_routes_time: 360,
             control_group: None,
             route_capacity: forwarder_common::MAX_ROUTES,
             metrics_listen: None,
@@ -199,11 +216,23 @@ pub struct Vif {
     pub client_asn: Option<u32>,
     /// TCP MD5 key of the BGP sessions.
     pub bgp_password: Option<String>,
-    /// More prefixes than this from the client: the session is torn down.
+    /// More prefixes than this received from the client (accepted or rejected): the session
+    /// is torn down. Default [`DEFAULT_MAX_PREFIXES`].
     pub max_prefixes: Option<u32>,
     /// Accept a default route from the client.
     #[serde(default)]
     pub accept_default: bool,
+    /// Received prefixes longer than this are rejected (default 32: none are).
+    pub max_prefix_len: Option<u8>,
+    /// When given, received prefixes must lie within one of these.
+    #[serde(default, deserialize_with = "prefixes")]
+    pub allowed_prefixes: Vec<Ipv4Net>,
+    /// GTSM (RFC 5082): the sessions send with TTL 255 and accept only TTL 255.
+    #[serde(default)]
+    pub ttl_security: bool,
+    /// Accept a client router's hold time of 0 (no keepalives, a dead peer never noticed).
+    #[serde(default)]
+    pub allow_hold_time_zero: bool,
     #[serde(default, rename = "peer")]
     pub peers: Vec<Peer>,
 }
@@ -866,6 +895,20 @@ impl<'a> Validator<'a> {
         if agent.bgp_connect_retry == 0 {
             self.problem(SECTION, "bgp_connect_retry", "must be at least 1 second");
         }
+        if !(1..=4095).contains(&agent.bgp_restart_time) {
+            self.problem(
+                SECTION,
+                "bgp_restart_time",
+                "must be 1 to 4095 seconds (12 bits in the capability, RFC 4724)",
+            );
+        }
+        if agent.bgp_stale_routes_time == 0 {
+            self.problem(
+                SECTION,
+                "bgp_stale_routes_time",
+                "must be at least 1 second",
+            );
+        }
         if let Some(detail) = netns_prefix_problem(&agent.netns_prefix) {
             self.problem(SECTION, "netns_prefix", detail);
         }
@@ -1072,6 +1115,10 @@ impl<'a> Validator<'a> {
                 ("bgp_password", vif.bgp_password.is_some()),
                 ("max_prefixes", vif.max_prefixes.is_some()),
                 ("accept_default", vif.accept_default),
+                ("max_prefix_len", vif.max_prefix_len.is_some()),
+                ("allowed_prefixes", !vif.allowed_prefixes.is_empty()),
+                ("ttl_security", vif.ttl_security),
+                ("allow_hold_time_zero", vif.allow_hold_time_zero),
             ];
             for (field, set) in bgp_only {
                 if set {
@@ -1093,6 +1140,11 @@ impl<'a> Validator<'a> {
         }
         if vif.max_prefixes == Some(0) {
             self.problem(section, "max_prefixes", "0 is below 1");
+        }
+        if let Some(len) = vif.max_prefix_len
+            && !(1..=32).contains(&len)
+        {
+            self.problem(section, "max_prefix_len", format!("{len} is not 1 to 32"));
         }
     }
 

@@ -51,6 +51,8 @@ impl Observed {
 pub struct Inputs<'a> {
     pub model: &'a Model,
     pub observed: &'a Observed,
+    /// BGP sessions whose client routers carry traffic: Established, or held by graceful
+    /// restart while they are away.
     pub sessions_up: &'a BTreeSet<SessionKey>,
     pub rib: &'a Rib,
 }

@@ -2,6 +2,13 @@
 //! the routes each session holds (as candidates in the route tables), and what each session
 //! is told: the whole export once when it comes up, then only what changes. The protocol
 //! itself is in `crate::bgp`.
+//!
+//! Graceful restart keeps a session's routes, stale, while the session is away: after the
+//! agent's own restart (read back from the pinned maps) until the session is back and the
+//! peer's table is complete, bounded by `bgp_restart_time`; while a peer restarts
+//! gracefully, for the restart time it advertised. A session that is back waits at most
+//! `bgp_stale_routes_time` for the peer's End-of-RIB; what was not announced again by
+//! then is swept.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,6 +17,7 @@ use std::{
 };
 
 use ipnet::Ipv4Net;
+use tokio::time::Instant;
 
 use super::Agent;
 use crate::{
@@ -35,6 +43,29 @@ pub struct BgpState {
     pub masks: BgpMasks,
     /// Sessions that came up and get their whole export after the next plan.
     pub announce_all: BTreeSet<SessionKey>,
+    /// Sessions holding stale routes (graceful restart).
+    pub stale: BTreeMap<SessionKey, Stale>,
+    /// Sessions whose client routers carry traffic: up, or held by graceful restart.
+    pub forwarding: BTreeSet<SessionKey>,
+}
+
+/// Why a session's routes are stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaleCause {
+    /// The agent restarted; the routes were read back from the pinned maps.
+    AgentRestart,
+    /// The peer restarts gracefully.
+    PeerRestart,
+}
+
+/// A session's stale routes.
+#[derive(Debug)]
+pub struct Stale {
+    /// Routes not announced again since they went stale.
+    pub prefixes: BTreeSet<Ipv4Net>,
+    /// When whatever is still stale is swept.
+    pub until: Instant,
+    pub cause: StaleCause,
 }
 
 impl BgpState {
@@ -44,6 +75,27 @@ impl BgpState {
         self.routes.retain(|(v, _), _| *v != vif);
         self.up.retain(|(v, _)| *v != vif);
         self.announce_all.retain(|(v, _)| *v != vif);
+        self.stale.retain(|(v, _), _| *v != vif);
+        self.forwarding.retain(|(v, _)| *v != vif);
+    }
+
+    /// Whether `key` carries traffic follows from whether it is up or stale.
+    fn refresh_forwarding(&mut self, key: SessionKey) {
+        if self.up.contains(&key) || self.stale.contains_key(&key) {
+            self.forwarding.insert(key);
+        } else {
+            self.forwarding.remove(&key);
+        }
+    }
+
+    /// Stale routes of `key` still waiting to be announced again.
+    pub fn stale_count(&self, key: SessionKey) -> usize {
+        self.stale.get(&key).map_or(0, |s| s.prefixes.len())
+    }
+
+    /// When the next stale routes are due to be swept.
+    pub fn next_sweep(&self) -> Option<Instant> {
+        self.stale.values().map(|s| s.until).min()
     }
 }
 
@@ -70,9 +122,21 @@ impl Agent {
                         remote_asn: c.client_asn.unwrap_or_default(),
                         router_id: self.config.router_id(),
                         password: c.bgp_password.clone(),
-                        max_prefixes: c.max_prefixes,
+                        max_prefixes: Some(
+                            c.max_prefixes
+                                .unwrap_or(crate::config::DEFAULT_MAX_PREFIXES),
+                        ),
                         accept_default: c.accept_default,
+                        max_prefix_len: c.max_prefix_len.unwrap_or(32),
+                        allowed_prefixes: c.allowed_prefixes.clone(),
                         hold_time: self.config.agent.bgp_hold_time,
+                        allow_hold_time_zero: c.allow_hold_time_zero,
+                        graceful_restart: self
+                            .config
+                            .agent
+                            .bgp_graceful_restart
+                            .then_some(self.config.agent.bgp_restart_time),
+                        ttl_security: c.ttl_security,
                         connect_retry: Duration::from_secs(u64::from(
                             self.config.agent.bgp_connect_retry,
                         )),
@@ -124,8 +188,124 @@ impl Agent {
         self.bgp.cidrs.remove(&key);
         self.bgp.up.remove(&key);
         self.bgp.announce_all.remove(&key);
+        self.bgp.stale.remove(&key);
+        self.bgp.refresh_forwarding(key);
         self.dirty.vifs.insert(key.0);
         self.drop_session_routes(key);
+    }
+
+    /// After a restart: the BGP routes the pinned route map still holds become the stale
+    /// routes of the sessions that announced them (the next hop `VifPeers { vif, mask }`
+    /// says which), kept until each session is back with its table or the restart time
+    /// runs out. Returns how many routes were kept.
+    pub(super) fn recover_stale_routes(&mut self) -> usize {
+        let until =
+            Instant::now() + Duration::from_secs(u64::from(self.config.agent.bgp_restart_time));
+        let mut kept = 0;
+        let installed: Vec<(crate::ids::GatewayId, Ipv4Net, u32)> =
+            self.apply.programmed_routes().collect();
+        for (gateway, prefix, nh) in installed {
+            let Some(crate::ids::NextHopKey::VifPeers { vif, mask }) =
+                self.state.ids.next_hops.key(nh).copied()
+            else {
+                continue;
+            };
+            let Some(v) = self.model.vifs.get(&vif) else {
+                continue;
+            };
+            if v.routing != Routing::Bgp || v.gateway != gateway {
+                continue;
+            }
+            let mask = mask & ((1u16 << v.peers.len()) - 1) as u8;
+            if mask == 0 {
+                continue;
+            }
+            for peer in 0..v.peers.len() as u8 {
+                if mask & (1 << peer) == 0 {
+                    continue;
+                }
+                let key = (vif, peer);
+                self.bgp.routes.entry(key).or_default().insert(prefix);
+                self.bgp
+                    .stale
+                    .entry(key)
+                    .or_insert_with(|| Stale {
+                        prefixes: BTreeSet::new(),
+                        until,
+                        cause: StaleCause::AgentRestart,
+                    })
+                    .prefixes
+                    .insert(prefix);
+            }
+            self.bgp.masks.insert((vif, prefix), mask);
+            kept += 1;
+        }
+        let keys: Vec<SessionKey> = self.bgp.stale.keys().copied().collect();
+        for key in keys {
+            self.bgp.refresh_forwarding(key);
+        }
+        kept
+    }
+
+    /// Every session's status, with its stale routes.
+    pub(super) fn neighbors(&self) -> Vec<crate::bgp::NeighborStatus> {
+        let mut all = self.speaker.status();
+        for n in &mut all {
+            if let Some(id) = self.model.vif_id(&n.vif) {
+                n.stale_routes = self.bgp.stale_count((id, n.peer_index as u8));
+            }
+        }
+        all
+    }
+
+    /// Sweeps what is still stale of `key`: those routes were not announced again.
+    fn sweep(&mut self, key: SessionKey, why: &str) {
+        let Some(stale) = self.bgp.stale.remove(&key) else {
+            return;
+        };
+        let bit = 1u8 << key.1;
+        if !stale.prefixes.is_empty() {
+            tracing::info!(
+                vif = %self.model.vif_name(key.0),
+                peer = key.1,
+                routes = stale.prefixes.len(),
+                why,
+                "sweeping stale routes"
+            );
+        }
+        for prefix in stale.prefixes {
+            if self
+                .bgp
+                .routes
+                .get_mut(&key)
+                .is_some_and(|held| held.remove(&prefix))
+            {
+                let mask = self.bgp.masks.get(&(key.0, prefix)).copied().unwrap_or(0);
+                self.set_mask(key.0, prefix, mask & !bit);
+            }
+        }
+        self.bgp.refresh_forwarding(key);
+        self.dirty.vifs.insert(key.0);
+    }
+
+    /// The timer: sweeps every session whose stale routes are due.
+    pub(super) fn sweep_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<SessionKey> = self
+            .bgp
+            .stale
+            .iter()
+            .filter(|(_, s)| s.until <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let why = if self.bgp.up.contains(&key) {
+                "no End-of-RIB in bgp_stale_routes_time"
+            } else {
+                "the session did not come back within the restart time"
+            };
+            self.sweep(key, why);
+        }
     }
 
     /// Stops every session of a VIF (its control plane was rebuilt, or it moved);
@@ -191,6 +371,7 @@ impl Agent {
                 vif,
                 peer_index,
                 session,
+                ..
             }
             | Event::Down {
                 vif,
@@ -203,6 +384,11 @@ impl Agent {
                 peer_index,
                 session,
                 ..
+            }
+            | Event::EndOfRib {
+                vif,
+                peer_index,
+                session,
             } => (vif.clone(), *peer_index, *session),
         };
         let vif = vif.as_str();
@@ -215,19 +401,55 @@ impl Agent {
         };
         let key = (id, peer as u8);
         match event {
-            Event::Established { .. } => {
+            Event::Established { peer_restart, .. } => {
                 tracing::info!(vif = %vif, peer, "BGP session established");
                 self.bgp.up.insert(key);
                 self.bgp.announce_all.insert(key);
+                self.bgp.refresh_forwarding(key);
                 self.dirty.vifs.insert(id);
+                let lost_state = self.bgp.stale.get(&key).is_some_and(|s| {
+                    s.cause == StaleCause::PeerRestart
+                        && !peer_restart.is_some_and(|r| r.ipv4_preserved)
+                });
+                if lost_state {
+                    // The peer came back without its forwarding state (F bit clear).
+                    self.sweep(key, "the peer did not keep its forwarding state");
+                } else if let Some(stale) = self.bgp.stale.get_mut(&key) {
+                    stale.until = Instant::now()
+                        + Duration::from_secs(u64::from(self.config.agent.bgp_stale_routes_time));
+                }
             }
-            Event::Down { reason, .. } => {
+            Event::Down { reason, retain, .. } => {
                 tracing::warn!(vif = %vif, peer, reason = %reason, "BGP session down");
-                // The next-hop groups lose it in the same plan, before any route moves.
                 self.bgp.up.remove(&key);
                 self.bgp.announce_all.remove(&key);
                 self.dirty.vifs.insert(id);
-                self.drop_session_routes(key);
+                match retain {
+                    Some(keep) if self.bgp.routes.get(&key).is_some_and(|r| !r.is_empty()) => {
+                        // The peer restarts gracefully: its routes stay, stale, and keep
+                        // carrying traffic for its restart time.
+                        let prefixes = self.bgp.routes[&key].clone();
+                        tracing::info!(vif = %vif, peer, routes = prefixes.len(), keep_for = ?keep, "keeping the restarting peer's routes");
+                        self.bgp.stale.insert(
+                            key,
+                            Stale {
+                                prefixes,
+                                until: Instant::now() + keep,
+                                cause: StaleCause::PeerRestart,
+                            },
+                        );
+                    }
+                    _ => {
+                        // The next-hop groups lose it in the same plan, before any route
+                        // moves.
+                        self.bgp.stale.remove(&key);
+                        self.drop_session_routes(key);
+                    }
+                }
+                self.bgp.refresh_forwarding(key);
+            }
+            Event::EndOfRib { .. } => {
+                self.sweep(key, "End-of-RIB");
             }
             Event::Routes {
                 announced,
@@ -235,6 +457,12 @@ impl Agent {
                 ..
             } => {
                 let bit = 1u8 << key.1;
+                // Announced again: fresh. Withdrawn: gone below.
+                if let Some(stale) = self.bgp.stale.get_mut(&key) {
+                    for prefix in announced.iter().chain(&withdrawn) {
+                        stale.prefixes.remove(prefix);
+                    }
+                }
                 for prefix in withdrawn {
                     if self
                         .bgp

@@ -242,7 +242,13 @@ impl Agent {
             "Seconds since a BGP session reached Established (0 when it is not).",
             &session_labels,
         );
-        for n in self.speaker.status() {
+        let stale = gauges(
+            &registry,
+            "forwarder_bgp_stale_routes",
+            "Routes of a BGP session kept through a restart (graceful restart) and not announced again yet.",
+            &session_labels,
+        );
+        for n in self.neighbors() {
             let (peer, remote) = (n.peer_index.to_string(), n.remote_addr.to_string());
             let labels = [n.vif.as_str(), peer.as_str(), remote.as_str()];
             let is_up = n.state == SessionState::Established;
@@ -266,6 +272,9 @@ impl Agent {
             }
             if let Some(m) = &established {
                 m.with_label_values(&labels).inc_by(n.established_count);
+            }
+            if let Some(m) = &stale {
+                m.with_label_values(&labels).set(int(n.stale_routes));
             }
             if let Some(m) = &uptime {
                 m.with_label_values(&labels).set(

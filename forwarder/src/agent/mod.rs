@@ -345,8 +345,23 @@ impl Agent {
         // A capture a killed agent left on has no reader any more.
         agent.apply.set_capture(0)?;
         agent.read_links()?;
+        // BGP routes the maps kept through the restart stay, stale, until their sessions are
+        // back (graceful restart); the sessions tell their peers that we kept forwarding.
+        let kept = agent.recover_stale_routes();
+        let restarted = !agent.apply.vif_ids().is_empty();
+        if kept > 0 {
+            tracing::info!(
+                routes = kept,
+                "BGP routes kept from the pinned maps until their sessions are back"
+            );
+        }
+        agent
+            .speaker
+            .set_restarted(restarted && agent.config.agent.bgp_graceful_restart);
         let transition = Transition::between(None, &agent.model, &agent.control_planes);
-        agent.apply_model(transition)?;
+        let applied = agent.apply_model(transition);
+        agent.speaker.set_restarted(false);
+        applied?;
         agent.save_state()?;
         Ok(agent)
     }
@@ -669,7 +684,7 @@ impl Agent {
         let inputs = Inputs {
             model: &self.model,
             observed: &self.observed,
-            sessions_up: &self.bgp.up,
+            sessions_up: &self.bgp.forwarding,
             rib: &self.rib,
         };
         let changes = self.desired.update(&inputs, &dirty_all);
@@ -943,6 +958,9 @@ pub fn main(config_path: &Path) -> Result<(), Error> {
     result
 }
 
+/// BGP events (one per UPDATE) handled between two looks at everything else.
+const BGP_EVENT_BATCH: usize = 256;
+
 /// The owner loop.
 async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -999,6 +1017,7 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     // The retry timer is armed once and runs out whatever else arrives meanwhile.
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
+        let sweep_at = agent.bgp.next_sweep();
         match (retry_at, agent.retry_due()) {
             (None, Some(after)) => retry_at = Some(tokio::time::Instant::now() + after),
             (Some(_), None) => retry_at = None,
@@ -1023,7 +1042,11 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
             }
             Some(event) = events.recv() => {
                 agent.handle_bgp_event(event);
-                while let Ok(event) = events.try_recv() {
+                // What is queued is planned once, a bounded batch at a time: a peer sending
+                // a large table does not keep the control socket, netlink events or the
+                // other sessions waiting.
+                for _ in 0..BGP_EVENT_BATCH {
+                    let Ok(event) = events.try_recv() else { break };
                     agent.handle_bgp_event(event);
                 }
                 agent.flush()
@@ -1050,6 +1073,10 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                 retry_at = None;
                 agent.on_retry()
             }
+            () = sleep_until_or_never(sweep_at) => {
+                agent.sweep_due();
+                agent.flush()
+            }
             () = tick_or_never(watchdog.as_mut()) => {
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 Ok(())
@@ -1066,6 +1093,8 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         }
     }
     tracing::info!("stopping: XDP and pinned maps stay, forwarding continues");
+    // Peers with graceful restart keep our routes until we are back.
+    agent.speaker.stop_for_restart();
     notify(&[sd_notify::NotifyState::Stopping]);
     server.abort();
     if let Some(m) = metrics_server {

@@ -97,7 +97,7 @@ impl Agent {
             Request::Reload => self
                 .reload()
                 .map(|()| Response::ok("configuration reloaded")),
-            Request::BgpNeighbors => Ok(Response::ok(self.speaker.status())),
+            Request::BgpNeighbors => Ok(Response::ok(self.neighbors())),
             Request::BgpRoutes { vif, advertised } => self.bgp_routes_view(&vif, advertised),
             Request::Capture { .. } => Err(Error::Refused(
                 "a capture is a stream: use `forwarder capture`".into(),

@@ -25,6 +25,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 pub use policy::{Reject, Verdict};
+pub use wire::PeerRestart;
 
 /// Everything one session needs. Equal configs mean an unchanged session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,11 +45,22 @@ pub struct SessionConfig {
     pub router_id: Ipv4Addr,
     /// TCP MD5 key.
     pub password: Option<String>,
-    /// More accepted prefixes than this: Cease / Maximum Number of Prefixes Reached.
+    /// More received prefixes (accepted or rejected) than this: Cease / Maximum Number of
+    /// Prefixes Reached.
     pub max_prefixes: Option<u32>,
     pub accept_default: bool,
+    /// Received prefixes longer than this are rejected.
+    pub max_prefix_len: u8,
+    /// When not empty, received prefixes must lie within one of these.
+    pub allowed_prefixes: Vec<Ipv4Net>,
     /// Hold time we offer (0 = no keepalives; 1 and 2 are invalid).
     pub hold_time: u16,
+    /// Accept a peer's offer of hold time 0 (else: OPEN error, unacceptable hold time).
+    pub allow_hold_time_zero: bool,
+    /// Graceful restart (RFC 4724): the restart time we advertise, seconds; `None`: off.
+    pub graceful_restart: Option<u16>,
+    /// GTSM (RFC 5082): send with TTL 255, accept only TTL 255.
+    pub ttl_security: bool,
     /// Base delay between outgoing connection attempts (backs off up to 60 s).
     pub connect_retry: Duration,
     /// How long a session stays Idle after a max-prefix teardown.
@@ -80,7 +92,12 @@ impl SessionConfig {
             password: None,
             max_prefixes: None,
             accept_default: false,
+            max_prefix_len: 32,
+            allowed_prefixes: Vec::new(),
             hold_time: 90,
+            allow_hold_time_zero: false,
+            graceful_restart: Some(120),
+            ttl_security: false,
             connect_retry: Duration::from_secs(5),
             idle_after_max_prefix: Duration::from_secs(30),
             port: 179,
@@ -98,14 +115,26 @@ pub enum Event {
         vif: String,
         peer_index: usize,
         session: u64,
+        /// The peer's Graceful Restart capability, when both sides offered one.
+        peer_restart: Option<PeerRestart>,
     },
     /// An Established session ended; its routes are gone with it (no `Routes` withdrawal
-    /// follows).
+    /// follows), unless `retain` says to keep them (stale) that long: the connection was
+    /// lost (not closed by a NOTIFICATION) and the peer said it keeps forwarding across a
+    /// restart (RFC 4724 §4.2).
     Down {
         vif: String,
         peer_index: usize,
         session: u64,
         reason: String,
+        retain: Option<Duration>,
+    },
+    /// The peer has sent its whole table since the session came up: End-of-RIB, or for a
+    /// peer without graceful restart, its first KEEPALIVE after its UPDATEs began.
+    EndOfRib {
+        vif: String,
+        peer_index: usize,
+        session: u64,
     },
     /// Changes of the accepted routes, one event per UPDATE (or per re-evaluation).
     Routes {
@@ -160,6 +189,15 @@ pub struct NeighborStatus {
     pub last_error: Option<String>,
     /// The last failure to get a TCP connection going (refused, timed out — e.g. MD5).
     pub last_connect_error: Option<String>,
+    /// Graceful restart negotiated on the established connection.
+    pub graceful_restart: bool,
+    /// ROUTE-REFRESH requests answered with a new copy of the export, and those that came
+    /// while the previous copy was still queued (coalesced).
+    pub refreshes: u64,
+    pub refreshes_coalesced: u64,
+    /// Routes kept from before a restart (ours or the peer's) and not announced again yet
+    /// (filled in by the agent).
+    pub stale_routes: usize,
 }
 
 /// One prefix the client announced, with the import verdict. JSON: `prefix`, `peer`
@@ -230,7 +268,11 @@ enum Command {
     /// Announce these, withdraw those: a change of the export, not the whole of it.
     ExportDelta(Vec<Ipv4Net>, Vec<Ipv4Net>),
     VpcCidrs(Vec<Ipv4Net>),
-    Shutdown,
+    /// Stop the session; `restarting`: the agent comes back (no NOTIFICATION when graceful
+    /// restart was negotiated).
+    Shutdown {
+        restarting: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -256,6 +298,9 @@ pub struct Speaker {
     sessions: BTreeMap<(String, usize), Handle>,
     /// Instance number of the next session started.
     next_id: u64,
+    /// Sessions started now tell their peers (R and F bits) that we restarted with the
+    /// forwarding state kept.
+    restarted: bool,
 }
 
 impl Speaker {
@@ -264,7 +309,14 @@ impl Speaker {
             events,
             sessions: BTreeMap::new(),
             next_id: 0,
+            restarted: false,
         }
+    }
+
+    /// While true, sessions started say in their first OPEN that we restarted and kept
+    /// forwarding (the agent sets it while it starts over pinned maps).
+    pub fn set_restarted(&mut self, restarted: bool) {
+        self.restarted = restarted;
     }
 
     /// Starts a session (replacing one with the same VIF and peer index).
@@ -293,6 +345,10 @@ impl Speaker {
                 established_count: 0,
                 last_error: None,
                 last_connect_error: None,
+                graceful_restart: false,
+                refreshes: 0,
+                refreshes_coalesced: 0,
+                stale_routes: 0,
             },
             established_at: None,
             received: BTreeMap::new(),
@@ -301,8 +357,15 @@ impl Speaker {
         let (tx, rx) = mpsc::unbounded_channel();
         self.next_id += 1;
         let id = self.next_id;
-        let task =
-            session::Session::new(cfg, id, vpc_cidrs, self.events.clone(), rx, shared.clone());
+        let task = session::Session::new(
+            cfg,
+            id,
+            self.restarted,
+            vpc_cidrs,
+            self.events.clone(),
+            rx,
+            shared.clone(),
+        );
         runtime.spawn(task.run());
         self.sessions.insert(
             key,
@@ -326,7 +389,17 @@ impl Speaker {
     /// events come from it.
     pub fn remove_session(&mut self, vif: &str, peer_index: usize) {
         if let Some(handle) = self.sessions.remove(&(vif.to_string(), peer_index)) {
-            handle.send(Command::Shutdown);
+            handle.send(Command::Shutdown { restarting: false });
+        }
+    }
+
+    /// The agent is stopping to be started again (SIGTERM, an upgrade): sessions with
+    /// graceful restart close their connections without a NOTIFICATION, so that their peers
+    /// keep our routes for the restart time; the others send Cease / Administrative
+    /// Shutdown.
+    pub fn stop_for_restart(&mut self) {
+        for handle in std::mem::take(&mut self.sessions).into_values() {
+            handle.send(Command::Shutdown { restarting: true });
         }
     }
 
@@ -413,7 +486,10 @@ impl Drop for Speaker {
     fn drop(&mut self) {
         for handle in self.sessions.values() {
             // A task that is already gone needs no shutdown.
-            handle.commands.send(Command::Shutdown).ok();
+            handle
+                .commands
+                .send(Command::Shutdown { restarting: false })
+                .ok();
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Import policy: the verdict on every prefix a client announces. Pure functions of the
 //! prefix and the session's settings, so a change of VPC CIDRs can re-judge what is held.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::Ipv4Addr, sync::Arc};
 
 use ipnet::Ipv4Net;
 use serde::{Serialize, Serializer};
@@ -13,12 +13,18 @@ pub enum Reject {
     OverlapsVpc(Ipv4Net),
     /// `0.0.0.0/0` from a VIF without `accept_default`.
     DefaultRoute,
-    /// 0/8, 127/8, 169.254/16, 224/4, 240/4.
-    Martian,
+    /// Overlaps a martian range (0/8, 127/8, 169.254/16, 224/4, 240/4) either way round:
+    /// inside one, or covering one (128.0.0.0/1 covers 224/4).
+    Martian(Ipv4Net),
+    /// Longer than the VIF's `max_prefix_len`.
+    TooLong(u8),
+    /// Not within any of the VIF's `allowed_prefixes`.
+    NotAllowed,
     /// The AS path already holds our own ASN.
     AsPathLoop(u32),
-    /// The UPDATE carried a malformed attribute (RFC 7606 treat-as-withdraw).
-    TreatAsWithdraw(String),
+    /// The UPDATE carried a malformed attribute (RFC 7606 treat-as-withdraw); the text is
+    /// shared by every prefix of that UPDATE.
+    TreatAsWithdraw(Arc<str>),
 }
 
 impl fmt::Display for Reject {
@@ -26,7 +32,9 @@ impl fmt::Display for Reject {
         match self {
             Reject::OverlapsVpc(cidr) => write!(f, "overlaps VPC CIDR {cidr}"),
             Reject::DefaultRoute => f.write_str("default route"),
-            Reject::Martian => f.write_str("martian"),
+            Reject::Martian(range) => write!(f, "martian (overlaps {range})"),
+            Reject::TooLong(max) => write!(f, "longer than max_prefix_len /{max}"),
+            Reject::NotAllowed => f.write_str("not within allowed_prefixes"),
             Reject::AsPathLoop(asn) => write!(f, "AS path contains local ASN {asn}"),
             Reject::TreatAsWithdraw(detail) => write!(f, "treat-as-withdraw: {detail}"),
         }
@@ -62,10 +70,25 @@ impl fmt::Display for Verdict {
 }
 
 /// What the import filter needs to know about a session.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportPolicy {
     pub accept_default: bool,
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// Longer prefixes are rejected (32: none are).
+    pub max_prefix_len: u8,
+    /// When not empty, a prefix must lie within one of these.
+    pub allowed: Vec<Ipv4Net>,
+}
+
+impl Default for ImportPolicy {
+    fn default() -> Self {
+        Self {
+            accept_default: false,
+            vpc_cidrs: Vec::new(),
+            max_prefix_len: 32,
+            allowed: Vec::new(),
+        }
+    }
 }
 
 const MARTIANS: [(Ipv4Addr, u8); 5] = [
@@ -77,10 +100,12 @@ const MARTIANS: [(Ipv4Addr, u8); 5] = [
     (Ipv4Addr::new(240, 0, 0, 0), 4),
 ];
 
-fn is_martian(prefix: &Ipv4Net) -> bool {
+/// The martian range `prefix` overlaps, inside it or covering it.
+fn martian(prefix: &Ipv4Net) -> Option<Ipv4Net> {
     MARTIANS
         .iter()
-        .any(|&(addr, len)| Ipv4Net::new(addr, len).is_ok_and(|martian| martian.contains(prefix)))
+        .filter_map(|&(addr, len)| Ipv4Net::new(addr, len).ok())
+        .find(|martian| overlaps(martian, prefix))
 }
 
 fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
@@ -99,8 +124,14 @@ impl ImportPolicy {
                 Verdict::Rejected(Reject::DefaultRoute)
             };
         }
-        if is_martian(prefix) {
-            return Verdict::Rejected(Reject::Martian);
+        if let Some(range) = martian(prefix) {
+            return Verdict::Rejected(Reject::Martian(range));
+        }
+        if prefix.prefix_len() > self.max_prefix_len {
+            return Verdict::Rejected(Reject::TooLong(self.max_prefix_len));
+        }
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a.contains(prefix)) {
+            return Verdict::Rejected(Reject::NotAllowed);
         }
         if let Some(cidr) = self.vpc_cidrs.iter().find(|c| overlaps(c, prefix)) {
             return Verdict::Rejected(Reject::OverlapsVpc(*cidr));
@@ -121,6 +152,7 @@ mod tests {
         ImportPolicy {
             accept_default,
             vpc_cidrs: vec![net("10.0.0.0/16"), net("10.1.0.0/16")],
+            ..ImportPolicy::default()
         }
     }
 
@@ -163,16 +195,53 @@ mod tests {
             "239.1.1.0/24",
             "240.0.0.0/4",
             "255.255.255.255/32",
+            // Covering ones.
+            "128.0.0.0/1",
+            "0.0.0.0/5",
+            "224.0.0.0/3",
+            "127.0.0.0/7",
+            "169.0.0.0/8",
         ] {
-            assert_eq!(p.judge(&net(m)), Verdict::Rejected(Reject::Martian), "{m}");
+            assert!(
+                matches!(p.judge(&net(m)), Verdict::Rejected(Reject::Martian(_))),
+                "{m}"
+            );
         }
+        assert_eq!(
+            p.judge(&net("128.0.0.0/1")).to_string(),
+            "rejected: martian (overlaps 169.254.0.0/16)"
+        );
         for ok in [
             "100.64.0.0/10",
             "192.168.50.0/24",
             "172.16.0.0/12",
             "1.0.0.0/8",
+            "16.0.0.0/4",
+            "0.0.0.0/0",
         ] {
             assert_eq!(p.judge(&net(ok)), Verdict::Accepted, "{ok}");
         }
+    }
+
+    #[test]
+    fn maximum_length_and_allowed_prefixes() {
+        let mut p = policy(false);
+        p.max_prefix_len = 24;
+        assert_eq!(p.judge(&net("192.168.1.0/24")), Verdict::Accepted);
+        assert_eq!(
+            p.judge(&net("192.168.1.0/25")),
+            Verdict::Rejected(Reject::TooLong(24))
+        );
+        p.allowed = vec![net("192.168.0.0/16"), net("172.20.0.0/16")];
+        assert_eq!(p.judge(&net("172.20.5.0/24")), Verdict::Accepted);
+        assert_eq!(p.judge(&net("192.168.0.0/16")), Verdict::Accepted);
+        assert_eq!(
+            p.judge(&net("192.0.0.0/8")),
+            Verdict::Rejected(Reject::NotAllowed)
+        );
+        assert_eq!(
+            p.judge(&net("100.64.0.0/24")).to_string(),
+            "rejected: not within allowed_prefixes"
+        );
     }
 }

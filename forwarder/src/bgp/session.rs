@@ -1,11 +1,18 @@
 //! One session's task: the RFC 4271 state machine over up to a few TCP connections at once
 //! (we listen and connect, so both may race; §6.8 collision resolution picks one). Each
-//! connection has a reader task (framing, decoding) and a writer task with an unbounded
-//! queue, so sending a large export never stops us from reading a large import.
+//! connection has a reader task (framing, decoding) and a writer task, so sending a large
+//! export never stops us from reading a large import. The writer owns the keepalive timer
+//! (keepalives go out whatever the session task is waiting for), its queue is bounded in
+//! bytes, and a peer that reads nothing for a hold time is dropped (send hold timer,
+//! RFC 9687).
 
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -28,7 +35,7 @@ use super::{
     Command, Error, Event, SessionConfig, SessionState, SharedRef, lock,
     policy::{ImportPolicy, Reject, Verdict},
     socket::{self, SocketSpec},
-    wire::{self, ExportAttrs, LocalSide, Negotiated, Notification, code, subcode},
+    wire::{self, ExportAttrs, LocalRestart, LocalSide, Negotiated, Notification, code, subcode},
 };
 
 /// RFC 4271 §8: the hold timer while waiting for the peer's OPEN.
@@ -36,6 +43,13 @@ const OPEN_HOLD: Duration = Duration::from_secs(240);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 /// How long a closing connection may take to flush its last NOTIFICATION.
 const FLUSH: Duration = Duration::from_secs(2);
+/// Bytes a connection may have queued for the peer. A full export of 100k prefixes is
+/// about 0.5 MiB; more than this means the peer does not read.
+pub(super) const MAX_QUEUED: usize = 4 << 20;
+/// Send hold time without a hold time (negotiated 0): RFC 9687's suggested 8 minutes.
+const SEND_HOLD_NO_HOLD: Duration = Duration::from_secs(480);
+/// Prefixes encoded per step of a large export (other tasks run in between).
+const EXPORT_CHUNK: usize = 4096;
 
 /// What a connection's reader reports.
 #[derive(Debug)]
@@ -54,22 +68,71 @@ enum Phase {
     Established(Negotiated),
 }
 
+/// What a connection's writer is given.
+#[derive(Debug)]
+enum Out {
+    Msg(Bytes),
+    /// Everything before this is written: publish `n` as written.
+    Mark(u64),
+}
+
+/// What the session and a connection's writer share.
+#[derive(Debug, Default)]
+struct WriterShared {
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+    /// Keepalive interval in milliseconds (0: none yet, or hold time 0).
+    keepalive_ms: AtomicU64,
+    /// Send hold time in milliseconds (0: none yet).
+    send_hold_ms: AtomicU64,
+    /// The last [`Out::Mark`] written.
+    written_mark: AtomicU64,
+}
+
 #[derive(Debug)]
 struct Conn {
     id: u64,
     outbound: bool,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Out>,
+    out: Arc<WriterShared>,
     reader: AbortHandle,
     writer: JoinHandle<()>,
     phase: Phase,
     hold_deadline: Option<Instant>,
-    keepalive_at: Option<Instant>,
+    /// The queue went over [`MAX_QUEUED`]: closed by the session at its next step.
+    overflow: AtomicBool,
+    /// The mark queued after the last full export sent for a ROUTE-REFRESH.
+    refresh_mark: u64,
 }
 
 impl Conn {
     fn send(&self, bytes: Bytes) {
+        let queued = self.out.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        if queued > MAX_QUEUED {
+            self.overflow.store(true, Ordering::Relaxed);
+        }
         // A failed writer shows up as a read error or a hold timer soon enough.
-        self.tx.send(bytes).ok();
+        self.tx.send(Out::Msg(bytes)).ok();
+    }
+
+    fn mark(&self, n: u64) {
+        self.tx.send(Out::Mark(n)).ok();
+    }
+
+    /// Starts the keepalive and send hold timers once the hold time is known.
+    fn set_timers(&self, hold_time: u16) {
+        let hold = Duration::from_secs(u64::from(hold_time));
+        let (keepalive, send_hold) = if hold_time == 0 {
+            (Duration::ZERO, SEND_HOLD_NO_HOLD)
+        } else {
+            (hold / 3, hold)
+        };
+        self.out
+            .keepalive_ms
+            .store(keepalive.as_millis() as u64, Ordering::Relaxed);
+        self.out
+            .send_hold_ms
+            .store(send_hold.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Sends `notification` (if any) and closes, leaving the writer a moment to flush.
@@ -94,6 +157,17 @@ impl Conn {
             Phase::OpenConfirm(n) | Phase::Established(n) => Some(n),
         }
     }
+}
+
+/// How a connection ends, for the session's bookkeeping.
+enum Close {
+    /// TCP lost (EOF, read error), or replaced by a new connection of a restarting peer:
+    /// with graceful restart, the peer's routes are kept.
+    Lost(String),
+    /// We send this NOTIFICATION.
+    Notify(Notification),
+    /// The peer sent a NOTIFICATION, or we close without one for another reason.
+    Other(String),
 }
 
 pub(super) struct Session {
@@ -121,6 +195,13 @@ pub(super) struct Session {
     /// What the agent wants advertised.
     export: BTreeSet<Ipv4Net>,
     rng: u64,
+    /// The first OPEN says we restarted with the forwarding state kept (R and F bits).
+    restarted: bool,
+    /// Established and our End-of-RIB not sent yet (it follows the first full export).
+    eor_to_send: bool,
+    /// Established and the peer's table not complete yet ([`Event::EndOfRib`] not sent).
+    eor_to_receive: bool,
+    next_mark: u64,
 }
 
 async fn accept(listener: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
@@ -166,15 +247,88 @@ async fn read_loop(id: u64, mut rd: OwnedReadHalf, tx: mpsc::Sender<(u64, Inboun
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
-    while let Some(bytes) = rx.recv().await {
-        if let Err(e) = wr.write_all(&bytes).await {
+/// Writes `bytes`; an error text if the peer took nothing for the send hold time.
+async fn write_out(
+    wr: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    shared: &WriterShared,
+) -> Result<(), String> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let hold = shared.send_hold_ms.load(Ordering::Relaxed);
+        let n = if hold == 0 {
+            wr.write(rest).await
+        } else {
+            let limit = Duration::from_millis(hold);
+            tokio::time::timeout(limit, wr.write(rest))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "send hold timer expired: the peer read nothing for {} s (RFC 9687)",
+                        limit.as_secs()
+                    )
+                })?
+        };
+        match n {
+            Ok(0) => return Err("write: connection closed".into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) => return Err(format!("write: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The connection's writer: the queue in order, a KEEPALIVE whenever nothing else went out
+/// for a keepalive interval, and the send hold timer. A failure is reported as `Closed`.
+async fn write_loop(
+    id: u64,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    shared: Arc<WriterShared>,
+    inbound: mpsc::Sender<(u64, Inbound)>,
+) {
+    enum Next {
+        Queued(Out),
+        Keepalive,
+        Done,
+    }
+    let mut last_write = Instant::now();
+    loop {
+        let keepalive = shared.keepalive_ms.load(Ordering::Relaxed);
+        let next_keepalive = (keepalive > 0).then(|| last_write + Duration::from_millis(keepalive));
+        let next = tokio::select! {
+            out = rx.recv() => out.map_or(Next::Done, Next::Queued),
+            () = sleep_until_or_never(next_keepalive) => Next::Keepalive,
+        };
+        let result = match next {
+            Next::Done => break,
+            Next::Queued(Out::Mark(n)) => {
+                shared.written_mark.store(n, Ordering::Relaxed);
+                continue;
+            }
+            Next::Queued(Out::Msg(bytes)) => {
+                let result = write_out(&mut wr, &bytes, &shared).await;
+                shared.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                result
+            }
+            Next::Keepalive => write_out(&mut wr, &wire::keepalive(), &shared).await,
+        };
+        if let Err(e) = result {
             tracing::debug!(error = %e, "BGP write failed");
+            inbound.send((id, Inbound::Closed(e))).await.ok();
             return;
         }
+        last_write = Instant::now();
     }
     if let Err(e) = wr.shutdown().await {
         tracing::debug!(error = %e, "BGP shutdown failed");
+    }
+}
+
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -196,6 +350,7 @@ impl Session {
     pub(super) fn new(
         cfg: SessionConfig,
         instance: u64,
+        restarted: bool,
         vpc_cidrs: Vec<Ipv4Net>,
         events: mpsc::Sender<Event>,
         commands: mpsc::UnboundedReceiver<Command>,
@@ -216,15 +371,23 @@ impl Session {
                 remote: cfg.remote_addr,
                 port: cfg.port,
                 password: cfg.password.clone(),
+                ttl_security: cfg.ttl_security,
             },
             local: LocalSide {
                 asn: cfg.local_asn,
                 hold_time: cfg.hold_time,
                 router_id: cfg.router_id,
+                graceful_restart: cfg.graceful_restart.map(|restart_time| LocalRestart {
+                    restart_time,
+                    restarted,
+                }),
+                allow_hold_time_zero: cfg.allow_hold_time_zero,
             },
             policy: ImportPolicy {
                 accept_default: cfg.accept_default,
                 vpc_cidrs,
+                max_prefix_len: cfg.max_prefix_len,
+                allowed: cfg.allowed_prefixes.clone(),
             },
             cfg,
             events,
@@ -242,6 +405,10 @@ impl Session {
             idle_until: None,
             export: BTreeSet::new(),
             rng: seed | 1,
+            restarted,
+            eor_to_send: false,
+            eor_to_receive: false,
+            next_mark: 0,
         }
     }
 
@@ -253,7 +420,6 @@ impl Session {
             self.connect_at = Some(Instant::now() + self.jitter(first, 0.0));
             loop {
                 if self.step().await == Flow::Stop {
-                    self.shutdown();
                     return;
                 }
                 self.publish_state();
@@ -297,7 +463,6 @@ impl Session {
         }
         for c in &self.conns {
             consider(c.hold_deadline);
-            consider(c.keepalive_at);
         }
         next
     }
@@ -313,10 +478,26 @@ impl Session {
             () = sleep_until(deadline) => Wake::Timer,
         };
         match wake {
-            Wake::Command(None | Some(Command::Shutdown)) => return Flow::Stop,
-            Wake::Command(Some(Command::Export(set))) => self.set_export(set),
+            Wake::Command(None) => {
+                self.shutdown(false);
+                return Flow::Stop;
+            }
+            Wake::Command(Some(Command::Shutdown { restarting })) => {
+                self.shutdown(restarting);
+                return Flow::Stop;
+            }
+            Wake::Command(Some(Command::Export(set))) => {
+                self.set_export(set).await;
+                if self.eor_to_send
+                    && let Some(i) = self.established()
+                {
+                    self.eor_to_send = false;
+                    self.conns[i].send(wire::end_of_rib());
+                    tracing::debug!("End-of-RIB sent");
+                }
+            }
             Wake::Command(Some(Command::ExportDelta(announce, withdraw))) => {
-                self.change_export(announce, withdraw);
+                self.change_export(announce, withdraw).await;
             }
             Wake::Command(Some(Command::VpcCidrs(cidrs))) => {
                 self.policy.vpc_cidrs = cidrs;
@@ -334,6 +515,18 @@ impl Session {
                 self.on_connected(res);
             }
             Wake::Timer => self.on_timers().await,
+        }
+        // A connection whose peer stopped reading: its queue went over the bound.
+        while let Some(i) = self
+            .conns
+            .iter()
+            .position(|c| c.overflow.load(Ordering::Relaxed))
+        {
+            let text = format!(
+                "send queue over {} MiB: the peer does not read",
+                MAX_QUEUED >> 20
+            );
+            self.drop_conn(i, Close::Other(text)).await;
         }
         Flow::Continue
     }
@@ -366,6 +559,7 @@ impl Session {
             .and_then(Conn::negotiated);
         shared.status.remote_id = neg.map(|n| n.remote_id);
         shared.status.hold_time = neg.map(|n| n.hold_time);
+        shared.status.graceful_restart = neg.is_some_and(|n| n.peer_restart.is_some());
     }
 
     fn established(&self) -> Option<usize> {
@@ -388,14 +582,22 @@ impl Session {
         }
     }
 
-    fn shutdown(&mut self) {
+    /// Closes every connection: Cease / Administrative Shutdown, or, when the agent
+    /// restarts and the session has graceful restart, nothing (the peer keeps our routes).
+    fn shutdown(&mut self, restarting: bool) {
         let n = Notification::new(
             code::CEASE,
             subcode::ADMINISTRATIVE_SHUTDOWN,
-            "session removed",
+            if restarting {
+                "agent stopping"
+            } else {
+                "session removed"
+            },
         );
         for conn in self.conns.drain(..) {
-            conn.close(Some(&n));
+            let graceful =
+                restarting && conn.negotiated().is_some_and(|n| n.peer_restart.is_some());
+            conn.close((!graceful).then_some(&n));
         }
         if let Some(task) = self.connecting.take() {
             task.abort();
@@ -411,17 +613,22 @@ impl Session {
         self.next_id += 1;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
+        let out = Arc::new(WriterShared::default());
         let reader = tokio::spawn(read_loop(id, rd, self.inbound_tx.clone()).in_current_span());
-        let writer = tokio::spawn(write_loop(wr, rx).in_current_span());
+        let writer = tokio::spawn(
+            write_loop(id, wr, rx, out.clone(), self.inbound_tx.clone()).in_current_span(),
+        );
         let conn = Conn {
             id,
             outbound,
             tx,
+            out,
             reader: reader.abort_handle(),
             writer,
             phase: Phase::OpenSent,
             hold_deadline: Some(Instant::now() + OPEN_HOLD),
-            keepalive_at: None,
+            overflow: AtomicBool::new(false),
+            refresh_mark: 0,
         };
         match wire::open(&self.local) {
             Ok(bytes) => conn.send(bytes),
@@ -444,7 +651,7 @@ impl Session {
             tracing::debug!(from = %from, "BGP connection refused while idle");
             return;
         }
-        if let Err(e) = socket::accepted(&stream) {
+        if let Err(e) = socket::accepted(&stream, self.cfg.ttl_security) {
             tracing::warn!(error = %e, "accepted BGP socket");
         }
         // A newer inbound attempt replaces one still waiting for its OPEN.
@@ -476,12 +683,19 @@ impl Session {
         self.conns.iter().position(|c| c.id == id)
     }
 
-    /// Closes connection `i`; a lost Established session goes Down.
-    async fn drop_conn(&mut self, i: usize, notification: Option<&Notification>, error: String) {
+    /// Closes connection `i`; a lost Established session goes Down (keeping its routes
+    /// stale when the peer has graceful restart and the connection was merely lost).
+    async fn drop_conn(&mut self, i: usize, how: Close) {
         let conn = self.conns.remove(i);
         let was_up = matches!(conn.phase, Phase::Established(_));
         let got_open = conn.negotiated().is_some();
-        conn.close(notification);
+        let peer_restart = conn.negotiated().and_then(|n| n.peer_restart);
+        let (error, notification, lost) = match how {
+            Close::Lost(text) => (text, None, true),
+            Close::Notify(n) => (format!("sent NOTIFICATION {n}"), Some(n), false),
+            Close::Other(text) => (text, None, false),
+        };
+        conn.close(notification.as_ref());
         if was_up || got_open || notification.is_some() || error.contains("NOTIFICATION") {
             tracing::warn!(error = %error, "BGP connection closed");
             self.record_error(error.clone());
@@ -490,7 +704,12 @@ impl Session {
             self.record_connect_error(error.clone());
         }
         if was_up {
-            self.session_down(error).await;
+            // RFC 4724 §4.2: the routes of a peer that keeps forwarding across its restart
+            // stay (stale) for its restart time.
+            let retain = peer_restart
+                .filter(|r| lost && r.ipv4 && r.restart_time > 0)
+                .map(|r| Duration::from_secs(u64::from(r.restart_time)));
+            self.session_down(error, retain).await;
         }
         if self.conns.is_empty() && self.connect_at.is_none_or(|t| t < Instant::now()) {
             let delay = self.retry_delay();
@@ -498,7 +717,9 @@ impl Session {
         }
     }
 
-    async fn session_down(&mut self, reason: String) {
+    async fn session_down(&mut self, reason: String, retain: Option<Duration>) {
+        self.eor_to_send = false;
+        self.eor_to_receive = false;
         {
             let mut shared = lock(&self.shared);
             shared.established_at = None;
@@ -508,11 +729,15 @@ impl Session {
             shared.status.prefixes_accepted = 0;
             shared.status.prefixes_advertised = 0;
         }
+        if let Some(t) = retain {
+            tracing::info!(keep_for = ?t, "the peer restarts gracefully: its routes stay, stale");
+        }
         self.emit(Event::Down {
             vif: self.cfg.vif.clone(),
             peer_index: self.cfg.peer_index,
             session: self.instance,
             reason,
+            retain,
         })
         .await;
     }
@@ -520,11 +745,8 @@ impl Session {
     async fn on_inbound(&mut self, id: u64, inbound: Inbound) {
         let Some(i) = self.index(id) else { return };
         match inbound {
-            Inbound::Closed(why) => self.drop_conn(i, None, why).await,
-            Inbound::Bad(n) => {
-                let text = format!("sent NOTIFICATION {n}");
-                self.drop_conn(i, Some(&n), text).await;
-            }
+            Inbound::Closed(why) => self.drop_conn(i, Close::Lost(why)).await,
+            Inbound::Bad(n) => self.drop_conn(i, Close::Notify(n)).await,
             Inbound::Msg(msg) => {
                 let conn = &mut self.conns[i];
                 conn.hold_deadline = match conn.phase {
@@ -538,14 +760,13 @@ impl Session {
 
     async fn fsm_error(&mut self, i: usize, sub: u8, msg: &Message) {
         let n = Notification::new(code::FSM, sub, format!("unexpected {}", msg.message_type()));
-        let text = format!("sent NOTIFICATION {n}");
-        self.drop_conn(i, Some(&n), text).await;
+        self.drop_conn(i, Close::Notify(n)).await;
     }
 
     async fn on_message(&mut self, i: usize, msg: Message) {
         if let Message::Notification(n) = &msg {
             let n = Notification::from_message(n);
-            self.drop_conn(i, None, format!("received NOTIFICATION {n}"))
+            self.drop_conn(i, Close::Other(format!("received NOTIFICATION {n}")))
                 .await;
             return;
         }
@@ -553,10 +774,7 @@ impl Session {
             (Phase::OpenSent, Message::Open(open)) => {
                 match wire::check_open(&open, &self.local, self.cfg.remote_asn) {
                     Ok(neg) => self.open_received(i, neg).await,
-                    Err(n) => {
-                        let text = format!("sent NOTIFICATION {n}");
-                        self.drop_conn(i, Some(&n), text).await;
-                    }
+                    Err(n) => self.drop_conn(i, Close::Notify(n)).await,
                 }
             }
             (Phase::OpenSent, msg) => {
@@ -568,21 +786,23 @@ impl Session {
                 self.fsm_error(i, subcode::FSM_UNEXPECTED_IN_OPEN_CONFIRM, &msg)
                     .await;
             }
-            (Phase::Established(_), Message::Keepalive) => {}
+            (Phase::Established(neg), Message::Keepalive) => {
+                // A peer without graceful restart sends no End-of-RIB: its first KEEPALIVE
+                // after the session came up follows its initial UPDATEs.
+                if neg.peer_restart.is_none() && self.eor_to_receive {
+                    self.end_of_rib("first KEEPALIVE").await;
+                }
+            }
             (Phase::Established(neg), Message::Update(update)) => {
                 match wire::parse_update(&update, neg.four_octet, self.cfg.remote_asn) {
+                    Ok(received) if received.end_of_rib => self.end_of_rib("End-of-RIB").await,
                     Ok(received) => self.import(received).await,
-                    Err(n) => {
-                        let text = format!("sent NOTIFICATION {n}");
-                        self.drop_conn(i, Some(&n), text).await;
-                    }
+                    Err(n) => self.drop_conn(i, Close::Notify(n)).await,
                 }
             }
             (Phase::Established(_), Message::RouteRefresh(rr)) => {
                 if rr.afi() == Some(Afi::Ipv4) && rr.safi() == Some(Safi::Unicast) {
-                    tracing::info!("route refresh: sending the full export again");
-                    let all: Vec<Ipv4Net> = lock(&self.shared).advertised.iter().copied().collect();
-                    self.send_updates(&all, &[]);
+                    self.route_refresh(i).await;
                 }
             }
             (Phase::Established(_), msg) => {
@@ -590,6 +810,42 @@ impl Session {
                     .await;
             }
         }
+    }
+
+    /// ROUTE-REFRESH: the whole export again, unless the copy sent for the previous
+    /// request is still queued (then that copy answers this one too).
+    async fn route_refresh(&mut self, i: usize) {
+        let conn = &self.conns[i];
+        let pending = conn.refresh_mark > conn.out.written_mark.load(Ordering::Relaxed);
+        if pending {
+            lock(&self.shared).status.refreshes_coalesced += 1;
+            tracing::debug!("route refresh coalesced with the one still queued");
+            return;
+        }
+        tracing::info!("route refresh: sending the full export again");
+        lock(&self.shared).status.refreshes += 1;
+        let all: Vec<Ipv4Net> = lock(&self.shared).advertised.iter().copied().collect();
+        self.send_updates(&all, &[]).await;
+        self.next_mark += 1;
+        let mark = self.next_mark;
+        if let Some(i) = self.established() {
+            self.conns[i].refresh_mark = mark;
+            self.conns[i].mark(mark);
+        }
+    }
+
+    async fn end_of_rib(&mut self, what: &str) {
+        if !self.eor_to_receive {
+            return;
+        }
+        self.eor_to_receive = false;
+        tracing::info!(marker = what, "the peer's table is complete");
+        self.emit(Event::EndOfRib {
+            vif: self.cfg.vif.clone(),
+            peer_index: self.cfg.peer_index,
+            session: self.instance,
+        })
+        .await;
     }
 
     /// A valid OPEN on connection `i`: §6.8 collision detection, then OpenConfirm.
@@ -605,20 +861,39 @@ impl Session {
                 subcode::COLLISION_RESOLUTION,
                 "connection collision",
             );
-            let loser = if matches!(self.conns[other].phase, Phase::Established(_)) {
-                i
-            } else {
-                // The connection opened by the side with the higher BGP identifier survives
-                // (ASN breaks a tie, RFC 6286 §2.3).
-                let we_win = (u32::from(self.local.router_id), self.local.asn)
-                    > (u32::from(neg.remote_id), neg.remote_asn);
-                if self.conns[i].outbound == self.conns[other].outbound {
-                    i
-                } else if self.conns[i].outbound == we_win {
-                    other
-                } else {
-                    i
+            let other_phase = self.conns[other].phase;
+            if let Phase::Established(old) = other_phase {
+                if old.peer_restart.is_some() && !self.conns[i].outbound {
+                    // RFC 4724 §4.2: a peer with graceful restart that opens a new
+                    // connection while the old one looks Established has restarted; the
+                    // old one goes (its routes kept stale), the new one carries on.
+                    tracing::info!(
+                        "the peer restarted: its new connection replaces the established one"
+                    );
+                    self.drop_conn(
+                        other,
+                        Close::Lost("replaced by the peer's new connection (it restarted)".into()),
+                    )
+                    .await;
+                    let Some(j) = self.index(this_id) else { return };
+                    return self.enter_open_confirm(j, neg);
                 }
+                // Without graceful restart the Established connection survives.
+                let conn = self.conns.remove(i);
+                conn.close(Some(&collision));
+                self.record_connect_error(format!("sent NOTIFICATION {collision}"));
+                return;
+            }
+            // The connection opened by the side with the higher BGP identifier survives
+            // (ASN breaks a tie, RFC 6286 §2.3).
+            let we_win = (u32::from(self.local.router_id), self.local.asn)
+                > (u32::from(neg.remote_id), neg.remote_asn);
+            let loser = if self.conns[i].outbound == self.conns[other].outbound {
+                i
+            } else if self.conns[i].outbound == we_win {
+                other
+            } else {
+                i
             };
             tracing::info!(
                 keep = self.conns[if loser == i { other } else { i }].id,
@@ -626,8 +901,7 @@ impl Session {
             );
             let text = format!("sent NOTIFICATION {collision}");
             let survivor = if loser == i { None } else { Some(this_id) };
-            // Never an Established connection (that one always survives), and the other
-            // connection carries on: a normal event, not the session's last error.
+            // The other connection carries on: a normal event, not the session's last error.
             let conn = self.conns.remove(loser);
             conn.close(Some(&collision));
             self.record_connect_error(text);
@@ -642,14 +916,23 @@ impl Session {
         let conn = &mut self.conns[i];
         conn.phase = Phase::OpenConfirm(neg);
         conn.hold_deadline = hold_deadline(neg.hold_time);
-        conn.keepalive_at = keepalive_deadline(neg.hold_time);
         conn.send(wire::keepalive());
+        conn.set_timers(neg.hold_time);
         tracing::debug!(conn = conn.id, hold = neg.hold_time, "OPEN accepted");
     }
 
     async fn established_on(&mut self, i: usize, neg: Negotiated) {
         self.conns[i].phase = Phase::Established(neg);
         self.failures = 0;
+        // Our R and F bits were for the first session after the restart only.
+        if self.restarted {
+            self.restarted = false;
+            if let Some(gr) = &mut self.local.graceful_restart {
+                gr.restarted = false;
+            }
+        }
+        self.eor_to_send = neg.peer_restart.is_some();
+        self.eor_to_receive = true;
         {
             let mut shared = lock(&self.shared);
             shared.established_at = Some(std::time::Instant::now());
@@ -657,15 +940,21 @@ impl Session {
             shared.received.clear();
             shared.advertised.clear();
         }
-        tracing::info!(remote_id = %neg.remote_id, hold = neg.hold_time, "BGP session established");
+        tracing::info!(
+            remote_id = %neg.remote_id,
+            hold = neg.hold_time,
+            graceful_restart = neg.peer_restart.is_some(),
+            "BGP session established"
+        );
         self.emit(Event::Established {
             vif: self.cfg.vif.clone(),
             peer_index: self.cfg.peer_index,
             session: self.instance,
+            peer_restart: neg.peer_restart,
         })
         .await;
         let export = std::mem::take(&mut self.export);
-        self.set_export(export);
+        self.set_export(export).await;
     }
 
     fn export_attrs(&self, neg: Negotiated) -> ExportAttrs {
@@ -676,18 +965,37 @@ impl Session {
         }
     }
 
-    /// Queues UPDATEs on the established connection (no-op without one).
-    fn send_updates(&self, announce: &[Ipv4Net], withdraw: &[Ipv4Net]) {
-        let Some(i) = self.established() else { return };
-        let conn = &self.conns[i];
-        let Some(neg) = conn.negotiated() else { return };
-        match wire::updates(announce, withdraw, &self.export_attrs(neg)) {
-            Ok(msgs) => msgs.into_iter().for_each(|m| conn.send(m)),
-            Err(e) => tracing::error!(error = %e, "cannot encode UPDATE"),
+    /// Queues UPDATEs on the established connection (no-op without one), a few thousand
+    /// prefixes at a time with other tasks running in between: a large export does not
+    /// hold up the other sessions.
+    async fn send_updates(&self, announce: &[Ipv4Net], withdraw: &[Ipv4Net]) {
+        let Some(id) = self.established().map(|i| self.conns[i].id) else {
+            return;
+        };
+        let large = announce.len() + withdraw.len() > EXPORT_CHUNK;
+        for (a, w) in announce
+            .chunks(EXPORT_CHUNK)
+            .map(|a| (a, &[][..]))
+            .chain(withdraw.chunks(EXPORT_CHUNK).map(|w| (&[][..], w)))
+        {
+            let Some(conn) = self.index(id).map(|i| &self.conns[i]) else {
+                return;
+            };
+            let Some(neg) = conn.negotiated() else { return };
+            match wire::updates(a, w, &self.export_attrs(neg)) {
+                Ok(msgs) => msgs.into_iter().for_each(|m| conn.send(m)),
+                Err(e) => tracing::error!(error = %e, "cannot encode UPDATE"),
+            }
+            if conn.overflow.load(Ordering::Relaxed) {
+                return;
+            }
+            if large {
+                tokio::task::yield_now().await;
+            }
         }
     }
 
-    fn set_export(&mut self, set: BTreeSet<Ipv4Net>) {
+    async fn set_export(&mut self, set: BTreeSet<Ipv4Net>) {
         self.export = set;
         if self.established().is_none() {
             return;
@@ -714,12 +1022,12 @@ impl Session {
                 withdraw = withdraw.len(),
                 "export changed"
             );
-            self.send_updates(&announce, &withdraw);
+            self.send_updates(&announce, &withdraw).await;
         }
     }
 
     /// Announces and withdraws what changed, without comparing the whole export.
-    fn change_export(&mut self, announce: Vec<Ipv4Net>, withdraw: Vec<Ipv4Net>) {
+    async fn change_export(&mut self, announce: Vec<Ipv4Net>, withdraw: Vec<Ipv4Net>) {
         for p in &withdraw {
             self.export.remove(p);
         }
@@ -741,7 +1049,7 @@ impl Session {
             (announce, withdraw)
         };
         if !announce.is_empty() || !withdraw.is_empty() {
-            self.send_updates(&announce, &withdraw);
+            self.send_updates(&announce, &withdraw).await;
         }
     }
 
@@ -755,13 +1063,17 @@ impl Session {
         }
     }
 
+    /// One UPDATE into the Adj-RIB-In. Every prefix held counts toward `max_prefixes`,
+    /// accepted or not: past the limit the rest of the UPDATE is not even looked at.
     async fn import(&mut self, received: wire::Received) {
         if let Some(m) = &received.malformed {
             tracing::warn!(error = %m, prefixes = received.announced.len(), "malformed UPDATE: treat-as-withdraw");
         }
+        let limit = self.cfg.max_prefixes.map_or(usize::MAX, |m| m as usize);
         let mut announced = Vec::new();
         let mut withdrawn = Vec::new();
-        let accepted = {
+        let mut over = None;
+        {
             let mut shared = lock(&self.shared);
             for prefix in &received.withdrawn {
                 if shared
@@ -774,10 +1086,11 @@ impl Session {
             }
             for prefix in &received.announced {
                 let verdict = self.judge(prefix, &received);
-                if !verdict.is_accepted() {
-                    tracing::debug!(prefix = %prefix, verdict = %verdict, "route rejected");
-                }
                 let now = verdict.is_accepted();
+                if shared.received.len() >= limit && !shared.received.contains_key(prefix) {
+                    over = Some(shared.received.len() + 1);
+                    break;
+                }
                 let before = shared
                     .received
                     .insert(*prefix, verdict)
@@ -790,12 +1103,11 @@ impl Session {
             }
             let accepted = shared.status.prefixes_accepted + announced.len();
             // Withdrawn ones were all accepted before.
-            let accepted = accepted.saturating_sub(withdrawn.len());
-            shared.status.prefixes_accepted = accepted;
+            shared.status.prefixes_accepted = accepted.saturating_sub(withdrawn.len());
             shared.status.prefixes_received = shared.received.len();
-            accepted
-        };
-        if self.over_limit(accepted).await {
+        }
+        if let Some(received) = over {
+            self.over_limit(received).await;
             return;
         }
         self.emit_routes(announced, withdrawn).await;
@@ -815,37 +1127,34 @@ impl Session {
         .await;
     }
 
-    /// Past `max_prefixes`: Cease / Maximum Number of Prefixes Reached, Down, Idle for a while.
-    async fn over_limit(&mut self, accepted: usize) -> bool {
+    /// The peer sent prefix number `received` past `max_prefixes`: Cease / Maximum Number
+    /// of Prefixes Reached, Down (its routes go), Idle for a while.
+    async fn over_limit(&mut self, received: usize) {
         let Some(max) = self.cfg.max_prefixes else {
-            return false;
+            return;
         };
-        if accepted <= max as usize {
-            return false;
-        }
         let Some(i) = self.established() else {
-            return false;
+            return;
         };
-        let n = Notification::max_prefixes(max);
+        let mut n = Notification::max_prefixes(max);
+        n.detail = format!("{}: prefix {received} refused", n.detail);
         tracing::warn!(
-            accepted,
+            received,
             max,
             "maximum number of prefixes exceeded, closing the session"
         );
         self.idle_until = Some(Instant::now() + self.cfg.idle_after_max_prefix);
-        let text = format!("sent NOTIFICATION {n}");
-        self.drop_conn(i, Some(&n), text).await;
+        self.drop_conn(i, Close::Notify(n.clone())).await;
         for conn in self.conns.drain(..) {
             conn.close(Some(&n));
         }
-        true
     }
 
     /// The VPC CIDRs changed: judge every held route again.
     async fn rejudge(&mut self) {
         let mut announced = Vec::new();
         let mut withdrawn = Vec::new();
-        let accepted = {
+        {
             let mut shared = lock(&self.shared);
             for (prefix, verdict) in shared.received.iter_mut() {
                 // Verdicts that do not come from the policy stay.
@@ -865,9 +1174,8 @@ impl Session {
             }
             let accepted = shared.received.values().filter(|v| v.is_accepted()).count();
             shared.status.prefixes_accepted = accepted;
-            accepted
-        };
-        if self.established().is_none() || self.over_limit(accepted).await {
+        }
+        if self.established().is_none() {
             return;
         }
         self.emit_routes(announced, withdrawn).await;
@@ -904,18 +1212,10 @@ impl Session {
                 let n = Notification::new(
                     code::HOLD_TIMER_EXPIRED,
                     0,
-                    format!("nothing heard for {hold} s"),
+                    format!("hold timer expired: nothing heard for {hold} s"),
                 );
-                let text = format!("hold timer expired, sent NOTIFICATION {n}");
-                self.drop_conn(i, Some(&n), text).await;
+                self.drop_conn(i, Close::Notify(n)).await;
                 continue;
-            }
-            let conn = &mut self.conns[i];
-            if let (Some(t), Some(neg)) = (conn.keepalive_at, conn.negotiated())
-                && t <= now
-            {
-                conn.send(wire::keepalive());
-                conn.keepalive_at = keepalive_deadline(neg.hold_time);
             }
             i += 1;
         }
@@ -936,10 +1236,6 @@ impl Session {
 
 fn hold_deadline(hold_time: u16) -> Option<Instant> {
     (hold_time > 0).then(|| Instant::now() + Duration::from_secs(u64::from(hold_time)))
-}
-
-fn keepalive_deadline(hold_time: u16) -> Option<Instant> {
-    (hold_time > 0).then(|| Instant::now() + Duration::from_secs(u64::from(hold_time)) / 3)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -1,5 +1,6 @@
 //! A session's TCP sockets: created inside the VIF's network namespace (a socket keeps the
-//! namespace it was born in), bound to the cloud address, TTL 1 (single-hop eBGP) and, with a
+//! namespace it was born in), bound to the cloud address, TTL 1 (single-hop eBGP) or, with
+//! TTL security (GTSM, RFC 5082), TTL 255 and nothing accepted below 255, and, with a
 //! password, TCP MD5 (RFC 2385) keyed to the client address on listening and connecting
 //! sockets alike — a peer without the right key never gets a SYN-ACK.
 
@@ -25,6 +26,8 @@ pub struct SocketSpec {
     pub remote: Ipv4Addr,
     pub port: u16,
     pub password: Option<String>,
+    /// GTSM: TTL 255 out, only TTL 255 in.
+    pub ttl_security: bool,
 }
 
 const TCP_MD5SIG_MAXKEYLEN: usize = 80;
@@ -124,10 +127,7 @@ fn base_socket(spec: &SocketSpec) -> Result<Socket, Error> {
     socket
         .set_reuse_address(true)
         .map_err(|e| Error::Socket("SO_REUSEADDR", e))?;
-    // Single-hop eBGP: nothing of ours should ever leave the interconnect.
-    socket
-        .set_ttl_v4(1)
-        .map_err(|e| Error::Socket("IP_TTL", e))?;
+    set_ttl(&socket, spec.ttl_security)?;
     if let Some(password) = &spec.password {
         set_md5(&socket, spec.remote, password)?;
     }
@@ -135,6 +135,33 @@ fn base_socket(spec: &SocketSpec) -> Result<Socket, Error> {
         .set_nonblocking(true)
         .map_err(|e| Error::Socket("O_NONBLOCK", e))?;
     Ok(socket)
+}
+
+/// Single-hop eBGP: TTL 1, so nothing of ours leaves the interconnect; or GTSM: TTL 255 and
+/// IP_MINTTL 255, so nothing from further away than the interconnect gets in.
+fn set_ttl(socket: &Socket, ttl_security: bool) -> Result<(), Error> {
+    if !ttl_security {
+        return socket.set_ttl_v4(1).map_err(|e| Error::Socket("IP_TTL", e));
+    }
+    socket
+        .set_ttl_v4(255)
+        .map_err(|e| Error::Socket("IP_TTL", e))?;
+    let min: libc::c_int = 255;
+    // SAFETY: the fd is a live socket owned by `socket`; the option value is a c_int that
+    // outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MINTTL,
+            (&raw const min).cast::<libc::c_void>(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Socket("IP_MINTTL", io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// The passive side: `local:port`, MD5 keyed to the peer.
@@ -183,9 +210,9 @@ pub async fn connect(spec: &SocketSpec, timeout: Duration) -> Result<TcpStream, 
 }
 
 /// Settings of an accepted connection (the rest is inherited from the listener).
-pub fn accepted(stream: &TcpStream) -> Result<(), Error> {
+pub fn accepted(stream: &TcpStream, ttl_security: bool) -> Result<(), Error> {
     let sock = SockRef::from(stream);
     sock.set_tcp_nodelay(true)
         .map_err(|e| Error::Socket("TCP_NODELAY", e))?;
-    sock.set_ttl_v4(1).map_err(|e| Error::Socket("IP_TTL", e))
+    set_ttl(&sock, ttl_security)
 }

@@ -254,10 +254,13 @@ async fn import_verdicts_and_vpc_cidr_updates() {
         vec![
             expect("0.0.0.0/0", "rejected: default route"),
             expect("10.0.5.0/24", "rejected: overlaps VPC CIDR 10.0.0.0/16"),
-            expect("127.0.0.0/8", "rejected: martian"),
-            expect("169.254.10.0/30", "rejected: martian"),
+            expect("127.0.0.0/8", "rejected: martian (overlaps 127.0.0.0/8)"),
+            expect(
+                "169.254.10.0/30",
+                "rejected: martian (overlaps 169.254.0.0/16)"
+            ),
             expect("192.168.50.0/24", "accepted"),
-            expect("224.1.0.0/16", "rejected: martian"),
+            expect("224.1.0.0/16", "rejected: martian (overlaps 224.0.0.0/4)"),
         ]
     );
     let json = serde_json::to_value(gw.received("vif-test")).expect("json");
@@ -463,6 +466,8 @@ impl Fake {
             asn,
             hold_time: hold,
             router_id: id,
+            graceful_restart: None,
+            allow_hold_time_zero: false,
         })
         .expect("open")
     }
@@ -687,4 +692,326 @@ async fn collision_keeps_the_higher_identifiers_connection() {
         );
         assert_eq!(one_status(&gw).remote_id, Some(client_id));
     }
+}
+
+impl Fake {
+    /// OPEN with graceful restart (IPv4 unicast, F bit = `restarted`).
+    fn open_gr(hold: u16, id: Ipv4Addr, restart_time: u16, restarted: bool) -> bytes::Bytes {
+        wire::open(&LocalSide {
+            asn: CLIENT_ASN,
+            hold_time: hold,
+            router_id: id,
+            graceful_restart: Some(wire::LocalRestart {
+                restart_time,
+                restarted,
+            }),
+            allow_hold_time_zero: false,
+        })
+        .expect("open")
+    }
+
+    /// OPEN exchange up to Established, with graceful restart.
+    async fn establish_gr(&mut self, restart_time: u16) -> OpenMessage {
+        self.send(&Self::open_gr(90, client_id(), restart_time, false))
+            .await;
+        let Some(Message::Open(open)) = self.recv().await else {
+            panic!("no OPEN")
+        };
+        assert_eq!(self.recv().await, Some(Message::Keepalive));
+        self.send(&wire::keepalive()).await;
+        open
+    }
+
+    /// UPDATEs announcing `prefixes` from AS 65001.
+    async fn announce(&mut self, prefixes: &[Ipv4Net]) {
+        let attrs = wire::ExportAttrs {
+            local_asn: CLIENT_ASN,
+            next_hop: Ipv4Addr::new(127, 0, 0, 2),
+            four_octet: true,
+        };
+        for msg in wire::updates(prefixes, &[], &attrs).expect("encode") {
+            self.send(&msg).await;
+        }
+    }
+}
+
+fn is_down(ev: &Event) -> bool {
+    matches!(ev, Event::Down { .. })
+}
+
+fn is_end_of_rib(ev: &Event) -> bool {
+    matches!(ev, Event::EndOfRib { .. })
+}
+
+/// A peer with graceful restart whose connection is lost: its routes are to be kept for
+/// its restart time; the same peer closing with a NOTIFICATION: not. Its End-of-RIB is
+/// reported, and ours follows our first full export.
+#[tokio::test]
+async fn graceful_restart_helper_keeps_routes_of_a_lost_connection_only() {
+    let (mut gw, mut gw_rx) = speaker();
+    gw.add_session(gateway(12), vec![]);
+    let mut fake = Fake::connect(addr(12, 2), addr(12, 1)).await;
+    let open = fake.establish_gr(77).await;
+    let gr = open.capabilities.iter().find_map(|c| match c {
+        rustbgpd_wire::Capability::GracefulRestart {
+            restart_time,
+            restart_state,
+            ..
+        } => Some((*restart_time, *restart_state)),
+        _ => None,
+    });
+    assert_eq!(gr, Some((120, false)), "our capability: {open:?}");
+    let Some(Event::Established { peer_restart, .. }) =
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_established).await
+    else {
+        panic!("not established")
+    };
+    assert_eq!(
+        peer_restart.map(|r| (r.restart_time, r.ipv4)),
+        Some((77, true))
+    );
+    assert!(one_status(&gw).graceful_restart);
+
+    // Our export, then our End-of-RIB.
+    gw.set_export("vif-test", 0, set(&["10.0.0.0/16"]));
+    let mut saw_route = false;
+    loop {
+        match fake.recv().await {
+            Some(Message::Update(u)) => {
+                let r = wire::parse_update(&u, true, LOCAL_ASN).expect("valid");
+                if r.end_of_rib {
+                    break;
+                }
+                saw_route |= r.announced == vec![net("10.0.0.0/16")];
+            }
+            Some(Message::Keepalive) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(saw_route, "End-of-RIB before the export");
+
+    // Their routes, then their End-of-RIB.
+    fake.announce(&[net("192.168.60.0/24")]).await;
+    fake.send(&wire::end_of_rib()).await;
+    assert!(
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_end_of_rib)
+            .await
+            .is_some()
+    );
+
+    // The connection is lost: keep the routes for 77 s.
+    drop(fake);
+    let Some(Event::Down { retain, .. }) =
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_down).await
+    else {
+        panic!("no Down")
+    };
+    assert_eq!(retain, Some(Duration::from_secs(77)));
+
+    // Back, then closed with a NOTIFICATION: nothing kept.
+    let mut fake = Fake::connect(addr(12, 2), addr(12, 1)).await;
+    fake.establish_gr(77).await;
+    assert!(
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
+            .await
+            .is_some()
+    );
+    fake.send(&wire::Notification::new(6, 2, "").encode()).await;
+    let Some(Event::Down { retain, .. }) =
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_down).await
+    else {
+        panic!("no Down")
+    };
+    assert_eq!(retain, None);
+}
+
+/// A peer without graceful restart sends no End-of-RIB: its first KEEPALIVE after the
+/// session came up stands for it.
+#[tokio::test]
+async fn first_keepalive_of_a_peer_without_graceful_restart_ends_its_table() {
+    let (mut gw, mut gw_rx) = speaker();
+    gw.add_session(gateway(13), vec![]);
+    let mut fake = Fake::connect(addr(13, 2), addr(13, 1)).await;
+    fake.establish(90, client_id()).await;
+    assert!(
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
+            .await
+            .is_some()
+    );
+    fake.announce(&[net("192.168.61.0/24")]).await;
+    assert!(
+        wait_for(&mut gw_rx, Duration::from_millis(500), is_end_of_rib)
+            .await
+            .is_none(),
+        "End-of-RIB before any KEEPALIVE"
+    );
+    fake.send(&wire::keepalive()).await;
+    assert!(
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_end_of_rib)
+            .await
+            .is_some()
+    );
+}
+
+/// RFC 4724 §4.2: a new connection of a graceful-restart peer while its old session looks
+/// Established replaces it (the rebooted router is not locked out until the hold timer).
+#[tokio::test]
+async fn a_restarted_peers_new_connection_replaces_the_established_one() {
+    let (mut gw, mut gw_rx) = speaker();
+    gw.add_session(gateway(14), vec![]);
+    let mut old = Fake::connect(addr(14, 2), addr(14, 1)).await;
+    old.establish_gr(120).await;
+    assert!(
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
+            .await
+            .is_some()
+    );
+    // The old connection stays open (a rebooted router never closed it).
+    let mut new = Fake::connect(addr(14, 2), addr(14, 1)).await;
+    new.send(&Fake::open_gr(90, client_id(), 120, true)).await;
+    let Some(Event::Down { retain, reason, .. }) =
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_down).await
+    else {
+        panic!("the old session was not replaced")
+    };
+    assert_eq!(retain, Some(Duration::from_secs(120)), "{reason}");
+    let Some(Message::Open(_)) = new.recv().await else {
+        panic!("no OPEN")
+    };
+    assert_eq!(new.recv().await, Some(Message::Keepalive));
+    new.send(&wire::keepalive()).await;
+    let Some(Event::Established { peer_restart, .. }) =
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_established).await
+    else {
+        panic!("the new connection did not come up")
+    };
+    assert_eq!(peer_restart.map(|r| r.ipv4_preserved), Some(true));
+    drop(old);
+}
+
+/// Every prefix held counts toward max_prefixes, rejected ones too; the UPDATE that goes
+/// over is not even read to its end.
+#[tokio::test]
+async fn rejected_prefixes_count_toward_max_prefixes() {
+    let (mut gw, mut gw_rx) = speaker();
+    let mut cfg = gateway(15);
+    cfg.max_prefixes = Some(100);
+    cfg.max_prefix_len = 24;
+    gw.add_session(cfg, vec![]);
+    let mut fake = Fake::connect(addr(15, 2), addr(15, 1)).await;
+    fake.establish(90, client_id()).await;
+    assert!(
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
+            .await
+            .is_some()
+    );
+    // 5,000 /32s: all too long.
+    let hosts: Vec<Ipv4Net> = (0..5000u32)
+        .map(|i| Ipv4Net::new(Ipv4Addr::from(0xc0a8_0000 + i), 32).expect("prefix"))
+        .collect();
+    let writer = tokio::spawn(async move {
+        fake.announce(&hosts).await;
+        fake.notification().await
+    });
+    let Some(Event::Down { reason, .. }) =
+        wait_for(&mut gw_rx, Duration::from_secs(5), is_down).await
+    else {
+        panic!("no Down: {:?}", one_status(&gw))
+    };
+    assert!(reason.contains("sent NOTIFICATION 6/1"), "{reason}");
+    assert!(reason.contains("prefix 101 refused"), "{reason}");
+    let seen = timeout(Duration::from_secs(5), writer)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    assert_eq!(seen, Some((6, 1)));
+}
+
+/// Keepalives come from the connection's writer: a session stuck handing events to a busy
+/// agent still keeps its peer's hold timer happy.
+#[tokio::test]
+async fn keepalives_go_out_while_the_event_queue_is_full() {
+    // Nobody reads the events: the session blocks on its second one.
+    let (tx, _rx) = mpsc::channel(1);
+    let mut gw = Speaker::new(tx);
+    let mut cfg = gateway(16);
+    cfg.hold_time = 3;
+    gw.add_session(cfg, vec![]);
+    let mut fake = Fake::connect(addr(16, 2), addr(16, 1)).await;
+    fake.establish(3, client_id()).await;
+    for i in 0..20u32 {
+        let p = Ipv4Net::new(Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("prefix");
+        fake.announce(&[p]).await;
+    }
+    // 7 s of a 3 s hold time: a keepalive at least every second, the session never drops.
+    let until = Instant::now() + Duration::from_secs(7);
+    let mut keepalives = 0;
+    while Instant::now() < until {
+        match timeout(Duration::from_millis(1500), fake.recv()).await {
+            Ok(Some(Message::Keepalive)) => {
+                keepalives += 1;
+                fake.send(&wire::keepalive()).await;
+            }
+            Ok(Some(Message::Notification(n))) => panic!("session dropped: {n:?}"),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("no keepalive for 1.5 s (after {keepalives})"),
+        }
+    }
+    assert!(keepalives >= 5, "{keepalives}");
+}
+
+/// A peer that reads nothing and asks for ROUTE-REFRESH over and over: the requests are
+/// coalesced while a copy is queued, and the connection is closed once the peer has read
+/// nothing for the hold time (send hold timer) or the queue is full.
+#[tokio::test]
+async fn a_peer_that_does_not_read_is_dropped_and_refreshes_coalesce() {
+    let (mut gw, mut gw_rx) = speaker();
+    let mut cfg = gateway(17);
+    cfg.hold_time = 3;
+    gw.add_session(cfg, vec![]);
+    let mut fake = Fake::connect(addr(17, 2), addr(17, 1)).await;
+    fake.establish(3, client_id()).await;
+    assert!(
+        wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
+            .await
+            .is_some()
+    );
+    // A 50k-prefix export.
+    let export: BTreeSet<Ipv4Net> = (0..50_000u32)
+        .map(|i| Ipv4Net::new(Ipv4Addr::from(0x6400_0000 + (i << 8)), 24).expect("prefix"))
+        .collect();
+    gw.set_export("vif-test", 0, export);
+    // From now on, only write: refreshes and keepalives, never read.
+    let (_rd, mut wr) = fake.stream.into_split();
+    let started = Instant::now();
+    let flood = tokio::spawn(async move {
+        for _ in 0..10_000 {
+            if wr.write_all(&wire::route_refresh()).await.is_err() {
+                return;
+            }
+            if wr.write_all(&wire::keepalive()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    });
+    let Some(Event::Down { reason, .. }) =
+        wait_for(&mut gw_rx, Duration::from_secs(10), is_down).await
+    else {
+        panic!("a peer that reads nothing was kept: {:?}", one_status(&gw))
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        reason.contains("send hold timer") || reason.contains("send queue"),
+        "{reason}"
+    );
+    let st = one_status(&gw);
+    // Copies go out only as fast as the socket takes them; the rest are coalesced.
+    assert!(st.refreshes_coalesced > 10 * st.refreshes, "{st:?}");
+    flood.abort();
 }

@@ -2,13 +2,13 @@
 //! makes on OPENs and UPDATEs it receives, and stream framing. Every path from received bytes
 //! to a decision runs through here, so tests can feed it garbage.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{fmt, net::Ipv4Addr, sync::Arc};
 
 use bytes::{Bytes, BytesMut};
 use ipnet::Ipv4Net;
 use rustbgpd_wire::{
-    Afi, Capability, DecodeError, EncodeError, Ipv4UnicastMode, Message, NotificationCode,
-    NotificationMessage, OpenMessage, Safi, UpdateMessage,
+    Afi, Capability, DecodeError, EncodeError, GracefulRestartFamily, Ipv4UnicastMode, Message,
+    NotificationCode, NotificationMessage, OpenMessage, Safi, UpdateMessage,
     attribute::{AsPath, AsPathSegment, Origin, PathAttribute, RawAttribute},
     decode_message, encode_message,
     nlri::{Ipv4NlriEntry, Ipv4Prefix, Prefix},
@@ -102,7 +102,7 @@ impl Notification {
         Self::new(
             code::CEASE,
             subcode::MAX_PREFIXES,
-            format!("more than {limit} prefixes accepted"),
+            format!("more than {limit} prefixes received"),
         )
         .with_data(data)
     }
@@ -158,6 +158,32 @@ pub struct LocalSide {
     pub asn: u32,
     pub hold_time: u16,
     pub router_id: Ipv4Addr,
+    /// Graceful restart (RFC 4724), if offered.
+    pub graceful_restart: Option<LocalRestart>,
+    /// Accept a peer's hold time of 0 (no keepalives, no hold timer at all).
+    pub allow_hold_time_zero: bool,
+}
+
+/// Our Graceful Restart capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalRestart {
+    /// How long the peer should keep our routes while we are away, seconds (≤ 4095).
+    pub restart_time: u16,
+    /// R and F bits: we restarted and the data plane kept forwarding meanwhile.
+    pub restarted: bool,
+}
+
+/// The peer's Graceful Restart capability, as its OPEN carried it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerRestart {
+    /// Seconds the peer asks us to keep its routes while it restarts.
+    pub restart_time: u16,
+    /// R bit: the peer has restarted.
+    pub restarted: bool,
+    /// IPv4 unicast is listed: the peer can keep forwarding across its restart.
+    pub ipv4: bool,
+    /// F bit of IPv4 unicast: the peer kept forwarding across the restart just done.
+    pub ipv4_preserved: bool,
 }
 
 fn ipv4_unicast() -> Capability {
@@ -175,12 +201,37 @@ pub fn open(local: &LocalSide) -> Result<Bytes, EncodeError> {
         my_as: u16::try_from(local.asn).unwrap_or(AS_TRANS),
         hold_time: local.hold_time,
         bgp_identifier: local.router_id,
-        capabilities: vec![
-            ipv4_unicast(),
-            Capability::RouteRefresh,
-            Capability::FourOctetAs { asn: local.asn },
-        ],
+        capabilities: {
+            let mut caps = vec![
+                ipv4_unicast(),
+                Capability::RouteRefresh,
+                Capability::FourOctetAs { asn: local.asn },
+            ];
+            if let Some(gr) = local.graceful_restart {
+                caps.push(Capability::GracefulRestart {
+                    restart_state: gr.restarted,
+                    notification: false,
+                    restart_time: gr.restart_time.min(4095),
+                    families: vec![GracefulRestartFamily {
+                        afi: Afi::Ipv4,
+                        safi: Safi::Unicast,
+                        forwarding_preserved: gr.restarted,
+                    }],
+                });
+            }
+            caps
+        },
     }))
+}
+
+/// End-of-RIB for IPv4 unicast (RFC 4724 §2): an UPDATE with nothing in it.
+pub fn end_of_rib() -> Bytes {
+    encode(&Message::Update(UpdateMessage {
+        withdrawn_routes: Bytes::new(),
+        path_attributes: Bytes::new(),
+        nlri: Bytes::new(),
+    }))
+    .unwrap_or_default()
 }
 
 /// What an accepted OPEN settles for the session.
@@ -191,6 +242,8 @@ pub struct Negotiated {
     pub four_octet: bool,
     pub remote_id: Ipv4Addr,
     pub remote_asn: u32,
+    /// Graceful restart, when both sides offered it: what the peer said.
+    pub peer_restart: Option<PeerRestart>,
 }
 
 /// RFC 4271 §6.2 checks of a received OPEN.
@@ -217,6 +270,14 @@ pub fn check_open(
             code::OPEN,
             subcode::UNACCEPTABLE_HOLD_TIME,
             format!("hold time {} s", open.hold_time),
+        ));
+    }
+    // A session without keepalives never notices a dead peer: refused unless allowed.
+    if open.hold_time == 0 && local.hold_time != 0 && !local.allow_hold_time_zero {
+        return Err(Notification::new(
+            code::OPEN,
+            subcode::UNACCEPTABLE_HOLD_TIME,
+            "hold time 0 (no keepalives) is not accepted on this VIF",
         ));
     }
     let id = open.bgp_identifier;
@@ -253,11 +314,32 @@ pub fn check_open(
             Bytes::new()
         }));
     }
+    let peer_restart = open.capabilities.iter().find_map(|c| match c {
+        Capability::GracefulRestart {
+            restart_state,
+            restart_time,
+            families,
+            ..
+        } => {
+            let v4 = families
+                .iter()
+                .find(|f| f.afi == Afi::Ipv4 && f.safi == Safi::Unicast);
+            Some(PeerRestart {
+                restart_time: *restart_time,
+                restarted: *restart_state,
+                ipv4: v4.is_some(),
+                ipv4_preserved: v4.is_some_and(|f| f.forwarding_preserved),
+            })
+        }
+        _ => None,
+    });
     Ok(Negotiated {
         hold_time: local.hold_time.min(open.hold_time),
         four_octet,
         remote_id: id,
         remote_asn: peer_as,
+        // Only what both sides offered is negotiated.
+        peer_restart: peer_restart.filter(|_| local.graceful_restart.is_some()),
     })
 }
 
@@ -381,9 +463,11 @@ pub struct Received {
     pub withdrawn: Vec<Ipv4Net>,
     pub announced: Vec<Ipv4Net>,
     /// Set when the announced routes are to be treated as withdrawn (RFC 7606).
-    pub malformed: Option<String>,
+    pub malformed: Option<Arc<str>>,
     /// Every ASN of AS_PATH, for loop detection.
     pub as_path: Vec<u32>,
+    /// The UPDATE was the End-of-RIB marker of IPv4 unicast.
+    pub end_of_rib: bool,
 }
 
 fn to_net(p: &Ipv4Prefix) -> Option<Ipv4Net> {
@@ -401,6 +485,12 @@ pub fn parse_update(
     four_octet: bool,
     peer_asn: u32,
 ) -> Result<Received, Notification> {
+    if msg.withdrawn_routes.is_empty() && msg.path_attributes.is_empty() && msg.nlri.is_empty() {
+        return Ok(Received {
+            end_of_rib: true,
+            ..Received::default()
+        });
+    }
     let parsed = msg
         .parse_revised(four_octet, false, false, &[])
         .map_err(|e| Notification::from_decode(&e))?;
@@ -432,6 +522,11 @@ pub fn parse_update(
                     }));
             }
             PathAttribute::MpUnreachNlri(mp) if v4_unicast(mp.afi, mp.safi) => {
+                // MP_UNREACH_NLRI with nothing in it, alone: End-of-RIB in MP form.
+                out.end_of_rib = mp.withdrawn.is_empty()
+                    && parsed.update.attributes.len() == 1
+                    && out.withdrawn.is_empty()
+                    && out.announced.is_empty();
                 out.withdrawn
                     .extend(mp.withdrawn.iter().filter_map(|e| match &e.prefix {
                         Prefix::V4(p) => to_net(p),
@@ -457,7 +552,9 @@ pub fn parse_update(
     if let Some(worst) = parsed.malformed.iter().max_by_key(|m| m.disposition) {
         match worst.disposition {
             ErrorDisposition::SessionReset => return Err(Notification::from_decode(&worst.error)),
-            ErrorDisposition::TreatAsWithdraw => out.malformed = Some(worst.error.to_string()),
+            ErrorDisposition::TreatAsWithdraw => {
+                out.malformed = Some(worst.error.to_string().into());
+            }
             _ => {}
         }
     }
@@ -476,28 +573,30 @@ pub fn parse_update(
         .with_data(e.data);
         match e.disposition {
             ErrorDisposition::SessionReset => return Err(n),
-            ErrorDisposition::TreatAsWithdraw => out.malformed = Some(n.to_string()),
+            ErrorDisposition::TreatAsWithdraw => out.malformed = Some(n.to_string().into()),
             _ => {}
         }
         return Ok(out);
     }
     match next_hop {
         None if has_body_nlri => {
-            out.malformed = Some(format!(
-                "missing NEXT_HOP (UPDATE error {}/{})",
-                code::UPDATE,
-                subcode::MISSING_WELL_KNOWN
-            ));
+            out.malformed = Some(
+                format!(
+                    "missing NEXT_HOP (UPDATE error {}/{})",
+                    code::UPDATE,
+                    subcode::MISSING_WELL_KNOWN
+                )
+                .into(),
+            );
         }
         Some(nh) if nh.is_unspecified() || nh.is_multicast() || nh.is_broadcast() => {
-            out.malformed = Some(format!("invalid NEXT_HOP {nh}"));
+            out.malformed = Some(format!("invalid NEXT_HOP {nh}").into());
         }
         _ => {}
     }
     if out.malformed.is_none() && out.as_path.first() != Some(&peer_asn) {
-        out.malformed = Some(format!(
-            "AS_PATH does not start with the peer's AS {peer_asn}"
-        ));
+        out.malformed =
+            Some(format!("AS_PATH does not start with the peer's AS {peer_asn}").into());
     }
     Ok(out)
 }
@@ -552,6 +651,8 @@ mod tests {
         asn: 64512,
         hold_time: 90,
         router_id: Ipv4Addr::new(192, 0, 2, 1),
+        graceful_restart: None,
+        allow_hold_time_zero: false,
     };
 
     #[test]
@@ -573,11 +674,60 @@ mod tests {
             asn: 65001,
             hold_time: 30,
             router_id: Ipv4Addr::new(10, 0, 0, 2),
+            ..LOCAL
         };
         let n = check_open(&o, &peer, 64512).expect("acceptable");
         assert_eq!(n.hold_time, 30);
         assert!(n.four_octet);
         assert_eq!(n.remote_id, LOCAL.router_id);
+        assert_eq!(n.peer_restart, None);
+    }
+
+    #[test]
+    fn graceful_restart_capability() {
+        let restarted = LocalSide {
+            graceful_restart: Some(LocalRestart {
+                restart_time: 120,
+                restarted: true,
+            }),
+            ..LOCAL
+        };
+        let Message::Open(o) = decode_one(&open(&restarted).expect("encodes")) else {
+            panic!("not an OPEN")
+        };
+        let peer = LocalSide {
+            asn: 65001,
+            router_id: Ipv4Addr::new(10, 0, 0, 2),
+            graceful_restart: Some(LocalRestart {
+                restart_time: 90,
+                restarted: false,
+            }),
+            ..LOCAL
+        };
+        let n = check_open(&o, &peer, 64512).expect("acceptable");
+        assert_eq!(
+            n.peer_restart,
+            Some(PeerRestart {
+                restart_time: 120,
+                restarted: true,
+                ipv4: true,
+                ipv4_preserved: true,
+            })
+        );
+        // Offered by one side only: not negotiated.
+        let plain = LocalSide {
+            graceful_restart: None,
+            ..peer
+        };
+        assert_eq!(
+            check_open(&o, &plain, 64512).expect("ok").peer_restart,
+            None
+        );
+        // End-of-RIB: an empty UPDATE, told apart from every other.
+        let Message::Update(u) = decode_one(&end_of_rib()) else {
+            panic!("not an UPDATE")
+        };
+        assert!(parse_update(&u, true, 65001).expect("parses").end_of_rib);
     }
 
     #[test]
@@ -625,8 +775,15 @@ mod tests {
         };
         let e = err(their_open(65001, 90, id, vec![v6]));
         assert_eq!((e.code, e.subcode), (2, subcode::UNSUPPORTED_CAPABILITY));
-        // Hold time 0: no keepalives; no capabilities: a plain IPv4 speaker.
-        let n = check_open(&their_open(65001, 0, id, vec![]), &LOCAL, 65001).expect("ok");
+        // Hold time 0 (no keepalives, a dead peer never noticed): refused unless allowed.
+        let e = err(their_open(65001, 0, id, vec![]));
+        assert_eq!((e.code, e.subcode), (2, subcode::UNACCEPTABLE_HOLD_TIME));
+        let allowing = LocalSide {
+            allow_hold_time_zero: true,
+            ..LOCAL
+        };
+        // No capabilities: a plain IPv4 speaker.
+        let n = check_open(&their_open(65001, 0, id, vec![]), &allowing, 65001).expect("ok");
         assert_eq!(n.hold_time, 0);
         assert!(!n.four_octet);
         let n = check_open(&their_open(65001, 3, id, vec![]), &LOCAL, 65001).expect("ok");

@@ -10,86 +10,16 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use common::{Topology, VPC_HOST, cli_json, wait_for};
+use common::{
+    Topology, VPC_HOST,
+    bgp::{
+        CLIENT1, CLIENT2, CLOUD1, CLOUD2, established, lookup, neighbor, net, vif_config,
+        write_config,
+    },
+    cli_json, wait_for,
+};
 use forwarder_tests::daemons::{Kind, PeerSpec, RouterDaemon};
 use ipnet::Ipv4Net;
-
-const CLOUD1: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 1);
-const CLIENT1: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 2);
-const CLOUD2: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 1);
-const CLIENT2: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 2);
-
-fn net(s: &str) -> Ipv4Net {
-    s.parse().expect("prefix")
-}
-
-/// A BGP VIF on VLAN 100 with one or two sessions, plus extra `[[vif]]` keys.
-fn vif_config(two_peers: bool, extra: &str) -> String {
-    let mut text = String::new();
-    text.push_str(&format!(
-        r#"
-[[vif]]
-name = "vif-100"
-connection = "hc-1"
-vlan = 100
-border_gateway = "bgw-1"
-routing = "bgp"
-client_asn = 65001
-{extra}
-
-  [[vif.peer]]
-  client_address = "{CLIENT1}"
-  cloud_address = "{CLOUD1}"
-  prefix_len = 30
-"#
-    ));
-    if two_peers {
-        text.push_str(&format!(
-            r#"
-  [[vif.peer]]
-  client_address = "{CLIENT2}"
-  cloud_address = "{CLOUD2}"
-  prefix_len = 30
-"#
-        ));
-    }
-    text
-}
-
-/// Short BGP timers for tests (the defaults are 90 s hold, 5 s retry).
-const FAST_TIMERS: &str = "bgp_hold_time = 9\nbgp_connect_retry = 1\nbgp_max_prefix_restart = 5\n";
-
-fn write_config(t: &Topology, vif: &str) -> Result<()> {
-    t.write_config(vif)?;
-    // The topology's [agent] table gets the fast timers.
-    let path = t.config_path();
-    let text = std::fs::read_to_string(&path)?.replacen(
-        "[agent]\n",
-        &format!("[agent]\n{FAST_TIMERS}"),
-        1,
-    );
-    std::fs::write(&path, text)?;
-    Ok(())
-}
-
-fn neighbor(t: &Topology, peer: usize) -> Result<serde_json::Value> {
-    let all = cli_json(&t.socket(), &["bgp", "neighbors"])?;
-    all.as_array()
-        .and_then(|a| {
-            a.iter()
-                .find(|n| n["vif"] == "vif-100" && n["peer"] == peer)
-                .cloned()
-        })
-        .with_context(|| format!("no session {peer} in {all}"))
-}
-
-fn established(t: &Topology, peer: usize) -> bool {
-    neighbor(t, peer).is_ok_and(|n| n["state"] == "Established")
-}
-
-fn lookup(t: &Topology, addr: &str) -> Result<serde_json::Value> {
-    cli_json(&t.socket(), &["lookup", "--gateway", "bgw-1", addr])
-}
 
 #[test]
 fn bird_exchanges_routes_and_traffic_flows() -> Result<()> {
@@ -379,7 +309,7 @@ fn losing_one_of_two_sessions_keeps_traffic_flowing() -> Result<()> {
 fn a_hundred_thousand_prefixes_reach_the_map() -> Result<()> {
     let t = Topology::new("bgp100k")?;
     let _customer = t.customer_router_bgp()?;
-    write_config(&t, &vif_config(false, ""))?;
+    write_config(&t, &vif_config(false, "max_prefixes = 200000"))?;
     let agent = t.start_agent(common::bin())?;
     // 100,000 /32s in 11.0.0.0/8 … plus the IDC prefix.
     let mut prefixes: Vec<Ipv4Net> = (0..100_000u32)

@@ -180,6 +180,19 @@ impl PeerSpec {
     }
 }
 
+/// The router's graceful restart (RFC 4724) setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GracefulRestart {
+    /// The daemon's default: BIRD is "aware" (helper only), FRR is a helper, GoBGP has none.
+    #[default]
+    Default,
+    /// Both roles: the router can restart gracefully too (BIRD `graceful restart on` with
+    /// its kernel protocol's routes kept, FRR `bgp graceful-restart`).
+    On,
+    /// None at all (BIRD `graceful restart off`, FRR `bgp graceful-restart-disable`).
+    Off,
+}
+
 /// What changes after start: kept so regenerated configs (BIRD) stay consistent.
 #[derive(Default)]
 struct State {
@@ -204,6 +217,7 @@ pub struct RouterDaemon<'ns> {
     /// GoBGP's gRPC port on the namespace's loopback (0 for the others).
     api_port: u16,
     state: Mutex<State>,
+    graceful_restart: GracefulRestart,
 }
 
 impl<'ns> RouterDaemon<'ns> {
@@ -219,6 +233,29 @@ impl<'ns> RouterDaemon<'ns> {
         peers: &[PeerSpec],
         announce: &[Ipv4Net],
     ) -> Result<Self> {
+        Self::start_with(
+            kind,
+            ns,
+            router_id,
+            peers,
+            announce,
+            GracefulRestart::Default,
+        )
+    }
+
+    /// [`Self::start`] with a graceful restart setting (BIRD and FRR).
+    pub fn start_with(
+        kind: Kind,
+        ns: &'ns NetNs,
+        router_id: Ipv4Addr,
+        peers: &[PeerSpec],
+        announce: &[Ipv4Net],
+        graceful_restart: GracefulRestart,
+    ) -> Result<Self> {
+        ensure!(
+            kind != Kind::Gobgp || graceful_restart == GracefulRestart::Default,
+            "the GoBGP harness has no graceful restart setting"
+        );
         ensure!(!peers.is_empty(), "{kind} router needs at least one peer");
         let mut neighbors = BTreeSet::new();
         for peer in peers {
@@ -260,6 +297,7 @@ impl<'ns> RouterDaemon<'ns> {
                 announced: announce.iter().map(Ipv4Net::trunc).collect(),
                 disabled: BTreeSet::new(),
             }),
+            graceful_restart,
         };
         let started = match kind {
             Kind::Bird => daemon.start_bird(),
@@ -755,7 +793,12 @@ impl<'ns> RouterDaemon<'ns> {
 
     fn start_bird(&mut self) -> Result<()> {
         self.bird_write_conf(|_| {})?;
-        let args = [
+        self.spawn_bird(false)
+    }
+
+    /// Starts `bird` on the written config; `recovering`: `-R`, after a graceful restart.
+    fn spawn_bird(&mut self, recovering: bool) -> Result<()> {
+        let mut args = vec![
             "-f".to_owned(),
             "-c".to_owned(),
             self.path("bird.conf"),
@@ -764,6 +807,9 @@ impl<'ns> RouterDaemon<'ns> {
             "-P".to_owned(),
             self.path("bird.pid"),
         ];
+        if recovering {
+            args.push("-R".to_owned());
+        }
         self.spawn("bird", "bird", &args)?;
         self.wait_ready("BIRD control socket", |d| {
             d.birdc(&["show", "status"])
@@ -778,9 +824,15 @@ impl<'ns> RouterDaemon<'ns> {
         push_line!(c, "protocol device {{ }}");
         // Learned routes into the namespace's FIB, so the router forwards along them; not the
         // blackholes behind our own announcements.
+        // With graceful restart on, the kernel routes stay while BIRD restarts.
+        let kernel_gr = if self.graceful_restart == GracefulRestart::On {
+            " graceful restart on;"
+        } else {
+            ""
+        };
         push_line!(
             c,
-            "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}"
+            "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }};{kernel_gr} }}"
         );
         push_line!(c, "protocol static originated {{\n  ipv4;");
         for p in &state.announced {
@@ -799,6 +851,11 @@ impl<'ns> RouterDaemon<'ns> {
             }
             if peer.passive {
                 push_line!(c, "  passive on;");
+            }
+            match self.graceful_restart {
+                GracefulRestart::Default => {}
+                GracefulRestart::On => push_line!(c, "  graceful restart on;"),
+                GracefulRestart::Off => push_line!(c, "  graceful restart off;"),
             }
             push_line!(
                 c,
@@ -821,6 +878,31 @@ impl<'ns> RouterDaemon<'ns> {
         fs::write(&tmp, conf).with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, self.dir.join("bird.conf")).context("replacing bird.conf")?;
         Ok(())
+    }
+
+    /// BIRD restarts gracefully: `birdc graceful restart` (sessions closed without a
+    /// NOTIFICATION, kernel routes left in place), then `bird -R` on the same config. Returns
+    /// once the new BIRD answers (its sessions come up on their own).
+    pub fn restart_gracefully(&mut self) -> Result<()> {
+        ensure!(
+            self.kind == Kind::Bird && self.graceful_restart == GracefulRestart::On,
+            "only a BIRD router with GracefulRestart::On restarts gracefully"
+        );
+        let out = self.birdc(&["graceful", "restart"])?;
+        ensure!(
+            out.contains("Graceful restart"),
+            "birdc graceful restart said: {out}"
+        );
+        let mut proc = self.procs.pop().context("BIRD is not running")?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while proc.child.try_wait()?.is_none() {
+            ensure!(
+                Instant::now() < deadline,
+                "BIRD did not exit after graceful restart"
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        self.spawn_bird(true)
     }
 
     /// Changes the state, rewrites the config and has BIRD reload it.
@@ -921,6 +1003,11 @@ impl<'ns> RouterDaemon<'ns> {
         push_line!(c, " no bgp ebgp-requires-policy");
         push_line!(c, " no bgp network import-check");
         push_line!(c, " timers bgp {KEEPALIVE} {HOLD_TIME}");
+        match self.graceful_restart {
+            GracefulRestart::Default => {}
+            GracefulRestart::On => push_line!(c, " bgp graceful-restart"),
+            GracefulRestart::Off => push_line!(c, " bgp graceful-restart-disable"),
+        }
         for peer in &self.peers {
             let n = peer.neighbor;
             push_line!(c, " neighbor {n} remote-as {}", peer.remote_asn);

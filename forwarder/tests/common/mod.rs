@@ -5,6 +5,8 @@
     reason = "each test file uses a different part"
 )]
 
+pub mod bgp;
+
 use std::path::Path;
 
 pub use forwarder_tests::topology::{

@@ -555,3 +555,51 @@ fn a_vif_moved_to_another_gateway_advertises_that_gateways_routes_and_a_removed_
     );
     Ok(())
 }
+
+/// GTSM (RFC 5082): with `ttl_security = true` the session comes up with a router that also
+/// sends TTL 255 (BIRD `ttl security on`), and never with one that sends TTL 1.
+#[test]
+fn ttl_security_takes_only_a_router_that_sends_ttl_255() -> Result<()> {
+    let t = Topology::new("bgpgtsm")?;
+    let _customer = t.customer_router_bgp()?;
+    write_config(&t, &vif_config(false, "ttl_security = true"))?;
+    let agent = t.start_agent(common::bin())?;
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512).ttl_security()],
+        &[net("192.168.50.0/24")],
+    )?;
+    bird.wait_established(CLOUD1, Duration::from_secs(20))
+        .with_context(|| agent.log_text())?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || established(&t, 0)),
+        "{:?}",
+        neighbor(&t, 0)
+    );
+    drop(bird);
+    ensure!(
+        wait_for(Duration::from_secs(15), || !established(&t, 0)),
+        "session still up without BIRD"
+    );
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT1,
+        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+        &[net("192.168.50.0/24")],
+    )?;
+    ensure!(
+        !wait_for(Duration::from_secs(8), || established(&t, 0)),
+        "Established with a router sending TTL 1: {:?}",
+        neighbor(&t, 0)
+    );
+    // Its segments (TTL 1) are dropped: the session never gets past OpenSent.
+    println!(
+        "without TTL 255 from BIRD: agent {} / BIRD {:?}",
+        neighbor(&t, 0)?["state"],
+        bird.session_state(CLOUD1)
+    );
+    Ok(())
+}

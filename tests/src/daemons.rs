@@ -134,6 +134,8 @@ pub struct PeerSpec {
     pub password: Option<String>,
     /// Only accept the neighbor's connection, never connect.
     pub passive: bool,
+    /// GTSM (RFC 5082): send with TTL 255, accept only TTL 255 (BIRD and FRR).
+    pub ttl_security: bool,
 }
 
 impl PeerSpec {
@@ -146,11 +148,17 @@ impl PeerSpec {
             remote_asn,
             password: None,
             passive: false,
+            ttl_security: false,
         }
     }
 
     pub fn with_password(mut self, password: &str) -> Self {
         self.password = Some(password.to_owned());
+        self
+    }
+
+    pub fn ttl_security(mut self) -> Self {
+        self.ttl_security = true;
         self
     }
 
@@ -253,8 +261,10 @@ impl<'ns> RouterDaemon<'ns> {
         graceful_restart: GracefulRestart,
     ) -> Result<Self> {
         ensure!(
-            kind != Kind::Gobgp || graceful_restart == GracefulRestart::Default,
-            "the GoBGP harness has no graceful restart setting"
+            kind != Kind::Gobgp
+                || (graceful_restart == GracefulRestart::Default
+                    && peers.iter().all(|p| !p.ttl_security)),
+            "the GoBGP harness has no graceful restart or TTL security setting"
         );
         ensure!(!peers.is_empty(), "{kind} router needs at least one peer");
         let mut neighbors = BTreeSet::new();
@@ -852,6 +862,9 @@ impl<'ns> RouterDaemon<'ns> {
             if peer.passive {
                 push_line!(c, "  passive on;");
             }
+            if peer.ttl_security {
+                push_line!(c, "  ttl security on;");
+            }
             match self.graceful_restart {
                 GracefulRestart::Default => {}
                 GracefulRestart::On => push_line!(c, "  graceful restart on;"),
@@ -1019,6 +1032,9 @@ impl<'ns> RouterDaemon<'ns> {
             }
             if peer.passive {
                 push_line!(c, " neighbor {n} passive");
+            }
+            if peer.ttl_security {
+                push_line!(c, " neighbor {n} ttl-security hops 1");
             }
         }
         push_line!(c, " address-family ipv4 unicast");

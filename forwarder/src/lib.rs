@@ -11,6 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod host;
 pub mod ids;
 pub mod lock;

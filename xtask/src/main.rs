@@ -2,6 +2,7 @@
 //! Run them as `cargo xtask <task>` from anywhere in the workspace.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -26,6 +27,15 @@ enum Task {
     Demo,
     /// Run the benchmarks and write BENCHMARKS.md; needs root.
     Bench,
+    /// Fuzz the BGP message reader, a BGP session, the config loader and control requests
+    /// (cargo-fuzz, nightly); crashes fail the run.
+    Fuzz {
+        /// Minutes of wall time per target (on every CPU).
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+        /// Only these targets (bgp_message, bgp_session, config, control).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,6 +45,7 @@ fn main() -> ExitCode {
         Task::Test => test::run(),
         Task::Demo => test::demo(),
         Task::Bench => bench::run(),
+        Task::Fuzz { minutes, targets } => fuzz::run(minutes, &targets),
     };
     match result {
         Ok(code) => code,

@@ -6,6 +6,8 @@
 //! `wire` is the glue over the codec crate, `socket` makes namespaced (MD5) sockets,
 //! `session` is the per-session task and its state machine.
 
+#[doc(hidden)]
+pub mod fuzz;
 mod policy;
 mod session;
 mod socket;
@@ -255,6 +257,38 @@ struct Shared {
     advertised: BTreeSet<Ipv4Net>,
 }
 
+impl Shared {
+    fn new(cfg: &SessionConfig) -> Self {
+        Shared {
+            status: NeighborStatus {
+                vif: cfg.vif.clone(),
+                peer_index: cfg.peer_index,
+                local_addr: cfg.local_addr,
+                remote_addr: cfg.remote_addr,
+                local_asn: cfg.local_asn,
+                remote_asn: cfg.remote_asn,
+                state: SessionState::Idle,
+                uptime_seconds: None,
+                remote_id: None,
+                hold_time: None,
+                prefixes_received: 0,
+                prefixes_accepted: 0,
+                prefixes_advertised: 0,
+                established_count: 0,
+                last_error: None,
+                last_connect_error: None,
+                graceful_restart: false,
+                refreshes: 0,
+                refreshes_coalesced: 0,
+                stale_routes: 0,
+            },
+            established_at: None,
+            received: BTreeMap::new(),
+            advertised: BTreeSet::new(),
+        }
+    }
+}
+
 type SharedRef = Arc<Mutex<Shared>>;
 
 fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
@@ -327,33 +361,7 @@ impl Speaker {
             tracing::error!(vif = %cfg.vif, peer = cfg.peer_index, "BGP session needs a tokio runtime");
             return;
         };
-        let shared = Arc::new(Mutex::new(Shared {
-            status: NeighborStatus {
-                vif: cfg.vif.clone(),
-                peer_index: cfg.peer_index,
-                local_addr: cfg.local_addr,
-                remote_addr: cfg.remote_addr,
-                local_asn: cfg.local_asn,
-                remote_asn: cfg.remote_asn,
-                state: SessionState::Idle,
-                uptime_seconds: None,
-                remote_id: None,
-                hold_time: None,
-                prefixes_received: 0,
-                prefixes_accepted: 0,
-                prefixes_advertised: 0,
-                established_count: 0,
-                last_error: None,
-                last_connect_error: None,
-                graceful_restart: false,
-                refreshes: 0,
-                refreshes_coalesced: 0,
-                stale_routes: 0,
-            },
-            established_at: None,
-            received: BTreeMap::new(),
-            advertised: BTreeSet::new(),
-        }));
+        let shared = Arc::new(Mutex::new(Shared::new(&cfg)));
         let (tx, rx) = mpsc::unbounded_channel();
         self.next_id += 1;
         let id = self.next_id;

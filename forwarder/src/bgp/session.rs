@@ -1181,6 +1181,70 @@ impl Session {
         self.emit_routes(announced, withdrawn).await;
     }
 
+    /// For the fuzz targets: one inbound connection without a socket, fed `input` as what
+    /// the peer sent, with `export` set once Established; `drain` empties the event queue
+    /// after every message. The hold timer is checked once at the end.
+    pub(super) async fn fuzz(
+        mut self,
+        input: &[u8],
+        export: BTreeSet<Ipv4Net>,
+        mut drain: impl FnMut(),
+    ) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
+        let out = Arc::new(WriterShared::default());
+        let writer_out = out.clone();
+        let writer = tokio::spawn(async move {
+            while let Some(o) = rx.recv().await {
+                match o {
+                    Out::Msg(bytes) => {
+                        writer_out.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                    }
+                    Out::Mark(n) => writer_out.written_mark.store(n, Ordering::Relaxed),
+                }
+            }
+        });
+        let reader = tokio::spawn(std::future::pending::<()>());
+        self.conns.push(Conn {
+            id: 0,
+            outbound: false,
+            tx,
+            out,
+            reader: reader.abort_handle(),
+            writer,
+            phase: Phase::OpenSent,
+            hold_deadline: Some(Instant::now() + OPEN_HOLD),
+            overflow: AtomicBool::new(false),
+            refresh_mark: 0,
+        });
+        // No real sockets: nothing is listened on or connected to.
+        self.listen_at = None;
+        self.connect_at = None;
+        let mut framer = wire::Framer::default();
+        framer.buffer().extend_from_slice(input);
+        let mut exported = false;
+        loop {
+            let inbound = match framer.next_message() {
+                Ok(Some(msg)) => Inbound::Msg(msg),
+                Ok(None) => Inbound::Closed("end of input".into()),
+                Err(n) => Inbound::Bad(n),
+            };
+            let last = !matches!(inbound, Inbound::Msg(_));
+            self.on_inbound(0, inbound).await;
+            drain();
+            if !exported && self.established().is_some() {
+                exported = true;
+                self.set_export(export.clone()).await;
+            }
+            if last || self.conns.is_empty() {
+                break;
+            }
+        }
+        self.connect_at = None;
+        self.on_timers().await;
+        self.shutdown(false);
+        reader.abort();
+    }
+
     async fn on_timers(&mut self) {
         let now = Instant::now();
         if self.idle_until.is_some_and(|t| t <= now) {

@@ -131,6 +131,8 @@ pub fn session(data: &[u8]) {
             .iter()
             .map(|p| p.parse().expect("prefix"))
             .collect();
-        session.fuzz(&input, export, || while events.try_recv().is_ok() {}).await;
+        session
+            .fuzz(&input, export, || while events.try_recv().is_ok() {})
+            .await;
     });
 }

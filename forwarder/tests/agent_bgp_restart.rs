@@ -227,8 +227,11 @@ fn bird_restarting_gracefully_loses_no_ping() -> Result<()> {
         log.contains("keeping the restarting peer's routes"),
         "the agent did not hold BIRD's routes:\n{log}"
     );
+    // Back after the restart (BIRD in recovery may also replace that connection once more).
     ensure!(
-        neighbor(&t, 0)?["established_count"] == 2,
+        neighbor(&t, 0)?["established_count"]
+            .as_u64()
+            .is_some_and(|n| n >= 2),
         "{:?}",
         neighbor(&t, 0)
     );

@@ -24,4 +24,5 @@ pub mod observe;
 pub mod plan;
 pub mod rib;
 pub mod state;
+pub mod timer;
 pub mod vifcp;

@@ -36,6 +36,7 @@ use crate::{
     plan::{self, Desired, Dirty, Inputs, Observed, VifState},
     rib::Rib,
     state::{self, Owned, State},
+    timer::sleep_until_or_never,
     vifcp,
 };
 
@@ -1120,13 +1121,6 @@ async fn tick_or_never(ticks: Option<&mut tokio::time::Interval>) {
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "notifying the service manager");
-    }
-}
-
-async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

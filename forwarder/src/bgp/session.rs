@@ -31,6 +31,8 @@ use tokio::{
 };
 use tracing::Instrument;
 
+use crate::timer::sleep_until_or_never;
+
 use super::{
     Command, Error, Event, SessionConfig, SessionState, SharedRef, lock,
     policy::{ImportPolicy, Reject, Verdict},
@@ -106,6 +108,29 @@ struct Conn {
 }
 
 impl Conn {
+    /// A connection in OpenSent, its reader and writer already running.
+    fn new(
+        id: u64,
+        outbound: bool,
+        tx: mpsc::UnboundedSender<Out>,
+        out: Arc<WriterShared>,
+        reader: AbortHandle,
+        writer: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            id,
+            outbound,
+            tx,
+            out,
+            reader,
+            writer,
+            phase: Phase::OpenSent,
+            hold_deadline: Some(Instant::now() + OPEN_HOLD),
+            overflow: AtomicBool::new(false),
+            refresh_mark: 0,
+        }
+    }
+
     fn send(&self, bytes: Bytes) {
         let queued = self.out.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
         if queued > MAX_QUEUED {
@@ -322,13 +347,6 @@ async fn write_loop(
     }
     if let Err(e) = wr.shutdown().await {
         tracing::debug!(error = %e, "BGP shutdown failed");
-    }
-}
-
-async fn sleep_until_or_never(at: Option<Instant>) {
-    match at {
-        Some(t) => sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -618,18 +636,7 @@ impl Session {
         let writer = tokio::spawn(
             write_loop(id, wr, rx, out.clone(), self.inbound_tx.clone()).in_current_span(),
         );
-        let conn = Conn {
-            id,
-            outbound,
-            tx,
-            out,
-            reader: reader.abort_handle(),
-            writer,
-            phase: Phase::OpenSent,
-            hold_deadline: Some(Instant::now() + OPEN_HOLD),
-            overflow: AtomicBool::new(false),
-            refresh_mark: 0,
-        };
+        let conn = Conn::new(id, outbound, tx, out, reader.abort_handle(), writer);
         match wire::open(&self.local) {
             Ok(bytes) => conn.send(bytes),
             Err(e) => {
@@ -1204,18 +1211,8 @@ impl Session {
             }
         });
         let reader = tokio::spawn(std::future::pending::<()>());
-        self.conns.push(Conn {
-            id: 0,
-            outbound: false,
-            tx,
-            out,
-            reader: reader.abort_handle(),
-            writer,
-            phase: Phase::OpenSent,
-            hold_deadline: Some(Instant::now() + OPEN_HOLD),
-            overflow: AtomicBool::new(false),
-            refresh_mark: 0,
-        });
+        self.conns
+            .push(Conn::new(0, false, tx, out, reader.abort_handle(), writer));
         // No real sockets: nothing is listened on or connected to.
         self.listen_at = None;
         self.connect_at = None;

@@ -169,7 +169,11 @@ pub struct LocalSide {
 pub struct LocalRestart {
     /// How long the peer should keep our routes while we are away, seconds (≤ 4095).
     pub restart_time: u16,
-    /// R and F bits: we restarted and the data plane kept forwarding meanwhile.
+    /// R bit: we restarted (the first session after the restart only). The F bit is always
+    /// set: the pinned XDP maps keep forwarding whatever the agent or a session does, so the
+    /// forwarding state is preserved across every session reset, not only our restarts. A
+    /// peer that sees F clear deletes our routes at once (FRR does, after a connection
+    /// collision replaced the first session after a restart).
     pub restarted: bool,
 }
 
@@ -215,7 +219,7 @@ pub fn open(local: &LocalSide) -> Result<Bytes, EncodeError> {
                     families: vec![GracefulRestartFamily {
                         afi: Afi::Ipv4,
                         safi: Safi::Unicast,
-                        forwarding_preserved: gr.restarted,
+                        forwarding_preserved: true,
                     }],
                 });
             }
@@ -710,6 +714,21 @@ mod tests {
             Some(PeerRestart {
                 restart_time: 120,
                 restarted: true,
+                ipv4: true,
+                ipv4_preserved: true,
+            })
+        );
+        // Not restarted: R clear, F still set (the data plane forwards across any reset).
+        let Message::Open(o2) = decode_one(&open(&peer).expect("encodes")) else {
+            panic!("not an OPEN")
+        };
+        assert_eq!(
+            check_open(&o2, &restarted, 65001)
+                .expect("acceptable")
+                .peer_restart,
+            Some(PeerRestart {
+                restart_time: 90,
+                restarted: false,
                 ipv4: true,
                 ipv4_preserved: true,
             })

@@ -34,6 +34,20 @@ pub const MAP_DROPS: &str = "DROPS";
 /// `PerCpuArray<u64>` indexed by [`pass_reason`]: frames handed to the host or a control plane.
 pub const MAP_PASSES: &str = "PASSES";
 
+/// `Array<VifPolicy>` indexed by VIF id: MTU, source check and the control-path rate limit.
+/// A separate map, so that [`MAP_VIF_TABLE`] keeps its layout across upgrades; an all-zero
+/// entry (what a new map holds until the agent writes it) checks and limits nothing.
+pub const MAP_VIF_POLICY: &str = "VIF_POLICY";
+/// `PerCpuArray<ControlBuckets>` indexed by VIF id: the state of each VIF's control-path
+/// token buckets on each CPU.
+pub const MAP_CONTROL_BUCKETS: &str = "CONTROL_BUCKETS";
+/// `PerCpuArray<VifDrops>` indexed by VIF id: drops a single VIF causes (rate limit, source
+/// check, too big), so an operator can see which customer it is.
+pub const MAP_VIF_DROPS: &str = "VIF_DROPS";
+/// `PerCpuArray<u64>` of one entry: the ICMP token bucket (the time the next ICMP error may
+/// be sent, ns) of each CPU.
+pub const MAP_ICMP_BUCKET: &str = "ICMP_BUCKET";
+
 /// `Array<u32>` of one entry: the VIF whose frames are copied to [`MAP_CAPTURE_RING`]
 /// (`forwarder capture`), 0 when no capture runs. One array read per frame otherwise.
 pub const MAP_CAPTURE: &str = "CAPTURE";
@@ -54,6 +68,20 @@ pub const MAX_ROUTES: u32 = 1_048_576;
 pub const MAX_PORTS: u32 = 1_024;
 /// Members of one next-hop group (ECMP by flow hash).
 pub const MAX_GROUP_MEMBERS: usize = 8;
+/// Slots of [`MAP_DROPS`] and [`MAP_PASSES`]: more than there are reasons, so that a new
+/// reason does not change a pinned map's size (an upgrade adopts the old map).
+pub const DROP_SLOTS: u32 = 64;
+pub const PASS_SLOTS: u32 = 16;
+
+/// MTU of a VIF when the config names none, and the largest one allowed (AWS's jumbo MTU for
+/// private VIFs).
+pub const DEFAULT_VIF_MTU: u16 = 1500;
+pub const MAX_VIF_MTU: u16 = 9001;
+
+/// ICMP errors the data plane sends (fragmentation needed), per CPU: one every
+/// `ICMP_INTERVAL_NS`, at most `ICMP_BURST` at once. The kernel's default is 1000/s, burst 50.
+pub const ICMP_INTERVAL_NS: u64 = 1_000_000;
+pub const ICMP_BURST: u64 = 50;
 
 /// Where every program's maps are pinned (maps/) and its links (links/), so that forwarding
 /// survives the agent and a new agent re-adopts the state.
@@ -105,6 +133,61 @@ pub struct Vif {
     pub vlan: u16,
     /// Source MAC toward the customer (the MAC the customer resolves the cloud address to).
     pub mac: [u8; 6],
+}
+
+/// Bits of [`VifPolicy::flags`].
+pub mod vif_flags {
+    /// Unicast RPF: a data packet from the customer whose source is not routed back to this
+    /// VIF (by a static or BGP route of its border gateway) is dropped.
+    pub const SOURCE_CHECK: u16 = 1;
+}
+
+/// Classes of control-path traffic, each with its own token bucket per VIF, so that a flood
+/// of one class does not starve the others: BGP (TCP port 179 to or from the cloud address),
+/// ARP, and everything else (broadcast, multicast, ICMP and other traffic to the cloud
+/// address).
+pub mod control_class {
+    pub const BGP: usize = 0;
+    pub const ARP: usize = 1;
+    pub const OTHER: usize = 2;
+    pub const COUNT: usize = 3;
+}
+
+/// Value of [`MAP_VIF_POLICY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VifPolicy {
+    /// Largest IPv4 packet sent toward the customer (total length); 0 = not checked.
+    pub mtu: u16,
+    /// [`vif_flags`].
+    pub flags: u16,
+    /// Control path: nanoseconds per frame of each class on each CPU; 0 = unlimited.
+    pub control_interval_ns: u32,
+    /// Control path: depth of each bucket, in nanoseconds (burst × interval).
+    pub control_burst_ns: u64,
+}
+
+/// Value of [`MAP_CONTROL_BUCKETS`], per CPU: for each [`control_class`], the time before
+/// which the bucket is empty (a virtual clock: a frame passes when `now >= next − burst` and
+/// moves it one interval on).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControlBuckets {
+    pub next_ns: [u64; control_class::COUNT],
+    pub _pad: u64,
+}
+
+/// Value of [`MAP_VIF_DROPS`], per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VifDrops {
+    /// Control frames over the VIF's rate limit.
+    pub control_limited: u64,
+    /// Data packets failing the source check.
+    pub source_check: u64,
+    /// Packets too big for the path (an ICMP error went back, or the packet was dropped).
+    pub too_big: u64,
+    pub _reserved: u64,
 }
 
 /// Value of [`MAP_ATTACHMENTS`]: everything the encapsulation needs that does not change per
@@ -233,6 +316,10 @@ const _: () = assert!(size_of::<RouteKey>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 48);
 const _: () = assert!(size_of::<TrafficCounters>() == 32);
 const _: () = assert!(size_of::<PacketCounter>() == 16);
+const _: () = assert!(size_of::<VifPolicy>() == 16);
+const _: () = assert!(size_of::<ControlBuckets>() == 32);
+const _: () = assert!(size_of::<VifDrops>() == 32);
+const _: () = assert!(drop_reason::COUNT <= DROP_SLOTS && pass_reason::COUNT <= PASS_SLOTS);
 
 // ---------------------------------------------------------------------------------------------
 // Counter indices.
@@ -251,7 +338,9 @@ pub mod drop_reason {
     pub const NO_ROUTE: u32 = 4;
     /// TTL ≤ 1.
     pub const TTL: u32 = 5;
-    /// Encapsulated frame would exceed the underlay MTU.
+    /// Too big for the next link (underlay MTU − 50 toward the VPC, the VIF's MTU toward
+    /// the customer) and not answered with an ICMP error: DF clear (the data plane does not
+    /// fragment), or the ICMP rate limit reached.
     pub const MTU: u32 = 6;
     /// Truncated or inconsistent headers.
     pub const MALFORMED: u32 = 7;
@@ -269,7 +358,11 @@ pub mod drop_reason {
     pub const NO_TX_PORT: u32 = 13;
     /// The kernel FIB has no usable route to the remote VTEP.
     pub const UNDERLAY_UNREACHABLE: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// A control frame over its VIF's rate limit (counted per VIF too).
+    pub const CONTROL_LIMITED: u32 = 15;
+    /// A data packet whose source is not routed to the VIF it came from (`source_check`).
+    pub const SOURCE_CHECK: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Names as the CLI and metrics show them, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -288,6 +381,8 @@ pub mod drop_reason {
         "bad_next_hop",
         "no_tx_port",
         "underlay_unreachable",
+        "control_rate_limited",
+        "source_check",
     ];
 }
 
@@ -299,8 +394,12 @@ pub mod pass_reason {
     pub const CONTROL_IN: u32 = 1;
     /// Frame from a VIF's control plane, tagged and sent to the customer.
     pub const CONTROL_OUT: u32 = 2;
-    pub const COUNT: u32 = 3;
-    pub const NAMES: [&str; COUNT as usize] = ["host", "control_in", "control_out"];
+    /// A packet too big for the next link, answered with ICMP "fragmentation needed" (sent
+    /// back out of the port it came in on).
+    pub const ICMP_FRAG_NEEDED: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] =
+        ["host", "control_in", "control_out", "icmp_frag_needed"];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,6 +481,9 @@ mod pod {
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::PacketCounter {}
     unsafe impl aya::Pod for super::CaptureRecord {}
+    unsafe impl aya::Pod for super::VifPolicy {}
+    unsafe impl aya::Pod for super::ControlBuckets {}
+    unsafe impl aya::Pod for super::VifDrops {}
 }
 
 #[cfg(test)]

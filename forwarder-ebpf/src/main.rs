@@ -12,6 +12,8 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 mod capture;
+mod icmp;
+mod limit;
 mod maps;
 mod parse;
 mod route;
@@ -46,6 +48,8 @@ pub enum Drop {
     BadNextHop = drop_reason::BAD_NEXT_HOP,
     NoTxPort = drop_reason::NO_TX_PORT,
     UnderlayUnreachable = drop_reason::UNDERLAY_UNREACHABLE,
+    ControlLimited = drop_reason::CONTROL_LIMITED,
+    SourceCheck = drop_reason::SOURCE_CHECK,
 }
 
 #[inline(always)]
@@ -67,17 +71,19 @@ fn redirect(ifindex: u32) -> Result<u32, Drop> {
         .map_err(|_| Drop::NoTxPort)
 }
 
-#[xdp]
+// Every forwarding program accepts multi-buffer frames (`xdp.frags`): a port whose MTU
+// needs more than one page (jumbo frames) can only have such a program attached.
+#[xdp(frags)]
 pub fn xdp_customer(ctx: XdpContext) -> u32 {
     finish(vlan::try_customer(&ctx))
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdp_underlay(ctx: XdpContext) -> u32 {
     finish(vxlan::try_underlay(&ctx))
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdp_control(ctx: XdpContext) -> u32 {
     finish(vlan::try_control(&ctx))
 }

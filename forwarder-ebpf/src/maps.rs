@@ -8,8 +8,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use forwarder_common::{
-    Attachment, CAPTURE_RING_BYTES, MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES,
-    MAX_VIFS, NextHop, RouteKey, TrafficCounters, Vif, VifKey, VtepKey, drop_reason, pass_reason,
+    Attachment, CAPTURE_RING_BYTES, ControlBuckets, DROP_SLOTS, MAX_ATTACHMENTS, MAX_NEXT_HOPS,
+    MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, PASS_SLOTS, RouteKey, TrafficCounters, Vif, VifDrops,
+    VifKey, VifPolicy, VtepKey,
 };
 
 #[map(name = "VIFS")]
@@ -45,10 +46,23 @@ pub static ATTACHMENT_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_ATTACHMENTS, 0);
 
 #[map(name = "DROPS")]
-pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
 
 #[map(name = "PASSES")]
-pub static PASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(pass_reason::COUNT, 0);
+pub static PASSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(PASS_SLOTS, 0);
+
+#[map(name = "VIF_POLICY")]
+pub static VIF_POLICY: Array<VifPolicy> = Array::with_max_entries(MAX_VIFS, 0);
+
+#[map(name = "CONTROL_BUCKETS")]
+pub static CONTROL_BUCKETS: PerCpuArray<ControlBuckets> =
+    PerCpuArray::with_max_entries(MAX_VIFS, 0);
+
+#[map(name = "VIF_DROPS")]
+pub static VIF_DROPS: PerCpuArray<VifDrops> = PerCpuArray::with_max_entries(MAX_VIFS, 0);
+
+#[map(name = "ICMP_BUCKET")]
+pub static ICMP_BUCKET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "CAPTURE")]
 pub static CAPTURE: Array<u32> = Array::with_max_entries(1, 0);

@@ -1,7 +1,7 @@
 //! Bounds-checked header access. The verifier needs an explicit `data_end` comparison before
 //! each access; every read or write of packet memory goes through [`ptr_at`] / [`ptr_at_mut`].
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 
 use crate::Drop;
 
@@ -11,6 +11,7 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -61,14 +62,18 @@ pub fn write<T: Copy>(ctx: &XdpContext, offset: usize, value: T) -> Result<(), D
     Ok(())
 }
 
+/// The whole frame's length, its fragments included (XDP multi-buffer: a jumbo frame's
+/// headers are in the linear part `data..data_end`, the rest in fragments).
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
+    // SAFETY: ctx is the program's context.
+    unsafe { bpf_xdp_get_buff_len(ctx.as_ptr().cast()) }
 }
 
 /// What the forwarding decision needs from an IPv4 header that passed [`check_ipv4`].
 #[derive(Clone, Copy)]
 pub struct Ipv4Info {
+    pub src: [u8; 4],
     pub dst: [u8; 4],
     pub tot_len: u16,
     pub ttl: u8,
@@ -88,7 +93,7 @@ pub fn check_ipv4(ctx: &XdpContext, off: usize) -> Result<Ipv4Info, Drop> {
     if ihl < 20 || usize::from(tot_len) < ihl {
         return Err(Drop::Malformed);
     }
-    if ctx.data() + off + usize::from(tot_len) > ctx.data_end() {
+    if (off + usize::from(tot_len)) as u64 > frame_len(ctx) {
         return Err(Drop::Malformed);
     }
     let frag = u16::from_be_bytes(ip.frag_off) & 0x3fff; // MF + offset
@@ -108,6 +113,7 @@ pub fn check_ipv4(ctx: &XdpContext, off: usize) -> Result<Ipv4Info, Drop> {
         dport,
     );
     Ok(Ipv4Info {
+        src: ip.src,
         dst: ip.dst,
         tot_len,
         ttl: ip.ttl,

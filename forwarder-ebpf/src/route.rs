@@ -42,3 +42,35 @@ pub fn lookup(gateway_id: u32, dst: [u8; 4], hash: u32) -> Result<Resolved, Drop
         _ => Err(Drop::BadNextHop),
     }
 }
+
+/// Unicast RPF: is `src` routed (in `gateway_id`'s table) to VIF `vif`, directly or through
+/// a group with a member on it?
+#[inline(always)]
+pub fn reaches_vif(gateway_id: u32, src: [u8; 4], vif: u32) -> bool {
+    let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, src));
+    let Some(id) = ROUTES.get(&key) else {
+        return false;
+    };
+    let Some(nh) = NEXT_HOPS.get(*id) else {
+        return false;
+    };
+    match nh.kind {
+        next_hop_kind::VIF => nh.target == vif,
+        next_hop_kind::GROUP => {
+            let count = usize::from(nh.member_count);
+            let mut i = 0;
+            while i < nh.members.len() {
+                if i < count
+                    && let Some(m) = NEXT_HOPS.get(nh.members[i])
+                    && m.kind == next_hop_kind::VIF
+                    && m.target == vif
+                {
+                    return true;
+                }
+                i += 1;
+            }
+            false
+        }
+        _ => false,
+    }
+}

@@ -2,7 +2,7 @@
 
 use forwarder_common::TrafficCounters;
 
-use crate::maps::{ATTACHMENT_STATS, DROPS, PASSES, VIF_STATS};
+use crate::maps::{ATTACHMENT_STATS, DROPS, PASSES, VIF_DROPS, VIF_STATS};
 
 #[inline(always)]
 fn bump(slot: Option<*mut u64>) {
@@ -56,4 +56,26 @@ pub fn attachment_rx(attachment: u32, bytes: u64) {
 #[inline(always)]
 pub fn attachment_tx(attachment: u32, bytes: u64) {
     traffic(ATTACHMENT_STATS.get_ptr_mut(attachment), false, bytes);
+}
+
+/// Per-VIF drop counters (which customer it is).
+#[derive(Clone, Copy)]
+pub enum VifDrop {
+    ControlLimited,
+    SourceCheck,
+    TooBig,
+}
+
+#[inline(always)]
+pub fn vif_drop(vif: u32, what: VifDrop) {
+    if let Some(c) = VIF_DROPS.get_ptr_mut(vif) {
+        // SAFETY: as in `bump`.
+        unsafe {
+            match what {
+                VifDrop::ControlLimited => (*c).control_limited += 1,
+                VifDrop::SourceCheck => (*c).source_check += 1,
+                VifDrop::TooBig => (*c).too_big += 1,
+            }
+        }
+    }
 }

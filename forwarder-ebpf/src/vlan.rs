@@ -2,18 +2,28 @@
 //! frames to the VIF's control plane, data to routing), hairpin between VIFs, and tagging of
 //! frames that leave a VIF's control plane.
 
-use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
-use forwarder_common::{Vif, VifKey, capture_direction, next_hop_kind, pass_reason, vif_state};
+use aya_ebpf::{
+    EbpfContext as _, bindings::xdp_action::XDP_TX, helpers::generated::bpf_xdp_adjust_head,
+    programs::XdpContext,
+};
+use forwarder_common::{
+    Vif, VifKey, VifPolicy, capture_direction, control_class, next_hop_kind, pass_reason,
+    vif_flags, vif_state,
+};
 
 use crate::{
-    Drop, capture,
-    maps::{CONTROL_PORTS, VIF_TABLE, VIFS},
+    Drop, capture, icmp, limit,
+    maps::{CONTROL_PORTS, VIF_POLICY, VIF_TABLE, VIFS},
     parse::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, VLAN_HLEN, check_ipv4,
-        decrement_ttl, frame_len, read, write,
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, IPPROTO_TCP, VLAN_HLEN,
+        check_ipv4, decrement_ttl, frame_len, read, write,
     },
-    redirect, route, stats, vxlan,
+    redirect, route,
+    stats::{self, VifDrop},
+    vxlan,
 };
+
+const BGP_PORT: u16 = 179;
 
 /// Offset of the IPv4 header in a tagged frame.
 const TAGGED_L3: usize = ETH_HLEN + VLAN_HLEN;
@@ -46,8 +56,9 @@ pub fn try_customer(ctx: &XdpContext) -> Result<u32, Drop> {
     let control = inner_type == ETH_P_ARP
         || dst_mac[0] & 1 == 1
         || (inner_type == ETH_P_IP && is_cloud_address(&vif, read(ctx, TAGGED_L3 + 16)?));
+    let policy: VifPolicy = VIF_POLICY.get(vif_id).copied().unwrap_or_default();
     if control {
-        return to_control_plane(ctx, &vif);
+        return to_control_plane(ctx, vif_id, &vif, &policy, inner_type);
     }
     if vif.state != vif_state::AVAILABLE {
         return Err(Drop::VifDown);
@@ -59,12 +70,33 @@ pub fn try_customer(ctx: &XdpContext) -> Result<u32, Drop> {
     if ip.ttl <= 1 {
         return Err(Drop::Ttl);
     }
+    if policy.flags & vif_flags::SOURCE_CHECK != 0
+        && !route::reaches_vif(vif.gateway_id, ip.src, vif_id)
+    {
+        stats::vif_drop(vif_id, VifDrop::SourceCheck);
+        return Err(Drop::SourceCheck);
+    }
     let nh = route::lookup(vif.gateway_id, ip.dst, ip.hash)?;
     if nh.kind == next_hop_kind::ATTACHMENT {
-        vxlan::encap(ctx, nh.target, &ip, vif.mac)
+        vxlan::encap(ctx, nh.target, &ip, vif_id, &vif)
     } else {
-        hairpin(ctx, tci, nh)
+        hairpin(ctx, tci, &ip, vif_id, &vif, nh)
     }
+}
+
+/// The packet is too big for where it goes next: ICMP fragmentation needed back to the
+/// customer on VIF `vif_id` (out of the port it came in on, with its tag), or a drop.
+#[inline(always)]
+pub fn too_big(ctx: &XdpContext, vif_id: u32, vif: &Vif, mtu: u16) -> Result<u32, Drop> {
+    stats::vif_drop(vif_id, VifDrop::TooBig);
+    let src_mac: [u8; 6] = read(ctx, 6)?;
+    icmp::frag_needed(ctx, TAGGED_L3, mtu, vif.cloud_addrs[0])?;
+    write(ctx, 0, src_mac)?;
+    write(ctx, 6, vif.mac)?;
+    stats::pass(pass_reason::ICMP_FRAG_NEEDED);
+    stats::vif_tx(vif_id, frame_len(ctx));
+    capture::frame(ctx, vif_id, capture_direction::TO_CUSTOMER);
+    Ok(XDP_TX)
 }
 
 #[inline(always)]
@@ -72,14 +104,28 @@ fn is_cloud_address(vif: &Vif, dst: [u8; 4]) -> bool {
     dst != [0; 4] && (dst == vif.cloud_addrs[0] || dst == vif.cloud_addrs[1])
 }
 
-/// Strips the tag and hands the frame to the VIF's control veth.
+/// Strips the tag and hands the frame to the VIF's control veth, within the VIF's rate
+/// limit for the frame's class.
 #[inline(always)]
-fn to_control_plane(ctx: &XdpContext, vif: &Vif) -> Result<u32, Drop> {
+fn to_control_plane(
+    ctx: &XdpContext,
+    vif_id: u32,
+    vif: &Vif,
+    policy: &VifPolicy,
+    inner_type: u16,
+) -> Result<u32, Drop> {
     if vif.state == vif_state::DELETING {
         return Err(Drop::VifDown);
     }
     if vif.control_ifindex == 0 {
         return Err(Drop::NoControlPlane);
+    }
+    if policy.control_interval_ns != 0 {
+        let class = control_class_of(ctx, inner_type);
+        if !limit::control(vif_id, policy, class) {
+            stats::vif_drop(vif_id, VifDrop::ControlLimited);
+            return Err(Drop::ControlLimited);
+        }
     }
     let macs: [u8; 12] = read(ctx, 0)?;
     // SAFETY: shrinking the head by 4 bytes of a frame checked to be at least 18 bytes long.
@@ -88,13 +134,47 @@ fn to_control_plane(ctx: &XdpContext, vif: &Vif) -> Result<u32, Drop> {
     }
     // The inner ethertype already sits at offset 12 of the shortened frame.
     write(ctx, 0, macs)?;
+    let action = redirect(vif.control_ifindex)?;
     stats::pass(pass_reason::CONTROL_IN);
-    redirect(vif.control_ifindex)
+    Ok(action)
+}
+
+/// Which control class a frame for the control plane belongs to (BGP: TCP port 179 either
+/// way; the frame was classified as control, so its destination is the cloud address or a
+/// group address).
+#[inline(always)]
+fn control_class_of(ctx: &XdpContext, inner_type: u16) -> usize {
+    if inner_type == ETH_P_ARP {
+        return control_class::ARP;
+    }
+    if inner_type == ETH_P_IP
+        && let Ok(ip) = read::<[u8; 10]>(ctx, TAGGED_L3)
+        && ip[9] == IPPROTO_TCP
+    {
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        if let Ok(ports) = read::<[u8; 4]>(ctx, TAGGED_L3 + ihl) {
+            let (sport, dport) = (
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
+            );
+            if sport == BGP_PORT || dport == BGP_PORT {
+                return control_class::BGP;
+            }
+        }
+    }
+    control_class::OTHER
 }
 
 /// VIF to VIF within one border gateway: rewrite MACs and VLAN id, keep the priority bits.
 #[inline(always)]
-fn hairpin(ctx: &XdpContext, tci: u16, nh: route::Resolved) -> Result<u32, Drop> {
+fn hairpin(
+    ctx: &XdpContext,
+    tci: u16,
+    ip: &crate::parse::Ipv4Info,
+    from_id: u32,
+    from: &Vif,
+    nh: route::Resolved,
+) -> Result<u32, Drop> {
     let target: Vif = *VIF_TABLE.get(nh.target).ok_or(Drop::BadNextHop)?;
     if target.state != vif_state::AVAILABLE {
         return Err(Drop::VifDown);
@@ -102,13 +182,21 @@ fn hairpin(ctx: &XdpContext, tci: u16, nh: route::Resolved) -> Result<u32, Drop>
     if nh.mac == [0; 6] {
         return Err(Drop::NoNeighbour);
     }
+    if let Some(p) = VIF_POLICY.get(nh.target)
+        && p.mtu != 0
+        && ip.tot_len > p.mtu
+    {
+        let mtu = p.mtu;
+        return too_big(ctx, from_id, from, mtu);
+    }
     decrement_ttl(ctx, TAGGED_L3)?;
     write(ctx, 0, nh.mac)?;
     write(ctx, 6, target.mac)?;
     write(ctx, ETH_HLEN, ((tci & 0xf000) | target.vlan).to_be_bytes())?;
+    let action = redirect(target.port_ifindex)?;
     stats::vif_tx(nh.target, frame_len(ctx));
     capture::frame(ctx, nh.target, capture_direction::TO_CUSTOMER);
-    redirect(target.port_ifindex)
+    Ok(action)
 }
 
 /// XDP on the host end of a VIF's control veth: tag what the control plane sends and put it on
@@ -131,8 +219,9 @@ pub fn try_control(ctx: &XdpContext) -> Result<u32, Drop> {
     write(ctx, 0, macs)?;
     write(ctx, 12, ETH_P_8021Q.to_be_bytes())?;
     write(ctx, ETH_HLEN, vif.vlan.to_be_bytes())?;
+    let action = redirect(vif.port_ifindex)?;
     stats::pass(pass_reason::CONTROL_OUT);
     stats::vif_tx(vif_id, frame_len(ctx));
     capture::frame(ctx, vif_id, capture_direction::TO_CUSTOMER);
-    redirect(vif.port_ifindex)
+    Ok(action)
 }

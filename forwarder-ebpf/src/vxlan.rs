@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::bpf_fib_lookup,
+    bindings::{bpf_fib_lookup, xdp_action::XDP_TX},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
@@ -13,13 +13,14 @@ use forwarder_common::{
 };
 
 use crate::{
-    Drop, capture,
-    maps::{ATTACHMENTS, VIF_TABLE, VTEPS},
+    Drop, capture, icmp,
+    maps::{ATTACHMENTS, VIF_POLICY, VIF_TABLE, VTEPS},
     parse::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, Ipv4Hdr, Ipv4Info, VLAN_HLEN, check_ipv4,
         decrement_ttl, frame_len, read, write,
     },
-    redirect, route, stats,
+    redirect, route,
+    stats::{self, VifDrop},
 };
 
 const AF_INET: u8 = 2;
@@ -43,8 +44,10 @@ pub fn encap(
     ctx: &XdpContext,
     att_id: u32,
     ip: &Ipv4Info,
-    inner_src: [u8; 6],
+    vif_id: u32,
+    vif: &Vif,
 ) -> Result<u32, Drop> {
+    let inner_src = vif.mac;
     let att: Attachment = *ATTACHMENTS.get(att_id).ok_or(Drop::BadNextHop)?;
     if att.state == 0 {
         return Err(Drop::BadNextHop);
@@ -72,7 +75,12 @@ pub fn encap(
     match rc {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Drop::NoNeighbour),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Drop::Mtu),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            // SAFETY: on FRAG_NEEDED the kernel wrote the path MTU into the union.
+            let path_mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+            let mtu = path_mtu.saturating_sub(VXLAN_OVERHEAD as u16);
+            return crate::vlan::too_big(ctx, vif_id, vif, mtu);
+        }
         _ => return Err(Drop::UnderlayUnreachable),
     }
 
@@ -123,8 +131,9 @@ pub fn encap(
     write(ctx, INNER_ETH + 6, inner_src)?;
     write(ctx, INNER_ETH + 12, ETH_P_IP.to_be_bytes())?;
 
+    let action = redirect(fib.ifindex)?;
     stats::attachment_tx(att_id, frame_len(ctx));
-    redirect(fib.ifindex)
+    Ok(action)
 }
 
 /// XDP on the underlay port: VXLAN from a configured attachment is decapsulated and routed
@@ -187,6 +196,14 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
     if nh.mac == [0; 6] {
         return Err(Drop::NoNeighbour);
     }
+    if let Some(p) = VIF_POLICY.get(nh.target)
+        && p.mtu != 0
+        && ip.tot_len > p.mtu
+    {
+        let mtu = p.mtu;
+        stats::vif_drop(nh.target, VifDrop::TooBig);
+        return frag_needed_to_vpc(ctx, att_id, &att, &vif, mtu);
+    }
     decrement_ttl(ctx, INNER_IP)?;
     // SAFETY: shrinking the head of a frame checked to hold every header removed.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), GROW) } != 0 {
@@ -198,7 +215,90 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
     let tci = vif.vlan.to_be_bytes();
     let ipt = ETH_P_IP.to_be_bytes();
     write(ctx, 12, [tpid[0], tpid[1], tci[0], tci[1], ipt[0], ipt[1]])?;
+    let action = redirect(vif.port_ifindex)?;
     stats::vif_tx(nh.target, frame_len(ctx));
     capture::frame(ctx, nh.target, capture_direction::TO_CUSTOMER);
-    redirect(vif.port_ifindex)
+    Ok(action)
+}
+
+/// A decapsulated packet too big for VIF `vif`: ICMP fragmentation needed, from the VIF's
+/// cloud address, back to its sender in the VPC through the same tunnel (outer addresses,
+/// MACs and the inner MACs swapped, the VNI kept), out of the underlay port it came in on.
+#[inline(always)]
+fn frag_needed_to_vpc(
+    ctx: &XdpContext,
+    att_id: u32,
+    att: &Attachment,
+    vif: &Vif,
+    mtu: u16,
+) -> Result<u32, Drop> {
+    let outer_macs: [u8; 12] = read(ctx, 0)?;
+    let inner_macs: [u8; 12] = read(ctx, INNER_ETH)?;
+    let sport: [u8; 2] = read(ctx, OUTER_UDP)?;
+    let inner_len = icmp::frag_needed(ctx, INNER_IP, mtu, vif.cloud_addrs[0])?;
+    let outer_len = inner_len + VXLAN_OVERHEAD as u16;
+    write(
+        ctx,
+        0,
+        [
+            outer_macs[6],
+            outer_macs[7],
+            outer_macs[8],
+            outer_macs[9],
+            outer_macs[10],
+            outer_macs[11],
+            outer_macs[0],
+            outer_macs[1],
+            outer_macs[2],
+            outer_macs[3],
+            outer_macs[4],
+            outer_macs[5],
+        ],
+    )?;
+    write(
+        ctx,
+        OUTER_IP,
+        Ipv4Hdr {
+            ver_ihl: 0x45,
+            tos: 0,
+            tot_len: outer_len.to_be_bytes(),
+            id: [0, 0],
+            frag_off: [0x40, 0],
+            ttl: OUTER_TTL,
+            proto: IPPROTO_UDP,
+            check: finish_ipv4_csum(att.ip_csum_partial, outer_len).to_be_bytes(),
+            src: att.local_vtep,
+            dst: att.remote_vtep,
+        },
+    )?;
+    let dport = VXLAN_PORT.to_be_bytes();
+    let udp_len = (outer_len - 20).to_be_bytes();
+    write(
+        ctx,
+        OUTER_UDP,
+        [
+            sport[0], sport[1], dport[0], dport[1], udp_len[0], udp_len[1], 0, 0,
+        ],
+    )?;
+    write(
+        ctx,
+        INNER_ETH,
+        [
+            inner_macs[6],
+            inner_macs[7],
+            inner_macs[8],
+            inner_macs[9],
+            inner_macs[10],
+            inner_macs[11],
+            inner_macs[0],
+            inner_macs[1],
+            inner_macs[2],
+            inner_macs[3],
+            inner_macs[4],
+            inner_macs[5],
+        ],
+    )?;
+    stats::pass(pass_reason::ICMP_FRAG_NEEDED);
+    stats::attachment_tx(att_id, frame_len(ctx));
+    Ok(XDP_TX)
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use aya::programs::XdpMode;
-use forwarder_common::{Attachment, MAP_NEXT_HOPS, MAP_ROUTES, Vif, VifKey, VtepKey};
+use forwarder_common::{Attachment, MAP_NEXT_HOPS, MAP_ROUTES, Vif, VifKey, VifPolicy, VtepKey};
 use ipnet::Ipv4Net;
 
 use crate::{
@@ -145,6 +145,8 @@ struct Programmed {
     /// Groups listing each next hop.
     member_refs: HashMap<u32, u32>,
     vifs: BTreeMap<u32, Vif>,
+    /// Non-default policy slots.
+    policies: BTreeMap<u32, VifPolicy>,
     vif_keys: Keys<VifKey>,
     /// Control ports (ifindex) of each VIF.
     control_ports: Keys<u32>,
@@ -203,6 +205,7 @@ impl Apply {
             }
         }
         p.vifs = dp.vif_entries()?.into_iter().collect();
+        p.policies = dp.vif_policies()?.into_iter().collect();
         p.vif_keys = Keys::load(dp.vif_keys()?);
         p.control_ports = Keys::load(dp.control_ports()?);
         p.attachments = dp.attachment_entries()?.into_iter().collect();
@@ -373,6 +376,16 @@ impl Apply {
     /// port. Writes only what differs.
     pub fn set_vif(&mut self, spec: &VifSpec) -> Result<(), Error> {
         let p = &mut self.programmed;
+        let policy = spec.policy;
+        if p.policies.get(&spec.id).copied().unwrap_or_default() != policy {
+            // Before the slot: a VIF found is a VIF with its policy.
+            self.dp.set_vif_policy(spec.id, policy)?;
+            if policy == VifPolicy::default() {
+                p.policies.remove(&spec.id);
+            } else {
+                p.policies.insert(spec.id, policy);
+            }
+        }
         let entry = spec.entry();
         if p.vifs.get(&spec.id) != Some(&entry) {
             // Slot first: a key never points to a stale slot.
@@ -445,6 +458,9 @@ impl Apply {
         }
         if p.vifs.remove(&id).is_some() {
             self.dp.clear_vif(id)?;
+        }
+        if p.policies.remove(&id).is_some() {
+            self.dp.set_vif_policy(id, VifPolicy::default())?;
         }
         Ok(())
     }

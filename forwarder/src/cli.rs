@@ -674,8 +674,29 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
             if data["vifs"].as_array().is_some_and(|a| !a.is_empty()) {
                 out += "vifs:\n";
                 out += &table(
-                    &["NAME", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"],
-                    &rows(&data["vifs"], &counter_keys),
+                    &[
+                        "NAME",
+                        "RX PACKETS",
+                        "RX BYTES",
+                        "TX PACKETS",
+                        "TX BYTES",
+                        "CTL LIMITED",
+                        "SRC DROPPED",
+                        "TOO BIG",
+                    ],
+                    &rows(
+                        &data["vifs"],
+                        &[
+                            "name",
+                            "rx_packets",
+                            "rx_bytes",
+                            "tx_packets",
+                            "tx_bytes",
+                            "control_limited",
+                            "source_check_dropped",
+                            "too_big",
+                        ],
+                    ),
                 );
             }
             if data["attachments"]

@@ -52,6 +52,10 @@ pub const MAX_BGP_PASSWORD_LEN: usize = 80;
 pub const DEFAULT_MAX_PREFIXES: u32 = 4000;
 /// One interconnect pair per cloud router.
 pub const MAX_PEERS: usize = 2;
+/// The smallest MTU a VIF may have (every IPv4 link carries 68 bytes, RFC 791).
+pub const MIN_VIF_MTU: u16 = 68;
+/// Above this a control-path limit is no limit (1 µs per frame, per class, per CPU).
+pub const MAX_CONTROL_RATE_PPS: u32 = 1_000_000;
 /// Interconnect pairs are /30s.
 pub const INTERCONNECT_PREFIX_LEN: u8 = 30;
 /// Control namespace prefixes are short: the VIF name follows.
@@ -120,6 +124,12 @@ pub struct Agent {
     /// Where Prometheus scrapes `GET /metrics`, e.g. "127.0.0.1:9330" (in the agent's network
     /// namespace); none: no metrics endpoint.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What each VIF may send to its control plane (ARP, BGP, broadcast, multicast, traffic
+    /// to the cloud address): frames per second of each of three classes (BGP, ARP, the
+    /// rest), per CPU; 0 = unlimited. A `[[vif]]` may set its own.
+    pub control_rate_pps: u32,
+    /// How many control frames of a class may come at once (bucket depth).
+    pub control_burst: u32,
 }
 
 impl Default for Agent {
@@ -141,9 +151,15 @@ impl Default for Agent {
             control_group: None,
             route_capacity: forwarder_common::MAX_ROUTES,
             metrics_listen: None,
+            control_rate_pps: DEFAULT_CONTROL_RATE_PPS,
+            control_burst: DEFAULT_CONTROL_BURST,
         }
     }
 }
+
+/// Default control-path rate limit: frames per second per class per CPU, and burst.
+pub const DEFAULT_CONTROL_RATE_PPS: u32 = 1000;
+pub const DEFAULT_CONTROL_BURST: u32 = 200;
 
 /// How XDP programs are attached to the ports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -233,8 +249,28 @@ pub struct Vif {
     /// Accept a client router's hold time of 0 (no keepalives, a dead peer never noticed).
     #[serde(default)]
     pub allow_hold_time_zero: bool,
+    /// Largest IPv4 packet toward the customer (68 to 9001; default 1500). Bigger ones get
+    /// ICMP fragmentation needed (DF set) or are dropped. The connection port's MTU must be
+    /// at least this.
+    pub mtu: Option<u16>,
+    /// `"strict"`: packets from the customer whose source address is not routed back to
+    /// this VIF (unicast RPF over its static and BGP routes) are dropped. Default `"off"`.
+    #[serde(default)]
+    pub source_check: SourceCheck,
+    /// This VIF's own control-path rate limit (see `[agent] control_rate_pps`).
+    pub control_rate_pps: Option<u32>,
+    pub control_burst: Option<u32>,
     #[serde(default, rename = "peer")]
     pub peers: Vec<Peer>,
+}
+
+/// `source_check` of a `[[vif]]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceCheck {
+    #[default]
+    Off,
+    Strict,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -892,6 +928,20 @@ impl<'a> Validator<'a> {
                 "must be 0 or at least 3 seconds (RFC 4271)",
             );
         }
+        if agent.control_rate_pps != 0 && agent.control_burst == 0 {
+            self.problem(
+                SECTION,
+                "control_burst",
+                "must be at least 1 when control_rate_pps limits",
+            );
+        }
+        if agent.control_rate_pps > MAX_CONTROL_RATE_PPS {
+            let detail = format!(
+                "{} is above {MAX_CONTROL_RATE_PPS}; 0 turns the limit off",
+                agent.control_rate_pps
+            );
+            self.problem(SECTION, "control_rate_pps", detail);
+        }
         if agent.bgp_connect_retry == 0 {
             self.problem(SECTION, "bgp_connect_retry", "must be at least 1 second");
         }
@@ -1090,7 +1140,30 @@ impl<'a> Validator<'a> {
             }
 
             self.routing(section, vif);
+            self.vif_limits(section, vif);
             self.peers(section, vif, index, &sections, &mut subnets);
+        }
+    }
+
+    /// The data-plane settings of a VIF: MTU and control-path rate limit.
+    fn vif_limits(&mut self, section: &str, vif: &Vif) {
+        if let Some(mtu) = vif.mtu
+            && !(MIN_VIF_MTU..=forwarder_common::MAX_VIF_MTU).contains(&mtu)
+        {
+            let detail = format!(
+                "{mtu} is not {MIN_VIF_MTU} to {} (IPv4's minimum to AWS's jumbo MTU)",
+                forwarder_common::MAX_VIF_MTU
+            );
+            self.problem(section, "mtu", detail);
+        }
+        if let Some(rate) = vif.control_rate_pps
+            && rate > MAX_CONTROL_RATE_PPS
+        {
+            let detail = format!("{rate} is above {MAX_CONTROL_RATE_PPS}; 0 turns the limit off");
+            self.problem(section, "control_rate_pps", detail);
+        }
+        if vif.control_burst == Some(0) {
+            self.problem(section, "control_burst", "must be at least 1");
         }
     }
 
@@ -1806,6 +1879,66 @@ via = "vif-200"
                 .replacen("\"192.168.100.2\"", "\"10.255.0.5\"", 1)
                 .replacen("\"192.168.100.1\"", "\"10.255.0.6\"", 1),
         );
+    }
+
+    // --- Data-plane settings of a VIF
+
+    #[test]
+    fn vif_mtu_range() {
+        rejected(
+            &edit("max_prefixes = 100", "max_prefixes = 100\nmtu = 9002"),
+            r#"forwarder.toml: vif "vif-100": mtu 9002 is not 68 to 9001 (IPv4's minimum to AWS's jumbo MTU)"#,
+        );
+        rejected_with(
+            &edit("max_prefixes = 100", "max_prefixes = 100\nmtu = 67"),
+            &["vif \"vif-100\"", "mtu 67 is not 68 to 9001"],
+        );
+        let c = accepted(&edit(
+            "max_prefixes = 100",
+            "max_prefixes = 100\nmtu = 9001",
+        ));
+        assert_eq!(c.vifs[0].mtu, Some(9001));
+    }
+
+    #[test]
+    fn source_check_values() {
+        let c = accepted(&edit(
+            "max_prefixes = 100",
+            "max_prefixes = 100\nsource_check = \"strict\"",
+        ));
+        assert_eq!(c.vifs[0].source_check, SourceCheck::Strict);
+        assert_eq!(c.vifs[1].source_check, SourceCheck::Off);
+        rejected_with(
+            &edit(
+                "max_prefixes = 100",
+                "max_prefixes = 100\nsource_check = \"loose\"",
+            ),
+            &["source_check", "loose"],
+        );
+    }
+
+    #[test]
+    fn control_rate_limits() {
+        rejected(
+            &edit(
+                "max_prefixes = 100",
+                "max_prefixes = 100\ncontrol_burst = 0",
+            ),
+            r#"forwarder.toml: vif "vif-100": control_burst must be at least 1"#,
+        );
+        rejected_with(
+            &edit(
+                "max_prefixes = 100",
+                "max_prefixes = 100\ncontrol_rate_pps = 2000000",
+            ),
+            &["control_rate_pps 2000000 is above 1000000"],
+        );
+        let c = accepted(&edit(
+            "max_prefixes = 100",
+            "max_prefixes = 100\ncontrol_rate_pps = 0",
+        ));
+        assert_eq!(c.vifs[0].control_rate_pps, Some(0));
+        assert_eq!(c.agent.control_rate_pps, DEFAULT_CONTROL_RATE_PPS);
     }
 
     // --- BGP settings

@@ -222,6 +222,20 @@ pub struct NamedCounters {
     pub name: String,
     #[serde(flatten)]
     pub counters: Counters,
+    /// A VIF's own drops (none for attachments).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub vif_drops: Option<VifDropCounters>,
+}
+
+/// Drops one VIF caused, summed over CPUs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VifDropCounters {
+    /// Control frames over the VIF's rate limit.
+    pub control_limited: u64,
+    /// Packets failing `source_check`.
+    pub source_check_dropped: u64,
+    /// Packets too big for the next link (answered with ICMP or dropped).
+    pub too_big: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -23,11 +23,13 @@ use aya::{
     },
 };
 use forwarder_common::{
-    Attachment, MAP_ATTACHMENT_STATS, MAP_ATTACHMENTS, MAP_CAPTURE, MAP_CAPTURE_RING,
-    MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES, MAP_ROUTES, MAP_TX_PORTS,
-    MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS, MAX_GROUP_MEMBERS, NextHop, PacketCounter,
-    RouteKey, TrafficCounters, VLAN_COUNTERS, VLAN_UNTAGGED_SLOT, Vif, VifKey, VtepKey,
-    drop_reason, next_hop_kind, outer_ipv4_partial_csum, pass_reason,
+    Attachment, ControlBuckets, DROP_SLOTS, MAP_ATTACHMENT_STATS, MAP_ATTACHMENTS, MAP_CAPTURE,
+    MAP_CAPTURE_RING, MAP_CONTROL_BUCKETS, MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES,
+    MAP_ROUTES, MAP_TX_PORTS, MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS, MAP_VIF_TABLE,
+    MAP_VIFS, MAP_VTEPS, MAX_ATTACHMENTS, MAX_GROUP_MEMBERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_VIFS,
+    NextHop, PASS_SLOTS, PacketCounter, RouteKey, TrafficCounters, VLAN_COUNTERS,
+    VLAN_UNTAGGED_SLOT, Vif, VifDrops, VifKey, VifPolicy, VtepKey, drop_reason, next_hop_kind,
+    outer_ipv4_partial_csum, pass_reason,
 };
 use ipnet::Ipv4Net;
 
@@ -39,7 +41,10 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Every map the agent pins and re-adopts (the capture flag too, so that a new agent turns
 /// off a capture a killed one left on).
-const PINNED_MAPS: [&str; 13] = [
+const PINNED_MAPS: [&str; 16] = [
+    MAP_VIF_POLICY,
+    MAP_CONTROL_BUCKETS,
+    MAP_VIF_DROPS,
     MAP_CAPTURE,
     MAP_VIFS,
     MAP_VIF_TABLE,
@@ -55,8 +60,65 @@ const PINNED_MAPS: [&str; 13] = [
     MAP_PASSES,
 ];
 
+/// What each pinned map must look like to be adopted: (name, key size, value size, entries;
+/// 0 = any). The kernel does not compare a pinned map with the program's definition, and
+/// aya adopts whatever the pin holds, so an upgrade that changed a map would run the new
+/// program on the old map.
+const MAP_SHAPES: [(&str, usize, usize, u32); 16] = [
+    (MAP_VIF_POLICY, 4, size_of::<VifPolicy>(), MAX_VIFS),
+    (
+        MAP_CONTROL_BUCKETS,
+        4,
+        size_of::<ControlBuckets>(),
+        MAX_VIFS,
+    ),
+    (MAP_VIF_DROPS, 4, size_of::<VifDrops>(), MAX_VIFS),
+    (MAP_CAPTURE, 4, 4, 1),
+    (MAP_VIFS, size_of::<VifKey>(), 4, MAX_VIFS),
+    (MAP_VIF_TABLE, 4, size_of::<Vif>(), MAX_VIFS),
+    (MAP_CONTROL_PORTS, 4, 4, MAX_VIFS),
+    (MAP_ATTACHMENTS, 4, size_of::<Attachment>(), MAX_ATTACHMENTS),
+    (MAP_VTEPS, size_of::<VtepKey>(), 4, MAX_ATTACHMENTS),
+    // The route map's size is the operator's (`max_routes`); its key is an LPM key.
+    (MAP_ROUTES, 4 + size_of::<RouteKey>(), 4, 0),
+    (MAP_NEXT_HOPS, 4, size_of::<NextHop>(), MAX_NEXT_HOPS),
+    // struct bpf_devmap_val: ifindex and a program fd.
+    (MAP_TX_PORTS, 4, 8, MAX_PORTS),
+    (MAP_VIF_STATS, 4, size_of::<TrafficCounters>(), MAX_VIFS),
+    (
+        MAP_ATTACHMENT_STATS,
+        4,
+        size_of::<TrafficCounters>(),
+        MAX_ATTACHMENTS,
+    ),
+    (MAP_DROPS, 4, 8, DROP_SLOTS),
+    (MAP_PASSES, 4, 8, PASS_SLOTS),
+];
+
+/// Maps that hold only counters or rate-limit state: one of another shape is replaced by a
+/// new, empty one (its counts start again from zero). Any other mismatch stops the load.
+const REPLACEABLE_MAPS: [&str; 7] = [
+    MAP_CONTROL_BUCKETS,
+    MAP_VIF_DROPS,
+    MAP_VIF_STATS,
+    MAP_ATTACHMENT_STATS,
+    MAP_DROPS,
+    MAP_PASSES,
+    MAP_CAPTURE,
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "the pinned map {path:?} is {found}, this build needs {wanted}: it was made by an \
+         incompatible version. Stop the agent, remove {path:?} (forwarding of what that map \
+         holds stops until the agent has written it again) and start the agent"
+    )]
+    MapShape {
+        path: PathBuf,
+        found: String,
+        wanted: String,
+    },
     #[error("loading the eBPF object (maps pinned under {pin_dir:?})")]
     Load {
         pin_dir: Option<PathBuf>,
@@ -155,6 +217,8 @@ pub struct VifSpec {
     pub cloud_addrs: [Option<Ipv4Addr>; 2],
     /// Source MAC toward the customer.
     pub mac: [u8; 6],
+    /// MTU, source check, control-path rate limit (all zero: none).
+    pub policy: VifPolicy,
 }
 
 impl VifSpec {
@@ -306,6 +370,7 @@ impl Dataplane {
             None => Vec::new(),
         };
         for (name, path) in &map_paths {
+            check_pinned_shape(name, path)?;
             loader.map_pin_path(name, path.as_path());
         }
         if let Some(max) = options.max_routes {
@@ -475,7 +540,8 @@ impl Dataplane {
 
     /// Creates or replaces a VIF: its table entry, its (port, VLAN) key, its control port.
     pub fn upsert_vif(&mut self, spec: &VifSpec) -> Result<(), Error> {
-        // Table entry first: the key never points to a stale entry.
+        // Policy and table entry first: the key never points to a stale entry.
+        self.set_vif_policy(spec.id, spec.policy)?;
         self.set_vif_slot(spec.id, spec.entry())?;
         self.set_vif_key(spec.key(), spec.id)?;
         if spec.control_ifindex != 0 {
@@ -491,6 +557,41 @@ impl Dataplane {
         self.array(MAP_VIF_TABLE)?
             .set(id, vif, 0)
             .map_err(map_err(MAP_VIF_TABLE))
+    }
+
+    /// Writes VIF `id`'s policy (MTU, source check, control-path rate limit).
+    pub fn set_vif_policy(&mut self, id: u32, policy: VifPolicy) -> Result<(), Error> {
+        check_id("VIF", id, MAX_VIFS)?;
+        self.array(MAP_VIF_POLICY)?
+            .set(id, policy, 0)
+            .map_err(map_err(MAP_VIF_POLICY))
+    }
+
+    /// Every non-empty VIF policy slot.
+    pub fn vif_policies(&self) -> Result<Vec<(u32, VifPolicy)>, Error> {
+        let map: Array<&MapData, VifPolicy> =
+            Array::try_from(self.map(MAP_VIF_POLICY)?).map_err(map_err(MAP_VIF_POLICY))?;
+        let mut out = Vec::new();
+        for (id, p) in map.iter().enumerate() {
+            let p = p.map_err(map_err(MAP_VIF_POLICY))?;
+            if p != VifPolicy::default() {
+                out.push((id as u32, p));
+            }
+        }
+        Ok(out)
+    }
+
+    /// VIF `id`'s own drop counters, summed over CPUs.
+    pub fn vif_drops(&self, id: u32) -> Result<VifDrops, Error> {
+        let map: PerCpuArray<&MapData, VifDrops> =
+            PerCpuArray::try_from(self.map(MAP_VIF_DROPS)?).map_err(map_err(MAP_VIF_DROPS))?;
+        let per_cpu = map.get(&id, 0).map_err(map_err(MAP_VIF_DROPS))?;
+        Ok(per_cpu.iter().fold(VifDrops::default(), |s, c| VifDrops {
+            control_limited: s.control_limited + c.control_limited,
+            source_check: s.source_check + c.source_check,
+            too_big: s.too_big + c.too_big,
+            _reserved: 0,
+        }))
     }
 
     /// Points a (port, VLAN) key at VIF `id`.
@@ -533,7 +634,8 @@ impl Dataplane {
         }
         self.array(MAP_VIF_TABLE)?
             .set(spec.id, Vif::default(), 0)
-            .map_err(map_err(MAP_VIF_TABLE))
+            .map_err(map_err(MAP_VIF_TABLE))?;
+        self.set_vif_policy(spec.id, VifPolicy::default())
     }
 
     /// Creates or replaces an attachment and its (VNI, remote VTEP) key.
@@ -909,6 +1011,48 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Checks that the map pinned at `path` (if any) has the shape this build's programs use;
+/// a counters-only map of another shape is unpinned, so that the loader makes a new one.
+fn check_pinned_shape(name: &str, path: &Path) -> Result<(), Error> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let Some(&(name, key, value, entries)) = MAP_SHAPES.iter().find(|s| s.0 == name) else {
+        return Ok(());
+    };
+    let info = aya::maps::MapInfo::from_pin(path).map_err(|source| Error::Map {
+        name,
+        source: Box::new(source),
+    })?;
+    let found = (
+        info.key_size() as usize,
+        info.value_size() as usize,
+        info.max_entries(),
+    );
+    if found.0 == key && found.1 == value && (entries == 0 || found.2 == entries) {
+        return Ok(());
+    }
+    let describe =
+        |(k, v, n): (usize, usize, u32)| format!("{k}-byte keys, {v}-byte values, {n} entries");
+    if REPLACEABLE_MAPS.contains(&name) {
+        tracing::warn!(
+            map = name,
+            found = %describe(found),
+            wanted = %describe((key, value, entries)),
+            "a pinned counters map of an older shape is replaced: its counts start from zero"
+        );
+        return fs::remove_file(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    Err(Error::MapShape {
+        path: path.to_owned(),
+        found: describe(found),
+        wanted: describe((key, value, entries)),
+    })
 }
 
 /// Replaces the program behind the pinned link at `path`. `false` if the link is defunct

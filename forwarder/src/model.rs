@@ -114,6 +114,26 @@ pub struct Model {
     vifs_by_gateway: HashMap<GatewayId, Vec<VifId>>,
 }
 
+impl Vif {
+    /// What the data plane enforces for this VIF: MTU, source check, control-path limit.
+    pub fn policy(&self, agent: &config::Agent) -> forwarder_common::VifPolicy {
+        let c = &self.config;
+        let rate = c.control_rate_pps.unwrap_or(agent.control_rate_pps);
+        let burst = c.control_burst.unwrap_or(agent.control_burst).max(1);
+        // 0 pps: unlimited (interval 0).
+        let interval = 1_000_000_000u32.checked_div(rate).map_or(0, |i| i.max(1));
+        forwarder_common::VifPolicy {
+            mtu: c.mtu.unwrap_or(forwarder_common::DEFAULT_VIF_MTU),
+            flags: match c.source_check {
+                config::SourceCheck::Off => 0,
+                config::SourceCheck::Strict => forwarder_common::vif_flags::SOURCE_CHECK,
+            },
+            control_interval_ns: interval,
+            control_burst_ns: u64::from(interval) * u64::from(burst),
+        }
+    }
+}
+
 impl Default for Model {
     fn default() -> Self {
         Self {

@@ -40,6 +40,7 @@ fn dataplane(gw: &NetNs, routes: u32) -> anyhow::Result<(Dataplane, u32, u32)> {
         control_ifindex: 0,
         cloud_addrs: [Some(Ipv4Addr::new(169, 254, 10, 1)), None],
         mac: [2, 0xf0, 0, 0, 0, 1],
+        policy: Default::default(),
     })?;
     dp.upsert_attachment(&AttachmentSpec {
         id: 1,

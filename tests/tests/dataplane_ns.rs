@@ -285,6 +285,7 @@ fn vif(
         control_ifindex: 0,
         cloud_addrs: [Some(cloud), None],
         mac,
+        policy: Default::default(),
     }
 }
 

@@ -81,6 +81,7 @@ fn pinned_state_survives_the_dataplane_and_is_readopted() -> anyhow::Result<()> 
             control_ifindex: 0,
             cloud_addrs: [Some(Ipv4Addr::new(169, 254, 10, 1)), None],
             mac: [2, 0, 0, 0, 0, 2],
+            policy: Default::default(),
         })?;
         dp.set_next_hop(1, &NextHopSpec::Attachment(1))?;
         dp.upsert_route(1, prefix, 1)?;

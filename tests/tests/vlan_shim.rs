@@ -596,6 +596,7 @@ fn idc_host_reaches_the_vpc_through_a_customer_router_on_vlan_100() -> Result<()
         control_ifindex: 0,
         cloud_addrs: [Some(Ipv4Addr::new(169, 254, 10, 1)), None],
         mac: VIF1_MAC,
+        policy: Default::default(),
     })?;
     dp.upsert_attachment(&AttachmentSpec {
         id: 1,

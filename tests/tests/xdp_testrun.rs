@@ -16,7 +16,8 @@ use forwarder::dataplane::{
     AttachmentSpec, Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec,
 };
 use forwarder_common::{
-    drop_reason, flow_hash, group_member, pass_reason, vif_state, vxlan_source_port,
+    VifPolicy, drop_reason, flow_hash, group_member, pass_reason, vif_flags, vif_state,
+    vxlan_source_port,
 };
 use forwarder_tests::{NetNs, veth};
 use ipnet::Ipv4Net;
@@ -49,6 +50,8 @@ const ECMP_MACS: [[u8; 6]; 4] = [
 const LOCAL_VTEP: [u8; 4] = [172, 31, 0, 1];
 const REMOTE_VTEP: [u8; 4] = [172, 31, 0, 2];
 const CLOUD_ADDR: [u8; 4] = [169, 254, 10, 1];
+const VIF2_MTU: u16 = 1000;
+const XDP_TX: u32 = 3;
 
 /// A loaded data plane with two border gateways, five VIFs and six attachments, and the
 /// namespace its programs run in.
@@ -163,12 +166,19 @@ impl Fixture {
                 control_ifindex: control,
                 cloud_addrs: [Some(Ipv4Addr::from(CLOUD_ADDR)), None],
                 mac: VIF_MAC[id as usize],
+                policy: Default::default(),
             };
         let (trunk, ctl) = (self.trunk, self.ctl);
         self.dp
             .upsert_vif(&vif(1, 100, 1, vif_state::AVAILABLE, ctl, trunk))?;
-        self.dp
-            .upsert_vif(&vif(2, 200, 1, vif_state::AVAILABLE, 0, trunk))?;
+        // VIF 2 has a smaller MTU than the links: too-big packets toward it.
+        self.dp.upsert_vif(&VifSpec {
+            policy: VifPolicy {
+                mtu: VIF2_MTU,
+                ..VifPolicy::default()
+            },
+            ..vif(2, 200, 1, vif_state::AVAILABLE, 0, trunk)
+        })?;
         self.dp
             .upsert_vif(&vif(3, 300, 2, vif_state::AVAILABLE, 0, trunk))?;
         self.dp
@@ -265,7 +275,8 @@ impl Fixture {
             .try_into()
             .expect("xdp");
         let ctx = xdp_md(frame.len(), ifindex);
-        let mut out = vec![0u8; 4096];
+        // Room for a jumbo frame and the head room it may grow by.
+        let mut out = vec![0u8; 16384];
         let prog = &*prog;
         let (action, len) = self
             .gw
@@ -738,8 +749,9 @@ fn every_drop_reason_is_counted() -> anyhow::Result<()> {
             &ipv4_udp(VPC_HOST, IDC_HOST, 1, 1, 2, b"x"),
         ))
     });
+    // Too big without DF: the data plane does not fragment.
     f.expect_drop(MTU, |f| {
-        f.customer(&from_vif(100, 1, &udp([10, 4, 0, 1], 64, 600)))
+        f.customer(&from_vif(100, 1, &without_df(&udp([10, 4, 0, 1], 64, 600))))
     });
     // The same path takes a packet that fits once encapsulated (528 + 50 ≤ 600).
     let (action, _) = f.customer(&from_vif(100, 1, &udp([10, 4, 0, 1], 64, 500)));
@@ -772,6 +784,26 @@ fn every_drop_reason_is_counted() -> anyhow::Result<()> {
     f.expect_drop(UNDERLAY_UNREACHABLE, |f| {
         f.customer(&from_vif(100, 1, &udp([10, 6, 0, 1], 64, 10)))
     });
+    f.dp.set_vif_policy(
+        1,
+        VifPolicy {
+            flags: vif_flags::SOURCE_CHECK,
+            control_interval_ns: 1_000_000_000,
+            control_burst_ns: 1_000_000_000,
+            ..VifPolicy::default()
+        },
+    )?;
+    f.expect_drop(SOURCE_CHECK, |f| {
+        f.customer(&from_vif(
+            100,
+            1,
+            &ipv4_udp([10, 99, 0, 1], VPC_HOST, 64, 1, 2, b"spoofed"),
+        ))
+    });
+    pin_to_one_cpu();
+    let arp = tagged([0xff; 6], CLIENT1, 100, 0x0806, &[0; 28]);
+    f.customer(&arp);
+    f.expect_drop(CONTROL_LIMITED, |f| f.customer(&arp));
 
     let drops = f.drops();
     for (i, name) in drop_reason::NAMES.iter().enumerate() {
@@ -1035,4 +1067,483 @@ fn check_redirect(underlay: bool, input: &[u8], out: &[u8], vni_of: impl Fn(u32)
         };
         assert_eq!(u16::from_be_bytes([out[14], out[15]]) & 0xfff, want);
     }
+}
+
+/// Keeps this test's thread (and the threads it starts) on CPU 0, so that per-CPU token
+/// buckets are the same bucket from one test run to the next.
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity(0, ..) act
+    // on the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+/// `packet` with DF cleared (and its checksum fixed).
+fn without_df(packet: &[u8]) -> Vec<u8> {
+    let (mut header, rest) = Ipv4Header::from_slice(packet).expect("ipv4 header");
+    header.dont_fragment = false;
+    header.header_checksum = header.calc_header_checksum();
+    let mut out = header.to_bytes().to_vec();
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The ICMP fragmentation-needed packet a router sends for `original`, built independently
+/// of the data plane: from `from`, TOS 0xc0, TTL 64, quoting the original header and 8 bytes.
+fn frag_needed(from: [u8; 4], original: &[u8], mtu: u16) -> Vec<u8> {
+    use etherparse::{Icmpv4Header, Icmpv4Type, Ipv4Dscp, icmpv4::DestUnreachableHeader};
+    let (orig, _) = Ipv4Header::from_slice(original).expect("original header");
+    let quote = &original[..orig.header_len() + 8];
+    let icmp = Icmpv4Header::with_checksum(
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: mtu,
+        }),
+        quote,
+    );
+    let mut ip = Ipv4Header::new(
+        (icmp.header_len() + quote.len()) as u16,
+        64,
+        IpNumber::ICMP,
+        from,
+        orig.source,
+    )
+    .expect("icmp header");
+    ip.dont_fragment = false;
+    ip.dscp = Ipv4Dscp::try_new(0x30).expect("dscp");
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = ip.to_bytes().to_vec();
+    out.extend(icmp.to_bytes());
+    out.extend_from_slice(quote);
+    out
+}
+
+/// Every counter the data plane keeps about one exchange, to compare before and after.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    drops: Vec<u64>,
+    passes: Vec<u64>,
+    vifs: Vec<(u64, u64, u64, u64, u64, u64, u64)>,
+    attachments: Vec<(u64, u64, u64, u64)>,
+}
+
+impl Fixture {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            drops: self.drops().to_vec(),
+            passes: self.dp.passes().expect("passes").to_vec(),
+            vifs: (1..=5)
+                .map(|id| {
+                    let c = self.dp.vif_counters(id).expect("vif counters");
+                    let d = self.dp.vif_drops(id).expect("vif drops");
+                    (
+                        c.rx_packets,
+                        c.rx_bytes,
+                        c.tx_packets,
+                        c.tx_bytes,
+                        d.control_limited,
+                        d.source_check,
+                        d.too_big,
+                    )
+                })
+                .collect(),
+            attachments: (1..=7)
+                .map(|id| {
+                    let c = self
+                        .dp
+                        .attachment_counters(id)
+                        .expect("attachment counters");
+                    (c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes)
+                })
+                .collect(),
+        }
+    }
+}
+
+#[test]
+fn too_big_for_the_underlay_is_answered_with_icmp_to_the_customer() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    // 628 bytes of IPv4 (DF set) + 50 of VXLAN > the 600-byte path of attachment 4.
+    let packet = ipv4_udp(IDC_HOST, [10, 4, 0, 1], 64, 40000, 5001, &[7u8; 600]);
+    let mut frame = tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet);
+    frame[14] |= 0x60; // the priority bits come back as they went
+    let before = f.snapshot();
+    let (action, out) = f.customer(&frame);
+    assert_eq!(action, XDP_TX, "sent back out of the connection port");
+    let mut expected = tagged(
+        CLIENT1,
+        VIF_MAC[1],
+        100,
+        0x0800,
+        &frag_needed(CLOUD_ADDR, &packet, 600 - 50),
+    );
+    expected[14] |= 0x60;
+    assert_eq!(out, expected, "ICMP fragmentation needed, byte for byte");
+    // What a host checks: both checksums valid.
+    let sliced = etherparse::SlicedPacket::from_ethernet(&out)?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &sliced.net else {
+        panic!("IPv4")
+    };
+    assert_eq!(
+        ip.header().header_checksum(),
+        ip.header().to_header().calc_header_checksum()
+    );
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = &sliced.transport else {
+        panic!("ICMP")
+    };
+    assert_eq!(
+        icmp.checksum(),
+        icmp.icmp_type().calc_checksum(icmp.payload())
+    );
+
+    let after = f.snapshot();
+    let mut want = before;
+    want.passes[pass_reason::ICMP_FRAG_NEEDED as usize] += 1;
+    want.vifs[0].0 += 1;
+    want.vifs[0].1 += frame.len() as u64;
+    want.vifs[0].2 += 1;
+    want.vifs[0].3 += out.len() as u64;
+    want.vifs[0].6 += 1;
+    assert_eq!(after, want, "counters: one ICMP sent, nothing else");
+
+    // An ICMP error is never answered with one; without DF the packet is dropped.
+    let mut error = Vec::new();
+    PacketBuilder::ipv4(IDC_HOST, [10, 4, 0, 1], 64)
+        .icmpv4_raw(3, 1, [0; 4])
+        .write(&mut error, &[0u8; 600])?;
+    f.expect_drop(drop_reason::MTU, |f| {
+        f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &error))
+    });
+    f.expect_drop(drop_reason::MTU, |f| {
+        f.customer(&tagged(
+            VIF_MAC[1],
+            CLIENT1,
+            100,
+            0x0800,
+            &without_df(&packet),
+        ))
+    });
+    Ok(())
+}
+
+#[test]
+fn too_big_for_the_vif_is_answered_with_icmp_through_the_tunnel() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    // 1128 bytes toward VIF 2, whose MTU is 1000.
+    let packet = ipv4_udp(VPC_HOST, [192, 168, 60, 5], 64, 5001, 40000, &[9u8; 1100]);
+    let frame = from_vpc(1001, REMOTE_VTEP, &packet);
+    let before = f.snapshot();
+    let (action, out) = f.underlay(&frame);
+    assert_eq!(action, XDP_TX, "sent back out of the underlay port");
+
+    // Back to where it came from: outer and inner MACs and addresses swapped, the VNI and
+    // the UDP source port kept.
+    let icmp = frag_needed(CLOUD_ADDR, &packet, VIF2_MTU);
+    let mut vxlan = vec![0x08, 0, 0, 0];
+    vxlan.extend_from_slice(&(1001u32 << 8).to_be_bytes());
+    vxlan.extend(eth(ROUTER_MAC, [0x02, 0xf0, 0, 0, 0, 0xee], 0x0800));
+    vxlan.extend_from_slice(&icmp);
+    let mut outer = Ipv4Header::new(
+        (8 + vxlan.len()) as u16,
+        64,
+        IpNumber::UDP,
+        LOCAL_VTEP,
+        REMOTE_VTEP,
+    )?;
+    outer.dont_fragment = true;
+    outer.header_checksum = outer.calc_header_checksum();
+    let mut expected = eth(VTEP_MAC, [0x02, 0xaa, 0, 0, 0, 1], 0x0800);
+    expected.extend_from_slice(&outer.to_bytes());
+    expected.extend_from_slice(
+        &UdpHeader {
+            source_port: 51234,
+            destination_port: 4789,
+            length: (8 + vxlan.len()) as u16,
+            checksum: 0,
+        }
+        .to_bytes(),
+    );
+    expected.extend(vxlan);
+    assert_eq!(out, expected, "ICMP in VXLAN, byte for byte");
+
+    let after = f.snapshot();
+    let mut want = before;
+    want.passes[pass_reason::ICMP_FRAG_NEEDED as usize] += 1;
+    want.attachments[0].0 += 1;
+    want.attachments[0].1 += frame.len() as u64;
+    want.attachments[0].2 += 1;
+    want.attachments[0].3 += out.len() as u64;
+    want.vifs[1].6 += 1;
+    assert_eq!(
+        after, want,
+        "counters: one ICMP sent, nothing toward the VIF"
+    );
+
+    // A packet that fits the VIF goes through.
+    let fits = ipv4_udp(VPC_HOST, [192, 168, 60, 5], 64, 5001, 40000, &[9u8; 972]);
+    let (action, _) = f.underlay(&from_vpc(1001, REMOTE_VTEP, &fits));
+    assert_eq!(action, XDP_REDIRECT, "1000 bytes fit an MTU of 1000");
+    Ok(())
+}
+
+#[test]
+fn too_big_for_the_other_vif_is_answered_on_the_first() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let packet = ipv4_udp(IDC_HOST, [192, 168, 60, 5], 64, 1, 2, &[3u8; 1100]);
+    let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        out,
+        tagged(
+            CLIENT1,
+            VIF_MAC[1],
+            100,
+            0x0800,
+            &frag_needed(CLOUD_ADDR, &packet, VIF2_MTU)
+        )
+    );
+    Ok(())
+}
+
+#[test]
+fn icmp_errors_are_rate_limited() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let packet = ipv4_udp(IDC_HOST, [10, 4, 0, 1], 64, 1, 2, &[7u8; 600]);
+    let frame = tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet);
+    let before = f.snapshot();
+    let started = std::time::Instant::now();
+    let (mut sent, mut dropped) = (0u64, 0u64);
+    for _ in 0..2000 {
+        match f.customer(&frame).0 {
+            XDP_TX => sent += 1,
+            XDP_DROP => dropped += 1,
+            other => panic!("action {other}"),
+        }
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    // Per CPU: a burst of 50, then one per millisecond.
+    let cpus = std::thread::available_parallelism()?.get() as u64;
+    let allowed = cpus * (forwarder_common::ICMP_BURST + elapsed_ms + 1);
+    println!("{sent} ICMP sent, {dropped} dropped in {elapsed_ms} ms (at most {allowed})");
+    assert!(sent <= allowed, "{sent} ICMP errors in {elapsed_ms} ms");
+    assert!(sent >= forwarder_common::ICMP_BURST, "the burst was sent");
+    let after = f.snapshot();
+    assert_eq!(
+        after.drops[drop_reason::MTU as usize] - before.drops[drop_reason::MTU as usize],
+        dropped
+    );
+    assert_eq!(
+        after.passes[pass_reason::ICMP_FRAG_NEEDED as usize]
+            - before.passes[pass_reason::ICMP_FRAG_NEEDED as usize],
+        sent
+    );
+    assert_eq!(
+        after.vifs[0].6 - before.vifs[0].6,
+        2000,
+        "too_big counts both"
+    );
+    Ok(())
+}
+
+#[test]
+fn source_check_drops_what_is_not_routed_back_to_the_vif() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    f.dp.set_vif_policy(
+        1,
+        VifPolicy {
+            flags: vif_flags::SOURCE_CHECK,
+            ..VifPolicy::default()
+        },
+    )?;
+    let from = |src: [u8; 4]| {
+        tagged(
+            VIF_MAC[1],
+            CLIENT1,
+            100,
+            0x0800,
+            &ipv4_udp(src, VPC_HOST, 64, 1, 2, b"who am i"),
+        )
+    };
+    // Routed to VIF 1 directly, and through a group whose members are on VIF 1.
+    assert_eq!(f.customer(&from(IDC_HOST)).0, XDP_REDIRECT);
+    assert_eq!(f.customer(&from([192, 168, 70, 9])).0, XDP_REDIRECT);
+    // Routed to VIF 2, routed to an attachment, and not routed at all.
+    for spoofed in [[192, 168, 60, 5], [10, 0, 1, 1], [203, 0, 113, 1]] {
+        f.expect_drop(drop_reason::SOURCE_CHECK, |f| f.customer(&from(spoofed)));
+    }
+    assert_eq!(f.dp.vif_drops(1)?.source_check, 3);
+    // Without the check, VIF 2 forwards anything.
+    let other = ipv4_udp([203, 0, 113, 1], VPC_HOST, 64, 1, 2, b"x");
+    let (action, _) = f.customer(&tagged(VIF_MAC[2], CLIENT2, 200, 0x0800, &other));
+    assert_eq!(action, XDP_REDIRECT);
+    Ok(())
+}
+
+#[test]
+fn the_control_path_is_rate_limited_per_vif_and_class() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    pin_to_one_cpu();
+    // One frame per second per class, a burst of three.
+    f.dp.set_vif_policy(
+        1,
+        VifPolicy {
+            control_interval_ns: 1_000_000_000,
+            control_burst_ns: 3_000_000_000,
+            ..VifPolicy::default()
+        },
+    )?;
+    let arp = tagged([0xff; 6], CLIENT1, 100, 0x0806, &[0; 28]);
+    let mut bgp_packet = Vec::new();
+    PacketBuilder::ipv4([169, 254, 10, 2], CLOUD_ADDR, 1)
+        .tcp(40000, 179, 1, 1000)
+        .write(&mut bgp_packet, b"keepalive")?;
+    let bgp = tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &bgp_packet);
+    let broadcast = tagged(
+        [0xff; 6],
+        CLIENT1,
+        100,
+        0x0800,
+        &ipv4_udp([169, 254, 10, 2], [255, 255, 255, 255], 64, 1, 2, b"flood"),
+    );
+    for _ in 0..3 {
+        assert_eq!(f.customer(&broadcast).0, XDP_REDIRECT);
+    }
+    // The flood's class is empty; ARP and BGP are not.
+    f.expect_drop(drop_reason::CONTROL_LIMITED, |f| f.customer(&broadcast));
+    for _ in 0..3 {
+        assert_eq!(f.customer(&arp).0, XDP_REDIRECT, "ARP under a flood");
+        assert_eq!(f.customer(&bgp).0, XDP_REDIRECT, "BGP under a flood");
+    }
+    f.expect_drop(drop_reason::CONTROL_LIMITED, |f| f.customer(&arp));
+    f.expect_drop(drop_reason::CONTROL_LIMITED, |f| f.customer(&bgp));
+    assert_eq!(f.dp.vif_drops(1)?.control_limited, 3);
+    assert_eq!(f.dp.vif_drops(2)?.control_limited, 0);
+    Ok(())
+}
+
+#[test]
+fn nothing_is_counted_as_sent_when_the_redirect_fails() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    // VIF 5's port is not in the TX map.
+    let packet = ipv4_udp(IDC_HOST, [192, 168, 90, 1], 64, 1, 2, b"nowhere");
+    f.expect_drop(drop_reason::NO_TX_PORT, |f| {
+        f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet))
+    });
+    f.expect_drop(drop_reason::NO_TX_PORT, |f| {
+        f.underlay(&from_vpc(
+            1001,
+            REMOTE_VTEP,
+            &ipv4_udp(VPC_HOST, [192, 168, 90, 1], 64, 1, 2, b"nowhere"),
+        ))
+    });
+    let c = f.dp.vif_counters(5)?;
+    assert_eq!((c.tx_packets, c.tx_bytes), (0, 0), "VIF 5 sent nothing");
+    Ok(())
+}
+
+/// The policy for what a forwarder usually leaves alone: IPv4 options are carried,
+/// fragments flow (all of a datagram on one path: they hash without ports), and header
+/// checksums are not verified (a bad one stays bad after the TTL update, as in the kernel).
+#[test]
+fn options_fragments_and_bad_checksums_are_forwarded() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    // Options: a record-route-sized NOP padding (4 bytes: IHL 6).
+    let mut with_options = Vec::new();
+    let mut h = Ipv4Header::new(8 + 10, 64, IpNumber::UDP, IDC_HOST, VPC_HOST)?;
+    h.options = [1u8, 1, 1, 0][..].try_into().expect("options");
+    h.header_checksum = h.calc_header_checksum();
+    with_options.extend_from_slice(&h.to_bytes());
+    with_options.extend_from_slice(
+        &UdpHeader {
+            source_port: 1,
+            destination_port: 2,
+            length: 18,
+            checksum: 0,
+        }
+        .to_bytes(),
+    );
+    with_options.extend_from_slice(b"options!!!");
+    let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &with_options));
+    assert_eq!(action, XDP_REDIRECT, "IPv4 options are forwarded");
+    assert_eq!(
+        &out[out.len() - with_options.len()..],
+        &forwarded(&with_options)[..]
+    );
+
+    // The first and a later fragment of one datagram: same outer source port.
+    let whole = ipv4_udp(IDC_HOST, VPC_HOST, 64, 1234, 5678, &[5u8; 64]);
+    let (mut first, rest) = Ipv4Header::from_slice(&whole)?;
+    first.dont_fragment = false;
+    first.more_fragments = true;
+    first.total_len = 20 + 32;
+    first.header_checksum = first.calc_header_checksum();
+    let mut frag1 = first.to_bytes().to_vec();
+    frag1.extend_from_slice(&rest[..32]);
+    let mut later = first.clone();
+    later.more_fragments = false;
+    later.fragment_offset = etherparse::IpFragOffset::try_new(4)?;
+    later.total_len = 20 + 40;
+    later.header_checksum = later.calc_header_checksum();
+    let mut frag2 = later.to_bytes().to_vec();
+    frag2.extend_from_slice(&rest[32..]);
+    let (a1, o1) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &frag1));
+    let (a2, o2) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &frag2));
+    assert_eq!((a1, a2), (XDP_REDIRECT, XDP_REDIRECT), "fragments flow");
+    assert_eq!(o1[34..36], o2[34..36], "one datagram, one path");
+
+    // A bad header checksum: forwarded, TTL − 1, the checksum updated incrementally.
+    let mut bad = ipv4_udp(IDC_HOST, VPC_HOST, 64, 1, 2, b"bad sum");
+    bad[10] ^= 0x55;
+    let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &bad));
+    assert_eq!(action, XDP_REDIRECT, "checksums are not verified");
+    let inner = &out[out.len() - bad.len()..];
+    assert_eq!(inner[8], 63);
+    let sum = u32::from(u16::from_be_bytes([bad[10], bad[11]])) + 0x0100;
+    let sum = (sum + u32::from(sum >= 0xffff)) as u16;
+    assert_eq!(u16::from_be_bytes([inner[10], inner[11]]), sum);
+    Ok(())
+}
+
+#[test]
+fn jumbo_frames_pass_as_multi_buffer() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    f.dp.set_vif_policy(
+        1,
+        VifPolicy {
+            mtu: 9001,
+            ..VifPolicy::default()
+        },
+    )?;
+    // 9000 bytes VPC → IDC through a VIF with MTU 9001: decapsulated whole.
+    let packet = ipv4_udp(VPC_HOST, IDC_HOST, 64, 5001, 40000, &[4u8; 8972]);
+    let frame = from_vpc(1001, REMOTE_VTEP, &packet);
+    let (action, out) = f.underlay(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        tagged(CLIENT1, VIF_MAC[1], 100, 0x0800, &forwarded(&packet))
+    );
+    assert_eq!(f.dp.vif_counters(1)?.tx_bytes, out.len() as u64);
+    // 9000 bytes IDC → VPC over the 1500-byte underlay: ICMP with 1450, cut from a
+    // multi-buffer frame.
+    let big = ipv4_udp(IDC_HOST, VPC_HOST, 64, 40000, 5001, &[4u8; 8972]);
+    let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &big));
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        out,
+        tagged(
+            CLIENT1,
+            VIF_MAC[1],
+            100,
+            0x0800,
+            &frag_needed(CLOUD_ADDR, &big, 1450)
+        )
+    );
+    Ok(())
 }

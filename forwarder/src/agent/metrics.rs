@@ -99,6 +99,12 @@ impl Agent {
             "A VIF's state (1 for the state it is in).",
             &["vif", "state"],
         );
+        let vif_drops = counters(
+            &registry,
+            "forwarder_vif_drops_total",
+            "Frames of one VIF dropped by a per-VIF check (control_rate_limited, source_check, too_big; too_big counts those answered with ICMP too).",
+            &["vif", "connection", "vlan", "border_gateway", "reason"],
+        );
         for (id, v) in &self.model.vifs {
             let vlan = v.vlan.to_string();
             let labels = [
@@ -117,6 +123,16 @@ impl Agent {
                     }
                 }
                 Err(e) => tracing::warn!(vif = %v.name, error = %e, "reading VIF counters"),
+            }
+            if let (Some(m), Ok(d)) = (&vif_drops, dp.vif_drops(id.0)) {
+                for (reason, value) in [
+                    ("control_rate_limited", d.control_limited),
+                    ("source_check", d.source_check),
+                    ("too_big", d.too_big),
+                ] {
+                    m.with_label_values(&[labels[0], labels[1], labels[2], labels[3], reason])
+                        .inc_by(value);
+                }
             }
             if let Some(s) = &vif_state {
                 s.with_label_values(&[v.name.as_str(), self.vif_state_name(*id)])

@@ -505,6 +505,7 @@ impl Agent {
             control_ifindex,
             cloud_addrs,
             mac,
+            policy: v.policy(&self.config.agent),
         })
     }
 

@@ -464,9 +464,15 @@ impl Agent {
         if attachment.is_none() {
             for (id, v) in &self.model.vifs {
                 if vif.is_none_or(|n| n == v.name) {
+                    let d = dp.vif_drops(id.0)?;
                     vifs.push(control::NamedCounters {
                         name: v.name.clone(),
                         counters: convert(dp.vif_counters(id.0)?),
+                        vif_drops: Some(control::VifDropCounters {
+                            control_limited: d.control_limited,
+                            source_check_dropped: d.source_check,
+                            too_big: d.too_big,
+                        }),
                     });
                 }
             }
@@ -478,6 +484,7 @@ impl Agent {
                     attachments.push(control::NamedCounters {
                         name: a.name.clone(),
                         counters: convert(dp.attachment_counters(id.0)?),
+                        vif_drops: None,
                     });
                 }
             }

@@ -565,3 +565,40 @@ fn every_vif_the_maps_hold_gets_its_next_hop_ids() {
         format!("no free VIF id: all {capacity} slots of the map are in use")
     );
 }
+
+#[test]
+fn vif_policy_comes_from_the_vif_or_the_agent_defaults() {
+    use forwarder_common::{VifPolicy, vif_flags};
+    let fixture = Fixture::design("10.0.0.0/16")
+        .agent("control_rate_pps", "500")
+        .vif(
+            Vif::static_routed("jumbo", "hc-1", 10, "bgw-1")
+                .peer("10.255.1.2", "10.255.1.1")
+                .set("mtu", "9001")
+                .set("source_check", "\"strict\""),
+        )
+        .vif(
+            Vif::static_routed("plain", "hc-1", 11, "bgw-1")
+                .peer("10.255.2.2", "10.255.2.1")
+                .set("control_rate_pps", "0"),
+        );
+    let config = config::parse(&fixture.toml(), "test.toml").expect("valid fixture");
+    let model = Model::build(&config, &[], &mut Ids::default()).expect("ids");
+    let policy = |name: &str| model.vifs[&model.vif_id(name).expect("vif")].policy(&config.agent);
+    assert_eq!(
+        policy("jumbo"),
+        VifPolicy {
+            mtu: 9001,
+            flags: vif_flags::SOURCE_CHECK,
+            control_interval_ns: 2_000_000,
+            control_burst_ns: 2_000_000 * u64::from(config::DEFAULT_CONTROL_BURST),
+        }
+    );
+    assert_eq!(
+        policy("plain"),
+        VifPolicy {
+            mtu: 1500,
+            ..VifPolicy::default()
+        }
+    );
+}

@@ -2,10 +2,7 @@
 //! frames to the VIF's control plane, data to routing), hairpin between VIFs, and tagging of
 //! frames that leave a VIF's control plane.
 
-use aya_ebpf::{
-    EbpfContext as _, bindings::xdp_action::XDP_TX, helpers::generated::bpf_xdp_adjust_head,
-    programs::XdpContext,
-};
+use aya_ebpf::{EbpfContext as _, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use forwarder_common::{
     Vif, VifKey, VifPolicy, capture_direction, control_class, next_hop_kind, pass_reason,
     vif_flags, vif_state,
@@ -93,10 +90,13 @@ pub fn too_big(ctx: &XdpContext, vif_id: u32, vif: &Vif, mtu: u16) -> Result<u32
     icmp::frag_needed(ctx, TAGGED_L3, mtu, vif.cloud_addrs[0])?;
     write(ctx, 0, src_mac)?;
     write(ctx, 6, vif.mac)?;
+    // A redirect to the port it came in on rather than XDP_TX: veth does not flush XDP_TX
+    // frames to a peer without an XDP program (they wait for the next redirect).
+    let action = redirect(ctx.ingress_ifindex() as u32)?;
     stats::pass(pass_reason::ICMP_FRAG_NEEDED);
     stats::vif_tx(vif_id, frame_len(ctx));
     capture::frame(ctx, vif_id, capture_direction::TO_CUSTOMER);
-    Ok(XDP_TX)
+    Ok(action)
 }
 
 #[inline(always)]

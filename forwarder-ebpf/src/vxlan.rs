@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{bpf_fib_lookup, xdp_action::XDP_TX},
+    bindings::bpf_fib_lookup,
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
@@ -298,7 +298,9 @@ fn frag_needed_to_vpc(
             inner_macs[5],
         ],
     )?;
+    // Out of the underlay port it came in on (a redirect: see `vlan::too_big`).
+    let action = redirect(ctx.ingress_ifindex() as u32)?;
     stats::pass(pass_reason::ICMP_FRAG_NEEDED);
     stats::attachment_tx(att_id, frame_len(ctx));
-    Ok(XDP_TX)
+    Ok(action)
 }

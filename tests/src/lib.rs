@@ -164,50 +164,97 @@ pub fn if_index(ifname: &str) -> Result<u32> {
     Ok(index)
 }
 
-/// Sends each frame as-is (Ethernet header included) out of `ifname` in `ns`, through an
-/// AF_PACKET socket, so an inline 802.1Q tag stays inline.
-pub fn send_frames(ns: &NetNs, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
-    let ifname = ifname.to_owned();
-    ns.enter(move || {
-        let ifindex = if_index(&ifname)?;
-        // SAFETY: plain socket(2) call; the fd is closed below.
+/// An AF_PACKET socket sending whole frames (Ethernet header included, an inline 802.1Q tag
+/// stays inline) out of one interface of the namespace the calling thread is in.
+struct RawSender {
+    fd: std::os::fd::OwnedFd,
+    addr: libc::sockaddr_ll,
+}
+
+impl RawSender {
+    fn open(ifname: &str) -> Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        let ifindex = if_index(ifname)?;
+        // SAFETY: plain socket(2) call; the fd is owned at once.
         let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
         }
-        let result = (|| {
-            for frame in frames {
-                // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-                let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-                addr.sll_family = libc::AF_PACKET as u16;
-                addr.sll_ifindex = ifindex as i32;
-                addr.sll_halen = 6;
-                addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-                // SAFETY: frame and addr outlive the call; lengths are theirs.
-                let sent = unsafe {
-                    libc::sendto(
-                        fd,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&raw const addr).cast(),
-                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                    )
-                };
-                if sent < 0 {
-                    return Err(std::io::Error::last_os_error()).context("sendto(AF_PACKET)");
-                }
-                ensure!(
-                    sent as usize == frame.len(),
-                    "short send: {sent} of {}",
-                    frame.len()
-                );
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        Ok(Self { fd, addr })
+    }
+
+    fn send(&mut self, frame: &[u8]) -> Result<()> {
+        self.addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and addr outlive the call; lengths are theirs.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const self.addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error()).context("sendto(AF_PACKET)");
+        }
+        ensure!(
+            sent as usize == frame.len(),
+            "short send: {sent} of {}",
+            frame.len()
+        );
+        Ok(())
+    }
+}
+
+/// Sends each frame as-is out of `ifname` in `ns`.
+pub fn send_frames(ns: &NetNs, ifname: &str, frames: &[Vec<u8>]) -> Result<()> {
+    ns.enter(move || {
+        let mut sender = RawSender::open(ifname)?;
+        for frame in frames {
+            sender.send(frame)?;
+        }
+        Ok(())
+    })
+}
+
+/// Sends `frame` out of `ifname` in `ns` over and over, paced to `pps` frames a second, for
+/// `duration` (a flood); returns how many were sent. A generator that cannot keep up sends
+/// what it can: the caller reports the rate it got.
+pub fn flood(
+    ns: &NetNs,
+    ifname: &str,
+    frame: &[u8],
+    pps: u64,
+    duration: std::time::Duration,
+) -> Result<u64> {
+    ns.enter(move || {
+        let mut sender = RawSender::open(ifname)?;
+        let started = std::time::Instant::now();
+        let mut sent = 0u64;
+        loop {
+            let elapsed = started.elapsed();
+            if elapsed >= duration {
+                return Ok(sent);
             }
-            Ok(())
-        })();
-        // SAFETY: fd is ours and not used after this.
-        unsafe { libc::close(fd) };
-        result
+            let due = (elapsed.as_nanos() as u64).saturating_mul(pps) / 1_000_000_000;
+            if sent >= due {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+                continue;
+            }
+            for _ in 0..(due - sent).min(256) {
+                sender.send(frame)?;
+                sent += 1;
+            }
+        }
     })
 }
 

@@ -51,7 +51,6 @@ const LOCAL_VTEP: [u8; 4] = [172, 31, 0, 1];
 const REMOTE_VTEP: [u8; 4] = [172, 31, 0, 2];
 const CLOUD_ADDR: [u8; 4] = [169, 254, 10, 1];
 const VIF2_MTU: u16 = 1000;
-const XDP_TX: u32 = 3;
 
 /// A loaded data plane with two border gateways, five VIFs and six attachments, and the
 /// namespace its programs run in.
@@ -1175,7 +1174,7 @@ fn too_big_for_the_underlay_is_answered_with_icmp_to_the_customer() -> anyhow::R
     frame[14] |= 0x60; // the priority bits come back as they went
     let before = f.snapshot();
     let (action, out) = f.customer(&frame);
-    assert_eq!(action, XDP_TX, "sent back out of the connection port");
+    assert_eq!(action, XDP_REDIRECT, "sent back out of the connection port");
     let mut expected = tagged(
         CLIENT1,
         VIF_MAC[1],
@@ -1240,7 +1239,7 @@ fn too_big_for_the_vif_is_answered_with_icmp_through_the_tunnel() -> anyhow::Res
     let frame = from_vpc(1001, REMOTE_VTEP, &packet);
     let before = f.snapshot();
     let (action, out) = f.underlay(&frame);
-    assert_eq!(action, XDP_TX, "sent back out of the underlay port");
+    assert_eq!(action, XDP_REDIRECT, "sent back out of the underlay port");
 
     // Back to where it came from: outer and inner MACs and addresses swapped, the VNI and
     // the UDP source port kept.
@@ -1297,7 +1296,7 @@ fn too_big_for_the_other_vif_is_answered_on_the_first() -> anyhow::Result<()> {
     let mut f = Fixture::new()?;
     let packet = ipv4_udp(IDC_HOST, [192, 168, 60, 5], 64, 1, 2, &[3u8; 1100]);
     let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet));
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT);
     assert_eq!(
         out,
         tagged(
@@ -1321,7 +1320,7 @@ fn icmp_errors_are_rate_limited() -> anyhow::Result<()> {
     let (mut sent, mut dropped) = (0u64, 0u64);
     for _ in 0..2000 {
         match f.customer(&frame).0 {
-            XDP_TX => sent += 1,
+            XDP_REDIRECT => sent += 1,
             XDP_DROP => dropped += 1,
             other => panic!("action {other}"),
         }
@@ -1534,7 +1533,7 @@ fn jumbo_frames_pass_as_multi_buffer() -> anyhow::Result<()> {
     // multi-buffer frame.
     let big = ipv4_udp(IDC_HOST, VPC_HOST, 64, 40000, 5001, &[4u8; 8972]);
     let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &big));
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XDP_REDIRECT);
     assert_eq!(
         out,
         tagged(

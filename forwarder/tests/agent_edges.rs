@@ -113,8 +113,9 @@ fn path_mtu_discovery_works_through_the_gateway() -> Result<()> {
         &t.idc,
         "iperf3 -c 10.0.1.10 -n 16M -J --connect-timeout 3000",
     )?;
-    let _ = server.kill();
-    let _ = server.wait();
+    // The server serves one client (-1); one that never got it is stopped here.
+    server.kill()?;
+    server.wait()?;
     let report: serde_json::Value =
         serde_json::from_str(&client).with_context(|| format!("iperf3 said: {client}"))?;
     let received = counter(&report["end"]["sum_received"]["bytes"]);

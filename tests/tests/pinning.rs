@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use etherparse::{PacketBuilder, VlanId};
 use forwarder::dataplane::{Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec};
 use forwarder_common::vif_state;
-use forwarder_tests::{NetNs, send_frames, veth};
+use forwarder_tests::{NetNs, run, send_frames, veth};
 use ipnet::Ipv4Net;
 
 /// A bpffs directory unique to this test run, removed (with every pin in it) on drop.
@@ -15,8 +15,12 @@ struct PinDir(PathBuf);
 
 impl PinDir {
     fn new() -> Self {
+        Self::named("readopt")
+    }
+
+    fn named(tag: &str) -> Self {
         Self(PathBuf::from(format!(
-            "/sys/fs/bpf/forwarder-test-{}",
+            "/sys/fs/bpf/forwarder-test-{tag}-{}",
             std::process::id()
         )))
     }
@@ -138,5 +142,72 @@ fn pinned_state_survives_the_dataplane_and_is_readopted() -> anyhow::Result<()> 
     gw.enter(|| Ok(second.detach("trunk")?))?;
     assert_eq!(xdp_prog_id(&gw)?, None, "detach removes XDP and its pin");
     assert!(!pins.0.join("links").join("trunk").exists());
+    Ok(())
+}
+
+/// An upgrade whose maps changed: a pinned counters map of another shape is replaced, any
+/// other map of another shape stops the load with its name, instead of new programs running
+/// on old maps.
+#[test]
+fn pinned_maps_of_another_shape_are_replaced_or_refused() -> anyhow::Result<()> {
+    let pins = PinDir::named("shape");
+    let maps = pins.0.join("maps");
+    Dataplane::prepare_pin_dir(&pins.0)?;
+    std::fs::create_dir_all(&maps)?;
+    let options = LoadOptions {
+        pin_dir: Some(pins.0.clone()),
+        max_routes: None,
+    };
+    let create = |name: &str, kind: &str, value: &str, entries: &str| {
+        let path = maps.join(name);
+        run(
+            "bpftool",
+            &[
+                "map",
+                "create",
+                path.to_str().expect("utf-8 path"),
+                "type",
+                kind,
+                "key",
+                "4",
+                "value",
+                value,
+                "entries",
+                entries,
+                "name",
+                name,
+            ],
+        )
+    };
+    // DROPS as it was before it had spare slots.
+    create("DROPS", "percpu_array", "8", "15")?;
+    let dp = Dataplane::load(&options)?;
+    dp.drops()?;
+    drop(dp);
+    let shown = run(
+        "bpftool",
+        &[
+            "map",
+            "show",
+            "pinned",
+            maps.join("DROPS").to_str().expect("utf-8"),
+        ],
+    )?;
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.contains(&format!("max_entries {}", forwarder_common::DROP_SLOTS)),
+        "DROPS was not replaced: {shown}"
+    );
+
+    // A VIF table with 24-byte values is not something to forward with.
+    std::fs::remove_file(maps.join("VIF_TABLE"))?;
+    create("VIF_TABLE", "array", "24", "16384")?;
+    let error = match Dataplane::load(&options) {
+        Ok(_) => anyhow::bail!("a VIF table of another shape was adopted"),
+        Err(e) => e.to_string(),
+    };
+    for needle in ["VIF_TABLE", "24-byte values", "32-byte values", "remove"] {
+        assert!(error.contains(needle), "{needle:?} not in {error:?}");
+    }
     Ok(())
 }

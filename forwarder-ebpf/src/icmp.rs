@@ -4,9 +4,9 @@
 //! the callers rewrite the link layer (and, toward the VPC, the VXLAN headers) around it.
 //!
 //! No ICMP error answers a packet without DF (the data plane does not fragment), a
-//! non-first fragment, an ICMP error, or a packet from an address no reply can go to
-//! (RFC 1812 §4.3.2.7); those, and packets over the rate limit, are dropped as
-//! `mtu_exceeded`.
+//! non-first fragment, an ICMP error, a packet from an address no reply can go to or to a
+//! multicast or broadcast address (RFC 1812 §4.3.2.7); those, and packets over the rate
+//! limit, are dropped as `mtu_exceeded`.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -33,7 +33,10 @@ pub fn frag_needed(ctx: &XdpContext, l3: usize, mtu: u16, from: [u8; 4]) -> Resu
     if frag & 0x4000 == 0 || frag & 0x1fff != 0 {
         return Err(Drop::Mtu);
     }
-    if from == [0; 4] || ip.src == [0; 4] || ip.src[0] >= 224 || ip.src[0] == 127 {
+    // RFC 1812 §4.3.2.7: not to "this network", loopback, multicast or broadcast sources,
+    // and not for packets to multicast or broadcast destinations.
+    if from == [0; 4] || ip.src[0] == 0 || ip.src[0] == 127 || ip.src[0] >= 224 || ip.dst[0] >= 224
+    {
         return Err(Drop::Mtu);
     }
     let ihl = usize::from(ip.ver_ihl & 0x0f) * 4;

@@ -10,7 +10,17 @@ use crate::maps::{CONTROL_BUCKETS, ICMP_BUCKET};
 /// Takes a token from the bucket whose clock is `*next`: true if one was there.
 #[inline(always)]
 fn take(next: &mut u64, now: u64, interval: u64, burst: u64) -> bool {
-    let tat = if *next > now { *next } else { now };
+    // Capped at a full bucket: a clock left ahead by an older, deeper bucket (a reload that
+    // lowered the burst, a VIF id used again) does not starve the new one.
+    let tat = if *next > now {
+        let empty = now + burst;
+        if *next > empty {
+            *next = empty;
+        }
+        *next
+    } else {
+        now
+    };
     // A full bucket holds `burst / interval` tokens: the last one is taken at tat = now +
     // burst − interval.
     if tat - now + interval > burst {

@@ -67,7 +67,12 @@ pub fn try_customer(ctx: &XdpContext) -> Result<u32, Drop> {
     if ip.ttl <= 1 {
         return Err(Drop::Ttl);
     }
+    // The client router's own interconnect address passes too (its ICMP errors, its pings).
     if policy.flags & vif_flags::SOURCE_CHECK != 0
+        && !vif
+            .cloud_addrs
+            .iter()
+            .any(|c| *c != [0; 4] && ip.src == client_of(*c))
         && !route::reaches_vif(vif.gateway_id, ip.src, vif_id)
     {
         stats::vif_drop(vif_id, VifDrop::SourceCheck);
@@ -121,7 +126,7 @@ fn to_control_plane(
         return Err(Drop::NoControlPlane);
     }
     if policy.control_interval_ns != 0 {
-        let class = control_class_of(ctx, inner_type);
+        let class = control_class_of(ctx, vif, inner_type);
         if !limit::control(vif_id, policy, class) {
             stats::vif_drop(vif_id, VifDrop::ControlLimited);
             return Err(Drop::ControlLimited);
@@ -139,20 +144,28 @@ fn to_control_plane(
     Ok(action)
 }
 
-/// Which control class a frame for the control plane belongs to (BGP: TCP port 179 either
-/// way; the frame was classified as control, so its destination is the cloud address or a
-/// group address).
+/// Which control class a frame for the control plane belongs to. BGP: TCP port 179 between
+/// one of the VIF's cloud addresses and its client router's address (the other host of the
+/// /30), unfragmented; a flood from anywhere else cannot use up the BGP bucket.
 #[inline(always)]
-fn control_class_of(ctx: &XdpContext, inner_type: u16) -> usize {
+fn control_class_of(ctx: &XdpContext, vif: &Vif, inner_type: u16) -> usize {
     if inner_type == ETH_P_ARP {
         return control_class::ARP;
     }
     if inner_type == ETH_P_IP
-        && let Ok(ip) = read::<[u8; 10]>(ctx, TAGGED_L3)
+        && let Ok(ip) = read::<[u8; 20]>(ctx, TAGGED_L3)
         && ip[9] == IPPROTO_TCP
+        && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff == 0
+        && ip[0] & 0x0f >= 5
     {
+        let src = [ip[12], ip[13], ip[14], ip[15]];
+        let dst = [ip[16], ip[17], ip[18], ip[19]];
+        let session = vif
+            .cloud_addrs
+            .iter()
+            .any(|cloud| *cloud != [0; 4] && dst == *cloud && src == client_of(*cloud));
         let ihl = usize::from(ip[0] & 0x0f) * 4;
-        if let Ok(ports) = read::<[u8; 4]>(ctx, TAGGED_L3 + ihl) {
+        if session && let Ok(ports) = read::<[u8; 4]>(ctx, TAGGED_L3 + ihl) {
             let (sport, dport) = (
                 u16::from_be_bytes([ports[0], ports[1]]),
                 u16::from_be_bytes([ports[2], ports[3]]),
@@ -163,6 +176,12 @@ fn control_class_of(ctx: &XdpContext, inner_type: u16) -> usize {
         }
     }
     control_class::OTHER
+}
+
+/// The client router's address of an interconnect /30 from the cloud's (.1 ↔ .2).
+#[inline(always)]
+pub fn client_of(cloud: [u8; 4]) -> [u8; 4] {
+    [cloud[0], cloud[1], cloud[2], cloud[3] ^ 3]
 }
 
 /// VIF to VIF within one border gateway: rewrite MACs and VLAN id, keep the priority bits.

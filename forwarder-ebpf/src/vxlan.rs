@@ -234,6 +234,10 @@ fn frag_needed_to_vpc(
 ) -> Result<u32, Drop> {
     let outer_macs: [u8; 12] = read(ctx, 0)?;
     let inner_macs: [u8; 12] = read(ctx, INNER_ETH)?;
+    if inner_macs[0] & 1 != 0 {
+        // A link-layer broadcast or multicast gets no ICMP error (RFC 1812 §4.3.2.7).
+        return Err(Drop::Mtu);
+    }
     let sport: [u8; 2] = read(ctx, OUTER_UDP)?;
     let inner_len = icmp::frag_needed(ctx, INNER_IP, mtu, vif.cloud_addrs[0])?;
     let outer_len = inner_len + VXLAN_OVERHEAD as u16;

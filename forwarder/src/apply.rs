@@ -440,6 +440,15 @@ impl Apply {
         self.programmed.attachments.get(&id).copied()
     }
 
+    /// VIF `id`'s policy as the map holds it.
+    pub fn vif_policy(&self, id: u32) -> VifPolicy {
+        self.programmed
+            .policies
+            .get(&id)
+            .copied()
+            .unwrap_or_default()
+    }
+
     /// VIF table slot `id` as the map holds it.
     pub fn vif_entry(&self, id: u32) -> Option<Vif> {
         self.programmed.vifs.get(&id).copied()

@@ -369,8 +369,20 @@ impl Dataplane {
             }
             None => Vec::new(),
         };
+        // Every map is checked before any is replaced: a refusal leaves the pins as they were.
+        let mut replace = Vec::new();
         for (name, path) in &map_paths {
-            check_pinned_shape(name, path)?;
+            if check_pinned_shape(name, path)? {
+                replace.push(path);
+            }
+        }
+        for path in replace {
+            fs::remove_file(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
         if let Some(max) = options.max_routes {
@@ -1013,14 +1025,15 @@ impl Dataplane {
     }
 }
 
-/// Checks that the map pinned at `path` (if any) has the shape this build's programs use;
-/// a counters-only map of another shape is unpinned, so that the loader makes a new one.
-fn check_pinned_shape(name: &str, path: &Path) -> Result<(), Error> {
+/// Checks that the map pinned at `path` (if any) has the shape this build's programs use:
+/// `true` for a counters-only map of another shape, to be unpinned so that the loader makes
+/// a new one; an error for any other map of another shape.
+fn check_pinned_shape(name: &str, path: &Path) -> Result<bool, Error> {
     if !path.exists() {
-        return Ok(());
+        return Ok(false);
     }
     let Some(&(name, key, value, entries)) = MAP_SHAPES.iter().find(|s| s.0 == name) else {
-        return Ok(());
+        return Ok(false);
     };
     let info = aya::maps::MapInfo::from_pin(path).map_err(|source| Error::Map {
         name,
@@ -1032,7 +1045,7 @@ fn check_pinned_shape(name: &str, path: &Path) -> Result<(), Error> {
         info.max_entries(),
     );
     if found.0 == key && found.1 == value && (entries == 0 || found.2 == entries) {
-        return Ok(());
+        return Ok(false);
     }
     let describe =
         |(k, v, n): (usize, usize, u32)| format!("{k}-byte keys, {v}-byte values, {n} entries");
@@ -1043,10 +1056,7 @@ fn check_pinned_shape(name: &str, path: &Path) -> Result<(), Error> {
             wanted = %describe((key, value, entries)),
             "a pinned counters map of an older shape is replaced: its counts start from zero"
         );
-        return fs::remove_file(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        });
+        return Ok(true);
     }
     Err(Error::MapShape {
         path: path.to_owned(),

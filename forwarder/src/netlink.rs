@@ -65,6 +65,8 @@ pub struct Link {
     pub mac: Option<[u8; 6]>,
     /// `veth`, `bridge`, ... (None for devices without a kind, such as physical NICs).
     pub kind: Option<String>,
+    /// The link's MTU (0 if the kernel did not say).
+    pub mtu: u32,
 }
 
 impl Link {
@@ -73,9 +75,11 @@ impl Link {
         let mut oper = State::Unknown;
         let mut mac = None;
         let mut kind = None;
+        let mut mtu = 0;
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Mtu(m) => mtu = *m,
                 LinkAttribute::OperState(s) => oper = *s,
                 LinkAttribute::Address(a) if a.len() == 6 => {
                     let mut m = [0u8; 6];
@@ -102,6 +106,7 @@ impl Link {
             up,
             mac,
             kind,
+            mtu,
         })
     }
 }

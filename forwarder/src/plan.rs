@@ -29,6 +29,8 @@ pub type BgpMasks = HashMap<(VifId, Ipv4Net), u8>;
 pub struct LinkState {
     pub index: u32,
     pub up: bool,
+    /// The link's MTU (0: unknown).
+    pub mtu: u32,
 }
 
 /// What the agent has observed of the host.

@@ -182,6 +182,26 @@ fn jumbo_frames_cross_a_vif_with_mtu_9001() -> Result<()> {
         rx >= 5 * 9018,
         "the VIF counted {rx} bytes in: the jumbo frames were not counted whole"
     );
+
+    // The connection port shrinks to 1500: the VIF's MTU follows it (a larger frame would
+    // be lost on the way out), and a VPC host sending 9000 bytes learns 1500 through the
+    // tunnel.
+    sh(&t.gw, "ip link set hc1 mtu 1500")?;
+    let from_vpc = |t: &Topology| {
+        output_in(
+            &t.vpc,
+            "ping -n -c 2 -i 0.3 -W 1 -M do -s 8972 192.168.50.10",
+        )
+    };
+    let mut out = String::new();
+    ensure!(
+        wait_for(Duration::from_secs(10), || {
+            out = from_vpc(&t).unwrap_or_default();
+            out.contains("Frag needed and DF set (mtu = 1500)")
+        }),
+        "the VPC host got no fragmentation needed with the port's MTU: {out}\n{}",
+        agent.log_text()
+    );
     Ok(())
 }
 

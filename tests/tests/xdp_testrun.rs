@@ -1228,6 +1228,16 @@ fn too_big_for_the_underlay_is_answered_with_icmp_to_the_customer() -> anyhow::R
             &without_df(&packet),
         ))
     });
+    // Nor a packet from "this network" or to a group address (RFC 1812 §4.3.2.7).
+    let from_zero = ipv4_udp([0, 1, 2, 3], [10, 4, 0, 1], 64, 1, 2, &[7u8; 600]);
+    f.expect_drop(drop_reason::MTU, |f| {
+        f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &from_zero))
+    });
+    f.dp.upsert_route(1, "224.0.0.0/4".parse()?, 7)?;
+    let to_group = ipv4_udp(IDC_HOST, [239, 1, 2, 3], 64, 1, 2, &[7u8; 600]);
+    f.expect_drop(drop_reason::MTU, |f| {
+        f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &to_group))
+    });
     Ok(())
 }
 
@@ -1369,8 +1379,10 @@ fn source_check_drops_what_is_not_routed_back_to_the_vif() -> anyhow::Result<()>
             &ipv4_udp(src, VPC_HOST, 64, 1, 2, b"who am i"),
         )
     };
-    // Routed to VIF 1 directly, and through a group whose members are on VIF 1.
+    // Routed to VIF 1 directly, and through a group whose members are on VIF 1; the client
+    // router's own interconnect address (its ICMP errors) passes too.
     assert_eq!(f.customer(&from(IDC_HOST)).0, XDP_REDIRECT);
+    assert_eq!(f.customer(&from([169, 254, 10, 2])).0, XDP_REDIRECT);
     assert_eq!(f.customer(&from([192, 168, 70, 9])).0, XDP_REDIRECT);
     // Routed to VIF 2, routed to an attachment, and not routed at all.
     for spoofed in [[192, 168, 60, 5], [10, 0, 1, 1], [203, 0, 113, 1]] {
@@ -1423,6 +1435,36 @@ fn the_control_path_is_rate_limited_per_vif_and_class() -> anyhow::Result<()> {
     f.expect_drop(drop_reason::CONTROL_LIMITED, |f| f.customer(&bgp));
     assert_eq!(f.dp.vif_drops(1)?.control_limited, 3);
     assert_eq!(f.dp.vif_drops(2)?.control_limited, 0);
+
+    // TCP to port 179 from anyone but the client router is not BGP: it cannot use up the
+    // BGP bucket (here the other bucket is empty already).
+    let mut syn = Vec::new();
+    PacketBuilder::ipv4([203, 0, 113, 9], CLOUD_ADDR, 64)
+        .tcp(40001, 179, 1, 1000)
+        .syn()
+        .write(&mut syn, &[])?;
+    f.expect_drop(drop_reason::CONTROL_LIMITED, |f| {
+        f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &syn))
+    });
+
+    // A reload to a faster, shallower limit applies at once: the clock the old, deeper
+    // bucket left ahead does not hold frames back.
+    f.dp.set_vif_policy(
+        1,
+        VifPolicy {
+            control_interval_ns: 1_000_000,
+            control_burst_ns: 1_000_000,
+            ..VifPolicy::default()
+        },
+    )?;
+    // At most one interval (1 ms) to wait, not the old bucket's 3 s.
+    f.customer(&broadcast);
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert_eq!(
+        f.customer(&broadcast).0,
+        XDP_REDIRECT,
+        "the new limit applies"
+    );
     Ok(())
 }
 

@@ -29,6 +29,7 @@ impl Agent {
                 LinkState {
                     index: link.index,
                     up: link.up,
+                    mtu: link.mtu,
                 },
             );
         }
@@ -73,6 +74,17 @@ impl Agent {
                     tracing::info!(port = name, up = link.up, "port link state");
                     if link.up && role == PortRole::Connection {
                         self.resolve_clients(name);
+                    }
+                }
+                Some(link)
+                    if role == PortRole::Connection && before.map(|b| b.mtu) != Some(link.mtu) =>
+                {
+                    tracing::info!(port = name, mtu = link.mtu, "port MTU");
+                    for vif in self.model.vifs_on_port(name).to_vec() {
+                        if let Err(e) = self.write_vif(vif) {
+                            tracing::warn!(port = name, error = %error_chain(&e), "VIF MTU not updated; retrying");
+                            self.retry.vifs.insert(vif);
+                        }
                     }
                 }
                 Some(_) => return,
@@ -412,6 +424,7 @@ impl Agent {
                 let state = LinkState {
                     index: link.index,
                     up: link.up,
+                    mtu: link.mtu,
                 };
                 let before = self.observed.links.insert(link.name.clone(), state);
                 if before != Some(state) {

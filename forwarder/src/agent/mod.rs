@@ -505,12 +505,37 @@ impl Agent {
             control_ifindex,
             cloud_addrs,
             mac,
-            policy: v.policy(&self.config.agent),
+            policy: self.vif_policy(v),
         })
+    }
+
+    /// What the data plane enforces for a VIF: its configured policy, with the MTU no larger
+    /// than its connection port's (a larger frame would be dropped by the kernel on the way
+    /// out, uncounted; capped, it gets ICMP fragmentation needed with the MTU that fits).
+    fn vif_policy(&self, v: &model::Vif) -> forwarder_common::VifPolicy {
+        let mut policy = v.policy(&self.config.agent);
+        let port_mtu = self.observed.links.get(&v.port).map_or(0, |l| l.mtu);
+        if port_mtu != 0 {
+            policy.mtu = policy.mtu.min(u16::try_from(port_mtu).unwrap_or(u16::MAX));
+        }
+        policy
     }
 
     fn write_vif(&mut self, id: VifId) -> Result<(), Error> {
         if let Some(spec) = self.vif_spec(id) {
+            let configured = self
+                .model
+                .vifs
+                .get(&id)
+                .map_or(0, |v| v.policy(&self.config.agent).mtu);
+            if spec.policy.mtu < configured && self.apply.vif_policy(id.0).mtu != spec.policy.mtu {
+                tracing::warn!(
+                    vif = %self.model.vif_name(id),
+                    mtu = configured,
+                    port_mtu = spec.policy.mtu,
+                    "the VIF's mtu is larger than its connection port's: the port's applies (raise the port's MTU)"
+                );
+            }
             self.apply.set_vif(&spec)?;
         }
         Ok(())

@@ -86,9 +86,14 @@ impl World {
     }
 
     fn port(&mut self, name: &str, up: bool) -> Dirty {
-        self.observed
-            .links
-            .insert(name.to_owned(), LinkState { index: 7, up });
+        self.observed.links.insert(
+            name.to_owned(),
+            LinkState {
+                index: 7,
+                up,
+                mtu: 1500,
+            },
+        );
         Dirty {
             vifs: self.model.vifs_on_port(name).iter().copied().collect(),
             ..Dirty::default()
@@ -519,9 +524,14 @@ fn every_vif_the_maps_hold_gets_its_next_hop_ids() {
     let mut observed = Observed::default();
     let mut up = BTreeSet::new();
     for c in 1..=5 {
-        observed
-            .links
-            .insert(format!("hc{c}"), LinkState { index: c, up: true });
+        observed.links.insert(
+            format!("hc{c}"),
+            LinkState {
+                index: c,
+                up: true,
+                mtu: 1500,
+            },
+        );
     }
     for vif in model.vifs.keys() {
         for peer in 0..2 {

@@ -539,7 +539,12 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
     let rows = |items: &serde_json::Value, keys: &[&str]| -> Vec<Vec<String>> {
         items.as_array().map_or_else(Vec::new, |a| {
             a.iter()
-                .map(|i| keys.iter().map(|k| text(&i[*k])).collect())
+                // "a/b" reads a nested field.
+                .map(|i| {
+                    keys.iter()
+                        .map(|k| text(k.split('/').fold(i, |v, part| &v[part])))
+                        .collect()
+                })
                 .collect()
         })
     };
@@ -730,6 +735,7 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
                 "ACCEPTED",
                 "ADVERTISED",
                 "STALE",
+                "BFD",
                 "LAST ERROR",
             ],
             &rows(
@@ -744,6 +750,7 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
                     "prefixes_accepted",
                     "prefixes_advertised",
                     "stale_routes",
+                    "bfd/state",
                     "last_error",
                 ],
             ),

@@ -130,6 +130,10 @@ pub struct Agent {
     pub control_rate_pps: u32,
     /// How many control frames of a class may come at once (bucket depth).
     pub control_burst: u32,
+    /// BFD (for VIFs with `bfd = true`): transmit and receive interval once Up, and how
+    /// many intervals without a packet make the session down.
+    pub bfd_interval_ms: u32,
+    pub bfd_multiplier: u8,
 }
 
 impl Default for Agent {
@@ -153,6 +157,8 @@ impl Default for Agent {
             metrics_listen: None,
             control_rate_pps: DEFAULT_CONTROL_RATE_PPS,
             control_burst: DEFAULT_CONTROL_BURST,
+            bfd_interval_ms: 300,
+            bfd_multiplier: 3,
         }
     }
 }
@@ -257,6 +263,10 @@ pub struct Vif {
     /// this VIF (unicast RPF over its static and BGP routes) are dropped. Default `"off"`.
     #[serde(default)]
     pub source_check: SourceCheck,
+    /// BFD with the client routers, one session per BGP session (RFC 5880/5881): a
+    /// failure is seen in `bfd_interval_ms × bfd_multiplier` instead of the hold time.
+    #[serde(default)]
+    pub bfd: bool,
     /// This VIF's own control-path rate limit (see `[agent] control_rate_pps`).
     pub control_rate_pps: Option<u32>,
     pub control_burst: Option<u32>,
@@ -942,6 +952,13 @@ impl<'a> Validator<'a> {
             );
             self.problem(SECTION, "control_rate_pps", detail);
         }
+        if !(10..=60_000).contains(&agent.bfd_interval_ms) {
+            let detail = format!("{} is not 10 to 60000 milliseconds", agent.bfd_interval_ms);
+            self.problem(SECTION, "bfd_interval_ms", detail);
+        }
+        if agent.bfd_multiplier == 0 {
+            self.problem(SECTION, "bfd_multiplier", "must be at least 1");
+        }
         if agent.bgp_connect_retry == 0 {
             self.problem(SECTION, "bgp_connect_retry", "must be at least 1 second");
         }
@@ -1192,6 +1209,7 @@ impl<'a> Validator<'a> {
                 ("allowed_prefixes", !vif.allowed_prefixes.is_empty()),
                 ("ttl_security", vif.ttl_security),
                 ("allow_hold_time_zero", vif.allow_hold_time_zero),
+                ("bfd", vif.bfd),
             ];
             for (field, set) in bgp_only {
                 if set {
@@ -1939,6 +1957,27 @@ via = "vif-200"
         ));
         assert_eq!(c.vifs[0].control_rate_pps, Some(0));
         assert_eq!(c.agent.control_rate_pps, DEFAULT_CONTROL_RATE_PPS);
+    }
+
+    #[test]
+    fn bfd_settings() {
+        let c = accepted(&edit(
+            "max_prefixes = 100",
+            "max_prefixes = 100\nbfd = true",
+        ));
+        assert!(c.vifs[0].bfd);
+        assert_eq!((c.agent.bfd_interval_ms, c.agent.bfd_multiplier), (300, 3));
+        rejected_with(
+            &BASE.replacen("[agent]\n", "[agent]\nbfd_interval_ms = 5\n", 1),
+            &[
+                "[agent]",
+                "bfd_interval_ms 5 is not 10 to 60000 milliseconds",
+            ],
+        );
+        rejected_with(
+            &BASE.replacen("[agent]\n", "[agent]\nbfd_multiplier = 0\n", 1),
+            &["bfd_multiplier must be at least 1"],
+        );
     }
 
     // --- BGP settings

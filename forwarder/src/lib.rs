@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod bfd;
 pub mod bgp;
 pub mod capture;
 pub mod cli;

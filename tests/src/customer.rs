@@ -179,6 +179,57 @@ impl<'ns> CustomerRouter<'ns> {
             .with_context(|| format!("no sub-interface for VLAN {vlan}"))
     }
 
+    /// The partner's layer-2 network loses VLAN `vlan` silently: every frame of it is
+    /// dropped by the shim both ways (counted as unknown VLAN / sub-interface) while every
+    /// link stays up, as when the far side of a hosted connection dies.
+    pub fn cut(&mut self, vlan: u16) -> Result<()> {
+        self.set_carried(vlan, false)
+    }
+
+    /// Undoes [`Self::cut`].
+    pub fn mend(&mut self, vlan: u16) -> Result<()> {
+        self.set_carried(vlan, true)
+    }
+
+    fn set_carried(&mut self, vlan: u16, carried: bool) -> Result<()> {
+        let trunk_ifindex = self.ns.ifindex(&self.trunk)?;
+        let shim = self.sub_interface(vlan)?.shim.clone();
+        let shim_ifindex = self.ns.ifindex(&shim)?;
+        let ebpf = self.ebpf.as_mut().context("shim not loaded")?;
+        let key = TrunkVlan {
+            trunk_ifindex,
+            vlan: u32::from(vlan),
+        };
+        {
+            let mut vlans: HashMap<_, TrunkVlan, u32> = HashMap::try_from(
+                ebpf.map_mut(MAP_VLANS)
+                    .with_context(|| format!("map {MAP_VLANS} missing"))?,
+            )?;
+            if carried {
+                vlans.insert(key, shim_ifindex, 0)?;
+            } else {
+                vlans.remove(&key)?;
+            }
+        }
+        let mut subifs: HashMap<_, u32, SubIf> = HashMap::try_from(
+            ebpf.map_mut(MAP_SUBIFS)
+                .with_context(|| format!("map {MAP_SUBIFS} missing"))?,
+        )?;
+        if carried {
+            subifs.insert(
+                shim_ifindex,
+                SubIf {
+                    vlan: u32::from(vlan),
+                    trunk_ifindex,
+                },
+                0,
+            )?;
+        } else {
+            subifs.remove(&shim_ifindex)?;
+        }
+        Ok(())
+    }
+
     /// The shim's counters, summed over all CPUs.
     pub fn counters(&self) -> Result<ShimCounters> {
         shim_counters(self.ebpf.as_ref().context("shim not loaded")?)

@@ -136,6 +136,9 @@ pub struct PeerSpec {
     pub passive: bool,
     /// GTSM (RFC 5082): send with TTL 255, accept only TTL 255 (BIRD and FRR).
     pub ttl_security: bool,
+    /// BFD for the session (BIRD: `protocol bfd` and `bfd on`; FRR: `bfdd` and
+    /// `neighbor X bfd`), 300 ms × 3 (both daemons' defaults).
+    pub bfd: bool,
 }
 
 impl PeerSpec {
@@ -149,7 +152,13 @@ impl PeerSpec {
             password: None,
             passive: false,
             ttl_security: false,
+            bfd: false,
         }
+    }
+
+    pub fn bfd(mut self) -> Self {
+        self.bfd = true;
+        self
     }
 
     pub fn with_password(mut self, password: &str) -> Self {
@@ -628,6 +637,40 @@ impl<'ns> RouterDaemon<'ns> {
         self.log_with_tail(None)
     }
 
+    /// The router's BFD session with `neighbor` as the router shows it: `Up`, `Down`, `Init`
+    /// or `AdminDown` (BIRD: `birdc show bfd sessions`; FRR: `show bfd peers json`), `None`
+    /// when it lists none.
+    pub fn bfd_state(&self, neighbor: Ipv4Addr) -> Result<Option<String>> {
+        match self.kind {
+            Kind::Bird => {
+                let out = self.birdc(&["show", "bfd", "sessions"])?;
+                Ok(out
+                    .lines()
+                    .map(str::split_whitespace)
+                    .find_map(|mut words| {
+                        (words.next() == Some(&neighbor.to_string()))
+                            .then(|| words.nth(1).map(str::to_owned))
+                            .flatten()
+                    }))
+            }
+            Kind::Frr => {
+                let peers = self.vtysh_json("show bfd peers json")?;
+                Ok(peers.as_array().and_then(|a| {
+                    a.iter()
+                        .find(|p| p["peer"] == neighbor.to_string())
+                        .and_then(|p| p["status"].as_str())
+                        .map(|s| {
+                            let mut c = s.chars();
+                            c.next().map_or_else(String::new, |f| {
+                                f.to_uppercase().chain(c).collect::<String>()
+                            })
+                        })
+                }))
+            }
+            Kind::Gobgp => bail!("the GoBGP harness has no BFD"),
+        }
+    }
+
     /// Polls until the session with `neighbor` is Established; the error says the last state,
     /// the last error and the log tail.
     pub fn wait_established(&self, neighbor: Ipv4Addr, timeout: Duration) -> Result<()> {
@@ -844,6 +887,12 @@ impl<'ns> RouterDaemon<'ns> {
             c,
             "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }};{kernel_gr} }}"
         );
+        if self.peers.iter().any(|p| p.bfd) {
+            push_line!(
+                c,
+                "protocol bfd {{ interface \"*\" {{ interval 300 ms; multiplier 3; }}; }}"
+            );
+        }
         push_line!(c, "protocol static originated {{\n  ipv4;");
         for p in &state.announced {
             push_line!(c, "  route {p} blackhole;");
@@ -864,6 +913,9 @@ impl<'ns> RouterDaemon<'ns> {
             }
             if peer.ttl_security {
                 push_line!(c, "  ttl security on;");
+            }
+            if peer.bfd {
+                push_line!(c, "  bfd on;");
             }
             match self.graceful_restart {
                 GracefulRestart::Default => {}
@@ -968,6 +1020,7 @@ impl<'ns> RouterDaemon<'ns> {
             format!("hostname {hostname}\n"),
         )?;
         fs::write(self.dir.join("bgpd.conf"), bgpd_conf)?;
+        fs::write(self.dir.join("bfdd.conf"), "")?;
         fs::write(self.dir.join("vtysh.conf"), "")?;
         // The daemons drop to the frr user; as root without the frrvty group they refuse to
         // start. So the directory is theirs.
@@ -995,6 +1048,11 @@ impl<'ns> RouterDaemon<'ns> {
         self.wait_ready("zebra's zserv socket", |d| {
             d.dir.join("zserv.api").exists() && d.dir.join("zebra.vty").exists()
         })?;
+        if self.peers.iter().any(|p| p.bfd) {
+            let bfdd_args = common(self, "bfdd");
+            self.spawn("bfdd", &format!("{FRR_SBIN}/bfdd"), &bfdd_args)?;
+            self.wait_ready("bfdd's vty", |d| d.dir.join("bfdd.vty").exists())?;
+        }
         let bgpd_args = common(self, "bgpd");
         self.spawn("bgpd", &format!("{FRR_SBIN}/bgpd"), &bgpd_args)?;
         self.wait_ready("bgpd's vty", |d| {
@@ -1035,6 +1093,9 @@ impl<'ns> RouterDaemon<'ns> {
             }
             if peer.ttl_security {
                 push_line!(c, " neighbor {n} ttl-security hops 1");
+            }
+            if peer.bfd {
+                push_line!(c, " neighbor {n} bfd");
             }
         }
         push_line!(c, " address-family ipv4 unicast");

@@ -144,6 +144,14 @@ impl Agent {
                             self.config.agent.bgp_max_prefix_restart,
                         )),
                         port: 179,
+                        bfd: c.bfd.then(|| crate::bgp::BfdConfig {
+                            interval: Duration::from_millis(u64::from(
+                                self.config.agent.bfd_interval_ms,
+                            )),
+                            detect_mult: self.config.agent.bfd_multiplier,
+                            // Unique per (VIF, peer); never 0.
+                            discriminator: (id.0 << 2 | i as u32) + 1,
+                        }),
                     },
                 );
             }

@@ -264,8 +264,30 @@ impl Agent {
             "Routes of a BGP session kept through a restart (graceful restart) and not announced again yet.",
             &session_labels,
         );
+        let bfd_up = gauges(
+            &registry,
+            "forwarder_bfd_session_up",
+            "A BGP session's BFD is Up (1) or not (0); absent without BFD.",
+            &session_labels,
+        );
+        let bfd_ups = counters(
+            &registry,
+            "forwarder_bfd_session_up_total",
+            "How often a BGP session's BFD came Up.",
+            &session_labels,
+        );
         for n in self.neighbors() {
             let (peer, remote) = (n.peer_index.to_string(), n.remote_addr.to_string());
+            if let Some(b) = &n.bfd {
+                let labels = [n.vif.as_str(), peer.as_str(), remote.as_str()];
+                if let Some(m) = &bfd_up {
+                    m.with_label_values(&labels)
+                        .set(i64::from(b.state == crate::bfd::State::Up));
+                }
+                if let Some(m) = &bfd_ups {
+                    m.with_label_values(&labels).inc_by(b.up_count);
+                }
+            }
             let labels = [n.vif.as_str(), peer.as_str(), remote.as_str()];
             let is_up = n.state == SessionState::Established;
             if let Some(m) = &up {

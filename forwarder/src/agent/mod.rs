@@ -1121,7 +1121,10 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     }
     tracing::info!("stopping: XDP and pinned maps stay, forwarding continues");
     // Peers with graceful restart keep our routes until we are back.
-    agent.speaker.stop_for_restart();
+    agent
+        .speaker
+        .stop_for_restart(std::time::Duration::from_secs(1))
+        .await;
     notify(&[sd_notify::NotifyState::Stopping]);
     server.abort();
     if let Some(m) = metrics_server {

@@ -10,7 +10,7 @@
 pub mod fuzz;
 mod policy;
 mod session;
-mod socket;
+pub(crate) mod socket;
 mod wire;
 
 use std::{
@@ -69,6 +69,18 @@ pub struct SessionConfig {
     pub idle_after_max_prefix: Duration,
     /// TCP port of both sides (179).
     pub port: u16,
+    /// BFD (RFC 5880/5881) alongside the session: its going down takes the session down.
+    pub bfd: Option<BfdConfig>,
+}
+
+/// A session's BFD settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BfdConfig {
+    /// Desired transmit and required receive interval once Up.
+    pub interval: Duration,
+    pub detect_mult: u8,
+    /// Our discriminator: unique among the agent's sessions, not 0.
+    pub discriminator: u32,
 }
 
 impl SessionConfig {
@@ -103,6 +115,7 @@ impl SessionConfig {
             connect_retry: Duration::from_secs(5),
             idle_after_max_prefix: Duration::from_secs(30),
             port: 179,
+            bfd: None,
         }
     }
 }
@@ -200,6 +213,8 @@ pub struct NeighborStatus {
     /// Routes kept from before a restart (ours or the peer's) and not announced again yet
     /// (filled in by the agent).
     pub stale_routes: usize,
+    /// BFD, when the VIF has `bfd = true`.
+    pub bfd: Option<crate::bfd::Status>,
 }
 
 /// One prefix the client announced, with the import verdict. JSON: `prefix`, `peer`
@@ -281,6 +296,7 @@ impl Shared {
                 refreshes: 0,
                 refreshes_coalesced: 0,
                 stale_routes: 0,
+                bfd: None,
             },
             established_at: None,
             received: BTreeMap::new(),
@@ -314,6 +330,7 @@ struct Handle {
     id: u64,
     commands: mpsc::UnboundedSender<Command>,
     shared: SharedRef,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Handle {
@@ -374,13 +391,14 @@ impl Speaker {
             rx,
             shared.clone(),
         );
-        runtime.spawn(task.run());
+        let task = runtime.spawn(task.run());
         self.sessions.insert(
             key,
             Handle {
                 id,
                 commands: tx,
                 shared,
+                task,
             },
         );
     }
@@ -405,9 +423,22 @@ impl Speaker {
     /// graceful restart close their connections without a NOTIFICATION, so that their peers
     /// keep our routes for the restart time; the others send Cease / Administrative
     /// Shutdown.
-    pub fn stop_for_restart(&mut self) {
-        for handle in std::mem::take(&mut self.sessions).into_values() {
+    /// Returns once every session has closed (its BFD has said AdminDown) or `within` is
+    /// over.
+    pub async fn stop_for_restart(&mut self, within: Duration) {
+        let handles: Vec<Handle> = std::mem::take(&mut self.sessions).into_values().collect();
+        for handle in &handles {
             handle.send(Command::Shutdown { restarting: true });
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        for handle in handles {
+            if tokio::time::timeout_at(deadline, handle.task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("BGP sessions still closing when the agent stopped");
+                return;
+            }
         }
     }
 

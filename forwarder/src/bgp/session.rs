@@ -25,7 +25,7 @@ use tokio::{
         TcpListener, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::mpsc,
+    sync::{mpsc, watch},
     task::{AbortHandle, JoinHandle},
     time::{Instant, sleep_until},
 };
@@ -227,6 +227,19 @@ pub(super) struct Session {
     /// Established and the peer's table not complete yet ([`Event::EndOfRib`] not sent).
     eor_to_receive: bool,
     next_mark: u64,
+    /// The session's BFD, when configured, and whether it was Up (its going down from Up
+    /// takes the session down; a BFD that never came up changes nothing).
+    bfd: Option<watch::Receiver<crate::bfd::Status>>,
+    bfd_up: bool,
+    bfd_task: Option<JoinHandle<()>>,
+}
+
+/// The next change of the session's BFD state; never without BFD.
+async fn bfd_changed(bfd: &mut Option<watch::Receiver<crate::bfd::Status>>) -> Option<()> {
+    match bfd {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 async fn accept(listener: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
@@ -361,6 +374,7 @@ enum Wake {
     Inbound(u64, Inbound),
     Accepted(std::io::Result<(TcpStream, SocketAddr)>),
     Connected(Result<TcpStream, Error>),
+    Bfd,
     Timer,
 }
 
@@ -427,6 +441,9 @@ impl Session {
             eor_to_send: false,
             eor_to_receive: false,
             next_mark: 0,
+            bfd: None,
+            bfd_up: false,
+            bfd_task: None,
         }
     }
 
@@ -436,8 +453,34 @@ impl Session {
             // A random first delay keeps two speakers started together from both connecting.
             let first = self.cfg.connect_retry / 4;
             self.connect_at = Some(Instant::now() + self.jitter(first, 0.0));
+            if let Some(b) = self.cfg.bfd {
+                let spec = crate::bfd::Spec {
+                    netns: self.cfg.netns.clone(),
+                    local: self.cfg.local_addr,
+                    remote: self.cfg.remote_addr,
+                    interval: b.interval,
+                    detect_mult: b.detect_mult,
+                    discriminator: b.discriminator,
+                };
+                let initial = crate::bfd::Session::new(b.discriminator, b.interval, b.detect_mult);
+                let (tx, rx) = watch::channel(initial.status());
+                lock(&self.shared).status.bfd = Some(initial.status());
+                // It ends when this session (the receiver) is gone.
+                self.bfd_task = Some(tokio::spawn(crate::bfd::run(spec, tx).in_current_span()));
+                self.bfd = Some(rx);
+            }
             loop {
                 if self.step().await == Flow::Stop {
+                    // BFD says AdminDown (the peer must not take that for a failure,
+                    // RFC 5882 §3.2) once its status has no reader.
+                    self.bfd = None;
+                    if let Some(task) = self.bfd_task.take()
+                        && tokio::time::timeout(Duration::from_millis(500), task)
+                            .await
+                            .is_err()
+                    {
+                        tracing::warn!("BFD did not stop in time");
+                    }
                     return;
                 }
                 self.publish_state();
@@ -493,6 +536,7 @@ impl Session {
             Some((id, inbound)) = self.inbound_rx.recv() => Wake::Inbound(id, inbound),
             res = accept(&self.listener) => Wake::Accepted(res),
             res = connected(&mut self.connecting) => Wake::Connected(res),
+            Some(()) = bfd_changed(&mut self.bfd) => Wake::Bfd,
             () = sleep_until(deadline) => Wake::Timer,
         };
         match wake {
@@ -522,6 +566,7 @@ impl Session {
                 self.rejudge().await;
             }
             Wake::Inbound(id, inbound) => self.on_inbound(id, inbound).await,
+            Wake::Bfd => self.on_bfd().await,
             Wake::Accepted(Ok((stream, from))) => self.on_accept(stream, from),
             Wake::Accepted(Err(e)) => {
                 tracing::warn!(error = %e, "BGP accept failed");
@@ -721,6 +766,30 @@ impl Session {
         if self.conns.is_empty() && self.connect_at.is_none_or(|t| t < Instant::now()) {
             let delay = self.retry_delay();
             self.connect_at = Some(Instant::now() + delay);
+        }
+    }
+
+    /// BFD changed state: recorded for `bgp neighbors`; from Up to anything else, every
+    /// connection is closed (Cease / BFD Down, RFC 9384) and the session is down at once,
+    /// its routes withdrawn (no graceful restart: the path is what failed).
+    async fn on_bfd(&mut self) {
+        let Some(status) = self.bfd.as_mut().map(|rx| rx.borrow_and_update().clone()) else {
+            return;
+        };
+        let up = status.state == crate::bfd::State::Up;
+        let why = status.last_down.unwrap_or("down");
+        lock(&self.shared).status.bfd = Some(status);
+        if up {
+            self.bfd_up = true;
+            return;
+        }
+        if !std::mem::take(&mut self.bfd_up) {
+            return;
+        }
+        tracing::warn!(reason = why, "BFD went down: closing the BGP session");
+        while !self.conns.is_empty() {
+            let n = Notification::new(code::CEASE, subcode::BFD_DOWN, format!("BFD {why}"));
+            self.drop_conn(0, Close::Notify(n)).await;
         }
     }
 

@@ -216,3 +216,69 @@ pub fn accepted(stream: &TcpStream, ttl_security: bool) -> Result<(), Error> {
         .map_err(|e| Error::Socket("TCP_NODELAY", e))?;
     set_ttl(&sock, ttl_security)
 }
+
+/// BFD's two UDP sockets in the session's namespace (RFC 5881 §4–5): one receiving on
+/// `local:3784` with the TTL of each datagram reported (IP_RECVTTL), one sending from
+/// `local` (a source port from 49152 up, starting at `source_port`) to `remote:3784` with
+/// TTL 255. Both non-blocking.
+pub async fn bfd_sockets(
+    netns: Option<PathBuf>,
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    source_port: u16,
+) -> Result<(std::net::UdpSocket, std::net::UdpSocket), Error> {
+    in_netns(netns, move || {
+        let udp = || {
+            Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+                .map_err(|e| Error::Socket("socket", e))
+        };
+        let rx = udp()?;
+        rx.set_reuse_address(true)
+            .map_err(|e| Error::Socket("SO_REUSEADDR", e))?;
+        let on: libc::c_int = 1;
+        // SAFETY: a live socket; the option value is a c_int that outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                rx.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVTTL,
+                (&raw const on).cast::<libc::c_void>(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::Socket("IP_RECVTTL", io::Error::last_os_error()));
+        }
+        let at = SocketAddr::V4(SocketAddrV4::new(local, crate::bfd::PORT));
+        rx.bind(&at.into()).map_err(|e| Error::Bind(at, e))?;
+        rx.set_nonblocking(true)
+            .map_err(|e| Error::Socket("O_NONBLOCK", e))?;
+
+        let tx = udp()?;
+        tx.set_ttl_v4(255).map_err(|e| Error::Socket("IP_TTL", e))?;
+        let mut bound = None;
+        for offset in 0..64u16 {
+            let port = 49152 + (source_port.wrapping_sub(49152).wrapping_add(offset) % 16384);
+            let from = SocketAddr::V4(SocketAddrV4::new(local, port));
+            match tx.bind(&from.into()) {
+                Ok(()) => {
+                    bound = Some(from);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+                Err(e) => return Err(Error::Bind(from, e)),
+            }
+        }
+        let Some(from) = bound else {
+            let from = SocketAddr::V4(SocketAddrV4::new(local, source_port));
+            return Err(Error::Bind(from, io::ErrorKind::AddrInUse.into()));
+        };
+        let to = crate::bfd::destination(remote);
+        tx.connect(&to.into()).map_err(|e| Error::Connect(to, e))?;
+        tx.set_nonblocking(true)
+            .map_err(|e| Error::Socket("O_NONBLOCK", e))?;
+        tracing::debug!(%from, %to, "BFD sockets ready");
+        Ok((rx.into(), tx.into()))
+    })
+    .await
+}

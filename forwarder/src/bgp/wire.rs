@@ -46,6 +46,8 @@ pub mod subcode {
     pub const MAX_PREFIXES: u8 = 1;
     pub const ADMINISTRATIVE_SHUTDOWN: u8 = 2;
     pub const COLLISION_RESOLUTION: u8 = 7;
+    /// RFC 9384: the session's BFD went down.
+    pub const BFD_DOWN: u8 = 10;
 }
 
 /// A NOTIFICATION, sent or received.

@@ -48,6 +48,15 @@ pub const MAP_VIF_DROPS: &str = "VIF_DROPS";
 /// be sent, ns) of each CPU.
 pub const MAP_ICMP_BUCKET: &str = "ICMP_BUCKET";
 
+/// `HashMap<BfdKey, BfdAnswer>`: BFD sessions the data plane answers itself while the agent
+/// is away (written by an agent stopping for a restart, removed by the next one as its own
+/// BFD sessions take over), so that a restart does not look like a path failure.
+pub const MAP_BFD_ANSWER: &str = "BFD_ANSWER";
+/// Entries of [`MAP_BFD_ANSWER`]: one per BGP session.
+pub const MAX_BFD_ANSWERS: u32 = 2 * MAX_VIFS;
+/// UDP port of single-hop BFD control packets (RFC 5881).
+pub const BFD_PORT: u16 = 3784;
+
 /// `Array<u32>` of one entry: the VIF whose frames are copied to [`MAP_CAPTURE_RING`]
 /// (`forwarder capture`), 0 when no capture runs. One array read per frame otherwise.
 pub const MAP_CAPTURE: &str = "CAPTURE";
@@ -190,6 +199,30 @@ pub struct VifDrops {
     pub _reserved: u64,
 }
 
+/// Key of [`MAP_BFD_ANSWER`]: the VIF and the client router's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BfdKey {
+    pub vif: u32,
+    pub client: [u8; 4],
+}
+
+/// Value of [`MAP_BFD_ANSWER`]: what our side of an Up BFD session says (host byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BfdAnswer {
+    pub my_disc: u32,
+    /// The peer's discriminator: a packet naming another is not answered.
+    pub your_disc: u32,
+    /// Microseconds.
+    pub desired_min_tx: u32,
+    pub required_min_rx: u32,
+    pub detect_mult: u8,
+    pub _pad: u8,
+    /// Our UDP source port (RFC 5881: 49152–65535), as the peer knows it.
+    pub source_port: u16,
+}
+
 /// Value of [`MAP_ATTACHMENTS`]: everything the encapsulation needs that does not change per
 /// packet. `state` 0 is an empty slot, 1 an active attachment.
 #[repr(C)]
@@ -317,6 +350,8 @@ const _: () = assert!(size_of::<NextHop>() == 48);
 const _: () = assert!(size_of::<TrafficCounters>() == 32);
 const _: () = assert!(size_of::<PacketCounter>() == 16);
 const _: () = assert!(size_of::<VifPolicy>() == 16);
+const _: () = assert!(size_of::<BfdKey>() == 8);
+const _: () = assert!(size_of::<BfdAnswer>() == 20);
 const _: () = assert!(size_of::<ControlBuckets>() == 32);
 const _: () = assert!(size_of::<VifDrops>() == 32);
 const _: () = assert!(drop_reason::COUNT <= DROP_SLOTS && pass_reason::COUNT <= PASS_SLOTS);
@@ -397,9 +432,16 @@ pub mod pass_reason {
     /// A packet too big for the next link, answered with ICMP "fragmentation needed" (sent
     /// back out of the port it came in on).
     pub const ICMP_FRAG_NEEDED: u32 = 3;
-    pub const COUNT: u32 = 4;
-    pub const NAMES: [&str; COUNT as usize] =
-        ["host", "control_in", "control_out", "icmp_frag_needed"];
+    /// A BFD control packet answered by the data plane while the agent was away.
+    pub const BFD_ANSWERED: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "host",
+        "control_in",
+        "control_out",
+        "icmp_frag_needed",
+        "bfd_answered",
+    ];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -484,6 +526,8 @@ mod pod {
     unsafe impl aya::Pod for super::VifPolicy {}
     unsafe impl aya::Pod for super::ControlBuckets {}
     unsafe impl aya::Pod for super::VifDrops {}
+    unsafe impl aya::Pod for super::BfdKey {}
+    unsafe impl aya::Pod for super::BfdAnswer {}
 }
 
 #[cfg(test)]

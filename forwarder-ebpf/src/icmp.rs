@@ -139,7 +139,7 @@ fn fold(mut sum: u64) -> u16 {
 
 /// The checksum of a 20-byte IPv4 header (its `check` field zero).
 #[inline(always)]
-fn ipv4_checksum(h: &Ipv4Hdr) -> u16 {
+pub fn ipv4_checksum(h: &Ipv4Hdr) -> u16 {
     let w = |a: u8, b: u8| u64::from(u16::from_be_bytes([a, b]));
     let sum = w(h.ver_ihl, h.tos)
         + w(h.tot_len[0], h.tot_len[1])

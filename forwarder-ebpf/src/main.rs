@@ -11,6 +11,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod bfd;
 mod capture;
 mod icmp;
 mod limit;

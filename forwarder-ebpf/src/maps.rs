@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 use forwarder_common::{
-    Attachment, CAPTURE_RING_BYTES, ControlBuckets, DROP_SLOTS, MAX_ATTACHMENTS, MAX_NEXT_HOPS,
-    MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, PASS_SLOTS, RouteKey, TrafficCounters, Vif, VifDrops,
-    VifKey, VifPolicy, VtepKey,
+    Attachment, BfdAnswer, BfdKey, CAPTURE_RING_BYTES, ControlBuckets, DROP_SLOTS, MAX_ATTACHMENTS,
+    MAX_BFD_ANSWERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, PASS_SLOTS, RouteKey,
+    TrafficCounters, Vif, VifDrops, VifKey, VifPolicy, VtepKey,
 };
 
 #[map(name = "VIFS")]
@@ -60,6 +60,9 @@ pub static CONTROL_BUCKETS: PerCpuArray<ControlBuckets> =
 
 #[map(name = "VIF_DROPS")]
 pub static VIF_DROPS: PerCpuArray<VifDrops> = PerCpuArray::with_max_entries(MAX_VIFS, 0);
+
+#[map(name = "BFD_ANSWER")]
+pub static BFD_ANSWER: HashMap<BfdKey, BfdAnswer> = HashMap::with_max_entries(MAX_BFD_ANSWERS, 0);
 
 #[map(name = "ICMP_BUCKET")]
 pub static ICMP_BUCKET: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -54,6 +54,12 @@ pub fn try_customer(ctx: &XdpContext) -> Result<u32, Drop> {
         || dst_mac[0] & 1 == 1
         || (inner_type == ETH_P_IP && is_cloud_address(&vif, read(ctx, TAGGED_L3 + 16)?));
     let policy: VifPolicy = VIF_POLICY.get(vif_id).copied().unwrap_or_default();
+    if control
+        && inner_type == ETH_P_IP
+        && let Some(answered) = crate::bfd::answer(ctx, vif_id, &vif)
+    {
+        return answered;
+    }
     if control {
         return to_control_plane(ctx, vif_id, &vif, &policy, inner_type);
     }

@@ -317,6 +317,25 @@ impl Apply {
 
     /// Starts copying VIF `vif`'s frames (0: stops); the ring buffer to read them from is
     /// lent to the caller while a capture runs.
+    /// The data plane answers a BFD session until the next agent takes it over.
+    pub fn set_bfd_answer(
+        &mut self,
+        key: forwarder_common::BfdKey,
+        answer: forwarder_common::BfdAnswer,
+    ) -> Result<(), Error> {
+        self.dp.set_bfd_answer(key, answer)
+    }
+
+    pub fn bfd_answers(
+        &self,
+    ) -> Result<Vec<(forwarder_common::BfdKey, forwarder_common::BfdAnswer)>, Error> {
+        self.dp.bfd_answers()
+    }
+
+    pub fn remove_bfd_answer(&mut self, key: forwarder_common::BfdKey) -> Result<(), Error> {
+        self.dp.remove_bfd_answer(key)
+    }
+
     pub fn set_capture(&mut self, vif: u32) -> Result<(), Error> {
         if self.dp.capture()? != vif {
             self.dp.set_capture(vif)?;

@@ -189,6 +189,11 @@ pub struct Status {
     pub detect_time_ms: Option<u64>,
     /// How often the session came Up.
     pub up_count: u64,
+    pub local_discriminator: u32,
+    pub remote_discriminator: u32,
+    /// While Up: what the data plane needs to answer for us while the agent restarts.
+    #[serde(skip)]
+    pub handover: Option<forwarder_common::BfdAnswer>,
 }
 
 /// One session's protocol state (RFC 5880 §6.8.1), without sockets or clocks of its own.
@@ -214,6 +219,8 @@ pub struct Session {
     last_rx: Option<Instant>,
     up_count: u64,
     last_down: Option<&'static str>,
+    /// Our UDP source port, once bound.
+    source_port: u16,
 }
 
 impl Session {
@@ -239,7 +246,29 @@ impl Session {
             last_rx: None,
             up_count: 0,
             last_down: None,
+            source_port: 0,
         }
+    }
+
+    /// A session the data plane kept Up while the agent was away (`answer` is what it said
+    /// for us): Up again at once, the peer's timers assumed slow (1 s × our multiplier) until
+    /// its next packet tells them.
+    pub fn resume(answer: &forwarder_common::BfdAnswer, interval: Duration, now: Instant) -> Self {
+        let mut s = Self::new(answer.my_disc, interval, answer.detect_mult);
+        s.state = State::Up;
+        s.remote_state = Some(State::Up);
+        s.remote_disc = answer.your_disc;
+        s.desired_min_tx = s.interval;
+        s.remote_min_rx = s.interval;
+        s.remote_desired_tx = SLOW_TX.as_micros() as u32;
+        s.remote_detect_mult = s.detect_mult;
+        s.last_rx = Some(now);
+        s.up_count = 1;
+        s
+    }
+
+    pub fn set_source_port(&mut self, port: u16) {
+        self.source_port = port;
     }
 
     pub fn state(&self) -> State {
@@ -358,6 +387,19 @@ impl Session {
                 .filter(|_| matches!(self.state, State::Init | State::Up))
                 .map(|d| d.as_millis() as u64),
             up_count: self.up_count,
+            local_discriminator: self.local_disc,
+            remote_discriminator: self.remote_disc,
+            handover: (self.state == State::Up && self.source_port != 0).then_some(
+                forwarder_common::BfdAnswer {
+                    my_disc: self.local_disc,
+                    your_disc: self.remote_disc,
+                    desired_min_tx: self.desired_min_tx,
+                    required_min_rx: self.interval,
+                    detect_mult: self.detect_mult,
+                    _pad: 0,
+                    source_port: self.source_port,
+                },
+            ),
         }
     }
 
@@ -405,14 +447,19 @@ pub struct Spec {
     pub detect_mult: u8,
     /// Our discriminator: unique among the agent's sessions, never 0.
     pub discriminator: u32,
+    /// The session the data plane kept Up while the agent restarted, to go on with.
+    pub resume: Option<forwarder_common::BfdAnswer>,
 }
 
 /// Drives one session until `status` has no receiver left: receives on `local:3784` (only
 /// from `remote`, only with TTL 255: RFC 5881 §5), sends from `local:49152+` with TTL 255,
 /// and publishes every change of state.
-pub async fn run(spec: Spec, status: watch::Sender<Status>) {
+pub async fn run(mut spec: Spec, status: watch::Sender<Status>) {
     loop {
-        match session(&spec, &status).await {
+        let result = session(&spec, &status).await;
+        // A retry starts from Down: whatever the data plane kept is stale by then.
+        spec.resume = None;
+        match result {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(remote = %spec.remote, error = %e, "BFD sockets failed; retrying in 1 s");
@@ -436,7 +483,14 @@ async fn session(spec: &Spec, status: &watch::Sender<Status>) -> io::Result<()> 
     .map_err(io::Error::other)?;
     let rx = tokio::net::UdpSocket::from_std(rx)?;
     let rx_fd = rx.as_raw_fd();
-    let mut s = Session::new(spec.discriminator, spec.interval, spec.detect_mult);
+    let mut s = match &spec.resume {
+        Some(answer) => {
+            tracing::info!(remote = %spec.remote, "BFD: taking over the session the data plane kept up");
+            Session::resume(answer, spec.interval, Instant::now())
+        }
+        None => Session::new(spec.discriminator, spec.interval, spec.detect_mult),
+    };
+    s.set_source_port(tx.local_addr()?.port());
     status.send_replace(s.status());
     let mut rng = u64::from(spec.discriminator) | 1;
     let mut next_tx = Instant::now();

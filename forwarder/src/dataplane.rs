@@ -23,10 +23,11 @@ use aya::{
     },
 };
 use forwarder_common::{
-    Attachment, ControlBuckets, DROP_SLOTS, MAP_ATTACHMENT_STATS, MAP_ATTACHMENTS, MAP_CAPTURE,
-    MAP_CAPTURE_RING, MAP_CONTROL_BUCKETS, MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES,
-    MAP_ROUTES, MAP_TX_PORTS, MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS, MAP_VIF_TABLE,
-    MAP_VIFS, MAP_VTEPS, MAX_ATTACHMENTS, MAX_GROUP_MEMBERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_VIFS,
+    Attachment, BfdAnswer, BfdKey, ControlBuckets, DROP_SLOTS, MAP_ATTACHMENT_STATS,
+    MAP_ATTACHMENTS, MAP_BFD_ANSWER, MAP_CAPTURE, MAP_CAPTURE_RING, MAP_CONTROL_BUCKETS,
+    MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES, MAP_ROUTES, MAP_TX_PORTS,
+    MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS,
+    MAX_ATTACHMENTS, MAX_BFD_ANSWERS, MAX_GROUP_MEMBERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_VIFS,
     NextHop, PASS_SLOTS, PacketCounter, RouteKey, TrafficCounters, VLAN_COUNTERS,
     VLAN_UNTAGGED_SLOT, Vif, VifDrops, VifKey, VifPolicy, VtepKey, drop_reason, next_hop_kind,
     outer_ipv4_partial_csum, pass_reason,
@@ -41,7 +42,8 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Every map the agent pins and re-adopts (the capture flag too, so that a new agent turns
 /// off a capture a killed one left on).
-const PINNED_MAPS: [&str; 16] = [
+const PINNED_MAPS: [&str; 17] = [
+    MAP_BFD_ANSWER,
     MAP_VIF_POLICY,
     MAP_CONTROL_BUCKETS,
     MAP_VIF_DROPS,
@@ -64,7 +66,13 @@ const PINNED_MAPS: [&str; 16] = [
 /// 0 = any). The kernel does not compare a pinned map with the program's definition, and
 /// aya adopts whatever the pin holds, so an upgrade that changed a map would run the new
 /// program on the old map.
-const MAP_SHAPES: [(&str, usize, usize, u32); 16] = [
+const MAP_SHAPES: [(&str, usize, usize, u32); 17] = [
+    (
+        MAP_BFD_ANSWER,
+        size_of::<BfdKey>(),
+        size_of::<BfdAnswer>(),
+        MAX_BFD_ANSWERS,
+    ),
     (MAP_VIF_POLICY, 4, size_of::<VifPolicy>(), MAX_VIFS),
     (
         MAP_CONTROL_BUCKETS,
@@ -604,6 +612,30 @@ impl Dataplane {
             too_big: s.too_big + c.too_big,
             _reserved: 0,
         }))
+    }
+
+    /// Has the data plane answer a BFD session while the agent is away.
+    pub fn set_bfd_answer(&mut self, key: BfdKey, answer: BfdAnswer) -> Result<(), Error> {
+        self.hash::<BfdKey, BfdAnswer>(MAP_BFD_ANSWER)?
+            .insert(key, answer, 0)
+            .map_err(map_err(MAP_BFD_ANSWER))
+    }
+
+    /// Every BFD session the data plane answers.
+    pub fn bfd_answers(&self) -> Result<Vec<(BfdKey, BfdAnswer)>, Error> {
+        let map: HashMap<&MapData, BfdKey, BfdAnswer> =
+            HashMap::try_from(self.map(MAP_BFD_ANSWER)?).map_err(map_err(MAP_BFD_ANSWER))?;
+        map.iter()
+            .map(|e| e.map_err(map_err(MAP_BFD_ANSWER)))
+            .collect()
+    }
+
+    /// The agent's own BFD session takes over.
+    pub fn remove_bfd_answer(&mut self, key: BfdKey) -> Result<(), Error> {
+        ignore_missing(
+            self.hash::<BfdKey, BfdAnswer>(MAP_BFD_ANSWER)?.remove(&key),
+            MAP_BFD_ANSWER,
+        )
     }
 
     /// Points a (port, VLAN) key at VIF `id`.

@@ -1588,3 +1588,97 @@ fn jumbo_frames_pass_as_multi_buffer() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn bfd_handed_to_the_data_plane_is_answered_in_place() -> anyhow::Result<()> {
+    use forwarder_common::{BfdAnswer, BfdKey};
+    let mut f = Fixture::new()?;
+    const CLIENT_ADDR: [u8; 4] = [169, 254, 10, 2];
+    let control = |state: u8, poll: bool, my: u32, your: u32| -> Vec<u8> {
+        let mut b = vec![0x20, state << 6 | if poll { 0x20 } else { 0 }, 3, 24];
+        for v in [my, your, 300_000, 300_000, 0] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b
+    };
+    let from_client = |payload: &[u8], ttl: u8| -> Vec<u8> {
+        let mut packet = Vec::new();
+        PacketBuilder::ipv4(CLIENT_ADDR, CLOUD_ADDR, ttl)
+            .udp(49200, 3784)
+            .write(&mut packet, payload)
+            .expect("bfd packet");
+        tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet)
+    };
+    // The agent runs its own BFD: packets go to the control plane, untagged.
+    let frame = from_client(&control(3, false, 77, 9), 255);
+    let (action, out) = f.customer(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(out.len(), frame.len() - 4, "to the control plane, untagged");
+
+    // Handed over: the data plane answers, Up, with a Final for the Poll.
+    f.dp.set_bfd_answer(
+        BfdKey {
+            vif: 1,
+            client: CLIENT_ADDR,
+        },
+        BfdAnswer {
+            my_disc: 9,
+            your_disc: 77,
+            desired_min_tx: 300_000,
+            required_min_rx: 300_000,
+            detect_mult: 3,
+            _pad: 0,
+            source_port: 49400,
+        },
+    )?;
+    let passes_before = f.dp.passes()?;
+    let (action, out) = f.customer(&from_client(&control(3, true, 77, 9), 255));
+    assert_eq!(action, XDP_REDIRECT, "sent back out of the connection port");
+    let mut answer = vec![0x20, 0xd0, 3, 24];
+    for v in [9u32, 77, 300_000, 300_000, 0] {
+        answer.extend_from_slice(&v.to_be_bytes());
+    }
+    let mut ip = Ipv4Header::new(32, 255, IpNumber::UDP, CLOUD_ADDR, CLIENT_ADDR)?;
+    ip.dont_fragment = false;
+    ip.dscp = etherparse::Ipv4Dscp::try_new(0x30)?;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut l3 = ip.to_bytes().to_vec();
+    l3.extend_from_slice(
+        &UdpHeader {
+            source_port: 49400,
+            destination_port: 3784,
+            length: 32,
+            checksum: 0,
+        }
+        .to_bytes(),
+    );
+    l3.extend_from_slice(&answer);
+    assert_eq!(
+        out,
+        tagged(CLIENT1, VIF_MAC[1], 100, 0x0800, &l3),
+        "our Up packet, byte for byte"
+    );
+    let passes = f.dp.passes()?;
+    assert_eq!(
+        passes[pass_reason::BFD_ANSWERED as usize]
+            - passes_before[pass_reason::BFD_ANSWERED as usize],
+        1
+    );
+
+    // Not answered, left to the control plane: a peer that is not Up, a packet naming
+    // another discriminator, one that came from further away than the link (TTL < 255).
+    for frame in [
+        from_client(&control(1, false, 77, 9), 255),
+        from_client(&control(3, false, 77, 10), 255),
+        from_client(&control(3, false, 77, 9), 254),
+    ] {
+        let (action, out) = f.customer(&frame);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out.len(), frame.len() - 4, "to the control plane");
+    }
+    assert_eq!(
+        f.dp.passes()?[pass_reason::BFD_ANSWERED as usize],
+        passes[pass_reason::BFD_ANSWERED as usize]
+    );
+    Ok(())
+}

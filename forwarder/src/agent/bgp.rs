@@ -33,6 +33,9 @@ use crate::{
 pub struct BgpState {
     /// Sessions started, with the config they were started with (a changed config restarts).
     pub sessions: BTreeMap<SessionKey, SessionConfig>,
+    /// BFD sessions the data plane answers since the previous agent stopped, until this
+    /// agent's session for them has started.
+    pub bfd_handed: BTreeMap<SessionKey, forwarder_common::BfdKey>,
     /// The VPC CIDRs each session's import filter was last given.
     pub cidrs: BTreeMap<SessionKey, Vec<Ipv4Net>>,
     /// Sessions in Established.
@@ -179,6 +182,13 @@ impl Agent {
                 self.speaker.add_session(cfg.clone(), cidrs.clone());
                 self.bgp.sessions.insert(key, cfg);
                 self.bgp.cidrs.insert(key, cidrs);
+                // Its BFD goes on from what the data plane kept: the data plane stops
+                // answering.
+                if let Some(bfd) = self.bgp.bfd_handed.remove(&key)
+                    && let Err(e) = self.apply.remove_bfd_answer(bfd)
+                {
+                    tracing::warn!(error = %super::error_chain(&e), "BFD left to the data plane");
+                }
             } else if self.bgp.cidrs.get(&key) != Some(&cidrs) {
                 // VPC CIDRs changed with a reload: the import filter judges again.
                 self.speaker
@@ -256,6 +266,78 @@ impl Agent {
     }
 
     /// Every session's status, with its stale routes.
+    /// Stopping for a restart: every BFD session that is Up is answered by the data plane
+    /// until the next agent takes it over, so that the customer's router does not see the
+    /// restart as a failure of the path.
+    pub(super) fn hand_bfd_to_the_data_plane(&mut self) {
+        let mut handed = 0;
+        for n in self.speaker.status() {
+            let Some(answer) = n.bfd.as_ref().and_then(|b| b.handover) else {
+                continue;
+            };
+            let Some(vif) = self.model.vif_id(&n.vif) else {
+                continue;
+            };
+            let key = forwarder_common::BfdKey {
+                vif: vif.0,
+                client: n.remote_addr.octets(),
+            };
+            match self.apply.set_bfd_answer(key, answer) {
+                Ok(()) => handed += 1,
+                Err(e) => {
+                    tracing::warn!(vif = %n.vif, error = %super::error_chain(&e), "BFD not handed to the data plane");
+                }
+            }
+        }
+        if handed > 0 {
+            tracing::info!(
+                sessions = handed,
+                "BFD answered by the data plane until the next agent"
+            );
+        }
+    }
+
+    /// Starting over a previous agent's data plane: the BFD sessions it answers are taken
+    /// over by the sessions about to start; those no session will take are dropped.
+    pub(super) fn take_bfd_from_the_data_plane(&mut self) {
+        let answers = match self.apply.bfd_answers() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %super::error_chain(&e), "reading the BFD answers");
+                return;
+            }
+        };
+        let mut resume = BTreeMap::new();
+        for (key, answer) in answers {
+            let session = self.model.vifs.iter().find_map(|(id, v)| {
+                let peer = v
+                    .peers
+                    .iter()
+                    .position(|p| p.client_address.octets() == key.client)?;
+                (id.0 == key.vif && v.routing == Routing::Bgp && v.config.bfd)
+                    .then(|| ((*id, peer as u8), v.name.clone(), peer))
+            });
+            match session {
+                Some((skey, name, peer)) => {
+                    resume.insert((name, peer), answer);
+                    self.bgp.bfd_handed.insert(skey, key);
+                }
+                None => {
+                    if let Err(e) = self.apply.remove_bfd_answer(key) {
+                        tracing::warn!(error = %super::error_chain(&e), "removing a BFD answer");
+                    }
+                }
+            }
+        }
+        if !resume.is_empty() {
+            tracing::info!(
+                sessions = resume.len(),
+                "BFD sessions kept up by the data plane: taking them over"
+            );
+        }
+        self.speaker.set_bfd_resume(resume);
+    }
+
     pub(super) fn neighbors(&self) -> Vec<crate::bgp::NeighborStatus> {
         let mut all = self.speaker.status();
         for n in &mut all {

@@ -359,6 +359,7 @@ impl Agent {
         agent
             .speaker
             .set_restarted(restarted && agent.config.agent.bgp_graceful_restart);
+        agent.take_bfd_from_the_data_plane();
         let transition = Transition::between(None, &agent.model, &agent.control_planes);
         let applied = agent.apply_model(transition);
         agent.speaker.set_restarted(false);
@@ -1120,7 +1121,9 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
         }
     }
     tracing::info!("stopping: XDP and pinned maps stay, forwarding continues");
-    // Peers with graceful restart keep our routes until we are back.
+    // Peers with graceful restart keep our routes until we are back, and the data plane
+    // keeps their BFD sessions up meanwhile.
+    agent.hand_bfd_to_the_data_plane();
     agent
         .speaker
         .stop_for_restart(std::time::Duration::from_secs(1))

@@ -352,6 +352,9 @@ pub struct Speaker {
     /// Sessions started now tell their peers (R and F bits) that we restarted with the
     /// forwarding state kept.
     restarted: bool,
+    /// BFD sessions the data plane kept Up across the agent's restart, by (VIF, peer): the
+    /// session started for one goes on with it.
+    bfd_resume: BTreeMap<(String, usize), forwarder_common::BfdAnswer>,
 }
 
 impl Speaker {
@@ -361,7 +364,16 @@ impl Speaker {
             sessions: BTreeMap::new(),
             next_id: 0,
             restarted: false,
+            bfd_resume: BTreeMap::new(),
         }
+    }
+
+    /// BFD sessions to go on with (see [`crate::bfd::Session::resume`]).
+    pub fn set_bfd_resume(
+        &mut self,
+        resume: BTreeMap<(String, usize), forwarder_common::BfdAnswer>,
+    ) {
+        self.bfd_resume = resume;
     }
 
     /// While true, sessions started say in their first OPEN that we restarted and kept
@@ -382,6 +394,7 @@ impl Speaker {
         let (tx, rx) = mpsc::unbounded_channel();
         self.next_id += 1;
         let id = self.next_id;
+        let resume = self.bfd_resume.remove(&key);
         let task = session::Session::new(
             cfg,
             id,
@@ -390,7 +403,8 @@ impl Speaker {
             self.events.clone(),
             rx,
             shared.clone(),
-        );
+        )
+        .resume_bfd(resume);
         let task = runtime.spawn(task.run());
         self.sessions.insert(
             key,

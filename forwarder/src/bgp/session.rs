@@ -232,6 +232,11 @@ pub(super) struct Session {
     bfd: Option<watch::Receiver<crate::bfd::Status>>,
     bfd_up: bool,
     bfd_task: Option<JoinHandle<()>>,
+    /// What the data plane answered for our BFD while the agent restarted.
+    bfd_resume: Option<forwarder_common::BfdAnswer>,
+    /// Stopping because the agent restarts: BFD stops without AdminDown (the next agent's
+    /// data plane answers for it).
+    restarting: bool,
 }
 
 /// The next change of the session's BFD state; never without BFD.
@@ -444,7 +449,15 @@ impl Session {
             bfd: None,
             bfd_up: false,
             bfd_task: None,
+            bfd_resume: None,
+            restarting: false,
         }
+    }
+
+    /// Goes on with a BFD session the data plane kept Up while the agent restarted.
+    pub(super) fn resume_bfd(mut self, answer: Option<forwarder_common::BfdAnswer>) -> Self {
+        self.bfd_resume = answer;
+        self
     }
 
     pub(super) async fn run(mut self) {
@@ -461,6 +474,7 @@ impl Session {
                     interval: b.interval,
                     detect_mult: b.detect_mult,
                     discriminator: b.discriminator,
+                    resume: self.bfd_resume.take(),
                 };
                 let initial = crate::bfd::Session::new(b.discriminator, b.interval, b.detect_mult);
                 let (tx, rx) = watch::channel(initial.status());
@@ -473,13 +487,17 @@ impl Session {
                 if self.step().await == Flow::Stop {
                     // BFD says AdminDown (the peer must not take that for a failure,
                     // RFC 5882 §3.2) once its status has no reader.
+                    // When the agent restarts, BFD just stops: the data plane answers for it.
                     self.bfd = None;
-                    if let Some(task) = self.bfd_task.take()
-                        && tokio::time::timeout(Duration::from_millis(500), task)
+                    if let Some(task) = self.bfd_task.take() {
+                        if self.restarting {
+                            task.abort();
+                        } else if tokio::time::timeout(Duration::from_millis(500), task)
                             .await
                             .is_err()
-                    {
-                        tracing::warn!("BFD did not stop in time");
+                        {
+                            tracing::warn!("BFD did not stop in time");
+                        }
                     }
                     return;
                 }
@@ -648,6 +666,7 @@ impl Session {
     /// Closes every connection: Cease / Administrative Shutdown, or, when the agent
     /// restarts and the session has graceful restart, nothing (the peer keeps our routes).
     fn shutdown(&mut self, restarting: bool) {
+        self.restarting = restarting;
         let n = Notification::new(
             code::CEASE,
             subcode::ADMINISTRATIVE_SHUTDOWN,

@@ -761,8 +761,22 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
         Request::BgpRoutes {
             advertised: false, ..
         } => table(
-            &["PEER", "PREFIX", "VERDICT"],
-            &rows(data, &["peer", "prefix", "verdict"]),
+            &[
+                "PEER", "PREFIX", "VERDICT", "PREF", "AS PATH", "MED", "BEST", "WHY",
+            ],
+            &rows(
+                data,
+                &[
+                    "peer",
+                    "prefix",
+                    "verdict",
+                    "local_pref",
+                    "as_path_len",
+                    "med",
+                    "best",
+                    "why",
+                ],
+            ),
         ),
         Request::Capture { .. } => String::new(),
         Request::RouteAdd { .. } | Request::RouteDel { .. } | Request::Reload => {

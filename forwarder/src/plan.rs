@@ -22,7 +22,15 @@ use crate::{
 pub type SessionKey = (VifId, u8);
 
 /// BGP routes held: per (VIF, prefix), the mask of the VIF's sessions that announced it.
-pub type BgpMasks = HashMap<(VifId, Ipv4Net), u8>;
+pub type BgpMasks = HashMap<(VifId, Ipv4Net), VifPaths>;
+
+/// A VIF's BGP paths to one prefix: the sessions (bit i = peer i) whose path ranks best
+/// within the VIF, and that path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VifPaths {
+    pub mask: u8,
+    pub path: crate::rib::PathInfo,
+}
 
 /// A link of the agent's namespace as last seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,32 +260,19 @@ pub fn build_rib(model: &Model, bgp: &BgpMasks) -> Rib {
             rib.insert(
                 att.gateway,
                 *prefix,
-                Candidate {
-                    source: Source::Propagated,
-                    target: Target::Attachment(*id),
-                },
+                Candidate::new(Source::Propagated, Target::Attachment(*id)),
             );
         }
     }
     for ((gateway, prefix), s) in &model.statics {
-        rib.insert(
-            *gateway,
-            *prefix,
-            Candidate {
-                source: Source::Static,
-                target: s.target,
-            },
-        );
+        rib.insert(*gateway, *prefix, Candidate::new(Source::Static, s.target));
     }
-    for ((vif, prefix), mask) in bgp {
+    for ((vif, prefix), paths) in bgp {
         if let Some(v) = model.vifs.get(vif) {
             rib.insert(
                 v.gateway,
                 *prefix,
-                Candidate {
-                    source: Source::Bgp,
-                    target: Target::VifPeers(*vif, *mask),
-                },
+                Candidate::bgp(Target::VifPeers(*vif, paths.mask), paths.path),
             );
         }
     }
@@ -457,7 +452,8 @@ impl Desired {
     }
 
     /// What a session of `vif` should advertise: every route selected in its gateway except
-    /// those toward the VIF itself.
+    /// those toward the VIF itself and BGP routes their customer marked NO_EXPORT or
+    /// NO_ADVERTISE.
     pub fn exports(&self, model: &Model, vif: VifId) -> BTreeSet<Ipv4Net> {
         let Some(v) = model.vifs.get(&vif) else {
             return BTreeSet::new();
@@ -466,7 +462,7 @@ impl Desired {
             .get(&v.gateway)
             .into_iter()
             .flatten()
-            .filter(|(_, c)| c.target.vif() != Some(vif))
+            .filter(|(_, c)| c.target.vif() != Some(vif) && !c.no_export)
             .map(|(p, _)| *p)
             .collect()
     }
@@ -491,8 +487,9 @@ pub fn export_changes(
     }
     for change in &changes.routes {
         for session in by_gateway.get(&change.gateway).into_iter().flatten() {
-            let exported =
-                |c: Option<Candidate>| c.is_some_and(|c| c.target.vif() != Some(session.0));
+            let exported = |c: Option<Candidate>| {
+                c.is_some_and(|c| c.target.vif() != Some(session.0) && !c.no_export)
+            };
             let (was, now) = (exported(change.old), exported(change.new));
             if was == now {
                 continue;

@@ -61,11 +61,98 @@ impl Target {
     }
 }
 
-/// One candidate route of a prefix. Candidates order by preference: source, then target.
+/// LOCAL_PREF of a BGP route without a preference community (the "medium" of
+/// `LOCAL_ASN:7200`).
+pub const MEDIUM_PREF: u32 = 200;
+
+/// How a BGP path ranks among the paths of one prefix, in the order of BGP's decision
+/// process as far as it applies here: higher local preference (from the customer's
+/// communities), then shorter AS_PATH, then — between paths from the same neighbouring AS
+/// only — lower MED. The derived order is that order (smaller is better); between
+/// different neighbouring ASes the lower ASN comes first, which only breaks ties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Rank {
+    inv_local_pref: u32,
+    pub as_path_len: u16,
+    pub neighbor_as: u32,
+    pub med: u32,
+}
+
+impl Rank {
+    pub const fn new(local_pref: u32, as_path_len: u16, neighbor_as: u32, med: u32) -> Self {
+        Self {
+            inv_local_pref: u32::MAX - local_pref,
+            as_path_len,
+            neighbor_as,
+            med,
+        }
+    }
+
+    pub const fn local_pref(self) -> u32 {
+        u32::MAX - self.inv_local_pref
+    }
+
+    /// Why `self` beats `other` (which it sorts before), in words.
+    pub fn beats(self, other: Self) -> &'static str {
+        if self.inv_local_pref != other.inv_local_pref {
+            "higher local preference"
+        } else if self.as_path_len != other.as_path_len {
+            "shorter AS_PATH"
+        } else if self.neighbor_as != other.neighbor_as {
+            "lower neighbour AS (MED not comparable)"
+        } else if self.med != other.med {
+            "lower MED"
+        } else {
+            "equal path, lower VIF id"
+        }
+    }
+}
+
+impl Default for Rank {
+    fn default() -> Self {
+        Self::new(MEDIUM_PREF, 0, 0, 0)
+    }
+}
+
+/// What the gateway keeps of a BGP path's attributes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PathInfo {
+    pub rank: Rank,
+    /// NO_EXPORT or NO_ADVERTISE: not advertised to the gateway's other VIFs.
+    pub no_export: bool,
+}
+
+/// One candidate route of a prefix. Candidates order by preference: source, then (BGP)
+/// rank, then target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Candidate {
     pub source: Source,
+    pub rank: Rank,
     pub target: Target,
+    /// Not advertised to the gateway's other VIFs (NO_EXPORT / NO_ADVERTISE).
+    pub no_export: bool,
+}
+
+impl Candidate {
+    /// A route that is not from BGP.
+    pub fn new(source: Source, target: Target) -> Self {
+        Self {
+            source,
+            rank: Rank::default(),
+            target,
+            no_export: false,
+        }
+    }
+
+    /// A BGP route with its path's attributes.
+    pub fn bgp(target: Target, path: PathInfo) -> Self {
+        Self {
+            source: Source::Bgp,
+            rank: path.rank,
+            target,
+            no_export: path.no_export,
+        }
+    }
 }
 
 type Candidates = SmallVec<[Candidate; 1]>;
@@ -183,14 +270,8 @@ mod tests {
     fn candidates_stay_ordered_by_preference_and_the_vif_index_follows() {
         let mut rib = Rib::default();
         let (g, p) = (GatewayId(1), net("192.168.50.0/24"));
-        let bgp = Candidate {
-            source: Source::Bgp,
-            target: Target::VifPeers(VifId(1), 3),
-        };
-        let stat = Candidate {
-            source: Source::Static,
-            target: Target::Vif(VifId(2)),
-        };
+        let bgp = Candidate::bgp(Target::VifPeers(VifId(1), 3), PathInfo::default());
+        let stat = Candidate::new(Source::Static, Target::Vif(VifId(2)));
         assert!(rib.insert(g, p, bgp));
         assert!(rib.insert(g, p, stat));
         assert!(!rib.insert(g, p, stat));

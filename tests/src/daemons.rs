@@ -215,6 +215,20 @@ pub enum GracefulRestart {
 struct State {
     announced: BTreeSet<Ipv4Net>,
     disabled: BTreeSet<Ipv4Addr>,
+    /// Attributes given to announced prefixes on export (BIRD: its export filter).
+    paths: std::collections::BTreeMap<Ipv4Net, PathAttrs>,
+}
+
+/// Attributes a router gives a prefix it announces (BIRD and FRR).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PathAttrs {
+    /// Standard communities (ASN, value).
+    pub communities: Vec<(u16, u16)>,
+    /// NO_EXPORT (65535:65281).
+    pub no_export: bool,
+    /// How many times the router's own ASN is prepended.
+    pub prepend: u8,
+    pub med: Option<u32>,
 }
 
 struct Proc {
@@ -315,6 +329,7 @@ impl<'ns> RouterDaemon<'ns> {
             state: Mutex::new(State {
                 announced: announce.iter().map(Ipv4Net::trunc).collect(),
                 disabled: BTreeSet::new(),
+                paths: std::collections::BTreeMap::new(),
             }),
             graceful_restart,
         };
@@ -376,6 +391,68 @@ impl<'ns> RouterDaemon<'ns> {
                 }
                 Ok(())
             }
+        })
+    }
+
+    /// Gives the announced `prefix` these attributes toward every peer (replacing what it
+    /// had), and has the router send it again (BIRD: reconfigure; FRR: a route-map out and
+    /// a soft clear).
+    pub fn set_path(&self, prefix: Ipv4Net, attrs: PathAttrs) -> Result<()> {
+        let prefix = prefix.trunc();
+        self.op("set_path", || match self.kind {
+            Kind::Bird => self.bird_update(|s| {
+                s.paths.insert(prefix, attrs.clone());
+            }),
+            Kind::Frr => {
+                let paths = {
+                    let mut s = self.lock()?;
+                    s.paths.insert(prefix, attrs.clone());
+                    s.paths.clone()
+                };
+                let asn = self.frr_asn();
+                let mut cmds = vec![
+                    "configure terminal".to_owned(),
+                    "no route-map FWT-OUT".to_owned(),
+                ];
+                for (n, (p, a)) in paths.iter().enumerate() {
+                    let seq = 10 * (n + 1);
+                    cmds.push(format!("no ip prefix-list FWT-P{n}"));
+                    cmds.push(format!("ip prefix-list FWT-P{n} seq 5 permit {p}"));
+                    cmds.push(format!("route-map FWT-OUT permit {seq}"));
+                    cmds.push(format!("match ip address prefix-list FWT-P{n}"));
+                    let mut communities: Vec<String> = a
+                        .communities
+                        .iter()
+                        .map(|(x, y)| format!("{x}:{y}"))
+                        .collect();
+                    if a.no_export {
+                        communities.push("no-export".into());
+                    }
+                    if !communities.is_empty() {
+                        cmds.push(format!("set community {}", communities.join(" ")));
+                    }
+                    if a.prepend > 0 {
+                        let asns = vec![asn.to_string(); usize::from(a.prepend)];
+                        cmds.push(format!("set as-path prepend {}", asns.join(" ")));
+                    }
+                    if let Some(med) = a.med {
+                        cmds.push(format!("set metric {med}"));
+                    }
+                    cmds.push("exit".into());
+                }
+                cmds.push("route-map FWT-OUT permit 10000".into());
+                cmds.push("exit".into());
+                cmds.push(format!("router bgp {asn}"));
+                cmds.push("address-family ipv4 unicast".into());
+                for peer in &self.peers {
+                    cmds.push(format!("neighbor {} route-map FWT-OUT out", peer.neighbor));
+                }
+                let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+                self.vtysh(&refs)?;
+                self.vtysh(&["clear bgp ipv4 unicast * soft out"])?;
+                Ok(())
+            }
+            Kind::Gobgp => bail!("the GoBGP harness sets no path attributes"),
         })
     }
 
@@ -926,9 +1003,36 @@ impl<'ns> RouterDaemon<'ns> {
                 c,
                 "  hold time {HOLD_TIME}; keepalive time {KEEPALIVE};\n  \
                  connect delay time 1; connect retry time {CONNECT_RETRY}; \
-                 error wait time 1, 2;\n  \
-                 ipv4 {{ import all; export where source = RTS_STATIC; }};\n}}"
+                 error wait time 1, 2;"
             );
+            if state.paths.is_empty() {
+                push_line!(
+                    c,
+                    "  ipv4 {{ import all; export where source = RTS_STATIC; }};\n}}"
+                );
+            } else {
+                push_line!(
+                    c,
+                    "  ipv4 {{ import all; export filter {{\n    if source != RTS_STATIC then reject;"
+                );
+                for (p, a) in &state.paths {
+                    push_line!(c, "    if net = {p} then {{");
+                    for (x, y) in &a.communities {
+                        push_line!(c, "      bgp_community.add(({x}, {y}));");
+                    }
+                    if a.no_export {
+                        push_line!(c, "      bgp_community.add((65535, 65281));");
+                    }
+                    for _ in 0..a.prepend {
+                        push_line!(c, "      bgp_path.prepend({});", peer.local_asn);
+                    }
+                    if let Some(med) = a.med {
+                        push_line!(c, "      bgp_med = {med};");
+                    }
+                    push_line!(c, "    }}");
+                }
+                push_line!(c, "    accept;\n  }}; }};\n}}");
+            }
         }
         c
     }

@@ -99,6 +99,14 @@ impl Topology {
         Ok(customer)
     }
 
+    /// A second connection for a customer with two: `hc2` on the gateway, `trunk0` in a
+    /// router namespace of its own (returned; keep it for the test).
+    pub fn second_connection(&self) -> Result<NetNs> {
+        let rtr2 = NetNs::new("rtr2")?;
+        veth(&rtr2, "trunk0", &self.gw, "hc2")?;
+        Ok(rtr2)
+    }
+
     /// Re-creates the VPC's VXLAN device with another VNI (as a VPC moved to another VNI).
     pub fn set_vpc_vni(&self, vni: u32) -> Result<()> {
         sh(&self.vpc, "ip link del vxlan0")?;

@@ -11,7 +11,7 @@
 //! then is swept.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::PathBuf,
     time::Duration,
 };
@@ -25,7 +25,7 @@ use crate::{
     config::Routing,
     ids::VifId,
     plan::{self, BgpMasks, Changes, SessionKey},
-    rib::{Candidate, Source, Target},
+    rib::{Candidate, Target},
 };
 
 /// BGP state the agent keeps between events.
@@ -36,6 +36,9 @@ pub struct BgpState {
     /// BFD sessions the data plane answers since the previous agent stopped, until this
     /// agent's session for them has started.
     pub bfd_handed: BTreeMap<SessionKey, forwarder_common::BfdKey>,
+    /// The attributes of each session's path to each prefix it announced (absent: a route
+    /// kept from before a restart, ranked as a path without attributes).
+    pub paths: HashMap<(SessionKey, Ipv4Net), crate::rib::PathInfo>,
     /// The VPC CIDRs each session's import filter was last given.
     pub cidrs: BTreeMap<SessionKey, Vec<Ipv4Net>>,
     /// Sessions in Established.
@@ -75,6 +78,7 @@ impl BgpState {
     /// Forgets the routes of a VIF gone from the model (its sessions are stopped).
     pub fn forget_vif(&mut self, vif: VifId) {
         self.masks.retain(|(v, _), _| *v != vif);
+        self.paths.retain(|((v, _), _), _| *v != vif);
         self.routes.retain(|(v, _), _| *v != vif);
         self.up.retain(|(v, _)| *v != vif);
         self.announce_all.retain(|(v, _)| *v != vif);
@@ -255,7 +259,13 @@ impl Agent {
                     .prefixes
                     .insert(prefix);
             }
-            self.bgp.masks.insert((vif, prefix), mask);
+            self.bgp.masks.insert(
+                (vif, prefix),
+                plan::VifPaths {
+                    mask,
+                    path: crate::rib::PathInfo::default(),
+                },
+            );
             kept += 1;
         }
         let keys: Vec<SessionKey> = self.bgp.stale.keys().copied().collect();
@@ -353,7 +363,6 @@ impl Agent {
         let Some(stale) = self.bgp.stale.remove(&key) else {
             return;
         };
-        let bit = 1u8 << key.1;
         if !stale.prefixes.is_empty() {
             tracing::info!(
                 vif = %self.model.vif_name(key.0),
@@ -370,8 +379,8 @@ impl Agent {
                 .get_mut(&key)
                 .is_some_and(|held| held.remove(&prefix))
             {
-                let mask = self.bgp.masks.get(&(key.0, prefix)).copied().unwrap_or(0);
-                self.set_mask(key.0, prefix, mask & !bit);
+                self.bgp.paths.remove(&(key, prefix));
+                self.refresh_paths(key.0, prefix);
             }
         }
         self.bgp.refresh_forwarding(key);
@@ -415,28 +424,57 @@ impl Agent {
 
     /// The mask of (vif, prefix) becomes `new`: the route tables follow (a VIF the model no
     /// longer has keeps no mask; the tables are rebuilt without it).
-    fn set_mask(&mut self, vif: VifId, prefix: Ipv4Net, new: u8) {
-        let old = self.bgp.masks.get(&(vif, prefix)).copied().unwrap_or(0);
-        if old == new {
+    /// Which of a VIF's sessions hold `prefix`, and the best path among them: the VIF's
+    /// candidate for the prefix is that path, through the sessions that have it.
+    fn refresh_paths(&mut self, vif: VifId, prefix: Ipv4Net) {
+        let mut best: Option<plan::VifPaths> = None;
+        let peers = self.model.vifs.get(&vif).map_or(0, |v| v.peers.len()) as u8;
+        for peer in 0..peers {
+            let key = (vif, peer);
+            if !self
+                .bgp
+                .routes
+                .get(&key)
+                .is_some_and(|r| r.contains(&prefix))
+            {
+                continue;
+            }
+            let path = self
+                .bgp
+                .paths
+                .get(&(key, prefix))
+                .copied()
+                .unwrap_or_default();
+            let bit = 1u8 << peer;
+            best = Some(match best {
+                Some(b) if b.path.rank < path.rank => b,
+                Some(b) if b.path.rank == path.rank => plan::VifPaths {
+                    mask: b.mask | bit,
+                    path: crate::rib::PathInfo {
+                        rank: b.path.rank,
+                        no_export: b.path.no_export || path.no_export,
+                    },
+                },
+                _ => plan::VifPaths { mask: bit, path },
+            });
+        }
+        let old = self.bgp.masks.get(&(vif, prefix)).copied();
+        if old == best {
             return;
         }
-        if new != 0 {
-            self.bgp.masks.insert((vif, prefix), new);
-        } else {
-            self.bgp.masks.remove(&(vif, prefix));
-        }
+        match best {
+            Some(b) => self.bgp.masks.insert((vif, prefix), b),
+            None => self.bgp.masks.remove(&(vif, prefix)),
+        };
         let Some(gateway) = self.model.vifs.get(&vif).map(|v| v.gateway) else {
             return;
         };
-        let candidate = |mask| Candidate {
-            source: Source::Bgp,
-            target: Target::VifPeers(vif, mask),
-        };
-        if old != 0 {
-            self.rib.remove(gateway, prefix, candidate(old));
+        let candidate = |p: plan::VifPaths| Candidate::bgp(Target::VifPeers(vif, p.mask), p.path);
+        if let Some(o) = old {
+            self.rib.remove(gateway, prefix, candidate(o));
         }
-        if new != 0 {
-            self.rib.insert(gateway, prefix, candidate(new));
+        if let Some(b) = best {
+            self.rib.insert(gateway, prefix, candidate(b));
         }
         self.dirty.prefixes.insert((gateway, prefix));
     }
@@ -446,10 +484,9 @@ impl Agent {
         let Some(prefixes) = self.bgp.routes.remove(&key) else {
             return;
         };
-        let bit = 1u8 << key.1;
         for prefix in prefixes {
-            let mask = self.bgp.masks.get(&(key.0, prefix)).copied().unwrap_or(0);
-            self.set_mask(key.0, prefix, mask & !bit);
+            self.bgp.paths.remove(&(key, prefix));
+            self.refresh_paths(key.0, prefix);
         }
     }
 
@@ -546,28 +583,28 @@ impl Agent {
                 withdrawn,
                 ..
             } => {
-                let bit = 1u8 << key.1;
                 // Announced again: fresh. Withdrawn: gone below.
                 if let Some(stale) = self.bgp.stale.get_mut(&key) {
-                    for prefix in announced.iter().chain(&withdrawn) {
+                    for prefix in announced.iter().map(|(p, _)| p).chain(&withdrawn) {
                         stale.prefixes.remove(prefix);
                     }
                 }
                 for prefix in withdrawn {
+                    self.bgp.paths.remove(&(key, prefix));
                     if self
                         .bgp
                         .routes
                         .get_mut(&key)
                         .is_some_and(|held| held.remove(&prefix))
                     {
-                        let mask = self.bgp.masks.get(&(id, prefix)).copied().unwrap_or(0);
-                        self.set_mask(id, prefix, mask & !bit);
+                        self.refresh_paths(id, prefix);
                     }
                 }
-                for prefix in announced {
-                    if self.bgp.routes.entry(key).or_default().insert(prefix) {
-                        let mask = self.bgp.masks.get(&(id, prefix)).copied().unwrap_or(0);
-                        self.set_mask(id, prefix, mask | bit);
+                for (prefix, path) in announced {
+                    let new_route = self.bgp.routes.entry(key).or_default().insert(prefix);
+                    let new_path = self.bgp.paths.insert((key, prefix), path) != Some(path);
+                    if new_route || new_path {
+                        self.refresh_paths(id, prefix);
                     }
                 }
             }

@@ -120,8 +120,87 @@ impl Agent {
                 .collect();
             Ok(Response::ok(routes))
         } else {
-            Ok(Response::ok(self.speaker.received(vif)))
+            // Each route with its path and how it fared in the gateway's selection.
+            let gateway = self.model.vifs[&id].gateway;
+            let routes: Vec<serde_json::Value> = self
+                .speaker
+                .received(vif)
+                .into_iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(&r).unwrap_or_default();
+                    let key = ((id, r.peer_index as u8), r.prefix);
+                    if let (Some(path), serde_json::Value::Object(o)) =
+                        (self.bgp.paths.get(&key), &mut v)
+                    {
+                        o.insert("local_pref".into(), path.rank.local_pref().into());
+                        o.insert("as_path_len".into(), path.rank.as_path_len.into());
+                        o.insert("med".into(), path.rank.med.into());
+                        o.insert("no_export".into(), path.no_export.into());
+                        let (best, why) = self.selection(gateway, id, r.peer_index, r.prefix);
+                        o.insert("best".into(), best.into());
+                        o.insert("why".into(), why.into());
+                    }
+                    v
+                })
+                .collect();
+            Ok(Response::ok(routes))
         }
+    }
+
+    /// Whether session (vif, peer)'s path to `prefix` is the one the gateway uses, and why
+    /// (or why not): the winner and the rule that decided, as `birdc show route all` tells.
+    fn selection(
+        &self,
+        gateway: GatewayId,
+        vif: VifId,
+        peer: usize,
+        prefix: Ipv4Net,
+    ) -> (bool, String) {
+        let Some(mine) = self.bgp.masks.get(&(vif, prefix)) else {
+            return (false, "not installed".into());
+        };
+        if mine.mask & (1 << peer) == 0 {
+            return (false, "the VIF's other session has a better path".into());
+        }
+        let Some(best) = self
+            .desired
+            .routes
+            .get(&gateway)
+            .and_then(|t| t.get(&prefix))
+        else {
+            return (false, "not selected yet".into());
+        };
+        if best.target.vif() == Some(vif) {
+            let others: Vec<&Candidate> = self
+                .rib
+                .candidates(gateway, prefix)
+                .iter()
+                .filter(|c| c.target.vif() != Some(vif))
+                .collect();
+            return match others.first() {
+                None => (true, "only path".into()),
+                Some(c) if c.source != Source::Bgp => {
+                    (true, format!("{} route beats BGP", c.source.name()))
+                }
+                Some(c) => {
+                    let other = c.target.vif().map_or("?", |v| self.model.vif_name(v));
+                    (
+                        true,
+                        format!("over {other}: {}", mine.path.rank.beats(c.rank)),
+                    )
+                }
+            };
+        }
+        let winner = match best.target.vif() {
+            Some(v) => format!("vif {}", self.model.vif_name(v)),
+            None => format!("{} route", best.source.name()),
+        };
+        let why = if best.source != Source::Bgp {
+            format!("{} route preferred to BGP", best.source.name())
+        } else {
+            best.rank.beats(mine.path.rank).to_owned()
+        };
+        (false, format!("{winner} wins: {why}"))
     }
 
     fn check_vif(&self, name: &str) -> Result<VifId, Error> {
@@ -364,14 +443,8 @@ impl Agent {
         self.model
             .statics
             .insert((gw, prefix), Static { target, cli: true });
-        self.rib.insert(
-            gw,
-            prefix,
-            Candidate {
-                source: Source::Static,
-                target,
-            },
-        );
+        self.rib
+            .insert(gw, prefix, Candidate::new(Source::Static, target));
         let mut dirty = Dirty::default();
         dirty.prefixes.insert((gw, prefix));
         self.replan(dirty)
@@ -401,14 +474,8 @@ impl Agent {
             return Err(e);
         }
         if let Some(s) = self.model.statics.remove(&(gw, prefix)) {
-            self.rib.remove(
-                gw,
-                prefix,
-                Candidate {
-                    source: Source::Static,
-                    target: s.target,
-                },
-            );
+            self.rib
+                .remove(gw, prefix, Candidate::new(Source::Static, s.target));
         }
         let mut dirty = Dirty::default();
         dirty.prefixes.insert((gw, prefix));

@@ -156,7 +156,8 @@ pub enum Event {
         vif: String,
         peer_index: usize,
         session: u64,
-        announced: Vec<Ipv4Net>,
+        /// With the attributes of their path.
+        announced: Vec<(Ipv4Net, crate::rib::PathInfo)>,
         withdrawn: Vec<Ipv4Net>,
     },
 }

@@ -245,3 +245,96 @@ mod tests {
         );
     }
 }
+
+/// Well-known communities (RFC 1997).
+const NO_EXPORT: u32 = 0xffff_ff01;
+const NO_ADVERTISE: u32 = 0xffff_ff02;
+const NO_EXPORT_SUBCONFED: u32 = 0xffff_ff03;
+
+/// The preference communities a customer attaches: `LOCAL_ASN:7100`, `:7200`, `:7300` for
+/// low, medium and high (as AWS's 7224:7100–7300), as LOCAL_PREF 100, 200 and 300.
+pub const PREFERENCE_COMMUNITIES: [(u16, u32); 3] = [(7100, 100), (7200, 200), (7300, 300)];
+
+/// What the gateway keeps of a path: its rank among the paths of a prefix (local
+/// preference from the customer's communities — the highest one given wins, medium
+/// without — AS_PATH length, neighbouring AS and MED), and whether it may be advertised to
+/// the gateway's other VIFs (not with NO_EXPORT or NO_ADVERTISE).
+pub fn path_info(
+    communities: &[u32],
+    as_path_len: u16,
+    first_as: Option<u32>,
+    med: Option<u32>,
+    local_asn: u32,
+    peer_asn: u32,
+) -> crate::rib::PathInfo {
+    let mut local_pref = None;
+    if let Ok(ours) = u16::try_from(local_asn) {
+        for c in communities {
+            let (asn, value) = ((c >> 16) as u16, (c & 0xffff) as u16);
+            if asn != ours {
+                continue;
+            }
+            if let Some((_, pref)) = PREFERENCE_COMMUNITIES.iter().find(|(v, _)| *v == value) {
+                local_pref = Some(local_pref.map_or(*pref, |p: u32| p.max(*pref)));
+            }
+        }
+    }
+    crate::rib::PathInfo {
+        rank: crate::rib::Rank::new(
+            local_pref.unwrap_or(crate::rib::MEDIUM_PREF),
+            as_path_len,
+            first_as.unwrap_or(peer_asn),
+            med.unwrap_or(0),
+        ),
+        no_export: communities
+            .iter()
+            .any(|c| matches!(*c, NO_EXPORT | NO_ADVERTISE | NO_EXPORT_SUBCONFED)),
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    fn c(asn: u16, value: u16) -> u32 {
+        u32::from(asn) << 16 | u32::from(value)
+    }
+
+    #[test]
+    fn preference_communities_set_the_local_preference() {
+        let info = |cs: &[u32]| path_info(cs, 1, Some(65001), None, 64512, 65001);
+        assert_eq!(info(&[]).rank.local_pref(), 200);
+        assert_eq!(info(&[c(64512, 7100)]).rank.local_pref(), 100);
+        assert_eq!(info(&[c(64512, 7300)]).rank.local_pref(), 300);
+        // The highest given wins; another AS's communities mean nothing here.
+        assert_eq!(
+            info(&[c(64512, 7100), c(64512, 7300)]).rank.local_pref(),
+            300
+        );
+        assert_eq!(info(&[c(7224, 7300)]).rank.local_pref(), 200);
+        assert!(!info(&[c(64512, 7300)]).no_export);
+        assert!(info(&[NO_EXPORT]).no_export);
+        assert!(info(&[NO_ADVERTISE]).no_export);
+    }
+
+    #[test]
+    fn the_rank_orders_as_documented() {
+        let rank = |pref, len, asn, med| {
+            path_info(&[c(64512, pref)], len, Some(asn), Some(med), 64512, asn).rank
+        };
+        // Local preference first, even against a shorter AS_PATH.
+        assert!(rank(7300, 5, 65001, 0) < rank(7200, 1, 65001, 0));
+        // Then AS_PATH length (a prepend loses).
+        assert!(rank(7200, 1, 65001, 0) < rank(7200, 3, 65001, 0));
+        // Then MED within one neighbour AS.
+        assert!(rank(7200, 1, 65001, 10) < rank(7200, 1, 65001, 50));
+        assert_eq!(
+            rank(7200, 1, 65001, 10).beats(rank(7200, 1, 65001, 50)),
+            "lower MED"
+        );
+        assert_eq!(
+            rank(7300, 5, 65001, 0).beats(rank(7200, 1, 65001, 0)),
+            "higher local preference"
+        );
+    }
+}

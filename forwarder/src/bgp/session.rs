@@ -234,6 +234,8 @@ pub(super) struct Session {
     bfd_task: Option<JoinHandle<()>>,
     /// What the data plane answered for our BFD while the agent restarted.
     bfd_resume: Option<forwarder_common::BfdAnswer>,
+    /// The attributes of every prefix the peer announced (the Adj-RIB-In's paths).
+    paths: std::collections::HashMap<Ipv4Net, crate::rib::PathInfo>,
     /// Stopping because the agent restarts: BFD stops without AdminDown (the next agent's
     /// data plane answers for it).
     restarting: bool,
@@ -450,6 +452,7 @@ impl Session {
             bfd_up: false,
             bfd_task: None,
             bfd_resume: None,
+            paths: std::collections::HashMap::new(),
             restarting: false,
         }
     }
@@ -820,6 +823,7 @@ impl Session {
             shared.established_at = None;
             shared.received.clear();
             shared.advertised.clear();
+            self.paths.clear();
             shared.status.prefixes_received = 0;
             shared.status.prefixes_accepted = 0;
             shared.status.prefixes_advertised = 0;
@@ -1165,12 +1169,22 @@ impl Session {
             tracing::warn!(error = %m, prefixes = received.announced.len(), "malformed UPDATE: treat-as-withdraw");
         }
         let limit = self.cfg.max_prefixes.map_or(usize::MAX, |m| m as usize);
+        let info = super::policy::path_info(
+            &received.communities,
+            received.as_path_len,
+            received.first_as,
+            received.med,
+            self.cfg.local_asn,
+            self.cfg.remote_asn,
+        );
         let mut announced = Vec::new();
         let mut withdrawn = Vec::new();
+        let mut newly = 0usize;
         let mut over = None;
         {
             let mut shared = lock(&self.shared);
             for prefix in &received.withdrawn {
+                self.paths.remove(prefix);
                 if shared
                     .received
                     .remove(prefix)
@@ -1190,13 +1204,19 @@ impl Session {
                     .received
                     .insert(*prefix, verdict)
                     .is_some_and(|v| v.is_accepted());
+                let changed = self.paths.insert(*prefix, info) != Some(info);
                 match (before, now) {
-                    (false, true) => announced.push(*prefix),
+                    (false, true) => {
+                        newly += 1;
+                        announced.push((*prefix, info));
+                    }
+                    // Announced again with other attributes: the gateway ranks it again.
+                    (true, true) if changed => announced.push((*prefix, info)),
                     (true, false) => withdrawn.push(*prefix),
                     _ => {}
                 }
             }
-            let accepted = shared.status.prefixes_accepted + announced.len();
+            let accepted = shared.status.prefixes_accepted + newly;
             // Withdrawn ones were all accepted before.
             shared.status.prefixes_accepted = accepted.saturating_sub(withdrawn.len());
             shared.status.prefixes_received = shared.received.len();
@@ -1208,7 +1228,11 @@ impl Session {
         self.emit_routes(announced, withdrawn).await;
     }
 
-    async fn emit_routes(&self, announced: Vec<Ipv4Net>, withdrawn: Vec<Ipv4Net>) {
+    async fn emit_routes(
+        &self,
+        announced: Vec<(Ipv4Net, crate::rib::PathInfo)>,
+        withdrawn: Vec<Ipv4Net>,
+    ) {
         if announced.is_empty() && withdrawn.is_empty() {
             return;
         }
@@ -1261,7 +1285,8 @@ impl Session {
                 }
                 let new = self.policy.judge(prefix);
                 match (verdict.is_accepted(), new.is_accepted()) {
-                    (false, true) => announced.push(*prefix),
+                    (false, true) => announced
+                        .push((*prefix, self.paths.get(prefix).copied().unwrap_or_default())),
                     (true, false) => withdrawn.push(*prefix),
                     _ => {}
                 }

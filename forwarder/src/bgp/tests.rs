@@ -129,7 +129,7 @@ impl Held {
                     for p in withdrawn {
                         self.0.remove(&p);
                     }
-                    self.0.extend(announced);
+                    self.0.extend(announced.into_iter().map(|(p, _)| p));
                 }
                 Ok(Some(Event::Down { .. })) => self.0.clear(),
                 Ok(Some(_)) => {}

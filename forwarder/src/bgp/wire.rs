@@ -472,6 +472,13 @@ pub struct Received {
     pub malformed: Option<Arc<str>>,
     /// Every ASN of AS_PATH, for loop detection.
     pub as_path: Vec<u32>,
+    /// AS_PATH length as BGP's decision process counts it (an AS_SET counts one) and its
+    /// first AS (the neighbouring one).
+    pub as_path_len: u16,
+    pub first_as: Option<u32>,
+    /// RFC 1997 COMMUNITIES (high 16 bits ASN, low 16 bits value).
+    pub communities: Vec<u32>,
+    pub med: Option<u32>,
     /// The UPDATE was the End-of-RIB marker of IPv4 unicast.
     pub end_of_rib: bool,
 }
@@ -540,6 +547,19 @@ pub fn parse_update(
                     }));
             }
             PathAttribute::AsPath(path) => {
+                let mut len = 0usize;
+                for s in &path.segments {
+                    match s {
+                        AsPathSegment::AsSequence(a) => {
+                            len += a.len();
+                            if out.first_as.is_none() {
+                                out.first_as = a.first().copied();
+                            }
+                        }
+                        AsPathSegment::AsSet(_) => len += 1,
+                    }
+                }
+                out.as_path_len = u16::try_from(len).unwrap_or(u16::MAX);
                 out.as_path = path
                     .segments
                     .iter()
@@ -549,6 +569,10 @@ pub fn parse_update(
                     .collect();
             }
             PathAttribute::NextHop(nh) => next_hop = Some(*nh),
+            PathAttribute::Communities(c) | PathAttribute::CommunitiesPartial(c) => {
+                out.communities.clone_from(c);
+            }
+            PathAttribute::Med(m) => out.med = Some(*m),
             _ => {}
         }
         if !matches!(attr, PathAttribute::NextHop(_)) {

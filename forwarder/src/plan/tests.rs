@@ -123,7 +123,7 @@ impl World {
             let held: Vec<Ipv4Net> = self
                 .masks
                 .iter()
-                .filter(|((v, _), m)| *v == vif && **m & (1 << peer) != 0)
+                .filter(|((v, _), m)| *v == vif && m.mask & (1 << peer) != 0)
                 .map(|((_, p), _)| *p)
                 .collect();
             for p in held {
@@ -137,23 +137,41 @@ impl World {
 
     /// Session (vif, peer) announces or withdraws `prefix`.
     fn announce(&mut self, vif: VifId, peer: u8, prefix: Ipv4Net, on: bool) -> Dirty {
+        self.announce_path(vif, peer, prefix, on, crate::rib::PathInfo::default())
+    }
+
+    /// The same with the path's attributes (one path per VIF: the VIF's candidate).
+    fn announce_path(
+        &mut self,
+        vif: VifId,
+        peer: u8,
+        prefix: Ipv4Net,
+        on: bool,
+        path: crate::rib::PathInfo,
+    ) -> Dirty {
         let gateway = self.model.vifs[&vif].gateway;
-        let old = self.masks.get(&(vif, prefix)).copied().unwrap_or(0);
+        let old = self.masks.get(&(vif, prefix)).map_or(0, |m| m.mask);
         let new = if on {
             old | 1 << peer
         } else {
             old & !(1 << peer)
         };
-        let cand = |mask| Candidate {
-            source: Source::Bgp,
-            target: Target::VifPeers(vif, mask),
-        };
-        if old != 0 {
-            self.rib.remove(gateway, prefix, cand(old));
+        let old_path = self.masks.get(&(vif, prefix)).map(|m| m.path);
+        if let Some(p) = old_path {
+            self.rib.remove(
+                gateway,
+                prefix,
+                Candidate::bgp(Target::VifPeers(vif, old), p),
+            );
         }
         if new != 0 {
-            self.rib.insert(gateway, prefix, cand(new));
-            self.masks.insert((vif, prefix), new);
+            self.rib.insert(
+                gateway,
+                prefix,
+                Candidate::bgp(Target::VifPeers(vif, new), path),
+            );
+            self.masks
+                .insert((vif, prefix), VifPaths { mask: new, path });
         } else {
             self.masks.remove(&(vif, prefix));
         }
@@ -611,4 +629,63 @@ fn vif_policy_comes_from_the_vif_or_the_agent_defaults() {
             ..VifPolicy::default()
         }
     );
+}
+
+#[test]
+fn the_best_path_across_vifs_wins_and_no_export_stays_home() {
+    use crate::rib::{PathInfo, Rank};
+    let mut w = World::new(&two_bgp_vifs());
+    let (a, b) = (w.vif("vif-100"), w.vif("vif-200"));
+    w.update(&Dirty::all());
+    let mut dirty = w.port("hc1", true);
+    for (vif, peer) in [(a, 0), (b, 0)] {
+        dirty.vifs.extend(w.client(vif, peer, Some(MAC_A)).vifs);
+        dirty.vifs.extend(w.session(vif, peer, true).vifs);
+    }
+    w.update(&dirty);
+    let p = net("192.168.50.0/24");
+    let path = |pref, len, med| PathInfo {
+        rank: Rank::new(pref, len, 65001, med),
+        no_export: false,
+    };
+    let selected = |w: &World| w.desired.routes[&w.gateway()][&p].target.vif();
+    // Equal paths: the lower VIF id, as before.
+    let d = w.announce_path(a, 0, p, true, path(200, 1, 0));
+    w.update(&d);
+    let d = w.announce_path(b, 0, p, true, path(200, 1, 0));
+    w.update(&d);
+    assert_eq!(selected(&w), Some(a.min(b)));
+    // vif-200 says high preference (LOCAL_ASN:7300): it wins, even with a longer path.
+    let d = w.announce_path(b, 0, p, false, path(200, 1, 0));
+    w.update(&d);
+    let d = w.announce_path(b, 0, p, true, path(300, 4, 0));
+    w.update(&d);
+    assert_eq!(selected(&w), Some(b));
+    // Equal preference: the shorter AS_PATH; then the lower MED.
+    let d = w.announce_path(b, 0, p, false, path(300, 4, 0));
+    w.update(&d);
+    let d = w.announce_path(b, 0, p, true, path(200, 3, 0));
+    w.update(&d);
+    assert_eq!(selected(&w), Some(a), "a prepended path loses");
+    let d = w.announce_path(a, 0, p, false, path(200, 1, 0));
+    w.update(&d);
+    let d = w.announce_path(a, 0, p, true, path(200, 3, 50));
+    w.update(&d);
+    assert_eq!(selected(&w), Some(b), "the lower MED from the same AS");
+
+    // NO_EXPORT: used, but not advertised to the other VIF.
+    let q = net("192.168.60.0/24");
+    let d = w.announce_path(
+        a,
+        0,
+        q,
+        true,
+        PathInfo {
+            no_export: true,
+            ..path(200, 1, 0)
+        },
+    );
+    w.update(&d);
+    assert_eq!(w.desired.routes[&w.gateway()][&q].target.vif(), Some(a));
+    assert!(!w.desired.exports(&w.model, b).contains(&q));
 }

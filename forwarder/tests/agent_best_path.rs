@@ -1,0 +1,198 @@
+//! One customer, two connections: BIRD on hc-1 (vif-100) and FRR on hc-2 (vif-200) both
+//! announce the IDC prefix, and the gateway picks the path the way the README documents:
+//! local preference from `LOCAL_ASN:7100/7200/7300`, then AS_PATH length (prepends), then
+//! MED; a NO_EXPORT route is used but not advertised to the other VIF; `bgp routes` says
+//! which path won and why.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use common::{Topology, bgp::net, cli_json, wait_for};
+use forwarder_tests::{
+    CustomerRouter,
+    daemons::{Kind, PathAttrs, PeerSpec, RouterDaemon},
+    fixture::Vif,
+};
+use std::net::Ipv4Addr;
+
+const CLOUD_A: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 1);
+const CLIENT_A: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 2);
+const CLOUD_B: Ipv4Addr = Ipv4Addr::new(169, 254, 30, 1);
+const CLIENT_B: Ipv4Addr = Ipv4Addr::new(169, 254, 30, 2);
+
+fn via(t: &Topology) -> String {
+    cli_json(
+        &t.socket(),
+        &["lookup", "--gateway", "bgw-1", "192.168.50.10"],
+    )
+    .ok()
+    .and_then(|l| l["next_hop"].as_str().map(str::to_owned))
+    .unwrap_or_default()
+}
+
+fn wait_via(t: &Topology, vif: &str, when: &str) -> Result<()> {
+    ensure!(
+        wait_for(Duration::from_secs(20), || via(t).contains(vif)),
+        "{when}: 192.168.50.0/24 should go via {vif}, goes via {:?}\n{}",
+        via(t),
+        cli_json(&t.socket(), &["bgp", "routes", "--vif", "vif-100"]).unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn pref(value: u16) -> PathAttrs {
+    PathAttrs {
+        communities: vec![(64512, value)],
+        ..PathAttrs::default()
+    }
+}
+
+#[test]
+fn communities_prepends_and_med_choose_between_two_connections() -> Result<()> {
+    let t = Topology::new("best")?;
+    let rtr2 = t.second_connection()?;
+    let _a = t.customer_router_bgp()?;
+    let _b = CustomerRouter::new(&rtr2, "trunk0", &[(200, "169.254.30.2/30")])?;
+    let fixture = t
+        .fixture()
+        .agent("bgp_hold_time", "9")
+        .agent("bgp_connect_retry", "1")
+        .connection("hc-2", "hc2")
+        .vif(Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001).peer("169.254.10.2", "169.254.10.1"))
+        .vif(Vif::bgp("vif-200", "hc-2", 200, "bgw-1", 65001).peer("169.254.30.2", "169.254.30.1"));
+    t.write_fixture(&fixture)?;
+    let agent = t.start_agent(common::bin())?;
+    let (idc, other) = (net("192.168.50.0/24"), net("192.168.51.0/24"));
+    let bird = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        CLIENT_A,
+        &[PeerSpec::new(CLIENT_A, CLOUD_A, 65001, 64512)],
+        &[idc, other],
+    )?;
+    let frr = RouterDaemon::start(
+        Kind::Frr,
+        &rtr2,
+        CLIENT_B,
+        &[PeerSpec::new(CLIENT_B, CLOUD_B, 65001, 64512)],
+        &[idc],
+    )?;
+    bird.wait_established(CLOUD_A, Duration::from_secs(30))
+        .with_context(|| agent.log_text())?;
+    frr.wait_established(CLOUD_B, Duration::from_secs(30))
+        .with_context(|| agent.log_text())?;
+    ensure!(
+        wait_for(Duration::from_secs(20), || {
+            let routes = cli_json(&t.socket(), &["bgp", "routes", "--vif", "vif-200"]);
+            routes.is_ok_and(|r| {
+                r.as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["prefix"] == "192.168.50.0/24"))
+            }) && !via(&t).is_empty()
+        }),
+        "both paths never arrived"
+    );
+
+    // vif-200's router asks for low preference: vif-100 carries the prefix; then high:
+    // vif-200 does.
+    frr.set_path(idc, pref(7100))?;
+    wait_via(&t, "vif-100", "FRR sends 64512:7100")?;
+    frr.set_path(idc, pref(7300))?;
+    wait_via(&t, "vif-200", "FRR sends 64512:7300")?;
+    // Both high; FRR prepends twice: the shorter AS_PATH (vif-100) wins.
+    bird.set_path(idc, pref(7300))?;
+    frr.set_path(
+        idc,
+        PathAttrs {
+            prepend: 2,
+            ..pref(7300)
+        },
+    )?;
+    wait_via(&t, "vif-100", "FRR prepends")?;
+    // Same preference and length, the same neighbour AS: the lower MED (vif-200) wins.
+    bird.set_path(
+        idc,
+        PathAttrs {
+            med: Some(50),
+            ..pref(7300)
+        },
+    )?;
+    frr.set_path(
+        idc,
+        PathAttrs {
+            med: Some(10),
+            ..pref(7300)
+        },
+    )?;
+    wait_via(&t, "vif-200", "MED 10 against 50")?;
+    // `bgp routes` says why vif-100's path lost.
+    let routes = cli_json(&t.socket(), &["bgp", "routes", "--vif", "vif-100"])?;
+    let mine = routes
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["prefix"] == "192.168.50.0/24").cloned())
+        .context("vif-100's path")?;
+    ensure!(
+        mine["best"] == false
+            && mine["local_pref"] == 300
+            && mine["med"] == 50
+            && mine["why"]
+                .as_str()
+                .is_some_and(|w| w.contains("vif-200") && w.contains("lower MED")),
+        "{mine}"
+    );
+    let text = common::cli(&t.socket(), &["bgp", "routes", "--vif", "vif-200"])?;
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    println!("forwarder bgp routes --vif vif-200:\n{text}");
+    ensure!(
+        text.contains("WHY") && text.contains("lower MED"),
+        "bgp routes (text):\n{text}"
+    );
+
+    // A route the customer marks NO_EXPORT is used but not advertised to its other VIF.
+    let advertised = |t: &Topology| -> Vec<String> {
+        cli_json(
+            &t.socket(),
+            &["bgp", "routes", "--vif", "vif-200", "--advertised"],
+        )
+        .ok()
+        .and_then(|r| {
+            r.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| x["prefix"].as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+    };
+    ensure!(
+        wait_for(Duration::from_secs(10), || advertised(&t)
+            .contains(&"192.168.51.0/24".to_owned())),
+        "vif-100's 192.168.51.0/24 should be advertised to vif-200 first: {:?}",
+        advertised(&t)
+    );
+    bird.set_path(
+        other,
+        PathAttrs {
+            no_export: true,
+            ..PathAttrs::default()
+        },
+    )?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || !advertised(&t)
+            .contains(&"192.168.51.0/24".to_owned())),
+        "a NO_EXPORT route was advertised to the other VIF: {:?}",
+        advertised(&t)
+    );
+    let lookup = cli_json(
+        &t.socket(),
+        &["lookup", "--gateway", "bgw-1", "192.168.51.1"],
+    )?;
+    ensure!(
+        lookup["next_hop"]
+            .as_str()
+            .is_some_and(|n| n.contains("vif-100")),
+        "the NO_EXPORT route is still used: {lookup}"
+    );
+    Ok(())
+}

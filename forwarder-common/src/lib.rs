@@ -221,6 +221,10 @@ pub struct BfdAnswer {
     pub _pad: u8,
     /// Our UDP source port (RFC 5881: 49152–65535), as the peer knows it.
     pub source_port: u16,
+    /// The peer's Required Min RX and Desired Min TX (µs) when the agent stopped, for the
+    /// next agent to go on with.
+    pub remote_min_rx: u32,
+    pub remote_desired_tx: u32,
 }
 
 /// Value of [`MAP_ATTACHMENTS`]: everything the encapsulation needs that does not change per
@@ -351,7 +355,7 @@ const _: () = assert!(size_of::<TrafficCounters>() == 32);
 const _: () = assert!(size_of::<PacketCounter>() == 16);
 const _: () = assert!(size_of::<VifPolicy>() == 16);
 const _: () = assert!(size_of::<BfdKey>() == 8);
-const _: () = assert!(size_of::<BfdAnswer>() == 20);
+const _: () = assert!(size_of::<BfdAnswer>() == 28);
 const _: () = assert!(size_of::<ControlBuckets>() == 32);
 const _: () = assert!(size_of::<VifDrops>() == 32);
 const _: () = assert!(drop_reason::COUNT <= DROP_SLOTS && pass_reason::COUNT <= PASS_SLOTS);

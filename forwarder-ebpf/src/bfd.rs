@@ -43,7 +43,7 @@ pub fn answer(ctx: &XdpContext, vif_id: u32, vif: &Vif) -> Option<Result<u32, Dr
     let your_disc = u32::from_be_bytes([rx[8], rx[9], rx[10], rx[11]]);
     if rx[0] >> 5 != 1
         || usize::from(rx[3]) != BFD_LEN
-        || rx[1] & 0x0f != 0
+        || rx[1] & 0x07 != 0
         || their_state != 3
         || your_disc != entry.my_disc
         || frame_len(ctx) < (BFD + BFD_LEN) as u64
@@ -51,6 +51,35 @@ pub fn answer(ctx: &XdpContext, vif_id: u32, vif: &Vif) -> Option<Result<u32, Dr
         return None;
     }
     Some(reply(ctx, vif_id, vif, &ip, &rx, &entry))
+}
+
+/// Our answers follow the peer's packets, so they come as seldom as it sends: the Detect
+/// Mult we give is raised until the peer's detection time for us (our multiplier × the
+/// slower of its Required Min RX and our Desired Min TX) spans two of its own intervals.
+#[inline(always)]
+fn detect_mult(rx: &[u8; BFD_LEN], entry: &BfdAnswer) -> u8 {
+    let peer_tx = u32::from_be_bytes([rx[12], rx[13], rx[14], rx[15]]);
+    let peer_rx = u32::from_be_bytes([rx[16], rx[17], rx[18], rx[19]]);
+    let their_pace = if peer_tx > entry.required_min_rx {
+        peer_tx
+    } else {
+        entry.required_min_rx
+    };
+    let our_pace = if peer_rx > entry.desired_min_tx {
+        peer_rx
+    } else {
+        entry.desired_min_tx
+    };
+    if our_pace == 0 {
+        return entry.detect_mult;
+    }
+    let needed = (2 * u64::from(their_pace)).div_ceil(u64::from(our_pace));
+    let mult = if needed > u64::from(entry.detect_mult) {
+        needed
+    } else {
+        u64::from(entry.detect_mult)
+    };
+    if mult > 255 { 255 } else { mult as u8 }
 }
 
 #[inline(always)]
@@ -99,7 +128,7 @@ fn reply(
     let mut tx = [0u8; BFD_LEN];
     tx[0] = 1 << 5;
     tx[1] = (3 << 6) | final_bit;
-    tx[2] = entry.detect_mult;
+    tx[2] = detect_mult(rx, entry);
     tx[3] = BFD_LEN as u8;
     let put = |tx: &mut [u8; BFD_LEN], at: usize, v: [u8; 4]| {
         tx[at] = v[0];

@@ -253,13 +253,20 @@ impl Session {
     /// A session the data plane kept Up while the agent was away (`answer` is what it said
     /// for us): Up again at once, the peer's timers assumed slow (1 s × our multiplier) until
     /// its next packet tells them.
-    pub fn resume(answer: &forwarder_common::BfdAnswer, interval: Duration, now: Instant) -> Self {
-        let mut s = Self::new(answer.my_disc, interval, answer.detect_mult);
+    pub fn resume(
+        answer: &forwarder_common::BfdAnswer,
+        interval: Duration,
+        detect_mult: u8,
+        now: Instant,
+    ) -> Self {
+        let mut s = Self::new(answer.my_disc, interval, detect_mult);
         s.state = State::Up;
         s.remote_state = Some(State::Up);
         s.remote_disc = answer.your_disc;
         s.desired_min_tx = s.interval;
-        s.remote_min_rx = s.interval;
+        // A changed interval is announced with a Poll Sequence (§6.8.3).
+        s.polling = answer.desired_min_tx != s.interval || answer.required_min_rx != s.interval;
+        s.remote_min_rx = answer.remote_min_rx;
         s.remote_desired_tx = SLOW_TX.as_micros() as u32;
         s.remote_detect_mult = s.detect_mult;
         s.last_rx = Some(now);
@@ -298,7 +305,9 @@ impl Session {
             (State::Down, State::AdminDown) => {}
             (_, State::AdminDown) => self.down(DIAG_NEIGHBOR_DOWN),
             (State::Down, State::Down) => self.state = State::Init,
-            (State::Down | State::Init, State::Init | State::Up) => self.up(),
+            // In Down only the peer's Init completes the handshake; an Up from before our
+            // Down (in flight, or a peer that has not seen our Down yet) is ignored.
+            (State::Down, State::Init) | (State::Init, State::Init | State::Up) => self.up(),
             (State::Up, State::Down) => self.down(DIAG_NEIGHBOR_DOWN),
             _ => {}
         }
@@ -398,6 +407,8 @@ impl Session {
                     detect_mult: self.detect_mult,
                     _pad: 0,
                     source_port: self.source_port,
+                    remote_min_rx: self.remote_min_rx,
+                    remote_desired_tx: self.remote_desired_tx,
                 },
             ),
         }
@@ -486,7 +497,7 @@ async fn session(spec: &Spec, status: &watch::Sender<Status>) -> io::Result<()> 
     let mut s = match &spec.resume {
         Some(answer) => {
             tracing::info!(remote = %spec.remote, "BFD: taking over the session the data plane kept up");
-            Session::resume(answer, spec.interval, Instant::now())
+            Session::resume(answer, spec.interval, spec.detect_mult, Instant::now())
         }
         None => Session::new(spec.discriminator, spec.interval, spec.detect_mult),
     };
@@ -548,24 +559,22 @@ async fn session(spec: &Spec, status: &watch::Sender<Status>) -> io::Result<()> 
     }
 }
 
+/// Sends the session's next packet. A failed send (no route or neighbour while the link is
+/// down, a full queue, an ICMP error from a closed port) ends nothing: a lost packet is what
+/// BFD detects, at the peer.
 fn send(tx: &std::net::UdpSocket, s: &mut Session) -> io::Result<()> {
-    match tx.send(&s.packet().encode()) {
-        Ok(_) => Ok(()),
-        // No route or no neighbour (the link is down): the peer will notice; keep going.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ECONNREFUSED | libc::EAGAIN)
-            ) =>
-        {
-            Ok(())
-        }
-        Err(e) => Err(e),
+    if let Err(e) = tx.send(&s.packet().encode()) {
+        tracing::debug!(error = %e, "BFD packet not sent");
     }
+    Ok(())
 }
 
+/// The time to the next periodic packet: the interval with jitter, or (a peer that asks
+/// for no packets, Required Min RX 0) an hour, re-evaluated when it says otherwise.
 fn jittered(s: &Session, rng: &mut u64) -> Duration {
-    let base = s.tx_interval().unwrap_or(SLOW_TX);
+    let Some(base) = s.tx_interval() else {
+        return Duration::from_secs(3600);
+    };
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;
@@ -738,6 +747,44 @@ mod tests {
         );
         // AdminDown from the peer while Down changes nothing.
         assert_eq!(s.receive(&from_peer(State::AdminDown, 9), t0), Ok(None));
+    }
+
+    #[test]
+    fn an_up_from_the_peer_does_not_raise_a_down_session() {
+        let t0 = Instant::now();
+        let mut s = Session::new(9, 300 * MS, 3);
+        assert_eq!(s.receive(&from_peer(State::Up, 9), t0), Ok(None));
+        assert_eq!(s.state(), State::Down);
+    }
+
+    #[test]
+    fn a_resumed_session_is_up_and_polls_for_a_changed_interval() {
+        let t0 = Instant::now();
+        let answer = forwarder_common::BfdAnswer {
+            my_disc: 9,
+            your_disc: 77,
+            desired_min_tx: 300_000,
+            required_min_rx: 300_000,
+            detect_mult: 3,
+            _pad: 0,
+            source_port: 49200,
+            remote_min_rx: 500_000,
+            remote_desired_tx: 500_000,
+        };
+        let mut s = Session::resume(&answer, 300 * MS, 5, t0);
+        assert_eq!(s.state(), State::Up);
+        let p = s.packet();
+        assert_eq!((p.your_disc, p.detect_mult, p.poll), (77, 5, false));
+        assert_eq!(
+            s.tx_interval(),
+            Some(500 * MS),
+            "the peer's min rx, as the data plane knew it"
+        );
+        let mut faster = Session::resume(&answer, 100 * MS, 3, t0);
+        assert!(
+            faster.packet().poll,
+            "a new interval is announced with a Poll"
+        );
     }
 
     #[test]

@@ -1629,6 +1629,8 @@ fn bfd_handed_to_the_data_plane_is_answered_in_place() -> anyhow::Result<()> {
             detect_mult: 3,
             _pad: 0,
             source_port: 49400,
+            remote_min_rx: 300_000,
+            remote_desired_tx: 300_000,
         },
     )?;
     let passes_before = f.dp.passes()?;

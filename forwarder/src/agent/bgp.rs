@@ -186,13 +186,6 @@ impl Agent {
                 self.speaker.add_session(cfg.clone(), cidrs.clone());
                 self.bgp.sessions.insert(key, cfg);
                 self.bgp.cidrs.insert(key, cidrs);
-                // Its BFD goes on from what the data plane kept: the data plane stops
-                // answering.
-                if let Some(bfd) = self.bgp.bfd_handed.remove(&key)
-                    && let Err(e) = self.apply.remove_bfd_answer(bfd)
-                {
-                    tracing::warn!(error = %super::error_chain(&e), "BFD left to the data plane");
-                }
             } else if self.bgp.cidrs.get(&key) != Some(&cidrs) {
                 // VPC CIDRs changed with a reload: the import filter judges again.
                 self.speaker
@@ -200,6 +193,7 @@ impl Agent {
                 self.bgp.cidrs.insert(key, cidrs);
             }
         }
+        self.settle_bfd_handover();
     }
 
     fn stop_session(&mut self, key: SessionKey) {
@@ -280,22 +274,24 @@ impl Agent {
     /// until the next agent takes it over, so that the customer's router does not see the
     /// restart as a failure of the path.
     pub(super) fn hand_bfd_to_the_data_plane(&mut self) {
+        // Stopped first (no AdminDown, no detection timer left running while the data
+        // plane takes the peer's packets), then handed over from what each said last.
         let mut handed = 0;
-        for n in self.speaker.status() {
-            let Some(answer) = n.bfd.as_ref().and_then(|b| b.handover) else {
+        for (vif, _peer, remote, status) in self.speaker.stop_bfd_for_restart() {
+            let Some(answer) = status.handover else {
                 continue;
             };
-            let Some(vif) = self.model.vif_id(&n.vif) else {
+            let Some(id) = self.model.vif_id(&vif) else {
                 continue;
             };
             let key = forwarder_common::BfdKey {
-                vif: vif.0,
-                client: n.remote_addr.octets(),
+                vif: id.0,
+                client: remote.octets(),
             };
             match self.apply.set_bfd_answer(key, answer) {
                 Ok(()) => handed += 1,
                 Err(e) => {
-                    tracing::warn!(vif = %n.vif, error = %super::error_chain(&e), "BFD not handed to the data plane");
+                    tracing::warn!(vif = %vif, error = %super::error_chain(&e), "BFD not handed to the data plane");
                 }
             }
         }
@@ -304,6 +300,33 @@ impl Agent {
                 sessions = handed,
                 "BFD answered by the data plane until the next agent"
             );
+        }
+    }
+
+    /// BFD sessions the data plane still answers go back to the agent once their session
+    /// runs (it goes on from the same state), and away when no session will take them; a
+    /// failed map write is tried again on the next call.
+    fn settle_bfd_handover(&mut self) {
+        let pending: Vec<(SessionKey, forwarder_common::BfdKey)> =
+            self.bgp.bfd_handed.iter().map(|(k, v)| (*k, *v)).collect();
+        for (key, bfd) in pending {
+            let taken = self.bgp.sessions.contains_key(&key);
+            let orphan = !self
+                .model
+                .vifs
+                .get(&key.0)
+                .is_some_and(|v| v.routing == Routing::Bgp && v.config.bfd);
+            if !(taken || orphan) {
+                continue;
+            }
+            match self.apply.remove_bfd_answer(bfd) {
+                Ok(()) => {
+                    self.bgp.bfd_handed.remove(&key);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %super::error_chain(&e), "BFD still answered by the data plane; retrying");
+                }
+            }
         }
     }
 
@@ -428,6 +451,9 @@ impl Agent {
     /// candidate for the prefix is that path, through the sessions that have it.
     fn refresh_paths(&mut self, vif: VifId, prefix: Ipv4Net) {
         let mut best: Option<plan::VifPaths> = None;
+        // Sessions holding the prefix without known attributes (routes kept from before a
+        // restart) do not rank on their own: they join whichever path wins.
+        let mut unknown = 0u8;
         let peers = self.model.vifs.get(&vif).map_or(0, |v| v.peers.len()) as u8;
         for peer in 0..peers {
             let key = (vif, peer);
@@ -439,13 +465,11 @@ impl Agent {
             {
                 continue;
             }
-            let path = self
-                .bgp
-                .paths
-                .get(&(key, prefix))
-                .copied()
-                .unwrap_or_default();
             let bit = 1u8 << peer;
+            let Some(path) = self.bgp.paths.get(&(key, prefix)).copied() else {
+                unknown |= bit;
+                continue;
+            };
             best = Some(match best {
                 Some(b) if b.path.rank < path.rank => b,
                 Some(b) if b.path.rank == path.rank => plan::VifPaths {
@@ -457,6 +481,9 @@ impl Agent {
                 },
                 _ => plan::VifPaths { mask: bit, path },
             });
+        }
+        if unknown != 0 {
+            best.get_or_insert_with(plan::VifPaths::default).mask |= unknown;
         }
         let old = self.bgp.masks.get(&(vif, prefix)).copied();
         if old == best {

@@ -170,7 +170,7 @@ impl Agent {
         else {
             return (false, "not selected yet".into());
         };
-        if best.target.vif() == Some(vif) {
+        if best.source == Source::Bgp && best.target == Target::VifPeers(vif, mine.mask) {
             let others: Vec<&Candidate> = self
                 .rib
                 .candidates(gateway, prefix)

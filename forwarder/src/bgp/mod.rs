@@ -271,6 +271,9 @@ struct Shared {
     received: BTreeMap<Ipv4Net, Verdict>,
     /// Adj-RIB-Out.
     advertised: BTreeSet<Ipv4Net>,
+    /// The session's BFD task, to be stopped at once (no AdminDown) when the agent hands
+    /// BFD to the data plane.
+    bfd_task: Option<tokio::task::AbortHandle>,
 }
 
 impl Shared {
@@ -302,6 +305,7 @@ impl Shared {
             established_at: None,
             received: BTreeMap::new(),
             advertised: BTreeSet::new(),
+            bfd_task: None,
         }
     }
 }
@@ -438,8 +442,24 @@ impl Speaker {
     /// graceful restart close their connections without a NOTIFICATION, so that their peers
     /// keep our routes for the restart time; the others send Cease / Administrative
     /// Shutdown.
-    /// Returns once every session has closed (its BFD has said AdminDown) or `within` is
-    /// over.
+    /// Stops every session's BFD at once, without AdminDown (the data plane answers for it
+    /// from now on), and returns what each said last: (VIF, peer index, status).
+    pub fn stop_bfd_for_restart(&mut self) -> Vec<(String, usize, Ipv4Addr, crate::bfd::Status)> {
+        let mut out = Vec::new();
+        for ((vif, peer), h) in &self.sessions {
+            let mut shared = lock(&h.shared);
+            if let Some(task) = shared.bfd_task.take() {
+                task.abort();
+            }
+            if let Some(status) = shared.status.bfd.clone() {
+                out.push((vif.clone(), *peer, shared.status.remote_addr, status));
+            }
+        }
+        out
+    }
+
+    /// Returns once every session has closed or `within` is over (BFD: see
+    /// [`Self::stop_bfd_for_restart`]).
     pub async fn stop_for_restart(&mut self, within: Duration) {
         let handles: Vec<Handle> = std::mem::take(&mut self.sessions).into_values().collect();
         for handle in &handles {

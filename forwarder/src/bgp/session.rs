@@ -483,7 +483,9 @@ impl Session {
                 let (tx, rx) = watch::channel(initial.status());
                 lock(&self.shared).status.bfd = Some(initial.status());
                 // It ends when this session (the receiver) is gone.
-                self.bfd_task = Some(tokio::spawn(crate::bfd::run(spec, tx).in_current_span()));
+                let task = tokio::spawn(crate::bfd::run(spec, tx).in_current_span());
+                lock(&self.shared).bfd_task = Some(task.abort_handle());
+                self.bfd_task = Some(task);
                 self.bfd = Some(rx);
             }
             loop {
@@ -800,12 +802,18 @@ impl Session {
         };
         let up = status.state == crate::bfd::State::Up;
         let why = status.last_down.unwrap_or("down");
+        let admin_down = status.remote_state == Some(crate::bfd::State::AdminDown);
         lock(&self.shared).status.bfd = Some(status);
         if up {
             self.bfd_up = true;
             return;
         }
         if !std::mem::take(&mut self.bfd_up) {
+            return;
+        }
+        if admin_down {
+            // The peer turned its BFD off: not a failure of the path (RFC 5882 §3.2).
+            tracing::info!("the peer's BFD is administratively down; the BGP session stays");
             return;
         }
         tracing::warn!(reason = why, "BFD went down: closing the BGP session");

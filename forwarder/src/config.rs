@@ -52,6 +52,8 @@ pub const MAX_BGP_PASSWORD_LEN: usize = 80;
 pub const DEFAULT_MAX_PREFIXES: u32 = 4000;
 /// One interconnect pair per cloud router.
 pub const MAX_PEERS: usize = 2;
+/// The most extra copies of our ASN a VIF may put on its AS_PATH.
+pub const MAX_AS_PATH_PREPEND: u8 = 10;
 /// The smallest MTU a VIF may have (every IPv4 link carries 68 bytes, RFC 791).
 pub const MIN_VIF_MTU: u16 = 68;
 /// Above this a control-path limit is no limit (1 µs per frame, per class, per CPU).
@@ -208,6 +210,15 @@ pub enum ConnectionKind {
 #[serde(deny_unknown_fields)]
 pub struct BorderGateway {
     pub name: String,
+    /// Whether one VIF's routes (BGP or static) are advertised to the gateway's other VIFs
+    /// (IDC ↔ IDC through the gateway). Default true; false: the VIFs learn only the VPC
+    /// CIDRs.
+    #[serde(default = "yes")]
+    pub advertise_between_vifs: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `[[vpc_attachment]]`: a VPC bound to a border gateway, on the wire a VXLAN tunnel.
@@ -263,6 +274,10 @@ pub struct Vif {
     /// this VIF (unicast RPF over its static and BGP routes) are dropped. Default `"off"`.
     #[serde(default)]
     pub source_check: SourceCheck,
+    /// Extra copies of our ASN on the AS_PATH of the routes advertised to this VIF's
+    /// routers (0 to 10): makes this VIF's path less preferred by the customer.
+    #[serde(default)]
+    pub as_path_prepend: u8,
     /// BFD with the client routers, one session per BGP session (RFC 5880/5881): a
     /// failure is seen in `bfd_interval_ms × bfd_multiplier` instead of the hold time.
     #[serde(default)]
@@ -1210,6 +1225,7 @@ impl<'a> Validator<'a> {
                 ("ttl_security", vif.ttl_security),
                 ("allow_hold_time_zero", vif.allow_hold_time_zero),
                 ("bfd", vif.bfd),
+                ("as_path_prepend", vif.as_path_prepend != 0),
             ];
             for (field, set) in bgp_only {
                 if set {
@@ -1228,6 +1244,10 @@ impl<'a> Validator<'a> {
                 );
                 self.problem(section, "bgp_password", detail);
             }
+        }
+        if vif.as_path_prepend > MAX_AS_PATH_PREPEND {
+            let detail = format!("{} is above {MAX_AS_PATH_PREPEND}", vif.as_path_prepend);
+            self.problem(section, "as_path_prepend", detail);
         }
         if vif.max_prefixes == Some(0) {
             self.problem(section, "max_prefixes", "0 is below 1");
@@ -1957,6 +1977,23 @@ via = "vif-200"
         ));
         assert_eq!(c.vifs[0].control_rate_pps, Some(0));
         assert_eq!(c.agent.control_rate_pps, DEFAULT_CONTROL_RATE_PPS);
+    }
+
+    #[test]
+    fn as_path_prepend_range() {
+        let c = accepted(&edit(
+            "max_prefixes = 100",
+            "max_prefixes = 100\nas_path_prepend = 10",
+        ));
+        assert_eq!(c.vifs[0].as_path_prepend, 10);
+        rejected(
+            &edit(
+                "max_prefixes = 100",
+                "max_prefixes = 100\nas_path_prepend = 11",
+            ),
+            r#"forwarder.toml: vif "vif-100": as_path_prepend 11 is above 10"#,
+        );
+        assert!(c.border_gateways[0].advertise_between_vifs);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Gateway {
     pub name: String,
     /// The CIDRs its attachments propagate: customer routes may not overlap them.
     pub vpc_cidrs: Vec<Ipv4Net>,
+    /// One VIF's routes are advertised to the others.
+    pub advertise_between_vifs: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +173,7 @@ impl Model {
                 Gateway {
                     name: g.name.clone(),
                     vpc_cidrs: Vec::new(),
+                    advertise_between_vifs: g.advertise_between_vifs,
                 },
             );
         }

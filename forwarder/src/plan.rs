@@ -458,13 +458,27 @@ impl Desired {
         let Some(v) = model.vifs.get(&vif) else {
             return BTreeSet::new();
         };
+        let between = model
+            .gateways
+            .get(&v.gateway)
+            .is_none_or(|g| g.advertise_between_vifs);
         self.routes
             .get(&v.gateway)
             .into_iter()
             .flatten()
-            .filter(|(_, c)| c.target.vif() != Some(vif) && !c.no_export)
+            .filter(|(_, c)| exported(c, vif, between))
             .map(|(p, _)| *p)
             .collect()
+    }
+}
+
+/// Whether a session of `vif` advertises the selected route `c`: not toward the VIF
+/// itself, not marked NO_EXPORT, and toward another VIF only when the gateway advertises
+/// between its VIFs.
+fn exported(c: &Candidate, vif: VifId, between_vifs: bool) -> bool {
+    match c.target.vif() {
+        Some(v) => v != vif && between_vifs && !c.no_export,
+        None => true,
     }
 }
 
@@ -487,9 +501,12 @@ pub fn export_changes(
     }
     for change in &changes.routes {
         for session in by_gateway.get(&change.gateway).into_iter().flatten() {
-            let exported = |c: Option<Candidate>| {
-                c.is_some_and(|c| c.target.vif() != Some(session.0) && !c.no_export)
-            };
+            let between = model
+                .gateways
+                .get(&change.gateway)
+                .is_none_or(|g| g.advertise_between_vifs);
+            let exported =
+                |c: Option<Candidate>| c.is_some_and(|c| exported(&c, session.0, between));
             let (was, now) = (exported(change.old), exported(change.new));
             if was == now {
                 continue;

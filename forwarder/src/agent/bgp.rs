@@ -151,6 +151,7 @@ impl Agent {
                             self.config.agent.bgp_max_prefix_restart,
                         )),
                         port: 179,
+                        as_path_prepend: c.as_path_prepend,
                         bfd: c.bfd.then(|| crate::bgp::BfdConfig {
                             interval: Duration::from_millis(u64::from(
                                 self.config.agent.bfd_interval_ms,

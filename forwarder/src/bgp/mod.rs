@@ -71,6 +71,8 @@ pub struct SessionConfig {
     pub port: u16,
     /// BFD (RFC 5880/5881) alongside the session: its going down takes the session down.
     pub bfd: Option<BfdConfig>,
+    /// Extra copies of our ASN on the AS_PATH of what we advertise.
+    pub as_path_prepend: u8,
 }
 
 /// A session's BFD settings.
@@ -116,6 +118,7 @@ impl SessionConfig {
             idle_after_max_prefix: Duration::from_secs(30),
             port: 179,
             bfd: None,
+            as_path_prepend: 0,
         }
     }
 }

@@ -1069,6 +1069,7 @@ impl Session {
             local_asn: self.cfg.local_asn,
             next_hop: self.cfg.local_addr,
             four_octet: neg.four_octet,
+            prepend: self.cfg.as_path_prepend,
         }
     }
 

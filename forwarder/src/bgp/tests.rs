@@ -728,6 +728,7 @@ impl Fake {
             local_asn: CLIENT_ASN,
             next_hop: Ipv4Addr::new(127, 0, 0, 2),
             four_octet: true,
+            prepend: 0,
         };
         for msg in wire::updates(prefixes, &[], &attrs).expect("encode") {
             self.send(&msg).await;

@@ -355,6 +355,8 @@ pub struct ExportAttrs {
     pub local_asn: u32,
     pub next_hop: Ipv4Addr,
     pub four_octet: bool,
+    /// Extra copies of our ASN on the AS_PATH (the VIF's `as_path_prepend`).
+    pub prepend: u8,
 }
 
 impl ExportAttrs {
@@ -362,7 +364,10 @@ impl ExportAttrs {
         let mut attrs = vec![
             PathAttribute::Origin(Origin::Igp),
             PathAttribute::AsPath(AsPath {
-                segments: vec![AsPathSegment::AsSequence(vec![self.local_asn])],
+                segments: vec![AsPathSegment::AsSequence(vec![
+                    self.local_asn;
+                    1 + usize::from(self.prepend)
+                ])],
             }),
             PathAttribute::NextHop(self.next_hop),
         ];
@@ -874,6 +879,7 @@ mod tests {
             local_asn: 64512,
             next_hop: Ipv4Addr::new(169, 254, 10, 1),
             four_octet: true,
+            prepend: 0,
         };
         let prefixes = many(3000);
         let msgs = updates(&prefixes, &[], &attrs).expect("encodes");
@@ -917,6 +923,7 @@ mod tests {
             local_asn: 4_200_000_000,
             next_hop: Ipv4Addr::new(10, 0, 0, 1),
             four_octet: false,
+            prepend: 0,
         };
         let msgs = updates(&[net("10.9.0.0/16")], &[], &attrs).expect("encodes");
         let Message::Update(u) = decode_one(&msgs[0]) else {
@@ -1015,6 +1022,7 @@ mod tests {
             local_asn: 64512,
             next_hop: Ipv4Addr::new(10, 0, 0, 1),
             four_octet: true,
+            prepend: 0,
         };
         let mut valid: Vec<Bytes> = vec![open(&LOCAL).expect("open"), keepalive(), route_refresh()];
         valid.extend(updates(&many(40), &many(5), &attrs).expect("updates"));
@@ -1066,5 +1074,29 @@ mod tests {
                 feed(&bytes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod prepend_tests {
+    use super::*;
+
+    #[test]
+    fn a_prepend_repeats_our_asn_on_the_path() {
+        let attrs = ExportAttrs {
+            local_asn: 64512,
+            next_hop: Ipv4Addr::new(10, 0, 0, 1),
+            four_octet: true,
+            prepend: 2,
+        };
+        let msgs = updates(&["10.9.0.0/16".parse().expect("net")], &[], &attrs).expect("encodes");
+        let mut f = Framer::default();
+        f.buffer().extend_from_slice(&msgs[0]);
+        let Some(Message::Update(u)) = f.next_message().expect("decodes") else {
+            panic!("not an UPDATE")
+        };
+        let r = parse_update(&u, true, 64512).expect("valid");
+        assert_eq!(r.as_path, vec![64512, 64512, 64512]);
+        assert_eq!(r.as_path_len, 3);
     }
 }

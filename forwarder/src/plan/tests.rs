@@ -33,7 +33,11 @@ struct World {
 
 impl World {
     fn new(fixture: &Fixture) -> Self {
-        let config = config::parse(&fixture.toml(), "test.toml").expect("valid fixture");
+        Self::from_toml(&fixture.toml())
+    }
+
+    fn from_toml(toml: &str) -> Self {
+        let config = config::parse(toml, "test.toml").expect("valid fixture");
         let mut ids = Ids::default();
         let model = Model::build(&config, &[], &mut ids).expect("ids");
         let masks = BgpMasks::new();
@@ -688,4 +692,36 @@ fn the_best_path_across_vifs_wins_and_no_export_stays_home() {
     w.update(&d);
     assert_eq!(w.desired.routes[&w.gateway()][&q].target.vif(), Some(a));
     assert!(!w.desired.exports(&w.model, b).contains(&q));
+}
+
+#[test]
+fn a_gateway_may_keep_its_vifs_routes_from_each_other() {
+    let toml = two_bgp_vifs().toml().replacen(
+        "[[border_gateway]]\nname = \"bgw-1\"\n",
+        "[[border_gateway]]\nname = \"bgw-1\"\nadvertise_between_vifs = false\n",
+        1,
+    );
+    assert!(toml.contains("advertise_between_vifs = false"));
+    let mut w = World::from_toml(&toml);
+    let (a, b) = (w.vif("vif-100"), w.vif("vif-200"));
+    w.update(&Dirty::all());
+    let mut dirty = w.port("hc1", true);
+    for (vif, peer) in [(a, 0), (b, 0)] {
+        dirty.vifs.extend(w.client(vif, peer, Some(MAC_A)).vifs);
+        dirty.vifs.extend(w.session(vif, peer, true).vifs);
+    }
+    let pa = net("192.168.1.0/24");
+    dirty.prefixes.extend(w.announce(a, 0, pa, true).prefixes);
+    let changes = w.update(&dirty);
+    let vpc = net("10.0.1.0/24");
+    assert_eq!(
+        w.desired.exports(&w.model, b),
+        [vpc].into(),
+        "only the VPC CIDRs"
+    );
+    assert!(
+        export_changes(&changes, &w.model, &w.up)
+            .get(&(b, 0))
+            .is_none_or(|(announce, _)| !announce.contains(&pa))
+    );
 }

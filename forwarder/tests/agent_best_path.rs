@@ -194,5 +194,42 @@ fn communities_prepends_and_med_choose_between_two_connections() -> Result<()> {
             .is_some_and(|n| n.contains("vif-100")),
         "the NO_EXPORT route is still used: {lookup}"
     );
+
+    // The other way round: vif-200 prepends twice, so FRR sees our VPC CIDR at three hops
+    // (a reload; the VIF's sessions start again) while BIRD still sees one.
+    let vpc = net("10.0.1.0/24");
+    ensure!(
+        wait_for(Duration::from_secs(10), || frr
+            .as_path(vpc)
+            .is_ok_and(|p| p == Some(vec![64512]))),
+        "FRR's path to the VPC before the prepend: {:?}",
+        frr.as_path(vpc)
+    );
+    let prepended = t
+        .fixture()
+        .agent("bgp_hold_time", "9")
+        .agent("bgp_connect_retry", "1")
+        .connection("hc-2", "hc2")
+        .vif(Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001).peer("169.254.10.2", "169.254.10.1"))
+        .vif(
+            Vif::bgp("vif-200", "hc-2", 200, "bgw-1", 65001)
+                .peer("169.254.30.2", "169.254.30.1")
+                .set("as_path_prepend", "2"),
+        );
+    t.write_fixture(&prepended)?;
+    let reload = common::cli(&t.socket(), &["reload"])?;
+    ensure!(reload.status.success(), "reload: {reload:?}");
+    ensure!(
+        wait_for(Duration::from_secs(30), || frr
+            .as_path(vpc)
+            .is_ok_and(|p| p == Some(vec![64512, 64512, 64512]))),
+        "FRR's path to the VPC after as_path_prepend = 2: {:?}",
+        frr.as_path(vpc)
+    );
+    ensure!(
+        bird.as_path(vpc)? == Some(vec![64512]),
+        "BIRD's path changed too: {:?}",
+        bird.as_path(vpc)
+    );
     Ok(())
 }

@@ -548,6 +548,39 @@ impl<'ns> RouterDaemon<'ns> {
     }
 
     /// The prefixes the daemon accepted from `neighbor` (sorted, deduplicated).
+    /// The AS_PATH of the router's best route to `prefix`, as its ASNs (BIRD: `birdc show
+    /// route for P all`; FRR: `show bgp ipv4 unicast P json`); `None` without a route.
+    pub fn as_path(&self, prefix: Ipv4Net) -> Result<Option<Vec<u32>>> {
+        let parse = |text: &str| -> Vec<u32> {
+            text.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        };
+        match self.kind {
+            Kind::Bird => {
+                let out = self.birdc(&["show", "route", "for", &prefix.to_string(), "all"])?;
+                Ok(out
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("BGP.as_path:"))
+                    .map(parse))
+            }
+            Kind::Frr => {
+                let json = self.vtysh_json(&format!("show bgp ipv4 unicast {prefix} json"))?;
+                Ok(json["paths"]
+                    .as_array()
+                    .and_then(|paths| {
+                        paths
+                            .iter()
+                            .find(|p| p["bestpath"]["overall"] == true)
+                            .or_else(|| paths.first())
+                    })
+                    .and_then(|p| p["aspath"]["string"].as_str())
+                    .map(parse))
+            }
+            Kind::Gobgp => bail!("the GoBGP harness reads no AS_PATH"),
+        }
+    }
+
     pub fn received_prefixes(&self, neighbor: Ipv4Addr) -> Result<Vec<Ipv4Net>> {
         self.op("reading received prefixes", || self.received_raw(neighbor))
     }

@@ -78,12 +78,14 @@ pub struct Ipv4Info {
     pub tot_len: u16,
     pub ttl: u8,
     pub hash: u32,
+    /// The whole frame's length as it arrived (read once per frame: a helper call).
+    pub frame_len: u64,
 }
 
 /// Validates the IPv4 header at `off` (version, IHL, total length within the frame) and
 /// computes the flow hash from addresses, protocol and, for unfragmented TCP/UDP, ports.
 #[inline(always)]
-pub fn check_ipv4(ctx: &XdpContext, off: usize) -> Result<Ipv4Info, Drop> {
+pub fn check_ipv4(ctx: &XdpContext, off: usize, frame_len: u64) -> Result<Ipv4Info, Drop> {
     let ip: Ipv4Hdr = read(ctx, off)?;
     if ip.ver_ihl >> 4 != 4 {
         return Err(Drop::Malformed);
@@ -93,7 +95,7 @@ pub fn check_ipv4(ctx: &XdpContext, off: usize) -> Result<Ipv4Info, Drop> {
     if ihl < 20 || usize::from(tot_len) < ihl {
         return Err(Drop::Malformed);
     }
-    if (off + usize::from(tot_len)) as u64 > frame_len(ctx) {
+    if (off + usize::from(tot_len)) as u64 > frame_len {
         return Err(Drop::Malformed);
     }
     let frag = u16::from_be_bytes(ip.frag_off) & 0x3fff; // MF + offset
@@ -118,6 +120,7 @@ pub fn check_ipv4(ctx: &XdpContext, off: usize) -> Result<Ipv4Info, Drop> {
         tot_len,
         ttl: ip.ttl,
         hash,
+        frame_len,
     })
 }
 

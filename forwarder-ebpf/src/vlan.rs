@@ -46,7 +46,8 @@ pub fn try_customer(ctx: &XdpContext) -> Result<u32, Drop> {
     if vif.state == vif_state::ABSENT {
         return Err(Drop::UnknownVlan);
     }
-    stats::vif_rx(vif_id, frame_len(ctx));
+    let len = frame_len(ctx);
+    stats::vif_rx(vif_id, len);
     capture::frame(ctx, vif_id, capture_direction::FROM_CUSTOMER);
 
     let dst_mac: [u8; 6] = read(ctx, 0)?;
@@ -69,7 +70,7 @@ pub fn try_customer(ctx: &XdpContext) -> Result<u32, Drop> {
     if inner_type != ETH_P_IP {
         return Err(Drop::NotIpv4);
     }
-    let ip = check_ipv4(ctx, TAGGED_L3)?;
+    let ip = check_ipv4(ctx, TAGGED_L3, len)?;
     if ip.ttl <= 1 {
         return Err(Drop::Ttl);
     }
@@ -219,7 +220,8 @@ fn hairpin(
     write(ctx, 6, target.mac)?;
     write(ctx, ETH_HLEN, ((tci & 0xf000) | target.vlan).to_be_bytes())?;
     let action = redirect(target.port_ifindex)?;
-    stats::vif_tx(nh.target, frame_len(ctx));
+    // Re-tagged in place: the same length.
+    stats::vif_tx(nh.target, ip.frame_len);
     capture::frame(ctx, nh.target, capture_direction::TO_CUSTOMER);
     Ok(action)
 }

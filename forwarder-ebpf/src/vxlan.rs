@@ -93,34 +93,8 @@ pub fn encap(
     write(ctx, 0, fib.dmac)?;
     write(ctx, 6, fib.smac)?;
     write(ctx, 12, ETH_P_IP.to_be_bytes())?;
-    let csum = finish_ipv4_csum(att.ip_csum_partial, outer_len);
-    write(
-        ctx,
-        OUTER_IP,
-        Ipv4Hdr {
-            ver_ihl: 0x45,
-            tos: 0,
-            tot_len: outer_len.to_be_bytes(),
-            id: [0, 0],
-            frag_off: [0x40, 0], // DF
-            ttl: OUTER_TTL,
-            proto: IPPROTO_UDP,
-            check: csum.to_be_bytes(),
-            src: att.local_vtep,
-            dst: att.remote_vtep,
-        },
-    )?;
     let sport = vxlan_source_port(ip.hash).to_be_bytes();
-    let dport = VXLAN_PORT.to_be_bytes();
-    let udp_len = (outer_len - 20).to_be_bytes();
-    // UDP checksum 0: allowed for VXLAN over IPv4 (RFC 7348).
-    write(
-        ctx,
-        OUTER_UDP,
-        [
-            sport[0], sport[1], dport[0], dport[1], udp_len[0], udp_len[1], 0, 0,
-        ],
-    )?;
+    write_outer(ctx, &att, outer_len, sport)?;
     let vni = (att.vni << 8).to_be_bytes();
     write(
         ctx,
@@ -132,7 +106,7 @@ pub fn encap(
     write(ctx, INNER_ETH + 12, ETH_P_IP.to_be_bytes())?;
 
     let action = redirect(fib.ifindex)?;
-    stats::attachment_tx(att_id, frame_len(ctx));
+    stats::attachment_tx(att_id, ip.frame_len + GROW as u64);
     Ok(action)
 }
 
@@ -175,12 +149,13 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
     if att.state == 0 || att.local_vtep != outer.dst {
         return Err(Drop::BadVxlan);
     }
-    stats::attachment_rx(att_id, frame_len(ctx));
+    let len = frame_len(ctx);
+    stats::attachment_rx(att_id, len);
 
     if u16::from_be_bytes(read(ctx, INNER_ETH + 12)?) != ETH_P_IP {
         return Err(Drop::NotIpv4);
     }
-    let ip = check_ipv4(ctx, INNER_IP)?;
+    let ip = check_ipv4(ctx, INNER_IP, len)?;
     if ip.ttl <= 1 {
         return Err(Drop::Ttl);
     }
@@ -216,49 +191,21 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
     let ipt = ETH_P_IP.to_be_bytes();
     write(ctx, 12, [tpid[0], tpid[1], tci[0], tci[1], ipt[0], ipt[1]])?;
     let action = redirect(vif.port_ifindex)?;
-    stats::vif_tx(nh.target, frame_len(ctx));
+    stats::vif_tx(nh.target, len - GROW as u64);
     capture::frame(ctx, nh.target, capture_direction::TO_CUSTOMER);
     Ok(action)
 }
 
-/// A decapsulated packet too big for VIF `vif`: ICMP fragmentation needed, from the VIF's
-/// cloud address, back to its sender in the VPC through the same tunnel (outer addresses,
-/// MACs and the inner MACs swapped, the VNI kept), out of the underlay port it came in on.
+/// The outer IPv4 and UDP headers toward attachment `att` (local → remote VTEP, DF, the
+/// checksum from the partial sum computed in userspace; UDP checksum 0, allowed for VXLAN
+/// over IPv4 by RFC 7348).
 #[inline(always)]
-fn frag_needed_to_vpc(
+fn write_outer(
     ctx: &XdpContext,
-    att_id: u32,
     att: &Attachment,
-    vif: &Vif,
-    mtu: u16,
-) -> Result<u32, Drop> {
-    let outer_macs: [u8; 12] = read(ctx, 0)?;
-    let inner_macs: [u8; 12] = read(ctx, INNER_ETH)?;
-    if inner_macs[0] & 1 != 0 {
-        // A link-layer broadcast or multicast gets no ICMP error (RFC 1812 §4.3.2.7).
-        return Err(Drop::Mtu);
-    }
-    let sport: [u8; 2] = read(ctx, OUTER_UDP)?;
-    let inner_len = icmp::frag_needed(ctx, INNER_IP, mtu, vif.cloud_addrs[0])?;
-    let outer_len = inner_len + VXLAN_OVERHEAD as u16;
-    write(
-        ctx,
-        0,
-        [
-            outer_macs[6],
-            outer_macs[7],
-            outer_macs[8],
-            outer_macs[9],
-            outer_macs[10],
-            outer_macs[11],
-            outer_macs[0],
-            outer_macs[1],
-            outer_macs[2],
-            outer_macs[3],
-            outer_macs[4],
-            outer_macs[5],
-        ],
-    )?;
+    outer_len: u16,
+    sport: [u8; 2],
+) -> Result<(), Drop> {
     write(
         ctx,
         OUTER_IP,
@@ -267,7 +214,7 @@ fn frag_needed_to_vpc(
             tos: 0,
             tot_len: outer_len.to_be_bytes(),
             id: [0, 0],
-            frag_off: [0x40, 0],
+            frag_off: [0x40, 0], // DF
             ttl: OUTER_TTL,
             proto: IPPROTO_UDP,
             check: finish_ipv4_csum(att.ip_csum_partial, outer_len).to_be_bytes(),
@@ -283,25 +230,34 @@ fn frag_needed_to_vpc(
         [
             sport[0], sport[1], dport[0], dport[1], udp_len[0], udp_len[1], 0, 0,
         ],
-    )?;
-    write(
-        ctx,
-        INNER_ETH,
-        [
-            inner_macs[6],
-            inner_macs[7],
-            inner_macs[8],
-            inner_macs[9],
-            inner_macs[10],
-            inner_macs[11],
-            inner_macs[0],
-            inner_macs[1],
-            inner_macs[2],
-            inner_macs[3],
-            inner_macs[4],
-            inner_macs[5],
-        ],
-    )?;
+    )
+}
+
+/// A decapsulated packet too big for VIF `vif`: ICMP fragmentation needed, from the VIF's
+/// cloud address, back to its sender in the VPC through the same tunnel (outer addresses,
+/// MACs and the inner MACs swapped, the VNI kept), out of the underlay port it came in on.
+#[inline(always)]
+fn frag_needed_to_vpc(
+    ctx: &XdpContext,
+    att_id: u32,
+    att: &Attachment,
+    vif: &Vif,
+    mtu: u16,
+) -> Result<u32, Drop> {
+    // (destination, source) of the outer and the inner Ethernet header.
+    let outer: [[u8; 6]; 2] = read(ctx, 0)?;
+    let inner: [[u8; 6]; 2] = read(ctx, INNER_ETH)?;
+    if inner[0][0] & 1 != 0 {
+        // A link-layer broadcast or multicast gets no ICMP error (RFC 1812 §4.3.2.7).
+        return Err(Drop::Mtu);
+    }
+    let sport: [u8; 2] = read(ctx, OUTER_UDP)?;
+    let inner_len = icmp::frag_needed(ctx, INNER_IP, mtu, vif.cloud_addrs[0])?;
+    let outer_len = inner_len + VXLAN_OVERHEAD as u16;
+    // Back where it came from: both headers' addresses swapped.
+    write(ctx, 0, [outer[1], outer[0]])?;
+    write_outer(ctx, att, outer_len, sport)?;
+    write(ctx, INNER_ETH, [inner[1], inner[0]])?;
     // Out of the underlay port it came in on (a redirect: see `vlan::too_big`).
     let action = redirect(ctx.ingress_ifindex() as u32)?;
     stats::pass(pass_reason::ICMP_FRAG_NEEDED);

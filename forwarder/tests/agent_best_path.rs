@@ -55,14 +55,22 @@ fn communities_prepends_and_med_choose_between_two_connections() -> Result<()> {
     let rtr2 = t.second_connection()?;
     let _a = t.customer_router_bgp()?;
     let _b = CustomerRouter::new(&rtr2, "trunk0", &[(200, "169.254.30.2/30")])?;
-    let fixture = t
-        .fixture()
-        .agent("bgp_hold_time", "9")
-        .agent("bgp_connect_retry", "1")
-        .connection("hc-2", "hc2")
-        .vif(Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001).peer("169.254.10.2", "169.254.10.1"))
-        .vif(Vif::bgp("vif-200", "hc-2", 200, "bgw-1", 65001).peer("169.254.30.2", "169.254.30.1"));
-    t.write_fixture(&fixture)?;
+    // vif-100 on hc-1, vif-200 on hc-2 (with `vif_200` adjusting it).
+    let two_connections = |vif_200: fn(Vif) -> Vif| {
+        t.fixture()
+            .agent("bgp_hold_time", "9")
+            .agent("bgp_connect_retry", "1")
+            .connection("hc-2", "hc2")
+            .vif(
+                Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001)
+                    .peer("169.254.10.2", "169.254.10.1"),
+            )
+            .vif(vif_200(
+                Vif::bgp("vif-200", "hc-2", 200, "bgw-1", 65001)
+                    .peer("169.254.30.2", "169.254.30.1"),
+            ))
+    };
+    t.write_fixture(&two_connections(|v| v))?;
     let agent = t.start_agent(common::bin())?;
     let (idc, other) = (net("192.168.50.0/24"), net("192.168.51.0/24"));
     let bird = RouterDaemon::start(
@@ -205,18 +213,7 @@ fn communities_prepends_and_med_choose_between_two_connections() -> Result<()> {
         "FRR's path to the VPC before the prepend: {:?}",
         frr.as_path(vpc)
     );
-    let prepended = t
-        .fixture()
-        .agent("bgp_hold_time", "9")
-        .agent("bgp_connect_retry", "1")
-        .connection("hc-2", "hc2")
-        .vif(Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001).peer("169.254.10.2", "169.254.10.1"))
-        .vif(
-            Vif::bgp("vif-200", "hc-2", 200, "bgw-1", 65001)
-                .peer("169.254.30.2", "169.254.30.1")
-                .set("as_path_prepend", "2"),
-        );
-    t.write_fixture(&prepended)?;
+    t.write_fixture(&two_connections(|v| v.set("as_path_prepend", "2")))?;
     let reload = common::cli(&t.socket(), &["reload"])?;
     ensure!(reload.status.success(), "reload: {reload:?}");
     ensure!(

@@ -7,10 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 use common::{
     Topology,
-    bgp::{CLIENT1, CLOUD1, established, lookup, neighbor, net, vif_config, write_config},
+    bgp::{
+        CLIENT1, CLOUD1, customer_router, established, lookup, neighbor, net, vif_config,
+        write_config,
+    },
     cli, wait_for,
 };
 use forwarder_tests::daemons::{Kind, PeerSpec, RouterDaemon};
@@ -26,16 +29,7 @@ fn bfd_takes_the_session_down_on_a_silent_failure(tag: &str, kind: Kind) -> Resu
     let mut customer = t.customer_router_bgp()?;
     write_config(&t, &vif_config(false, "bfd = true"))?;
     let agent = t.start_agent(common::bin())?;
-    let router = RouterDaemon::start(
-        kind,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512).bfd()],
-        &[net("192.168.50.0/24")],
-    )?;
-    router
-        .wait_established(CLOUD1, Duration::from_secs(30))
-        .with_context(|| agent.log_text())?;
+    let router = customer_router(&t, &agent, kind, |p| p.bfd(), &[net("192.168.50.0/24")])?;
     ensure!(
         wait_for(Duration::from_secs(20), || established(&t, 0)
             && bfd_state(&t).as_deref() == Some("up")
@@ -136,16 +130,7 @@ fn a_router_without_bfd_keeps_its_session() -> Result<()> {
     let _customer = t.customer_router_bgp()?;
     write_config(&t, &vif_config(false, "bfd = true"))?;
     let agent = t.start_agent(common::bin())?;
-    let router = RouterDaemon::start(
-        Kind::Bird,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
-        &[net("192.168.50.0/24")],
-    )?;
-    router
-        .wait_established(CLOUD1, Duration::from_secs(30))
-        .with_context(|| agent.log_text())?;
+    let _router = customer_router(&t, &agent, Kind::Bird, |p| p, &[net("192.168.50.0/24")])?;
     // Settled (a connection collision may replace the first session in its first second).
     ensure!(
         wait_for(Duration::from_secs(20), || neighbor(&t, 0)

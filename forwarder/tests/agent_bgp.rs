@@ -13,8 +13,8 @@ use anyhow::{Context as _, Result, ensure};
 use common::{
     Topology, VPC_HOST,
     bgp::{
-        CLIENT1, CLIENT2, CLOUD1, CLOUD2, established, lookup, neighbor, net, vif_config,
-        write_config,
+        CLIENT1, CLIENT2, CLOUD1, CLOUD2, customer_router, established, lookup, neighbor, net,
+        vif_config, write_config,
     },
     cli_json, wait_for,
 };
@@ -27,15 +27,13 @@ fn bird_exchanges_routes_and_traffic_flows() -> Result<()> {
     let _customer = t.customer_router_bgp()?;
     write_config(&t, &vif_config(false, ""))?;
     let agent = t.start_agent(common::bin())?;
-    let bird = RouterDaemon::start(
+    let bird = customer_router(
+        &t,
+        &agent,
         Kind::Bird,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+        |p| p,
         &[net("192.168.50.0/24"), net("192.168.51.0/24")],
     )?;
-    bird.wait_established(CLOUD1, Duration::from_secs(20))
-        .with_context(|| agent.log_text())?;
     ensure!(
         wait_for(Duration::from_secs(10), || established(&t, 0)),
         "agent side not Established: {:?}",
@@ -92,11 +90,11 @@ fn import_filter_and_max_prefixes() -> Result<()> {
     write_config(&t, &vif_config(false, "max_prefixes = 4"))?;
     let agent = t.start_agent(common::bin())?;
     // An overlap with the VPC CIDR, a default route, a martian and one good prefix.
-    let bird = RouterDaemon::start(
+    let bird = customer_router(
+        &t,
+        &agent,
         Kind::Bird,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
+        |p| p,
         &[
             net("10.0.1.128/25"),
             net("0.0.0.0/0"),
@@ -104,8 +102,6 @@ fn import_filter_and_max_prefixes() -> Result<()> {
             net("192.168.50.0/24"),
         ],
     )?;
-    bird.wait_established(CLOUD1, Duration::from_secs(20))
-        .with_context(|| agent.log_text())?;
     let received = |t: &Topology| {
         cli_json(
             &t.socket(),
@@ -208,16 +204,7 @@ fn frr_and_gobgp_interoperate() -> Result<()> {
         let _customer = t.customer_router_bgp()?;
         write_config(&t, &vif_config(false, ""))?;
         let agent = t.start_agent(common::bin())?;
-        let daemon = RouterDaemon::start(
-            kind,
-            &t.rtr,
-            CLIENT1,
-            &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
-            &[net("192.168.50.0/24")],
-        )?;
-        daemon
-            .wait_established(CLOUD1, Duration::from_secs(30))
-            .with_context(|| agent.log_text())?;
+        let daemon = customer_router(&t, &agent, kind, |p| p, &[net("192.168.50.0/24")])?;
         daemon.wait_received(CLOUD1, &[net("10.0.1.0/24")], Duration::from_secs(15))?;
         ensure!(
             wait_for(Duration::from_secs(10), || lookup(&t, "192.168.50.10")
@@ -316,15 +303,7 @@ fn a_hundred_thousand_prefixes_reach_the_map() -> Result<()> {
         .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0b00_0000 + i), 32).expect("prefix"))
         .collect();
     prefixes.push(net("192.168.50.0/24"));
-    let bird = RouterDaemon::start(
-        Kind::Bird,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
-        &[],
-    )?;
-    bird.wait_established(CLOUD1, Duration::from_secs(20))
-        .with_context(|| agent.log_text())?;
+    let bird = customer_router(&t, &agent, Kind::Bird, |p| p, &[])?;
     let started = Instant::now();
     bird.announce(&prefixes)?;
     let installed = |t: &Topology| -> u64 {
@@ -377,15 +356,7 @@ fn a_full_route_map_keeps_static_routes_and_other_gateways_going() -> Result<()>
     let prefixes: Vec<Ipv4Net> = (0..30u32)
         .map(|i| Ipv4Net::new(Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("prefix"))
         .collect();
-    let bird = RouterDaemon::start(
-        Kind::Bird,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
-        &prefixes,
-    )?;
-    bird.wait_established(CLOUD1, Duration::from_secs(20))
-        .with_context(|| agent.log_text())?;
+    let bird = customer_router(&t, &agent, Kind::Bird, |p| p, &prefixes)?;
     let gateway = |name: &str| -> serde_json::Value {
         cli_json(&t.socket(), &["status"])
             .ok()
@@ -488,15 +459,7 @@ fn a_vif_moved_to_another_gateway_advertises_that_gateways_routes_and_a_removed_
     };
     t.write_fixture(&base().vif(bgp_vif("bgw-1")))?;
     let agent = t.start_agent(common::bin())?;
-    let bird = RouterDaemon::start(
-        Kind::Bird,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
-        &[net("192.168.50.0/24")],
-    )?;
-    bird.wait_established(CLOUD1, Duration::from_secs(20))
-        .with_context(|| agent.log_text())?;
+    let bird = customer_router(&t, &agent, Kind::Bird, |p| p, &[net("192.168.50.0/24")])?;
     bird.wait_received(CLOUD1, &[net("10.0.1.0/24")], Duration::from_secs(10))?;
 
     // The VIF moves to bgw-2: its session starts over and BIRD hears bgw-2's routes only.
@@ -564,15 +527,13 @@ fn ttl_security_takes_only_a_router_that_sends_ttl_255() -> Result<()> {
     let _customer = t.customer_router_bgp()?;
     write_config(&t, &vif_config(false, "ttl_security = true"))?;
     let agent = t.start_agent(common::bin())?;
-    let bird = RouterDaemon::start(
+    let bird = customer_router(
+        &t,
+        &agent,
         Kind::Bird,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512).ttl_security()],
+        |p| p.ttl_security(),
         &[net("192.168.50.0/24")],
     )?;
-    bird.wait_established(CLOUD1, Duration::from_secs(20))
-        .with_context(|| agent.log_text())?;
     ensure!(
         wait_for(Duration::from_secs(10), || established(&t, 0)),
         "{:?}",

@@ -13,13 +13,10 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use common::{
     Topology, VPC_HOST,
-    bgp::{CLIENT1, CLOUD1, established, lookup, neighbor, net, vif_config, write_config},
+    bgp::{customer_router, established, lookup, neighbor, net, vif_config, write_config},
     cli_json, sh, wait_for,
 };
-use forwarder_tests::{
-    daemons::{Kind, PeerSpec, RouterDaemon},
-    fixture::Vif,
-};
+use forwarder_tests::daemons::Kind;
 
 /// `forwarder stats --json` for one VIF.
 fn vif_stats(t: &Topology, vif: &str) -> Result<serde_json::Value> {
@@ -156,15 +153,7 @@ fn jumbo_frames_cross_a_vif_with_mtu_9001() -> Result<()> {
         &t.vpc,
         "ip link set eth0 mtu 9100 && ip link set vxlan0 mtu 9050",
     )?;
-    let fixture = t
-        .fixture()
-        .vif(
-            Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
-                .peer("169.254.10.2", "169.254.10.1")
-                .set("mtu", "9001"),
-        )
-        .static_route("bgw-1", "192.168.50.0/24", "vif-100");
-    t.write_fixture(&fixture)?;
+    t.write_fixture(&t.static_fixture_with(&[("mtu", "9001")]))?;
     let agent = t.start_agent(common::bin())?;
     t.wait_available(common::bin(), "vif-100")?;
     let before = vif_stats(&t, "vif-100")?;
@@ -226,15 +215,7 @@ routing = "static"
 "#;
     write_config(&t, &format!("{}{vif_200}", vif_config(false, "")))?;
     let agent = t.start_agent(common::bin())?;
-    let bird = RouterDaemon::start(
-        Kind::Bird,
-        &t.rtr,
-        CLIENT1,
-        &[PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512)],
-        &[net("192.168.50.0/24")],
-    )?;
-    bird.wait_established(CLOUD1, Duration::from_secs(20))
-        .with_context(|| agent.log_text())?;
+    let _bird = customer_router(&t, &agent, Kind::Bird, |p| p, &[net("192.168.50.0/24")])?;
     ensure!(
         wait_for(Duration::from_secs(20), || established(&t, 0)
             && lookup(&t, "192.168.50.10")
@@ -309,15 +290,7 @@ routing = "static"
 fn source_check_drops_spoofed_sources() -> Result<()> {
     let t = Topology::new("urpf")?;
     let _customer = t.customer_router()?;
-    let fixture = t
-        .fixture()
-        .vif(
-            Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
-                .peer("169.254.10.2", "169.254.10.1")
-                .set("source_check", "\"strict\""),
-        )
-        .static_route("bgw-1", "192.168.50.0/24", "vif-100");
-    t.write_fixture(&fixture)?;
+    t.write_fixture(&t.static_fixture_with(&[("source_check", "\"strict\"")]))?;
     let _agent = t.start_agent(common::bin())?;
     t.wait_available(common::bin(), "vif-100")?;
     let (sent, received) = t.ping(VPC_HOST, 5, "0.2")?;
@@ -342,14 +315,7 @@ fn source_check_drops_spoofed_sources() -> Result<()> {
     );
 
     // Turned off by a reload: the same packets go to the VPC (which has no route back).
-    let off = t
-        .fixture()
-        .vif(
-            Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
-                .peer("169.254.10.2", "169.254.10.1"),
-        )
-        .static_route("bgw-1", "192.168.50.0/24", "vif-100");
-    t.write_fixture(&off)?;
+    t.write_fixture(&t.static_fixture())?;
     let reload = common::cli(&t.socket(), &["reload"])?;
     ensure!(reload.status.success(), "reload: {reload:?}");
     let encapsulated = |t: &Topology| -> Result<u64> {

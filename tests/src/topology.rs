@@ -142,11 +142,18 @@ impl Topology {
     /// [`Self::fixture`] with DESIGN's static VIF: `vif-100` on VLAN 100 (client
     /// 169.254.10.2, cloud 169.254.10.1) and the IDC prefix 192.168.50.0/24 routed to it.
     pub fn static_fixture(&self) -> Fixture {
+        self.static_fixture_with(&[])
+    }
+
+    /// [`Self::static_fixture`] with more `key = value` lines (TOML values) in `vif-100`.
+    pub fn static_fixture_with(&self, vif_keys: &[(&str, &str)]) -> Fixture {
+        let vif = vif_keys.iter().fold(
+            crate::fixture::Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
+                .peer("169.254.10.2", "169.254.10.1"),
+            |vif, (key, value)| vif.set(key, value),
+        );
         self.fixture()
-            .vif(
-                crate::fixture::Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
-                    .peer("169.254.10.2", "169.254.10.1"),
-            )
+            .vif(vif)
             .static_route("bgw-1", "192.168.50.0/24", "vif-100")
     }
 

@@ -1123,6 +1123,17 @@ fn frag_needed(from: [u8; 4], original: &[u8], mtu: u16) -> Vec<u8> {
     out
 }
 
+/// The fragmentation-needed frame VIF 1's client router must get for `original`.
+fn icmp_to_client1(original: &[u8], mtu: u16) -> Vec<u8> {
+    tagged(
+        CLIENT1,
+        VIF_MAC[1],
+        100,
+        0x0800,
+        &frag_needed(CLOUD_ADDR, original, mtu),
+    )
+}
+
 /// Every counter the data plane keeps about one exchange, to compare before and after.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
@@ -1307,16 +1318,7 @@ fn too_big_for_the_other_vif_is_answered_on_the_first() -> anyhow::Result<()> {
     let packet = ipv4_udp(IDC_HOST, [192, 168, 60, 5], 64, 1, 2, &[3u8; 1100]);
     let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet));
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(
-        out,
-        tagged(
-            CLIENT1,
-            VIF_MAC[1],
-            100,
-            0x0800,
-            &frag_needed(CLOUD_ADDR, &packet, VIF2_MTU)
-        )
-    );
+    assert_eq!(out, icmp_to_client1(&packet, VIF2_MTU));
     Ok(())
 }
 
@@ -1576,16 +1578,7 @@ fn jumbo_frames_pass_as_multi_buffer() -> anyhow::Result<()> {
     let big = ipv4_udp(IDC_HOST, VPC_HOST, 64, 40000, 5001, &[4u8; 8972]);
     let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &big));
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(
-        out,
-        tagged(
-            CLIENT1,
-            VIF_MAC[1],
-            100,
-            0x0800,
-            &frag_needed(CLOUD_ADDR, &big, 1450)
-        )
-    );
+    assert_eq!(out, icmp_to_client1(&big, 1450));
     Ok(())
 }
 

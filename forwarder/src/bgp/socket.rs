@@ -146,20 +146,29 @@ fn set_ttl(socket: &Socket, ttl_security: bool) -> Result<(), Error> {
     socket
         .set_ttl_v4(255)
         .map_err(|e| Error::Socket("IP_TTL", e))?;
-    let min: libc::c_int = 255;
+    set_ip_option(socket, libc::IP_MINTTL, "IP_MINTTL", 255)
+}
+
+/// An IPPROTO_IP socket option socket2 has no setter for.
+fn set_ip_option(
+    socket: &Socket,
+    option: libc::c_int,
+    name: &'static str,
+    value: libc::c_int,
+) -> Result<(), Error> {
     // SAFETY: the fd is a live socket owned by `socket`; the option value is a c_int that
     // outlives the call.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_IP,
-            libc::IP_MINTTL,
-            (&raw const min).cast::<libc::c_void>(),
+            option,
+            (&raw const value).cast::<libc::c_void>(),
             mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc != 0 {
-        return Err(Error::Socket("IP_MINTTL", io::Error::last_os_error()));
+        return Err(Error::Socket(name, io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -235,20 +244,7 @@ pub async fn bfd_sockets(
         let rx = udp()?;
         rx.set_reuse_address(true)
             .map_err(|e| Error::Socket("SO_REUSEADDR", e))?;
-        let on: libc::c_int = 1;
-        // SAFETY: a live socket; the option value is a c_int that outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                rx.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_RECVTTL,
-                (&raw const on).cast::<libc::c_void>(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::Socket("IP_RECVTTL", io::Error::last_os_error()));
-        }
+        set_ip_option(&rx, libc::IP_RECVTTL, "IP_RECVTTL", 1)?;
         let at = SocketAddr::V4(SocketAddrV4::new(local, crate::bfd::PORT));
         rx.bind(&at.into()).map_err(|e| Error::Bind(at, e))?;
         rx.set_nonblocking(true)

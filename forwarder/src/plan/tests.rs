@@ -139,6 +139,17 @@ impl World {
         dirty
     }
 
+    /// Port hc1 up and, for each (VIF, peer), its client router resolved and its session
+    /// up: the dirt to plan.
+    fn sessions_up(&mut self, sessions: &[(VifId, u8)]) -> Dirty {
+        let mut dirty = self.port("hc1", true);
+        for &(vif, peer) in sessions {
+            dirty.vifs.extend(self.client(vif, peer, Some(MAC_A)).vifs);
+            dirty.vifs.extend(self.session(vif, peer, true).vifs);
+        }
+        dirty
+    }
+
     /// Session (vif, peer) announces or withdraws `prefix`.
     fn announce(&mut self, vif: VifId, peer: u8, prefix: Ipv4Net, on: bool) -> Dirty {
         self.announce_path(vif, peer, prefix, on, crate::rib::PathInfo::default())
@@ -272,11 +283,7 @@ fn preference_is_propagated_then_static_then_bgp_and_a_loser_takes_over() {
     let (a, b, gw) = (w.vif("vif-100"), w.vif("vif-200"), w.gateway());
     let idc = net("192.168.50.0/24");
     w.update(&Dirty::all());
-    let mut dirty = w.port("hc1", true);
-    for (vif, peer) in [(a, 0), (a, 1), (b, 0)] {
-        dirty.vifs.extend(w.client(vif, peer, Some(MAC_A)).vifs);
-        dirty.vifs.extend(w.session(vif, peer, true).vifs);
-    }
+    let mut dirty = w.sessions_up(&[(a, 0), (a, 1), (b, 0)]);
     dirty.prefixes.extend(w.announce(a, 0, idc, true).prefixes);
     // A customer route overlapping a VPC CIDR loses to the VPC's own.
     dirty
@@ -304,11 +311,7 @@ fn a_lost_session_leaves_the_shared_group_in_one_write_before_routes_move() {
     let mut w = World::new(&two_bgp_vifs());
     let (a, gw) = (w.vif("vif-100"), w.gateway());
     w.update(&Dirty::all());
-    let mut dirty = w.port("hc1", true);
-    for peer in [0, 1] {
-        dirty.vifs.extend(w.client(a, peer, Some(MAC_A)).vifs);
-        dirty.vifs.extend(w.session(a, peer, true).vifs);
-    }
+    let mut dirty = w.sessions_up(&[(a, 0), (a, 1)]);
     let both: Vec<Ipv4Net> = (0..100u32)
         .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("net"))
         .collect();
@@ -371,11 +374,7 @@ fn exports_are_the_gateways_routes_except_the_vifs_own_and_follow_changes() {
     let mut w = World::new(&two_bgp_vifs());
     let (a, b) = (w.vif("vif-100"), w.vif("vif-200"));
     w.update(&Dirty::all());
-    let mut dirty = w.port("hc1", true);
-    for (vif, peer) in [(a, 0), (b, 0)] {
-        dirty.vifs.extend(w.client(vif, peer, Some(MAC_A)).vifs);
-        dirty.vifs.extend(w.session(vif, peer, true).vifs);
-    }
+    let mut dirty = w.sessions_up(&[(a, 0), (b, 0)]);
     let (pa, pb) = (net("192.168.1.0/24"), net("192.168.2.0/24"));
     dirty.prefixes.extend(w.announce(a, 0, pa, true).prefixes);
     w.update(&dirty);
@@ -641,11 +640,7 @@ fn the_best_path_across_vifs_wins_and_no_export_stays_home() {
     let mut w = World::new(&two_bgp_vifs());
     let (a, b) = (w.vif("vif-100"), w.vif("vif-200"));
     w.update(&Dirty::all());
-    let mut dirty = w.port("hc1", true);
-    for (vif, peer) in [(a, 0), (b, 0)] {
-        dirty.vifs.extend(w.client(vif, peer, Some(MAC_A)).vifs);
-        dirty.vifs.extend(w.session(vif, peer, true).vifs);
-    }
+    let dirty = w.sessions_up(&[(a, 0), (b, 0)]);
     w.update(&dirty);
     let p = net("192.168.50.0/24");
     let path = |pref, len, med| PathInfo {
@@ -705,11 +700,7 @@ fn a_gateway_may_keep_its_vifs_routes_from_each_other() {
     let mut w = World::from_toml(&toml);
     let (a, b) = (w.vif("vif-100"), w.vif("vif-200"));
     w.update(&Dirty::all());
-    let mut dirty = w.port("hc1", true);
-    for (vif, peer) in [(a, 0), (b, 0)] {
-        dirty.vifs.extend(w.client(vif, peer, Some(MAC_A)).vifs);
-        dirty.vifs.extend(w.session(vif, peer, true).vifs);
-    }
+    let mut dirty = w.sessions_up(&[(a, 0), (b, 0)]);
     let pa = net("192.168.1.0/24");
     dirty.prefixes.extend(w.announce(a, 0, pa, true).prefixes);
     let changes = w.update(&dirty);

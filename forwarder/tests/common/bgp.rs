@@ -1,17 +1,42 @@
 //! What the BGP tests share: the VIF with one or two sessions on VLAN 100 and how to look at
 //! its sessions and routes.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context as _, Result};
+use forwarder_tests::daemons::{Kind, PeerSpec, RouterDaemon};
 use ipnet::Ipv4Net;
 
-use super::{Topology, cli_json};
+use super::{Agent, Topology, cli_json};
 
 pub const CLOUD1: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 1);
 pub const CLIENT1: Ipv4Addr = Ipv4Addr::new(169, 254, 10, 2);
 pub const CLOUD2: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 1);
 pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(169, 254, 20, 2);
+
+/// The customer router (`kind`) in the topology's router namespace with one session,
+/// CLIENT1 (AS 65001) → CLOUD1 (AS 64512), which `peer` may adjust (`|p| p.bfd()`),
+/// announcing `announce`; returned once the router says the session is Established (the
+/// error carries the agent's log).
+pub fn customer_router<'t>(
+    t: &'t Topology,
+    agent: &Agent,
+    kind: Kind,
+    peer: impl FnOnce(PeerSpec) -> PeerSpec,
+    announce: &[Ipv4Net],
+) -> Result<RouterDaemon<'t>> {
+    let router = RouterDaemon::start(
+        kind,
+        &t.rtr,
+        CLIENT1,
+        &[peer(PeerSpec::new(CLIENT1, CLOUD1, 65001, 64512))],
+        announce,
+    )?;
+    router
+        .wait_established(CLOUD1, Duration::from_secs(30))
+        .with_context(|| agent.log_text())?;
+    Ok(router)
+}
 
 pub fn net(s: &str) -> Ipv4Net {
     s.parse().expect("prefix")

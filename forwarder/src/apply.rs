@@ -657,6 +657,7 @@ impl Apply {
         gateway: GatewayId,
         prefix: Ipv4Net,
         candidate: Candidate,
+        next_hop: Option<NextHopKey>,
         pool: &Pool<NextHopKey>,
         report: &mut Report,
     ) -> Result<(), Error> {
@@ -664,8 +665,8 @@ impl Apply {
             self.pending.remove(&(s, gateway, prefix));
         }
         let pending_key = (candidate.source, gateway, prefix);
-        let Some(nh) = pool
-            .get(&candidate.target.next_hop())
+        let Some(nh) = next_hop
+            .and_then(|key| pool.get(&key))
             .filter(|id| self.programmed.next_hops.contains_key(id))
         else {
             self.pending.insert(
@@ -875,7 +876,8 @@ impl Apply {
         writes.sort_unstable_by_key(|(s, g, p, _)| (*s, *g, *p));
         for (_, gateway, prefix, candidate) in writes {
             self.failed_routes.remove(&(gateway, prefix));
-            self.install(gateway, prefix, candidate, pool, report)?;
+            let key = desired.next_hop_key(candidate.target);
+            self.install(gateway, prefix, candidate, key, pool, report)?;
         }
         Ok(())
     }
@@ -886,7 +888,7 @@ impl Apply {
         &mut self,
         mut removals: Vec<NextHopKey>,
         desired: &Desired,
-        pool: &Pool<NextHopKey>,
+        pool: &mut Pool<NextHopKey>,
         report: &mut Report,
     ) {
         removals.extend(self.deferred.iter().copied());
@@ -907,6 +909,11 @@ impl Apply {
                 Ok(true) => {
                     self.deferred.remove(&key);
                     self.failed_next_hops.remove(&key);
+                    // A multipath set's slot goes back at once: sets come and go with the
+                    // customers' routes, and a set that comes back may take any free slot.
+                    if matches!(key, NextHopKey::Multipath { .. }) && pool.release(&key).is_some() {
+                        report.ids_changed = true;
+                    }
                 }
                 Ok(false) => {
                     self.deferred.insert(key);
@@ -931,7 +938,14 @@ impl Apply {
                 self.pending.remove(&(source, gateway, prefix));
                 continue;
             };
-            self.install(gateway, prefix, c, pool, report)?;
+            self.install(
+                gateway,
+                prefix,
+                c,
+                desired.next_hop_key(c.target),
+                pool,
+                report,
+            )?;
             // A route that still does not fit (and had nothing to take the place of): the
             // rest will not either.
             if matches!(

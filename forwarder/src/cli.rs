@@ -534,6 +534,14 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Null => "-".into(),
+        serde_json::Value::Array(items) if items.iter().all(serde_json::Value::is_string) => {
+            let names: Vec<&str> = items.iter().filter_map(serde_json::Value::as_str).collect();
+            if names.is_empty() {
+                "-".into()
+            } else {
+                names.join("+")
+            }
+        }
         other => other.to_string(),
     };
     let rows = |items: &serde_json::Value, keys: &[&str]| -> Vec<Vec<String>> {
@@ -647,6 +655,7 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
                 "NEXT HOP",
                 "INSTALLED",
                 "REASON",
+                "MULTIPATH",
             ],
             &rows(
                 data,
@@ -657,23 +666,34 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
                     "next_hop",
                     "installed",
                     "reason",
+                    "multipath",
                 ],
             ),
         ),
-        Request::Lookup { .. } => format!(
-            "{} in {}: {}\n",
-            text(&data["address"]),
-            text(&data["gateway"]),
-            if data["next_hop_id"].is_null() {
-                "no route".to_owned()
-            } else {
-                format!(
-                    "next hop {} ({})",
-                    text(&data["next_hop_id"]),
-                    text(&data["next_hop"])
-                )
+        Request::Lookup { .. } => {
+            let mut out = format!(
+                "{} in {}: {}\n",
+                text(&data["address"]),
+                text(&data["gateway"]),
+                if data["next_hop_id"].is_null() {
+                    "no route".to_owned()
+                } else {
+                    format!(
+                        "next hop {} ({})",
+                        text(&data["next_hop_id"]),
+                        text(&data["next_hop"])
+                    )
+                }
+            );
+            for (i, m) in data["members"].as_array().into_iter().flatten().enumerate() {
+                out += &format!(
+                    "  member {i}: next hop {} ({})\n",
+                    text(&m["next_hop_id"]),
+                    text(&m["next_hop"])
+                );
             }
-        ),
+            out
+        }
         Request::Stats { .. } => {
             let mut out = String::new();
             if data["vifs"].as_array().is_some_and(|a| !a.is_empty()) {

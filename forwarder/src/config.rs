@@ -215,6 +215,10 @@ pub struct BorderGateway {
     /// CIDRs.
     #[serde(default = "yes")]
     pub advertise_between_vifs: bool,
+    /// Equal best BGP paths on several VIFs share the traffic (per-flow hash, at most 8
+    /// client routers). Default true; false: the lowest VIF id carries it alone.
+    #[serde(default = "yes")]
+    pub multipath: bool,
 }
 
 fn yes() -> bool {
@@ -1994,6 +1998,7 @@ via = "vif-200"
             r#"forwarder.toml: vif "vif-100": as_path_prepend 11 is above 10"#,
         );
         assert!(c.border_gateways[0].advertise_between_vifs);
+        assert!(c.border_gateways[0].multipath);
     }
 
     #[test]

@@ -197,6 +197,10 @@ pub struct RouteEntry {
     pub reason: Option<String>,
     /// Added with `forwarder route add` (persisted in the state directory).
     pub cli: bool,
+    /// An installed BGP path that shares the prefix's traffic with equal paths of other VIFs
+    /// (multipath): the VIFs of the group, this one included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub multipath: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -207,6 +211,16 @@ pub struct LookupAnswer {
     pub next_hop_id: Option<u32>,
     /// What that next hop is, as the agent programmed it.
     pub next_hop: Option<String>,
+    /// A group's members as the data plane holds them, in its order: a flow takes member
+    /// `forwarder_common::group_member(flow_hash, members.len())`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<LookupMember>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LookupMember {
+    pub next_hop_id: u32,
+    pub next_hop: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

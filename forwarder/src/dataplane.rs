@@ -916,6 +916,13 @@ impl Dataplane {
         Ok(out)
     }
 
+    /// Next-hop slot `id` as the data plane has it.
+    pub fn next_hop(&self, id: u32) -> Result<NextHop, Error> {
+        let map: Array<&MapData, NextHop> =
+            Array::try_from(self.map(MAP_NEXT_HOPS)?).map_err(map_err(MAP_NEXT_HOPS))?;
+        map.get(&id, 0).map_err(map_err(MAP_NEXT_HOPS))
+    }
+
     /// Non-empty next-hop slots: (id, entry).
     pub fn next_hops(&self) -> Result<Vec<(u32, NextHop)>, Error> {
         let map: Array<&MapData, NextHop> =

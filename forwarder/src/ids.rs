@@ -54,6 +54,9 @@ pub enum NextHopKey {
     /// The client routers of the BGP sessions in `mask` (bit i = peer i): routes those
     /// sessions announced.
     VifPeers { vif: VifId, mask: u8 },
+    /// Equal best BGP paths on several VIFs of a border gateway (multipath): the client
+    /// routers of each (VIF, session mask), one group.
+    Multipath { paths: PathSet },
     /// A slot the pinned map used that no state file explained (a lost or older state file):
     /// reserved until no route uses it.
     Pinned { id: u32 },
@@ -66,8 +69,84 @@ impl NextHopKey {
             Self::VifPeer { vif, .. } | Self::Vif { vif } | Self::VifPeers { vif, .. } => {
                 Some(*vif)
             }
-            Self::Attachment { .. } | Self::Pinned { .. } => None,
+            Self::Attachment { .. } | Self::Pinned { .. } | Self::Multipath { .. } => None,
         }
+    }
+
+    /// Every VIF this next hop sends to.
+    pub fn vifs(&self) -> impl Iterator<Item = VifId> + '_ {
+        let paths = match self {
+            Self::Multipath { paths } => paths.as_slice(),
+            _ => &[],
+        };
+        self.vif()
+            .into_iter()
+            .chain(paths.iter().map(|(vif, _)| *vif))
+    }
+}
+
+/// The VIF paths of a multipath route: (VIF, mask of the VIF's sessions that hold the path),
+/// sorted by VIF, at most [`PathSet::CAPACITY`] (a group has at most that many members and
+/// each path brings at least one). Fixed size, so next-hop keys stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(into = "Vec<(VifId, u8)>", try_from = "Vec<(VifId, u8)>")]
+pub struct PathSet {
+    len: u8,
+    paths: [(VifId, u8); PathSet::CAPACITY],
+}
+
+impl PathSet {
+    pub const CAPACITY: usize = forwarder_common::MAX_GROUP_MEMBERS;
+
+    /// The set of `paths` (sorted here); `None` if there are more than [`Self::CAPACITY`] or
+    /// a VIF appears twice.
+    pub fn new(paths: &[(VifId, u8)]) -> Option<Self> {
+        if paths.len() > Self::CAPACITY {
+            return None;
+        }
+        let mut set = Self {
+            len: paths.len() as u8,
+            paths: [(VifId(0), 0); Self::CAPACITY],
+        };
+        set.paths[..paths.len()].copy_from_slice(paths);
+        set.paths[..paths.len()].sort_unstable();
+        if set.as_slice().windows(2).any(|w| w[0].0 == w[1].0) {
+            return None;
+        }
+        Some(set)
+    }
+
+    pub fn as_slice(&self) -> &[(VifId, u8)] {
+        &self.paths[..usize::from(self.len)]
+    }
+
+    pub fn contains_vif(&self, vif: VifId) -> bool {
+        self.as_slice().iter().any(|(v, _)| *v == vif)
+    }
+}
+
+impl std::fmt::Debug for PathSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl From<PathSet> for Vec<(VifId, u8)> {
+    fn from(set: PathSet) -> Self {
+        set.as_slice().to_vec()
+    }
+}
+
+impl TryFrom<Vec<(VifId, u8)>> for PathSet {
+    type Error = String;
+
+    fn try_from(paths: Vec<(VifId, u8)>) -> Result<Self, Self::Error> {
+        Self::new(&paths).ok_or_else(|| {
+            format!(
+                "a multipath set holds at most {} distinct VIFs",
+                Self::CAPACITY
+            )
+        })
     }
 }
 

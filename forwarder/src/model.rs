@@ -53,6 +53,8 @@ pub struct Gateway {
     pub vpc_cidrs: Vec<Ipv4Net>,
     /// One VIF's routes are advertised to the others.
     pub advertise_between_vifs: bool,
+    /// Equal best BGP paths on several VIFs share the traffic.
+    pub multipath: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,6 +176,7 @@ impl Model {
                     name: g.name.clone(),
                     vpc_cidrs: Vec::new(),
                     advertise_between_vifs: g.advertise_between_vifs,
+                    multipath: g.multipath,
                 },
             );
         }
@@ -277,6 +280,7 @@ impl Model {
         match target {
             Target::Attachment(a) => self.attachments.get(&a).map(|a| a.gateway),
             Target::Vif(v) | Target::VifPeers(v, _) => self.vifs.get(&v).map(|v| v.gateway),
+            Target::Multipath(_) => None,
         }
     }
 
@@ -319,6 +323,7 @@ impl Model {
                     .collect();
                 format!("vif {} (bgp peer {})", self.vif_name(v), peers.join("+"))
             }
+            Target::Multipath(_) => "multipath".to_owned(),
         }
     }
 

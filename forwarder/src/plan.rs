@@ -13,10 +13,13 @@ use ipnet::Ipv4Net;
 
 use crate::{
     config::Routing,
-    ids::{AttachmentId, GatewayId, NextHopKey, VifId},
+    ids::{AttachmentId, GatewayId, NextHopKey, PathSet, VifId},
     model::Model,
     rib::{Candidate, Rib, Source, Target},
 };
+
+mod multipath;
+pub use multipath::Multipaths;
 
 /// A session: (VIF, index of its `[[vif.peer]]`).
 pub type SessionKey = (VifId, u8);
@@ -118,13 +121,28 @@ pub enum NextHop {
 }
 
 /// What the data plane should hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Desired {
     pub vifs: BTreeMap<VifId, VifState>,
     pub next_hops: BTreeMap<NextHopKey, NextHop>,
     /// The selected route of every prefix, per gateway.
     pub routes: BTreeMap<GatewayId, HashMap<Ipv4Net, Candidate>>,
+    /// The multipath sets selected routes use.
+    pub multipath: Multipaths,
 }
+
+/// Two plans are equal when they hold the same things: multipath sets compare by what they
+/// are, not by their numbers.
+impl PartialEq for Desired {
+    fn eq(&self, other: &Self) -> bool {
+        self.vifs == other.vifs
+            && self.next_hops == other.next_hops
+            && self.multipath.in_use() == other.multipath.in_use()
+            && self.resolved_routes() == other.resolved_routes()
+    }
+}
+
+impl Eq for Desired {}
 
 /// What changed since the last plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -296,12 +314,121 @@ fn vif_keys(next_hops: &BTreeMap<NextHopKey, NextHop>, vif: VifId) -> Vec<NextHo
 
 impl Desired {
     /// The route of `prefix` the data plane should use: the most preferred candidate whose
-    /// next hop exists (a target that cannot carry traffic lets a less preferred one win).
-    pub fn select(&self, rib: &Rib, gateway: GatewayId, prefix: Ipv4Net) -> Option<Candidate> {
-        rib.candidates(gateway, prefix)
+    /// next hop exists (a target that cannot carry traffic lets a less preferred one win);
+    /// with `multipath`, a BGP winner and the paths of other VIFs that rank equal to it and
+    /// can carry traffic, as many as a group's members allow (the set, if there are two or
+    /// more).
+    pub fn select(
+        &self,
+        rib: &Rib,
+        gateway: GatewayId,
+        prefix: Ipv4Net,
+        multipath: bool,
+    ) -> Option<(Candidate, Option<PathSet>)> {
+        let usable = |c: &&Candidate| {
+            c.target
+                .next_hop()
+                .is_some_and(|k| self.next_hops.contains_key(&k))
+        };
+        let candidates = rib.candidates(gateway, prefix);
+        let mut usable_ones = candidates.iter().filter(usable);
+        let best = *usable_ones.next()?;
+        let Target::VifPeers(vif, mask) = best.target else {
+            return Some((best, None));
+        };
+        if !multipath || best.source != Source::Bgp {
+            return Some((best, None));
+        }
+        let mut paths = vec![(vif, mask)];
+        let mut members = self.group_len(NextHopKey::VifPeers { vif, mask });
+        let mut no_export = best.no_export;
+        for c in usable_ones.take_while(|c| c.source == Source::Bgp && c.rank == best.rank) {
+            let Target::VifPeers(vif, mask) = c.target else {
+                continue;
+            };
+            let more = self.group_len(NextHopKey::VifPeers { vif, mask });
+            if members + more > forwarder_common::MAX_GROUP_MEMBERS {
+                break;
+            }
+            members += more;
+            paths.push((vif, mask));
+            no_export |= c.no_export;
+        }
+        if paths.len() < 2 {
+            return Some((best, None));
+        }
+        let set = PathSet::new(&paths)?;
+        Some((Candidate { no_export, ..best }, Some(set)))
+    }
+
+    fn group_len(&self, key: NextHopKey) -> usize {
+        match self.next_hops.get(&key) {
+            Some(NextHop::Group(m)) => m.len(),
+            Some(_) => 1,
+            None => 0,
+        }
+    }
+
+    /// The group of a multipath set: the client routers of each of its paths that can carry
+    /// traffic, at most a group's worth.
+    fn multipath_group(&self, set: &PathSet) -> Vec<NextHopKey> {
+        set.as_slice()
             .iter()
-            .find(|c| self.next_hops.contains_key(&c.target.next_hop()))
-            .copied()
+            .filter_map(|(vif, mask)| {
+                match self.next_hops.get(&NextHopKey::VifPeers {
+                    vif: *vif,
+                    mask: *mask,
+                }) {
+                    Some(NextHop::Group(m)) => Some(m.clone()),
+                    _ => None,
+                }
+            })
+            .flatten()
+            .take(forwarder_common::MAX_GROUP_MEMBERS)
+            .collect()
+    }
+
+    /// The next-hop object a selected route's target points to.
+    pub fn next_hop_key(&self, target: Target) -> Option<NextHopKey> {
+        match target {
+            Target::Multipath(id) => Some(NextHopKey::Multipath {
+                paths: *self.multipath.get(id)?,
+            }),
+            t => t.next_hop(),
+        }
+    }
+
+    /// The multipath set of a selected route, if it has one.
+    pub fn paths_of(&self, c: &Candidate) -> Option<PathSet> {
+        match c.target {
+            Target::Multipath(id) => self.multipath.get(id).copied(),
+            _ => None,
+        }
+    }
+
+    /// Every selected route with its multipath set resolved (the candidate's set number
+    /// zeroed), for comparing plans.
+    fn resolved_routes(&self) -> BTreeMap<(GatewayId, Ipv4Net), (Candidate, Option<PathSet>)> {
+        self.routes
+            .iter()
+            .flat_map(|(g, t)| t.iter().map(move |(p, c)| ((*g, *p), c)))
+            .map(|(k, c)| {
+                let set = self.paths_of(c);
+                let c = match c.target {
+                    Target::Multipath(_) => Candidate {
+                        target: Target::Multipath(crate::rib::MultipathId(0)),
+                        ..*c
+                    },
+                    _ => *c,
+                };
+                (k, (c, set))
+            })
+            .collect()
+    }
+
+    /// Whether the selected route `c` goes to `vif` (alone or as one of a multipath set).
+    fn toward_vif(&self, c: &Candidate, vif: VifId) -> bool {
+        c.target.vif() == Some(vif) || self.paths_of(c).is_some_and(|s| s.contains_vif(vif))
     }
 
     pub fn route(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<Candidate> {
@@ -314,6 +441,7 @@ impl Desired {
             full: dirty.all,
             ..Changes::default()
         };
+        self.multipath.sweep();
         let model = inputs.model;
         let mut prefixes: BTreeSet<(GatewayId, Ipv4Net)> = dirty.prefixes.clone();
 
@@ -395,16 +523,32 @@ impl Desired {
                     }
                 }
             }
+            // The multipath groups the VIF is in follow its client routers in one write
+            // each, before any route moves.
+            for (_, set) in self.multipath.with_vif(vif) {
+                let members = self.multipath_group(&set);
+                let key = NextHopKey::Multipath { paths: set };
+                let group = NextHop::Group(members);
+                if group != NextHop::Group(Vec::new()) && self.next_hops.get(&key) != Some(&group) {
+                    self.next_hops.insert(key, group);
+                    changes.next_hops.insert(key);
+                }
+            }
             if keys_moved && !dirty.all {
                 match model.vifs.get(&vif) {
                     Some(v) => prefixes.extend(inputs.rib.toward(vif).map(|p| (v.gateway, p))),
                     // A VIF gone from the model: the rib no longer lists prefixes toward it,
                     // but routes selected toward it must go (rare: a whole-table scan).
-                    None => prefixes.extend(self.routes.iter().flat_map(|(g, t)| {
-                        t.iter()
-                            .filter(|(_, c)| c.target.vif() == Some(vif))
-                            .map(move |(p, _)| (*g, *p))
-                    })),
+                    None => {
+                        let toward: Vec<(GatewayId, Ipv4Net)> = self
+                            .routes
+                            .iter()
+                            .flat_map(|(g, t)| t.iter().map(move |(p, c)| (*g, *p, c)))
+                            .filter(|(_, _, c)| self.toward_vif(c, vif))
+                            .map(|(g, p, _)| (g, p))
+                            .collect();
+                        prefixes.extend(toward);
+                    }
                 }
             }
         }
@@ -419,14 +563,38 @@ impl Desired {
             );
         }
         for (gateway, prefix) in prefixes {
-            let new = if model.gateways.contains_key(&gateway) {
-                self.select(inputs.rib, gateway, prefix)
-            } else {
-                None
+            let new = match model.gateways.get(&gateway) {
+                Some(g) => self
+                    .select(inputs.rib, gateway, prefix, g.multipath)
+                    .map(|(c, set)| match set {
+                        Some(set) => Candidate {
+                            target: Target::Multipath(self.multipath.id_for(set)),
+                            ..c
+                        },
+                        None => c,
+                    }),
+                None => None,
             };
             let old = self.route(gateway, prefix);
             if old == new {
                 continue;
+            }
+            if let Some(Target::Multipath(id)) = new.map(|c| c.target)
+                && self.multipath.take(id)
+                && let Some(set) = self.multipath.get(id).copied()
+            {
+                let key = NextHopKey::Multipath { paths: set };
+                self.next_hops
+                    .insert(key, NextHop::Group(self.multipath_group(&set)));
+                changes.next_hops.insert(key);
+            }
+            if let Some(Target::Multipath(id)) = old.map(|c| c.target)
+                && self.multipath.give_back(id)
+                && let Some(set) = self.multipath.get(id).copied()
+            {
+                let key = NextHopKey::Multipath { paths: set };
+                self.next_hops.remove(&key);
+                changes.next_hops.insert(key);
             }
             match new {
                 Some(c) => {
@@ -466,60 +634,62 @@ impl Desired {
             .get(&v.gateway)
             .into_iter()
             .flatten()
-            .filter(|(_, c)| exported(c, vif, between))
+            .filter(|(_, c)| self.exported(c, vif, between))
             .map(|(p, _)| *p)
             .collect()
     }
-}
 
-/// Whether a session of `vif` advertises the selected route `c`: not toward the VIF
-/// itself, not marked NO_EXPORT, and toward another VIF only when the gateway advertises
-/// between its VIFs.
-fn exported(c: &Candidate, vif: VifId, between_vifs: bool) -> bool {
-    match c.target.vif() {
-        Some(v) => v != vif && between_vifs && !c.no_export,
-        None => true,
-    }
-}
-
-/// What each established session must announce and withdraw after `changes`: work in
-/// proportion to the changed routes times the sessions of their gateway.
-pub fn export_changes(
-    changes: &Changes,
-    model: &Model,
-    sessions_up: &BTreeSet<SessionKey>,
-) -> BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> {
-    let mut out: BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> = BTreeMap::new();
-    if changes.routes.is_empty() || sessions_up.is_empty() {
-        return out;
-    }
-    let mut by_gateway: HashMap<GatewayId, Vec<SessionKey>> = HashMap::new();
-    for session in sessions_up {
-        if let Some(v) = model.vifs.get(&session.0) {
-            by_gateway.entry(v.gateway).or_default().push(*session);
+    /// Whether a session of `vif` advertises the selected route `c`: not toward the VIF
+    /// itself (alone or in a multipath set), not marked NO_EXPORT, and toward other VIFs
+    /// only when the gateway advertises between its VIFs.
+    fn exported(&self, c: &Candidate, vif: VifId, between_vifs: bool) -> bool {
+        match c.target {
+            Target::Attachment(_) => true,
+            _ => !self.toward_vif(c, vif) && between_vifs && !c.no_export,
         }
     }
-    for change in &changes.routes {
-        for session in by_gateway.get(&change.gateway).into_iter().flatten() {
-            let between = model
-                .gateways
-                .get(&change.gateway)
-                .is_none_or(|g| g.advertise_between_vifs);
-            let exported =
-                |c: Option<Candidate>| c.is_some_and(|c| exported(&c, session.0, between));
-            let (was, now) = (exported(change.old), exported(change.new));
-            if was == now {
-                continue;
-            }
-            let entry = out.entry(*session).or_default();
-            if now {
-                entry.0.push(change.prefix);
-            } else {
-                entry.1.push(change.prefix);
+
+    /// What each established session must announce and withdraw after `changes` (the last
+    /// update's): work in proportion to the changed routes times the sessions of their
+    /// gateway.
+    pub fn export_changes(
+        &self,
+        changes: &Changes,
+        model: &Model,
+        sessions_up: &BTreeSet<SessionKey>,
+    ) -> BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> {
+        let mut out: BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> = BTreeMap::new();
+        if changes.routes.is_empty() || sessions_up.is_empty() {
+            return out;
+        }
+        let mut by_gateway: HashMap<GatewayId, Vec<SessionKey>> = HashMap::new();
+        for session in sessions_up {
+            if let Some(v) = model.vifs.get(&session.0) {
+                by_gateway.entry(v.gateway).or_default().push(*session);
             }
         }
+        for change in &changes.routes {
+            for session in by_gateway.get(&change.gateway).into_iter().flatten() {
+                let between = model
+                    .gateways
+                    .get(&change.gateway)
+                    .is_none_or(|g| g.advertise_between_vifs);
+                let exported =
+                    |c: Option<Candidate>| c.is_some_and(|c| self.exported(&c, session.0, between));
+                let (was, now) = (exported(change.old), exported(change.new));
+                if was == now {
+                    continue;
+                }
+                let entry = out.entry(*session).or_default();
+                if now {
+                    entry.0.push(change.prefix);
+                } else {
+                    entry.1.push(change.prefix);
+                }
+            }
+        }
+        out
     }
-    out
 }
 
 #[cfg(test)]

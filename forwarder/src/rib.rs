@@ -40,24 +40,34 @@ pub enum Target {
     /// Send to the client routers of this VIF's BGP sessions in the mask (bit i = peer i):
     /// the sessions that announced the prefix.
     VifPeers(VifId, u8),
+    /// Equal best BGP paths on several VIFs (multipath): a set the plan keeps
+    /// ([`crate::plan::Desired::multipath`]). Only selected routes have it, never the rib.
+    Multipath(MultipathId),
 }
+
+/// A multipath set's number in the plan (not kept across restarts: the set itself is the
+/// next hop's key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MultipathId(pub u32);
 
 impl Target {
     /// The VIF this target sends to, if it is one.
     pub fn vif(self) -> Option<VifId> {
         match self {
             Self::Vif(v) | Self::VifPeers(v, _) => Some(v),
-            Self::Attachment(_) => None,
+            Self::Attachment(_) | Self::Multipath(_) => None,
         }
     }
 
-    /// The next-hop object routes toward this target point to.
-    pub fn next_hop(self) -> NextHopKey {
-        match self {
+    /// The next-hop object routes toward this target point to (a multipath set's is the
+    /// plan's: [`crate::plan::Desired::next_hop_key`]).
+    pub fn next_hop(self) -> Option<NextHopKey> {
+        Some(match self {
             Self::Attachment(attachment) => NextHopKey::Attachment { attachment },
             Self::Vif(vif) => NextHopKey::Vif { vif },
             Self::VifPeers(vif, mask) => NextHopKey::VifPeers { vif, mask },
-        }
+            Self::Multipath(_) => return None,
+        })
     }
 }
 
@@ -103,7 +113,7 @@ impl Rank {
         } else if self.med != other.med {
             "lower MED"
         } else {
-            "equal path, lower VIF id"
+            "equal path, lower VIF id (multipath off)"
         }
     }
 }

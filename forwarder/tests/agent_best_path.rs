@@ -2,7 +2,8 @@
 //! announce the IDC prefix, and the gateway picks the path the way the README documents:
 //! local preference from `LOCAL_ASN:7100/7200/7300`, then AS_PATH length (prepends), then
 //! MED; a NO_EXPORT route is used but not advertised to the other VIF; `bgp routes` says
-//! which path won and why.
+//! which path won and why; equal paths share the traffic flow by flow, as the shared hash
+//! says.
 
 mod common;
 
@@ -34,7 +35,8 @@ fn via(t: &Topology) -> String {
 
 fn wait_via(t: &Topology, vif: &str, when: &str) -> Result<()> {
     ensure!(
-        wait_for(Duration::from_secs(20), || via(t).contains(vif)),
+        wait_for(Duration::from_secs(20), || via(t)
+            .starts_with(&format!("vif {vif} "))),
         "{when}: 192.168.50.0/24 should go via {vif}, goes via {:?}\n{}",
         via(t),
         cli_json(&t.socket(), &["bgp", "routes", "--vif", "vif-100"]).unwrap_or_default()
@@ -228,5 +230,114 @@ fn communities_prepends_and_med_choose_between_two_connections() -> Result<()> {
         "BIRD's path changed too: {:?}",
         bird.as_path(vpc)
     );
+
+    multipath_splits_flows_as_the_hash_says(&t, &bird, &frr)
+}
+
+/// Both routers send the IDC prefix with equal attributes: one group over both VIFs
+/// (`route list` shows it), and each flow from the VPC leaves on the VIF that
+/// `group_member(flow_hash(..))` picks among the members `lookup` reads from the map.
+fn multipath_splits_flows_as_the_hash_says(
+    t: &Topology,
+    bird: &RouterDaemon<'_>,
+    frr: &RouterDaemon<'_>,
+) -> Result<()> {
+    let idc = net("192.168.50.0/24");
+    bird.set_path(idc, PathAttrs::default())?;
+    frr.set_path(idc, PathAttrs::default())?;
+    let lookup = || {
+        cli_json(
+            &t.socket(),
+            &["lookup", "--gateway", "bgw-1", "192.168.50.10"],
+        )
+    };
+    ensure!(
+        wait_for(Duration::from_secs(30), || lookup().is_ok_and(|l| {
+            l["members"].as_array().is_some_and(|m| m.len() == 2)
+        })),
+        "equal paths never became one group: {:?}",
+        lookup()
+    );
+    let members: Vec<String> = lookup()?["members"]
+        .as_array()
+        .context("members")?
+        .iter()
+        .map(|m| {
+            let n = m["next_hop"].as_str().unwrap_or_default();
+            if n.contains("vif-100") {
+                "vif-100"
+            } else {
+                "vif-200"
+            }
+            .to_owned()
+        })
+        .collect();
+    ensure!(
+        members.contains(&"vif-100".to_owned()) && members.contains(&"vif-200".to_owned()),
+        "members: {members:?}"
+    );
+    let routes = cli_json(&t.socket(), &["route", "list", "--gateway", "bgw-1"])?;
+    let shared: Vec<&serde_json::Value> = routes
+        .as_array()
+        .context("routes")?
+        .iter()
+        .filter(|r| r["prefix"] == "192.168.50.0/24" && r["source"] == "bgp")
+        .collect();
+    ensure!(
+        shared.len() == 2
+            && shared.iter().all(|r| r["installed"] == true
+                && r["multipath"] == serde_json::json!(["vif-100", "vif-200"])),
+        "route list: {shared:?}"
+    );
+    let text = common::cli(&t.socket(), &["route", "list"])?;
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    println!("forwarder route list:\n{text}");
+    ensure!(
+        text.contains("vif-100+vif-200"),
+        "route list (text):\n{text}"
+    );
+
+    let tx = |vif: &str| -> u64 {
+        cli_json(&t.socket(), &["stats", "--vif", vif])
+            .ok()
+            .and_then(|s| s["vifs"][0]["tx_packets"].as_u64())
+            .unwrap_or(0)
+    };
+    const FLOW_PACKETS: u64 = 20;
+    let (src, dst) = (Ipv4Addr::new(10, 0, 1, 10), Ipv4Addr::new(192, 168, 50, 10));
+    let mut taken = std::collections::BTreeMap::new();
+    for sport in 40_000..40_032u16 {
+        let hash = forwarder_common::flow_hash(src.into(), dst.into(), 17, sport, 9);
+        let expected = &members[forwarder_common::group_member(hash, members.len() as u16)];
+        let before = (tx("vif-100"), tx("vif-200"));
+        // 20 packets per flow: the VIFs' tx counters also count the sessions' own packets
+        // (a keepalive or BFD packet now and then), never 20 in a moment.
+        t.vpc.enter(|| -> Result<()> {
+            let socket = std::net::UdpSocket::bind((src, sport))?;
+            for _ in 0..FLOW_PACKETS {
+                socket.send_to(b"flow", (dst, 9))?;
+            }
+            Ok(())
+        })?;
+        let mut after = before;
+        wait_for(Duration::from_secs(3), || {
+            after = (tx("vif-100"), tx("vif-200"));
+            after.0 - before.0 >= FLOW_PACKETS || after.1 - before.1 >= FLOW_PACKETS
+        });
+        let went = match (after.0 - before.0, after.1 - before.1) {
+            (a, b) if a >= FLOW_PACKETS && b < FLOW_PACKETS / 4 => "vif-100",
+            (a, b) if b >= FLOW_PACKETS && a < FLOW_PACKETS / 4 => "vif-200",
+            moved => anyhow::bail!(
+                "flow from port {sport}: {FLOW_PACKETS} packets moved the tx counters by {moved:?}"
+            ),
+        };
+        ensure!(
+            went == expected,
+            "flow from port {sport} left on {went}; the hash says {expected}"
+        );
+        *taken.entry(went).or_insert(0) += 1;
+    }
+    println!("32 flows: {taken:?}");
+    ensure!(taken.len() == 2, "every flow took one VIF: {taken:?}");
     Ok(())
 }

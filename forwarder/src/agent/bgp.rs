@@ -642,7 +642,9 @@ impl Agent {
     /// Tells the established sessions what a plan changed; a session that just came up gets
     /// its whole export instead.
     pub(super) fn export_changes(&mut self, changes: &Changes) {
-        let deltas = plan::export_changes(changes, &self.model, &self.bgp.up);
+        let deltas = self
+            .desired
+            .export_changes(changes, &self.model, &self.bgp.up);
         for (key, (announce, withdraw)) in deltas {
             if self.bgp.announce_all.contains(&key) {
                 continue;

@@ -630,7 +630,7 @@ impl Agent {
                     NextHopKey::Attachment { attachment } => {
                         nh_atts.insert(*attachment);
                     }
-                    _ => nh_owners.extend(key.vif()),
+                    _ => nh_owners.extend(key.vifs()),
                 }
             }
         }
@@ -686,6 +686,8 @@ impl Agent {
                         !self.model.attachments.contains_key(attachment)
                     }
                     NextHopKey::Pinned { .. } => true,
+                    // Sets come and go with the customers' routes: kept only while planned.
+                    NextHopKey::Multipath { .. } => !self.desired.next_hops.contains_key(key),
                     _ => key.vif().is_some_and(|v| !self.model.vifs.contains_key(&v)),
                 };
                 gone && !self.apply.next_hop_in_use(*id)

@@ -170,6 +170,18 @@ impl Agent {
         else {
             return (false, "not selected yet".into());
         };
+        let me = Candidate::bgp(Target::VifPeers(vif, mine.mask), mine.path);
+        if let Some(set) = self.desired.paths_of(best)
+            && self.in_multipath(best, &me)
+        {
+            return (
+                true,
+                format!(
+                    "multipath: equal paths over {}",
+                    self.multipath_names(&set).join(" + ")
+                ),
+            );
+        }
         if best.source == Source::Bgp && best.target == Target::VifPeers(vif, mine.mask) {
             let others: Vec<&Candidate> = self
                 .rib
@@ -191,9 +203,12 @@ impl Agent {
                 }
             };
         }
-        let winner = match best.target.vif() {
-            Some(v) => format!("vif {}", self.model.vif_name(v)),
-            None => format!("{} route", best.source.name()),
+        let winner = match (best.target.vif(), self.desired.paths_of(best)) {
+            (Some(v), _) => format!("vif {}", self.model.vif_name(v)),
+            (None, Some(set)) => {
+                format!("multipath over {}", self.multipath_names(&set).join(" + "))
+            }
+            (None, None) => format!("{} route", best.source.name()),
         };
         let why = if best.source != Source::Bgp {
             format!("{} route preferred to BGP", best.source.name())
@@ -329,6 +344,16 @@ impl Agent {
         })
     }
 
+    /// Whether `candidate` (a VIF's BGP path) is one of the selected route's multipath set.
+    fn in_multipath(&self, selected: &Candidate, candidate: &Candidate) -> bool {
+        let (Some(set), Target::VifPeers(vif, mask)) =
+            (self.desired.paths_of(selected), candidate.target)
+        else {
+            return false;
+        };
+        selected.rank == candidate.rank && set.as_slice().contains(&(vif, mask))
+    }
+
     /// Why a candidate is not the installed route, if it is not.
     fn not_installed_reason(
         &self,
@@ -337,8 +362,13 @@ impl Agent {
         candidate: Candidate,
     ) -> Option<String> {
         let selected = self.desired.route(gateway, prefix);
-        if selected == Some(candidate) {
-            let nh = self.state.ids.next_hops.get(&candidate.target.next_hop());
+        if let Some(s) = selected
+            && (s == candidate || self.in_multipath(&s, &candidate))
+        {
+            let nh = self
+                .desired
+                .next_hop_key(s.target)
+                .and_then(|k| self.state.ids.next_hops.get(&k));
             if nh.is_some() && self.apply.installed(gateway, prefix) == nh {
                 return None;
             }
@@ -371,6 +401,13 @@ impl Agent {
             for (prefix, candidates) in self.rib.table(*id) {
                 for c in candidates {
                     let reason = self.not_installed_reason(*id, prefix, *c);
+                    let multipath = self
+                        .desired
+                        .route(*id, prefix)
+                        .filter(|s| reason.is_none() && self.in_multipath(s, c))
+                        .and_then(|s| self.desired.paths_of(&s))
+                        .map(|set| self.multipath_names(&set))
+                        .unwrap_or_default();
                     out.push(control::RouteEntry {
                         gateway: g.name.clone(),
                         prefix,
@@ -384,6 +421,7 @@ impl Agent {
                                 .statics
                                 .get(&(*id, prefix))
                                 .is_some_and(|s| s.cli),
+                        multipath,
                     });
                 }
             }
@@ -484,16 +522,41 @@ impl Agent {
 
     fn lookup(&self, gateway: &str, address: Ipv4Addr) -> Result<control::LookupAnswer, Error> {
         let gw = self.check_gateway(gateway)?;
-        let id = self.apply.dataplane().lookup(gw.0, address)?;
+        let dp = self.apply.dataplane();
+        let id = dp.lookup(gw.0, address)?;
+        let describe = |id: u32| match self.state.ids.next_hops.key(id) {
+            Some(key) => self.describe_next_hop(*key),
+            None => format!("next hop {id}"),
+        };
+        let mut members = Vec::new();
+        if let Some(id) = id {
+            let nh = dp.next_hop(id)?;
+            if nh.kind == forwarder_common::next_hop_kind::GROUP {
+                let count = usize::from(nh.member_count).min(nh.members.len());
+                members = nh.members[..count]
+                    .iter()
+                    .map(|m| control::LookupMember {
+                        next_hop_id: *m,
+                        next_hop: describe(*m),
+                    })
+                    .collect();
+            }
+        }
         Ok(control::LookupAnswer {
             gateway: gateway.to_owned(),
             address,
             next_hop_id: id,
-            next_hop: id.map(|id| match self.state.ids.next_hops.key(id) {
-                Some(key) => self.describe_next_hop(*key),
-                None => format!("next hop {id}"),
-            }),
+            next_hop: id.map(describe),
+            members,
         })
+    }
+
+    /// The names of a multipath set's VIFs.
+    fn multipath_names(&self, set: &crate::ids::PathSet) -> Vec<String> {
+        set.as_slice()
+            .iter()
+            .map(|(vif, _)| self.model.vif_name(*vif).to_owned())
+            .collect()
     }
 
     fn describe_next_hop(&self, key: crate::ids::NextHopKey) -> String {
@@ -508,6 +571,12 @@ impl Agent {
                 format!("vif {} (client router {peer})", self.model.vif_name(vif))
             }
             NextHopKey::Pinned { id } => format!("next hop {id} (left by an earlier run)"),
+            NextHopKey::Multipath { paths } => {
+                format!(
+                    "multipath over {}",
+                    self.multipath_names(&paths).join(" + ")
+                )
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use super::*;
 use crate::{
     config,
-    ids::{GatewayId, NextHopKey, VifId},
+    ids::{GatewayId, NextHopKey, PathSet, VifId},
     model::Model,
     state::Ids,
 };
@@ -386,7 +386,7 @@ fn exports_are_the_gateways_routes_except_the_vifs_own_and_follow_changes() {
         let d = w.announce(b, 0, pb, true);
         w.update(&d)
     };
-    let deltas = export_changes(&changes, &w.model, &w.up);
+    let deltas = w.desired.export_changes(&changes, &w.model, &w.up);
     assert_eq!(
         deltas,
         BTreeMap::from([((a, 0), (vec![pb], vec![]))]),
@@ -397,7 +397,7 @@ fn exports_are_the_gateways_routes_except_the_vifs_own_and_follow_changes() {
         w.update(&d)
     };
     assert_eq!(
-        export_changes(&changes, &w.model, &w.up),
+        w.desired.export_changes(&changes, &w.model, &w.up),
         BTreeMap::from([((b, 0), (vec![], vec![pa]))])
     );
 }
@@ -648,12 +648,16 @@ fn the_best_path_across_vifs_wins_and_no_export_stays_home() {
         no_export: false,
     };
     let selected = |w: &World| w.desired.routes[&w.gateway()][&p].target.vif();
-    // Equal paths: the lower VIF id, as before.
+    // Equal paths: both (multipath).
     let d = w.announce_path(a, 0, p, true, path(200, 1, 0));
     w.update(&d);
     let d = w.announce_path(b, 0, p, true, path(200, 1, 0));
     w.update(&d);
-    assert_eq!(selected(&w), Some(a.min(b)));
+    let route = w.desired.routes[&w.gateway()][&p];
+    assert_eq!(
+        w.desired.paths_of(&route).map(|s| s.as_slice().to_vec()),
+        Some(vec![(a, 1), (b, 1)])
+    );
     // vif-200 says high preference (LOCAL_ASN:7300): it wins, even with a longer path.
     let d = w.announce_path(b, 0, p, false, path(200, 1, 0));
     w.update(&d);
@@ -711,8 +715,139 @@ fn a_gateway_may_keep_its_vifs_routes_from_each_other() {
         "only the VPC CIDRs"
     );
     assert!(
-        export_changes(&changes, &w.model, &w.up)
+        w.desired
+            .export_changes(&changes, &w.model, &w.up)
             .get(&(b, 0))
             .is_none_or(|(announce, _)| !announce.contains(&pa))
+    );
+}
+
+#[test]
+fn equal_paths_on_two_vifs_share_one_group_that_follows_their_sessions() {
+    let fixture = two_bgp_vifs().vif(
+        Vif::static_routed("vif-300", "hc-1", 300, "bgw-1").peer("169.254.40.2", "169.254.40.1"),
+    );
+    let mut w = World::new(&fixture);
+    let (a, b, c, gw) = (
+        w.vif("vif-100"),
+        w.vif("vif-200"),
+        w.vif("vif-300"),
+        w.gateway(),
+    );
+    w.update(&Dirty::all());
+    let mut dirty = w.sessions_up(&[(a, 0), (a, 1), (b, 0)]);
+    dirty.vifs.extend(w.client(c, 0, Some(MAC_B)).vifs);
+    let prefixes: Vec<Ipv4Net> = (0..20u32)
+        .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("net"))
+        .collect();
+    for p in &prefixes {
+        for (vif, peer) in [(a, 0), (a, 1), (b, 0)] {
+            dirty
+                .prefixes
+                .extend(w.announce(vif, peer, *p, true).prefixes);
+        }
+    }
+    w.update(&dirty);
+    let both = PathSet::new(&[(a, 3), (b, 1)]).expect("set");
+    let key = NextHopKey::Multipath { paths: both };
+    let peer = |vif, peer| NextHopKey::VifPeer { vif, peer };
+    // One group for all 20 prefixes: vif-100's two routers and vif-200's one.
+    assert_eq!(
+        w.desired.next_hops.get(&key),
+        Some(&NextHop::Group(vec![peer(a, 0), peer(a, 1), peer(b, 0)]))
+    );
+    for p in &prefixes {
+        let route = w.desired.route(gw, *p).expect("route");
+        assert_eq!(w.desired.paths_of(&route), Some(both));
+        assert_eq!(w.desired.next_hop_key(route.target), Some(key));
+    }
+    // Advertised to the third VIF, not back to either of its own.
+    let p0 = prefixes[0];
+    assert!(w.desired.exports(&w.model, c).contains(&p0));
+    assert!(!w.desired.exports(&w.model, a).contains(&p0));
+    assert!(!w.desired.exports(&w.model, b).contains(&p0));
+    assert_eq!(w.full(), w.desired);
+
+    // vif-200's router's MAC is lost (its session is still up): the routes fall back to
+    // vif-100 alone and the group goes.
+    let changes = {
+        let d = w.client(b, 0, None);
+        w.update(&d)
+    };
+    assert!(changes.next_hops.contains(&key));
+    assert!(!w.desired.next_hops.contains_key(&key), "unused: gone");
+    assert_eq!(changes.routes.len(), 20);
+    assert!(
+        prefixes
+            .iter()
+            .all(|p| w.desired.route(gw, *p).map(|c| c.target) == Some(Target::VifPeers(a, 3)))
+    );
+    assert_eq!(w.full(), w.desired);
+
+    // Back: multipath again. Then vif-100's peer 0 is lost: its set's group loses that
+    // router (one write), and the routes move to the set of what is left.
+    let d = w.client(b, 0, Some(MAC_A));
+    w.update(&d);
+    assert!(w.desired.next_hops.contains_key(&key));
+    let changes = {
+        let d = w.session(a, 0, false);
+        w.update(&d)
+    };
+    let rest = NextHopKey::Multipath {
+        paths: PathSet::new(&[(a, 2), (b, 1)]).expect("set"),
+    };
+    assert!(changes.next_hops.contains(&key) && changes.next_hops.contains(&rest));
+    assert_eq!(
+        w.desired.next_hops.get(&rest),
+        Some(&NextHop::Group(vec![peer(a, 1), peer(b, 0)]))
+    );
+    assert!(!w.desired.next_hops.contains_key(&key));
+    assert_eq!(w.full(), w.desired);
+
+    // A better path on one VIF ends the sharing for that prefix only.
+    let better = crate::rib::PathInfo {
+        rank: crate::rib::Rank::new(300, 0, 0, 0),
+        no_export: false,
+    };
+    let d = w.announce_path(b, 0, p0, true, better);
+    w.update(&d);
+    assert_eq!(
+        w.desired.route(gw, p0).map(|c| c.target),
+        Some(Target::VifPeers(b, 1))
+    );
+    assert_eq!(
+        w.desired
+            .route(gw, prefixes[1])
+            .and_then(|r| w.desired.paths_of(&r)),
+        PathSet::new(&[(a, 2), (b, 1)])
+    );
+    assert_eq!(w.full(), w.desired);
+}
+
+#[test]
+fn multipath_off_keeps_one_vif_per_prefix() {
+    let toml = two_bgp_vifs().toml().replacen(
+        "[[border_gateway]]\nname = \"bgw-1\"\n",
+        "[[border_gateway]]\nname = \"bgw-1\"\nmultipath = false\n",
+        1,
+    );
+    assert!(toml.contains("multipath = false"));
+    let mut w = World::from_toml(&toml);
+    let (a, b) = (w.vif("vif-100"), w.vif("vif-200"));
+    w.update(&Dirty::all());
+    let mut dirty = w.sessions_up(&[(a, 0), (b, 0)]);
+    let p = net("192.168.50.0/24");
+    dirty.prefixes.extend(w.announce(a, 0, p, true).prefixes);
+    dirty.prefixes.extend(w.announce(b, 0, p, true).prefixes);
+    w.update(&dirty);
+    assert_eq!(
+        w.desired.route(w.gateway(), p).map(|c| c.target),
+        Some(Target::VifPeers(a.min(b), 1))
+    );
+    assert!(
+        !w.desired
+            .next_hops
+            .keys()
+            .any(|k| matches!(k, NextHopKey::Multipath { .. }))
     );
 }

@@ -4,8 +4,10 @@
 //! only ones it will ever delete). Written atomically: a temporary file, fsync, rename, fsync
 //! of the directory; a crash leaves the old or the new file, never half.
 //!
-//! Format version 2. Files of version 1 (next-hop keys as strings such as `vif:NAME:m3`, no
-//! record of owned objects) load and are written back as version 2.
+//! Format version 2, or 3 when it holds a multipath next-hop slot (a key version 2 agents do
+//! not know: they refuse the file by its version instead of failing to parse it). Files of
+//! version 1 (next-hop keys as strings such as `vif:NAME:m3`, no record of owned objects)
+//! load and are written back as version 2.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,7 +36,7 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{path}: state file version {version} is newer than this agent understands (2)")]
+    #[error("{path}: state file version {version} is newer than this agent understands (3)")]
     Version { path: PathBuf, version: u32 },
 }
 
@@ -141,7 +143,9 @@ struct StateOut<'a> {
     owned: &'a Owned,
 }
 
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+/// Written when no multipath slot needs version 3.
+const VERSION_WITHOUT_MULTIPATH: u32 = 2;
 const FILE: &str = "state.json";
 
 fn names(pool: &Pool<String>) -> BTreeMap<&str, u32> {
@@ -243,8 +247,17 @@ impl State {
         let path = dir.join(FILE);
         let tmp = dir.join(format!(".{FILE}.tmp"));
         let owned = self.owned.clone().unwrap_or_default();
+        let multipath = self
+            .ids
+            .next_hops
+            .iter()
+            .any(|(key, _)| matches!(key, NextHopKey::Multipath { .. }));
         let out = StateOut {
-            version: VERSION,
+            version: if multipath {
+                VERSION
+            } else {
+                VERSION_WITHOUT_MULTIPATH
+            },
             ids: IdsOut {
                 gateways: names(&self.ids.gateways),
                 vifs: names(&self.ids.vifs),

@@ -15,6 +15,7 @@ use forwarder_tests::{
     CustomerRouter,
     daemons::{Kind, PathAttrs, PeerSpec, RouterDaemon},
     fixture::Vif,
+    topology::Agent,
 };
 use std::net::Ipv4Addr;
 
@@ -73,7 +74,7 @@ fn communities_prepends_and_med_choose_between_two_connections() -> Result<()> {
             ))
     };
     t.write_fixture(&two_connections(|v| v))?;
-    let agent = t.start_agent(common::bin())?;
+    let mut agent = t.start_agent(common::bin())?;
     let (idc, other) = (net("192.168.50.0/24"), net("192.168.51.0/24"));
     let bird = RouterDaemon::start(
         Kind::Bird,
@@ -231,7 +232,8 @@ fn communities_prepends_and_med_choose_between_two_connections() -> Result<()> {
         bird.as_path(vpc)
     );
 
-    multipath_splits_flows_as_the_hash_says(&t, &bird, &frr)
+    multipath_splits_flows_as_the_hash_says(&t, &bird, &frr)?;
+    multipath_survives_an_agent_restart(&t, &mut agent)
 }
 
 /// Both routers send the IDC prefix with equal attributes: one group over both VIFs
@@ -339,5 +341,35 @@ fn multipath_splits_flows_as_the_hash_says(
     }
     println!("32 flows: {taken:?}");
     ensure!(taken.len() == 2, "every flow took one VIF: {taken:?}");
+    Ok(())
+}
+
+/// SIGTERM and a new agent: the multipath route is read back from the pinned maps as the
+/// stale routes of both VIFs' sessions (the log counts both prefixes), and the same group,
+/// in the same slot, carries it when the sessions are back.
+fn multipath_survives_an_agent_restart(t: &Topology, agent: &mut Agent) -> Result<()> {
+    let lookup = || {
+        cli_json(
+            &t.socket(),
+            &["lookup", "--gateway", "bgw-1", "192.168.50.10"],
+        )
+    };
+    let before = lookup()?;
+    let status = agent.terminate()?;
+    ensure!(status.success(), "SIGTERM: the agent exited with {status}");
+    *agent = t.start_agent(common::bin())?;
+    let log = agent.log_text();
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("kept from the pinned maps") && l.contains("routes=2")),
+        "the restarted agent should keep 192.168.50.0/24 (multipath) and 192.168.51.0/24:\n{log}"
+    );
+    ensure!(
+        wait_for(Duration::from_secs(30), || lookup()
+            .is_ok_and(|l| l["next_hop_id"] == before["next_hop_id"]
+                && l["members"].as_array().is_some_and(|m| m.len() == 2))),
+        "after the restart: {:?}, before: {before}",
+        lookup()
+    );
     Ok(())
 }

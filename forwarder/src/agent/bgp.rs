@@ -212,8 +212,8 @@ impl Agent {
     }
 
     /// After a restart: the BGP routes the pinned route map still holds become the stale
-    /// routes of the sessions that announced them (the next hop `VifPeers { vif, mask }`
-    /// says which), kept until each session is back with its table or the restart time
+    /// routes of the sessions that announced them (the next hop `VifPeers { vif, mask }`,
+    /// or each path of a `Multipath` one, says which), kept until each session is back with its table or the restart time
     /// runs out. Returns how many routes were kept.
     pub(super) fn recover_stale_routes(&mut self) -> usize {
         let until =
@@ -222,52 +222,70 @@ impl Agent {
         let installed: Vec<(crate::ids::GatewayId, Ipv4Net, u32)> =
             self.apply.programmed_routes().collect();
         for (gateway, prefix, nh) in installed {
-            let Some(crate::ids::NextHopKey::VifPeers { vif, mask }) =
-                self.state.ids.next_hops.key(nh).copied()
-            else {
-                continue;
+            // A multipath route was announced on each of its paths.
+            let paths: Vec<(crate::ids::VifId, u8)> = match self.state.ids.next_hops.key(nh) {
+                Some(crate::ids::NextHopKey::VifPeers { vif, mask }) => vec![(*vif, *mask)],
+                Some(crate::ids::NextHopKey::Multipath { paths }) => paths.as_slice().to_vec(),
+                _ => continue,
             };
-            let Some(v) = self.model.vifs.get(&vif) else {
-                continue;
-            };
-            if v.routing != Routing::Bgp || v.gateway != gateway {
-                continue;
+            let mut any = false;
+            for (vif, mask) in paths {
+                any |= self.recover_stale_path(gateway, prefix, vif, mask, until);
             }
-            let mask = mask & ((1u16 << v.peers.len()) - 1) as u8;
-            if mask == 0 {
-                continue;
-            }
-            for peer in 0..v.peers.len() as u8 {
-                if mask & (1 << peer) == 0 {
-                    continue;
-                }
-                let key = (vif, peer);
-                self.bgp.routes.entry(key).or_default().insert(prefix);
-                self.bgp
-                    .stale
-                    .entry(key)
-                    .or_insert_with(|| Stale {
-                        prefixes: BTreeSet::new(),
-                        until,
-                        cause: StaleCause::AgentRestart,
-                    })
-                    .prefixes
-                    .insert(prefix);
-            }
-            self.bgp.masks.insert(
-                (vif, prefix),
-                plan::VifPaths {
-                    mask,
-                    path: crate::rib::PathInfo::default(),
-                },
-            );
-            kept += 1;
+            kept += usize::from(any);
         }
         let keys: Vec<SessionKey> = self.bgp.stale.keys().copied().collect();
         for key in keys {
             self.bgp.refresh_forwarding(key);
         }
         kept
+    }
+
+    /// One VIF's path of a route read back after a restart: stale for the sessions in
+    /// `mask`; false if the VIF is no longer a BGP VIF of `gateway` or has none of them.
+    fn recover_stale_path(
+        &mut self,
+        gateway: crate::ids::GatewayId,
+        prefix: Ipv4Net,
+        vif: crate::ids::VifId,
+        mask: u8,
+        until: Instant,
+    ) -> bool {
+        let Some(v) = self.model.vifs.get(&vif) else {
+            return false;
+        };
+        if v.routing != Routing::Bgp || v.gateway != gateway {
+            return false;
+        }
+        let mask = mask & ((1u16 << v.peers.len()) - 1) as u8;
+        if mask == 0 {
+            return false;
+        }
+        for peer in 0..v.peers.len() as u8 {
+            if mask & (1 << peer) == 0 {
+                continue;
+            }
+            let key = (vif, peer);
+            self.bgp.routes.entry(key).or_default().insert(prefix);
+            self.bgp
+                .stale
+                .entry(key)
+                .or_insert_with(|| Stale {
+                    prefixes: BTreeSet::new(),
+                    until,
+                    cause: StaleCause::AgentRestart,
+                })
+                .prefixes
+                .insert(prefix);
+        }
+        self.bgp.masks.insert(
+            (vif, prefix),
+            plan::VifPaths {
+                mask,
+                path: crate::rib::PathInfo::default(),
+            },
+        );
+        true
     }
 
     /// Every session's status, with its stale routes.

@@ -210,8 +210,18 @@ impl Agent {
             }
             (None, None) => format!("{} route", best.source.name()),
         };
+        let multipath = self
+            .model
+            .gateways
+            .get(&gateway)
+            .is_some_and(|g| g.multipath);
         let why = if best.source != Source::Bgp {
             format!("{} route preferred to BGP", best.source.name())
+        } else if best.rank == mine.path.rank && multipath {
+            format!(
+                "an equal path, left out of the multipath group ({} client routers at most, in VIF id order)",
+                forwarder_common::MAX_GROUP_MEMBERS
+            )
         } else {
             best.rank.beats(mine.path.rank).to_owned()
         };

@@ -18,6 +18,7 @@ pub mod arp;
 pub mod customer;
 pub mod daemons;
 pub mod fixture;
+pub mod probe;
 pub mod speaker;
 pub mod topology;
 pub use customer::{CustomerRouter, ShimCounters, SubInterface};

@@ -107,6 +107,28 @@ impl Topology {
         Ok(rtr2)
     }
 
+    /// The IDC behind both customer routers (two connections, one site): `eth1` of the IDC to
+    /// `lan0` of `rtr2` (192.168.50.2/24), both IDC ports in one bridge that keeps the IDC's
+    /// address, default route via `rtr`. `rtr` falls back to `rtr2` for the VPC CIDR (a
+    /// floating route, metric 1000) when its own BGP route to it is gone, as a customer's
+    /// routers do with iBGP between them; redirects are off so the IDC keeps its first hop.
+    pub fn idc_behind_both(&self, rtr2: &NetNs) -> Result<()> {
+        veth(&self.idc, "eth1", rtr2, "lan0")?;
+        sh(
+            &self.idc,
+            "ip addr del 192.168.50.10/24 dev eth0 && ip link add br0 type bridge              && ip link set eth0 master br0 && ip link set eth1 master br0              && ip link set br0 up && ip addr add 192.168.50.10/24 dev br0              && ip route add default via 192.168.50.1 && ethtool -K eth1 tx off >/dev/null",
+        )?;
+        sh(
+            rtr2,
+            "ip addr add 192.168.50.2/24 dev lan0 && sysctl -qw net.ipv4.ip_forward=1              && ethtool -K lan0 tx off >/dev/null",
+        )?;
+        sh(
+            &self.rtr,
+            "sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.lan0.send_redirects=0              && ip route add 10.0.1.0/24 via 192.168.50.2 metric 1000",
+        )?;
+        Ok(())
+    }
+
     /// Re-creates the VPC's VXLAN device with another VNI (as a VPC moved to another VNI).
     pub fn set_vpc_vni(&self, vni: u32) -> Result<()> {
         sh(&self.vpc, "ip link del vxlan0")?;

@@ -1,9 +1,11 @@
 //! `cargo xtask bench`: runs the benchmarks and writes their tables into BENCHMARKS.md.
 //! Speed is reported here, never asserted in tests: the machines are shared and noisy.
 //!
-//! Two parts: the XDP fast paths through BPF_PROG_TEST_RUN (`tests/benches/testrun.rs`), and
-//! the control plane with many static VIFs (`tests/benches/controlplane.rs`), which runs the
-//! agent built from the working tree against a baseline agent built from [`BASELINE_REV`].
+//! Three parts: the XDP fast paths through BPF_PROG_TEST_RUN (`tests/benches/testrun.rs`); the
+//! control plane with many static VIFs (`tests/benches/controlplane.rs`), which runs the
+//! agent built from the working tree against a baseline agent built from [`BASELINE_REV`];
+//! failover between two connections (`tests/benches/failover.rs`). `--only PART` runs one
+//! and replaces its section of BENCHMARKS.md, keeping the others.
 
 use std::{
     fmt::Write as _,
@@ -27,34 +29,130 @@ const BENCH_KNOBS: [&str; 6] = [
     "FORWARDER_BENCH_KERNEL_NEIGH_GC",
 ];
 
-pub fn run() -> Result<ExitCode> {
+/// The parts of the benchmark, in BENCHMARKS.md's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Testrun,
+    Controlplane,
+    Failover,
+}
+
+impl Part {
+    /// The start of the part's heading in BENCHMARKS.md.
+    fn heading(self) -> &'static str {
+        match self {
+            Self::Testrun => "## XDP fast paths",
+            Self::Controlplane => "## Control plane",
+            Self::Failover => "## Failover",
+        }
+    }
+}
+
+pub fn run(only: Option<Part>) -> Result<ExitCode> {
     if !crate::is_root() {
         bail!("cargo xtask bench must run as root: it loads XDP programs and creates namespaces");
     }
     crate::setup::run()?;
     let root = crate::workspace_root();
     let target = target_dir(&root);
-
-    let table = cargo_bench(&root, "testrun", &[])?;
-    let mut doc = String::from("# Benchmarks\n\n");
-    writeln!(
-        doc,
-        "Written by `cargo xtask bench`; rerun it to refresh. Machine: {}.\n",
-        machine()
-    )?;
-    doc.push_str("## XDP fast paths (BPF_PROG_TEST_RUN)\n\n");
-    doc.push_str(&table);
-
-    let (section, ok) = control_plane(&root, &target)?;
-    doc.push('\n');
-    doc.push_str(&section);
-    std::fs::write(root.join("BENCHMARKS.md"), &doc).context("writing BENCHMARKS.md")?;
+    let parts = match only {
+        Some(p) => vec![p],
+        None => vec![Part::Testrun, Part::Controlplane, Part::Failover],
+    };
+    let path = root.join("BENCHMARKS.md");
+    let mut doc = match only {
+        Some(_) => std::fs::read_to_string(&path).unwrap_or_default(),
+        None => String::new(),
+    };
+    if doc.is_empty() {
+        doc = String::from("# Benchmarks\n\n");
+        writeln!(
+            doc,
+            "Written by `cargo xtask bench` (`--only PART` refreshes one section); rerun it to \
+             refresh. Machine: {}.\n",
+            machine()
+        )?;
+    }
+    let mut all_ok = true;
+    for part in parts {
+        let (section, ok) = match part {
+            Part::Testrun => {
+                let table = cargo_bench(&root, "testrun", &[])?;
+                (
+                    format!("{}\n\n{table}", "## XDP fast paths (BPF_PROG_TEST_RUN)"),
+                    true,
+                )
+            }
+            Part::Controlplane => control_plane(&root, &target)?,
+            Part::Failover => failover(&root, &target)?,
+        };
+        all_ok &= ok;
+        doc = replace_section(&doc, part.heading(), &section);
+    }
+    std::fs::write(&path, &doc).context("writing BENCHMARKS.md")?;
     print!("{doc}");
-    Ok(if ok {
+    Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `doc` with the section whose heading starts with `heading` (up to the next `## `)
+/// replaced by `section`, or `section` appended.
+fn replace_section(doc: &str, heading: &str, section: &str) -> String {
+    let section = section.trim_end();
+    let start = doc
+        .match_indices("\n## ")
+        .map(|(i, _)| i + 1)
+        .find(|i| doc[*i..].starts_with(heading));
+    match start {
+        Some(start) => {
+            let end = doc[start + 3..]
+                .find("\n## ")
+                .map_or(doc.len(), |i| start + 3 + i + 1);
+            let rest = &doc[end..];
+            let sep = if rest.is_empty() { "\n" } else { "\n\n" };
+            format!("{}{section}{sep}{rest}", &doc[..start])
+        }
+        None => format!("{}\n\n{section}\n", doc.trim_end()),
+    }
+}
+
+/// Builds the agent and runs the failover bench; its section and whether it ran.
+fn failover(root: &Path, target: &Path) -> Result<(String, bool)> {
+    println!("==> building the agent under test (release)");
+    checked(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["build", "--release", "-p", "forwarder"]),
+        "cargo build --release -p forwarder",
+    )?;
+    let bin = target.join("release/forwarder");
+    let mut line = vec!["FORWARDER_BIN=target/release/forwarder".to_owned()];
+    if let Ok(value) = std::env::var("FORWARDER_BENCH_FAILOVER_ROUNDS") {
+        line.push(format!("FORWARDER_BENCH_FAILOVER_ROUNDS={value}"));
+    }
+    line.push("cargo bench -p forwarder-tests --bench failover".to_owned());
+    let (mut section, ok) = match cargo_bench(root, "failover", &[("FORWARDER_BIN", bin)]) {
+        Ok(text) => (text, true),
+        Err(e) => (
+            format!(
+                "## Failover: two connections, one customer\n\nThe bench failed: {}.\n",
+                format!("{e:#}").replace('\n', " ")
+            ),
+            false,
+        ),
+    };
+    writeln!(
+        section,
+        "\nThe working tree at {}. Machine: {}. Commands, from the workspace root:\n\n```\n\
+         cargo build --release -p forwarder\n{}\n```",
+        revision(root),
+        machine(),
+        line.join(" ")
+    )?;
+    Ok((section, ok))
 }
 
 /// Builds both agents, runs the control-plane bench and returns its BENCHMARKS.md section
@@ -261,4 +359,27 @@ fn machine() -> String {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("Linux {}, {cpus} CPUs", kernel.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replace_section;
+
+    #[test]
+    fn a_section_is_replaced_in_place_or_appended() {
+        let doc =
+            "# B\n\nintro\n\n## XDP fast paths (x)\n\nold a\n\n## Control plane: y\n\nold b\n";
+        let new = replace_section(doc, "## XDP fast paths", "## XDP fast paths (x)\n\nnew a\n");
+        assert_eq!(
+            new,
+            "# B\n\nintro\n\n## XDP fast paths (x)\n\nnew a\n\n## Control plane: y\n\nold b\n"
+        );
+        let new = replace_section(doc, "## Control plane", "## Control plane: z\n\nnew b");
+        assert_eq!(
+            new,
+            "# B\n\nintro\n\n## XDP fast paths (x)\n\nold a\n\n## Control plane: z\n\nnew b\n"
+        );
+        let new = replace_section(doc, "## Failover", "## Failover: f\n\nc\n");
+        assert!(new.ends_with("old b\n\n## Failover: f\n\nc\n"), "{new}");
+    }
 }

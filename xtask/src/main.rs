@@ -26,7 +26,12 @@ enum Task {
     /// Show the gateway working in network namespaces; needs root.
     Demo,
     /// Run the benchmarks and write BENCHMARKS.md; needs root.
-    Bench,
+    Bench {
+        /// Only this part (testrun, controlplane, failover): its section of BENCHMARKS.md is
+        /// replaced, the others are kept.
+        #[arg(long)]
+        only: Option<bench::Part>,
+    },
     /// Fuzz the BGP message reader, a BGP session, the config loader and control requests
     /// (cargo-fuzz, nightly); crashes fail the run.
     Fuzz {
@@ -44,7 +49,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Test => test::run(),
         Task::Demo => test::demo(),
-        Task::Bench => bench::run(),
+        Task::Bench { only } => bench::run(only),
         Task::Fuzz { minutes, targets } => fuzz::run(minutes, &targets),
     };
     match result {

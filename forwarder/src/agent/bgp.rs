@@ -675,9 +675,17 @@ impl Agent {
         self.send_full_exports();
     }
 
+    /// Sends sessions that just came up their whole export, once their VIF takes traffic
+    /// (`available`: port up, the client router's MAC known); until then they wait, and
+    /// announce nothing.
     pub(super) fn send_full_exports(&mut self) {
-        for key in std::mem::take(&mut self.bgp.announce_all) {
+        let waiting = std::mem::take(&mut self.bgp.announce_all);
+        for key in waiting {
             if !self.bgp.up.contains(&key) {
+                continue;
+            }
+            if self.desired.vifs.get(&key.0) != Some(&plan::VifState::Available) {
+                self.bgp.announce_all.insert(key);
                 continue;
             }
             if let Some(cfg) = self.bgp.sessions.get(&key) {

@@ -1060,8 +1060,9 @@ impl Session {
             peer_restart: neg.peer_restart,
         })
         .await;
-        let export = std::mem::take(&mut self.export);
-        self.set_export(export).await;
+        // Nothing is announced until the agent sends the whole export: it does once the
+        // VIF takes traffic in the data plane, so that the router never sends us traffic
+        // (to routes it has just learnt) that the gateway would still drop.
     }
 
     fn export_attrs(&self, neg: Negotiated) -> ExportAttrs {

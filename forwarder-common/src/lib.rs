@@ -19,6 +19,10 @@ pub const MAP_CONTROL_PORTS: &str = "CONTROL_PORTS";
 pub const MAP_ATTACHMENTS: &str = "ATTACHMENTS";
 /// `HashMap<VtepKey, u32>`: (VNI, remote VTEP) → attachment id.
 pub const MAP_VTEPS: &str = "VTEPS";
+/// `Array<UnderlayHop>` indexed by attachment id: the underlay next hop toward the remote
+/// VTEP as the agent resolved it from the kernel's routes and neighbours, so that
+/// encapsulation needs no FIB lookup per packet.
+pub const MAP_UNDERLAY: &str = "UNDERLAY";
 /// `LpmTrie<RouteKey, u32>`: (border gateway id, IPv4 prefix) → next-hop id.
 pub const MAP_ROUTES: &str = "ROUTES";
 /// `Array<NextHop>` indexed by next-hop id.
@@ -246,6 +250,20 @@ pub struct Attachment {
     pub _pad: [u8; 2],
 }
 
+/// Value of [`MAP_UNDERLAY`]. `valid` 0: encapsulation asks the kernel's FIB per packet
+/// (`bpf_fib_lookup`), as for an underlay route with several next hops (ECMP) or a next
+/// hop whose MAC is not known; 1: the frame leaves through `ifindex` from `smac` to `dmac`,
+/// and an outer packet above `mtu` bytes is too big.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnderlayHop {
+    pub valid: u32,
+    pub ifindex: u32,
+    pub mtu: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
 /// Key of [`MAP_VTEPS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -349,6 +367,7 @@ const _: () = assert!(size_of::<VifKey>() == 8);
 const _: () = assert!(size_of::<Vif>() == 32);
 const _: () = assert!(size_of::<Attachment>() == 36);
 const _: () = assert!(size_of::<VtepKey>() == 8);
+const _: () = assert!(size_of::<UnderlayHop>() == 24);
 const _: () = assert!(size_of::<RouteKey>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 48);
 const _: () = assert!(size_of::<TrafficCounters>() == 32);
@@ -532,6 +551,7 @@ mod pod {
     unsafe impl aya::Pod for super::VifDrops {}
     unsafe impl aya::Pod for super::BfdKey {}
     unsafe impl aya::Pod for super::BfdAnswer {}
+    unsafe impl aya::Pod for super::UnderlayHop {}
 }
 
 #[cfg(test)]

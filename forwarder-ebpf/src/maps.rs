@@ -10,7 +10,7 @@ use aya_ebpf::{
 use forwarder_common::{
     Attachment, BfdAnswer, BfdKey, CAPTURE_RING_BYTES, ControlBuckets, DROP_SLOTS, MAX_ATTACHMENTS,
     MAX_BFD_ANSWERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, PASS_SLOTS, RouteKey,
-    TrafficCounters, Vif, VifDrops, VifKey, VifPolicy, VtepKey,
+    TrafficCounters, UnderlayHop, Vif, VifDrops, VifKey, VifPolicy, VtepKey,
 };
 
 #[map(name = "VIFS")]
@@ -24,6 +24,9 @@ pub static CONTROL_PORTS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIFS
 
 #[map(name = "ATTACHMENTS")]
 pub static ATTACHMENTS: Array<Attachment> = Array::with_max_entries(MAX_ATTACHMENTS, 0);
+
+#[map(name = "UNDERLAY")]
+pub static UNDERLAY: Array<UnderlayHop> = Array::with_max_entries(MAX_ATTACHMENTS, 0);
 
 #[map(name = "VTEPS")]
 pub static VTEPS: HashMap<VtepKey, u32> = HashMap::with_max_entries(MAX_ATTACHMENTS, 0);

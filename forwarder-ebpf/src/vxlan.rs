@@ -8,13 +8,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use forwarder_common::{
-    Attachment, OUTER_TTL, VXLAN_OVERHEAD, VXLAN_PORT, Vif, VtepKey, capture_direction,
-    finish_ipv4_csum, next_hop_kind, pass_reason, vif_state, vxlan_source_port,
+    Attachment, OUTER_TTL, UnderlayHop, VXLAN_OVERHEAD, VXLAN_PORT, Vif, VtepKey,
+    capture_direction, finish_ipv4_csum, next_hop_kind, pass_reason, vif_state, vxlan_source_port,
 };
 
 use crate::{
     Drop, capture, icmp,
-    maps::{ATTACHMENTS, VIF_POLICY, VIF_TABLE, VTEPS},
+    maps::{ATTACHMENTS, UNDERLAY, VIF_POLICY, VIF_TABLE, VTEPS},
     parse::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, Ipv4Hdr, Ipv4Info, VLAN_HLEN, check_ipv4,
         decrement_ttl, frame_len, read, write,
@@ -55,7 +55,48 @@ pub fn encap(
     // Outer IPv4 + UDP + VXLAN + inner Ethernet, then the packet.
     let outer_len = ip.tot_len + VXLAN_OVERHEAD as u16;
 
-    // Underlay next hop, and the MTU check, before the frame grows.
+    // Underlay next hop, and the MTU check, before the frame grows: the agent's resolved
+    // hop when it has one, the kernel's FIB otherwise.
+    let hop = match UNDERLAY.get(att_id) {
+        Some(h) if h.valid != 0 => *h,
+        _ => fib_hop(ctx, &att, outer_len)?,
+    };
+    if u32::from(outer_len) > hop.mtu {
+        let mtu = (hop.mtu.min(u32::from(u16::MAX)) as u16).saturating_sub(VXLAN_OVERHEAD as u16);
+        return crate::vlan::too_big(ctx, vif_id, vif, mtu);
+    }
+
+    decrement_ttl(ctx, ETH_HLEN + VLAN_HLEN)?;
+    // SAFETY: growing the head; every write below is bounds-checked again.
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -GROW) } != 0 {
+        return Err(Drop::Malformed);
+    }
+
+    write(ctx, 0, hop.dmac)?;
+    write(ctx, 6, hop.smac)?;
+    write(ctx, 12, ETH_P_IP.to_be_bytes())?;
+    let sport = vxlan_source_port(ip.hash).to_be_bytes();
+    write_outer(ctx, &att, outer_len, sport)?;
+    let vni = (att.vni << 8).to_be_bytes();
+    write(
+        ctx,
+        VXLAN_HDR,
+        [0x08, 0, 0, 0, vni[0], vni[1], vni[2], vni[3]],
+    )?;
+    write(ctx, INNER_ETH, att.router_mac)?;
+    write(ctx, INNER_ETH + 6, inner_src)?;
+    write(ctx, INNER_ETH + 12, ETH_P_IP.to_be_bytes())?;
+
+    let action = redirect(hop.ifindex)?;
+    stats::attachment_tx(att_id, ip.frame_len + GROW as u64);
+    Ok(action)
+}
+
+/// The underlay next hop from the kernel's FIB (`bpf_fib_lookup`), for an attachment whose
+/// hop the agent has not resolved (or cannot: several next hops). A path MTU the packet does
+/// not fit comes back as the hop's `mtu`, for the caller's check.
+#[inline(always)]
+fn fib_hop(ctx: &XdpContext, att: &Attachment, outer_len: u16) -> Result<UnderlayHop, Drop> {
     // SAFETY: bpf_fib_lookup is plain data; all-zero is its documented initial state.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
@@ -73,41 +114,21 @@ pub fn encap(
         )
     };
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Drop::NoNeighbour),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(UnderlayHop {
+            valid: 1,
+            ifindex: fib.ifindex,
+            mtu: u32::from(outer_len),
+            smac: fib.smac,
+            dmac: fib.dmac,
+        }),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Drop::NoNeighbour),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Ok(UnderlayHop {
             // SAFETY: on FRAG_NEEDED the kernel wrote the path MTU into the union.
-            let path_mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
-            let mtu = path_mtu.saturating_sub(VXLAN_OVERHEAD as u16);
-            return crate::vlan::too_big(ctx, vif_id, vif, mtu);
-        }
-        _ => return Err(Drop::UnderlayUnreachable),
+            mtu: u32::from(unsafe { fib.__bindgen_anon_1.mtu_result }),
+            ..UnderlayHop::default()
+        }),
+        _ => Err(Drop::UnderlayUnreachable),
     }
-
-    decrement_ttl(ctx, ETH_HLEN + VLAN_HLEN)?;
-    // SAFETY: growing the head; every write below is bounds-checked again.
-    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -GROW) } != 0 {
-        return Err(Drop::Malformed);
-    }
-
-    write(ctx, 0, fib.dmac)?;
-    write(ctx, 6, fib.smac)?;
-    write(ctx, 12, ETH_P_IP.to_be_bytes())?;
-    let sport = vxlan_source_port(ip.hash).to_be_bytes();
-    write_outer(ctx, &att, outer_len, sport)?;
-    let vni = (att.vni << 8).to_be_bytes();
-    write(
-        ctx,
-        VXLAN_HDR,
-        [0x08, 0, 0, 0, vni[0], vni[1], vni[2], vni[3]],
-    )?;
-    write(ctx, INNER_ETH, att.router_mac)?;
-    write(ctx, INNER_ETH + 6, inner_src)?;
-    write(ctx, INNER_ETH + 12, ETH_P_IP.to_be_bytes())?;
-
-    let action = redirect(fib.ifindex)?;
-    stats::attachment_tx(att_id, ip.frame_len + GROW as u64);
-    Ok(action)
 }
 
 /// XDP on the underlay port: VXLAN from a configured attachment is decapsulated and routed

@@ -524,6 +524,19 @@ impl Apply {
         Ok(())
     }
 
+    /// Writes attachment `id`'s underlay next hop when it differs from what the map has.
+    pub fn set_underlay(
+        &mut self,
+        id: u32,
+        hop: forwarder_common::UnderlayHop,
+    ) -> Result<bool, Error> {
+        if self.dp.underlay(id).is_ok_and(|h| h == hop) {
+            return Ok(false);
+        }
+        self.dp.set_underlay(id, hop)?;
+        Ok(true)
+    }
+
     pub fn remove_attachment(&mut self, id: u32) -> Result<(), Error> {
         let p = &mut self.programmed;
         for k in p.vtep_keys.others(id, None) {

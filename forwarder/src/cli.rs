@@ -606,6 +606,33 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
                     ],
                 ),
             );
+            if data["attachments"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+            {
+                out += "\nattachments:\n";
+                out += &table(
+                    &[
+                        "NAME",
+                        "REMOTE VTEP",
+                        "UNDERLAY",
+                        "NEXT HOP MAC",
+                        "MTU",
+                        "WHY FIB",
+                    ],
+                    &rows(
+                        &data["attachments"],
+                        &[
+                            "name",
+                            "remote_vtep",
+                            "underlay",
+                            "next_hop_mac",
+                            "mtu",
+                            "fib_reason",
+                        ],
+                    ),
+                );
+            }
             out += "\nmaps:\n";
             for map in ["routes", "next_hops", "vifs"] {
                 let usage = &data["maps"][map];

@@ -110,6 +110,30 @@ pub struct Status {
     /// The VIF whose frames are being captured, if any.
     #[serde(default)]
     pub capture: Option<String>,
+    /// Each VPC attachment's way into the underlay.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachmentStatus {
+    pub name: String,
+    pub remote_vtep: std::net::Ipv4Addr,
+    /// `resolved`: encapsulation uses the next hop below without a FIB lookup; `fib`: XDP
+    /// asks the kernel's FIB per packet (`fib_reason` says why).
+    pub underlay: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fib_reason: Option<String>,
+    /// The underlay next hop's address (the route's gateway, or the VTEP itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<std::net::Ipv4Addr>,
+    /// The resolved next hop as the data plane holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifindex: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]

@@ -26,9 +26,9 @@ use forwarder_common::{
     Attachment, BfdAnswer, BfdKey, ControlBuckets, DROP_SLOTS, MAP_ATTACHMENT_STATS,
     MAP_ATTACHMENTS, MAP_BFD_ANSWER, MAP_CAPTURE, MAP_CAPTURE_RING, MAP_CONTROL_BUCKETS,
     MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES, MAP_ROUTES, MAP_TX_PORTS,
-    MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS,
+    MAP_UNDERLAY, MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS,
     MAX_ATTACHMENTS, MAX_BFD_ANSWERS, MAX_GROUP_MEMBERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_VIFS,
-    NextHop, PASS_SLOTS, PacketCounter, RouteKey, TrafficCounters, VLAN_COUNTERS,
+    NextHop, PASS_SLOTS, PacketCounter, RouteKey, TrafficCounters, UnderlayHop, VLAN_COUNTERS,
     VLAN_UNTAGGED_SLOT, Vif, VifDrops, VifKey, VifPolicy, VtepKey, drop_reason, next_hop_kind,
     outer_ipv4_partial_csum, pass_reason,
 };
@@ -42,7 +42,8 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Every map the agent pins and re-adopts (the capture flag too, so that a new agent turns
 /// off a capture a killed one left on).
-const PINNED_MAPS: [&str; 17] = [
+const PINNED_MAPS: [&str; 18] = [
+    MAP_UNDERLAY,
     MAP_BFD_ANSWER,
     MAP_VIF_POLICY,
     MAP_CONTROL_BUCKETS,
@@ -66,7 +67,8 @@ const PINNED_MAPS: [&str; 17] = [
 /// 0 = any). The kernel does not compare a pinned map with the program's definition, and
 /// aya adopts whatever the pin holds, so an upgrade that changed a map would run the new
 /// program on the old map.
-const MAP_SHAPES: [(&str, usize, usize, u32); 17] = [
+const MAP_SHAPES: [(&str, usize, usize, u32); 18] = [
+    (MAP_UNDERLAY, 4, size_of::<UnderlayHop>(), MAX_ATTACHMENTS),
     (
         MAP_BFD_ANSWER,
         size_of::<BfdKey>(),
@@ -103,9 +105,11 @@ const MAP_SHAPES: [(&str, usize, usize, u32); 17] = [
     (MAP_PASSES, 4, 8, PASS_SLOTS),
 ];
 
-/// Maps that hold only counters or rate-limit state: one of another shape is replaced by a
-/// new, empty one (its counts start again from zero). Any other mismatch stops the load.
-const REPLACEABLE_MAPS: [&str; 7] = [
+/// Maps that hold only counters, rate-limit state or what the agent resolves again at start
+/// (the underlay next hops): one of another shape is replaced by a new, empty one (counts
+/// start again from zero). Any other mismatch stops the load.
+const REPLACEABLE_MAPS: [&str; 8] = [
+    MAP_UNDERLAY,
     MAP_CONTROL_BUCKETS,
     MAP_VIF_DROPS,
     MAP_VIF_STATS,
@@ -696,6 +700,21 @@ impl Dataplane {
             .map_err(map_err(MAP_ATTACHMENTS))
     }
 
+    /// The underlay next hop of attachment `id` (`valid` 0: XDP asks the FIB per packet).
+    pub fn set_underlay(&mut self, id: u32, hop: UnderlayHop) -> Result<(), Error> {
+        check_id("attachment", id, forwarder_common::MAX_ATTACHMENTS)?;
+        self.array(MAP_UNDERLAY)?
+            .set(id, hop, 0)
+            .map_err(map_err(MAP_UNDERLAY))
+    }
+
+    /// The underlay next hop of attachment `id` as the data plane has it.
+    pub fn underlay(&self, id: u32) -> Result<UnderlayHop, Error> {
+        let map: Array<&MapData, UnderlayHop> =
+            Array::try_from(self.map(MAP_UNDERLAY)?).map_err(map_err(MAP_UNDERLAY))?;
+        map.get(&id, 0).map_err(map_err(MAP_UNDERLAY))
+    }
+
     /// Points a (VNI, remote VTEP) key at attachment `id`.
     pub fn set_vtep_key(&mut self, key: VtepKey, id: u32) -> Result<(), Error> {
         self.hash::<VtepKey, u32>(MAP_VTEPS)?
@@ -714,7 +733,8 @@ impl Dataplane {
         )?;
         self.array(MAP_ATTACHMENTS)?
             .set(spec.id, Attachment::default(), 0)
-            .map_err(map_err(MAP_ATTACHMENTS))
+            .map_err(map_err(MAP_ATTACHMENTS))?;
+        self.set_underlay(spec.id, UnderlayHop::default())
     }
 
     /// Writes next hop `id`. Every route pointing to `id` follows in the same write: this is
@@ -984,7 +1004,8 @@ impl Dataplane {
         check_id("attachment", id, forwarder_common::MAX_ATTACHMENTS)?;
         self.array(MAP_ATTACHMENTS)?
             .set(id, Attachment::default(), 0)
-            .map_err(map_err(MAP_ATTACHMENTS))
+            .map_err(map_err(MAP_ATTACHMENTS))?;
+        self.set_underlay(id, UnderlayHop::default())
     }
 
     /// Removes a VIF's control port from the control-port map.

@@ -26,4 +26,5 @@ pub mod plan;
 pub mod rib;
 pub mod state;
 pub mod timer;
+pub mod underlay;
 pub mod vifcp;

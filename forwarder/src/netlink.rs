@@ -26,7 +26,7 @@ use netlink_packet_route::{
         NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
         NeighbourState,
     },
-    route::{RouteAddress, RouteAttribute, RouteMessage},
+    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -165,6 +165,15 @@ pub struct RouteHop {
     pub oif: u32,
     /// The gateway, or None for a directly connected destination.
     pub gateway: Option<Ipv4Addr>,
+}
+
+/// The routing table's entry that matches a destination (`ip route get fibmatch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FibEntry {
+    /// More than one next hop (ECMP): the kernel picks one per flow.
+    pub multipath: bool,
+    /// The route's own MTU (`ip route ... mtu N`), if it has one.
+    pub mtu: Option<u32>,
 }
 
 /// A request socket in the network namespace of the thread that opened it.
@@ -450,6 +459,42 @@ impl Netlink {
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
             other => other.map(drop),
         }
+    }
+
+    /// The routing table's entry that matches `dst` (`ip route get fibmatch`).
+    pub fn route_fib_match(&mut self, dst: Ipv4Addr) -> Result<FibEntry, Error> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = 32;
+        msg.header.flags = RouteFlags::FibMatch;
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        let what = || format!("looking up the routing table's entry for {dst}");
+        let answers = self.exchange(RouteNetlinkMessage::GetRoute(msg), 0, what)?;
+        let route = answers
+            .iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            })
+            .ok_or_else(|| Error::new(what(), io::Error::other("no answer")))?;
+        let mut entry = FibEntry {
+            multipath: false,
+            mtu: None,
+        };
+        for attr in &route.attributes {
+            match attr {
+                RouteAttribute::MultiPath(hops) => entry.multipath = hops.len() > 1,
+                RouteAttribute::Metrics(metrics) => {
+                    entry.mtu = metrics.iter().find_map(|m| match m {
+                        RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
+                        _ => None,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(entry)
     }
 
     /// The kernel's route toward `dst` (`ip route get`).

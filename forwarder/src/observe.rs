@@ -22,6 +22,7 @@ use crate::{
 
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
 /// Generous receive buffers: a burst of link or neighbour changes should not overflow.
 const RCVBUF: usize = 4 << 20;
 
@@ -39,6 +40,10 @@ pub enum NetEvent {
     Link(Link),
     /// A link of the agent's namespace was deleted.
     LinkGone { index: u32, name: String },
+    /// A neighbour entry of the agent's namespace changed (the underlay's next hops).
+    HostNeighbour(Neighbour),
+    /// An IPv4 route of the agent's namespace was added, changed or removed.
+    HostRoute,
     /// A neighbour entry of a VIF control namespace changed (mac None: unresolved or gone).
     Neighbour {
         vif: VifId,
@@ -77,9 +82,10 @@ pub fn subscribe(groups: &[u32]) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Subscribes to link events of the calling thread's namespace.
+/// Subscribes to link, neighbour and IPv4 route events of the calling thread's namespace
+/// (the agent's: ports, and the underlay's next hops).
 pub fn link_socket() -> io::Result<Socket> {
-    subscribe(&[RTNLGRP_LINK])
+    subscribe(&[RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE])
 }
 
 /// Subscribes to neighbour events of the calling thread's namespace.
@@ -179,6 +185,15 @@ fn decode(buf: &[u8], scope: Scope) -> Vec<NetEvent> {
                     index: link.index,
                     name: link.name,
                 }));
+            }
+            (Scope::Host, RouteNetlinkMessage::NewNeighbour(n)) => {
+                out.extend(Neighbour::from_message(&n, false).map(NetEvent::HostNeighbour));
+            }
+            (Scope::Host, RouteNetlinkMessage::DelNeighbour(n)) => {
+                out.extend(Neighbour::from_message(&n, true).map(NetEvent::HostNeighbour));
+            }
+            (Scope::Host, RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => {
+                out.push(NetEvent::HostRoute);
             }
             (Scope::Vif(vif, generation), RouteNetlinkMessage::NewNeighbour(n)) => {
                 out.extend(Neighbour::from_message(&n, false).map(|neighbour| {

@@ -550,3 +550,90 @@ fn link_down_makes_the_vif_unavailable_and_reload_removes_a_vif() -> Result<()> 
     );
     Ok(())
 }
+
+/// The attachment's underlay next hop as `status` reports it (from the data plane's map).
+fn underlay(t: &Topology) -> serde_json::Value {
+    cli_json(&t.socket(), &["status"])
+        .map(|s| s["attachments"][0].clone())
+        .unwrap_or_default()
+}
+
+fn wait_underlay(t: &Topology, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> Result<()> {
+    ensure!(
+        wait_for(Duration::from_secs(10), || ok(&underlay(t))),
+        "{what}: {}",
+        underlay(t)
+    );
+    let (sent, received) = ping_ok(t)?;
+    ensure!(
+        received == sent,
+        "{what}: ping lost {} of {sent}",
+        sent - received
+    );
+    Ok(())
+}
+
+/// Encapsulation uses the next hop the agent resolved from the kernel, and follows it: the
+/// VTEP's MAC changes, the route to it moves to another next hop, becomes ECMP (then XDP asks
+/// the FIB per packet) and goes back; traffic flows at every step.
+#[test]
+fn encapsulation_follows_the_resolved_underlay_next_hop() -> Result<()> {
+    let t = Topology::new("underlay")?;
+    let _customer = t.customer_router()?;
+    t.write_config(&format!("{VIF}{IDC_ROUTE}"))?;
+    let _agent = t.start_agent(common::bin())?;
+    wait_available(&t)?;
+    let vpc_mac = sh(&t.vpc, "cat /sys/class/net/eth0/address")?
+        .trim()
+        .to_owned();
+    wait_underlay(&t, "resolved to the VTEP itself", |u| {
+        u["underlay"] == "resolved"
+            && u["next_hop"] == "172.31.0.2"
+            && u["next_hop_mac"] == vpc_mac.as_str()
+            && u["mtu"] == 1500
+    })?;
+
+    // The VTEP's MAC changes (a replaced router): the neighbour event carries it to the map.
+    let new_mac = "02:00:00:00:77:01";
+    sh(&t.vpc, &format!("ip link set eth0 address {new_mac}"))?;
+    sh(
+        &t.gw,
+        &format!("ip neigh replace 172.31.0.2 lladdr {new_mac} dev ul0 nud reachable"),
+    )?;
+    wait_underlay(&t, "a changed MAC", |u| u["next_hop_mac"] == new_mac)?;
+
+    // The route to the VTEP moves to a router (here another address of the VPC's host).
+    sh(
+        &t.vpc,
+        "ip addr add 172.31.0.3/24 dev eth0 && ip addr add 172.31.0.4/24 dev eth0",
+    )?;
+    sh(
+        &t.gw,
+        &format!(
+            "ip neigh replace 172.31.0.3 lladdr {new_mac} dev ul0 nud permanent \
+             && ip neigh replace 172.31.0.4 lladdr {new_mac} dev ul0 nud permanent \
+             && ip route add 172.31.0.2/32 via 172.31.0.3 dev ul0"
+        ),
+    )?;
+    wait_underlay(&t, "a moved route", |u| {
+        u["underlay"] == "resolved" && u["next_hop"] == "172.31.0.3"
+    })?;
+
+    // Two next hops (ECMP): nothing to cache, the FIB is asked per packet.
+    sh(
+        &t.gw,
+        "ip route replace 172.31.0.2/32 nexthop via 172.31.0.3 dev ul0 nexthop via 172.31.0.4 dev ul0",
+    )?;
+    wait_underlay(&t, "an ECMP route", |u| {
+        u["underlay"] == "fib" && u["fib_reason"].as_str().is_some_and(|r| r.contains("ECMP"))
+    })?;
+
+    // Back to the connected route.
+    sh(&t.gw, "ip route del 172.31.0.2/32")?;
+    wait_underlay(&t, "the route removed", |u| {
+        u["underlay"] == "resolved" && u["next_hop"] == "172.31.0.2"
+    })?;
+    let text = cli(&t.socket(), &["status"])?;
+    println!("{}", String::from_utf8_lossy(&text.stdout));
+    Ok(())
+}

@@ -16,8 +16,8 @@ use forwarder::dataplane::{
     AttachmentSpec, Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec,
 };
 use forwarder_common::{
-    VifPolicy, drop_reason, flow_hash, group_member, pass_reason, vif_flags, vif_state,
-    vxlan_source_port,
+    UnderlayHop, VifPolicy, drop_reason, flow_hash, group_member, pass_reason, vif_flags,
+    vif_state, vxlan_source_port,
 };
 use forwarder_tests::{NetNs, veth};
 use ipnet::Ipv4Net;
@@ -1675,5 +1675,63 @@ fn bfd_handed_to_the_data_plane_is_answered_in_place() -> anyhow::Result<()> {
         f.dp.passes()?[pass_reason::BFD_ANSWERED as usize],
         passes[pass_reason::BFD_ANSWERED as usize]
     );
+    Ok(())
+}
+
+#[test]
+fn encapsulation_takes_the_resolved_underlay_hop_and_the_fib_without_one() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let packet = ipv4_udp(IDC_HOST, VPC_HOST, 64, 40000, 5001, &[9u8; 100]);
+    let frame = tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet);
+    let hash = hash_of(IDC_HOST, VPC_HOST, 40000, 5001);
+    let by_fib = vxlan_frame(&f, 1001, REMOTE_VTEP, VIF_MAC[1], &forwarded(&packet), hash);
+    assert_eq!(f.customer(&frame), (XDP_REDIRECT, by_fib.clone()));
+
+    // The agent's entry (MACs the FIB would not give) is what the frame carries.
+    let (smac, dmac) = ([0x02, 0x5a, 0, 0, 0, 1], [0x02, 0xda, 0, 0, 0, 1]);
+    let hop = UnderlayHop {
+        valid: 1,
+        ifindex: f.ul0,
+        mtu: 1500,
+        smac,
+        dmac,
+    };
+    f.dp.set_underlay(1, hop)?;
+    let mut expected = by_fib.clone();
+    expected[..6].copy_from_slice(&dmac);
+    expected[6..12].copy_from_slice(&smac);
+    assert_eq!(f.customer(&frame), (XDP_REDIRECT, expected));
+
+    // Attachment 3's VTEP has no neighbour: the FIB says no_neighbour, a resolved hop goes.
+    let to_3 = ipv4_udp(IDC_HOST, [10, 3, 0, 1], 64, 40000, 5001, &[9u8; 100]);
+    let frame_3 = tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &to_3);
+    f.expect_drop(drop_reason::NO_NEIGHBOUR, |f| f.customer(&frame_3));
+    f.dp.set_underlay(3, hop)?;
+    let (action, out) = f.customer(&frame_3);
+    assert_eq!(
+        (action, &out[..12]),
+        (XDP_REDIRECT, &[dmac, smac].concat()[..])
+    );
+
+    // The entry's MTU is the underlay's: 150 + 28 + 50 > 200 is answered as too big.
+    f.dp.set_underlay(1, UnderlayHop { mtu: 200, ..hop })?;
+    let big = ipv4_udp(IDC_HOST, VPC_HOST, 64, 40000, 5001, &[9u8; 150]);
+    let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &big));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        tagged(
+            CLIENT1,
+            VIF_MAC[1],
+            100,
+            0x0800,
+            &frag_needed(CLOUD_ADDR, &big, 200 - 50)
+        ),
+        "ICMP fragmentation needed for the entry's MTU"
+    );
+
+    // An invalid entry (ECMP, MAC unknown) sends the FIB's way again.
+    f.dp.set_underlay(1, UnderlayHop::default())?;
+    assert_eq!(f.customer(&frame), (XDP_REDIRECT, by_fib));
     Ok(())
 }

@@ -414,6 +414,8 @@ impl Agent {
     pub(super) fn handle_net_event(&mut self, event: NetEvent) -> Result<(), Error> {
         match event {
             NetEvent::Link(link) => {
+                // The underlay's egress link may have a new MAC or MTU.
+                self.underlay.all_dirty();
                 // A renamed link: its old name is gone.
                 if let Some(old) = self.link_names.insert(link.index, link.name.clone())
                     && old != link.name
@@ -431,7 +433,10 @@ impl Agent {
                     self.link_changed(&link.name, before);
                 }
             }
+            NetEvent::HostNeighbour(n) => self.underlay.neighbour_changed(n.ifindex, n.addr),
+            NetEvent::HostRoute => self.underlay.all_dirty(),
             NetEvent::LinkGone { index, name } => {
+                self.underlay.all_dirty();
                 self.link_names.remove(&index);
                 if self
                     .observed
@@ -473,6 +478,7 @@ impl Agent {
                 }
             }
             NetEvent::Resync(Scope::Host) => {
+                self.underlay.all_dirty();
                 if let Err(e) = self.read_links() {
                     self.retry.links = true;
                     return Err(e);

@@ -209,6 +209,8 @@ pub struct Agent {
     observed: Observed,
     /// Names of the agent's namespace's links by ifindex (a renamed port is a gone port).
     link_names: std::collections::HashMap<u32, String>,
+    /// The attachments' underlay next hops as resolved from the kernel.
+    underlay: crate::underlay::Underlay,
     rib: Rib,
     desired: Desired,
     bgp: bgp::BgpState,
@@ -317,6 +319,7 @@ impl Agent {
             host,
             observed: Observed::default(),
             link_names: std::collections::HashMap::new(),
+            underlay: crate::underlay::Underlay::default(),
             rib: Rib::default(),
             desired: Desired::default(),
             bgp: bgp::BgpState::default(),
@@ -572,7 +575,69 @@ impl Agent {
                 }
             }
         }
+        self.underlay.all_dirty();
+        self.refresh_underlay();
         Ok(())
+    }
+
+    /// Invalidates every resolved underlay next hop (XDP asks the FIB per packet).
+    fn release_underlay(&mut self) {
+        for id in self.model.attachments.keys().copied().collect::<Vec<_>>() {
+            if let Err(e) = self
+                .apply
+                .set_underlay(id.0, forwarder_common::UnderlayHop::default())
+            {
+                tracing::warn!(attachment = %self.model.attachments[&id].name, error = %error_chain(&e), "cannot hand the underlay next hop back to the FIB");
+            }
+        }
+    }
+
+    /// Resolves again the underlay next hops that events touched and writes those that
+    /// changed; one that cannot be resolved is left to XDP's FIB lookup (logged once).
+    fn refresh_underlay(&mut self) {
+        let existing: BTreeSet<AttachmentId> = self.model.attachments.keys().copied().collect();
+        let dirty = self.underlay.take_dirty(&existing);
+        if dirty.is_empty() {
+            return;
+        }
+        let mut nl = match crate::netlink::Netlink::open() {
+            Ok(nl) => nl,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot resolve the underlay next hops; XDP asks the FIB");
+                return;
+            }
+        };
+        // Attachments toward one VTEP share its resolution.
+        let mut by_vtep: std::collections::HashMap<std::net::Ipv4Addr, crate::underlay::Resolved> =
+            std::collections::HashMap::new();
+        for id in dirty {
+            let Some(a) = self.model.attachments.get(&id) else {
+                continue;
+            };
+            let resolved = match by_vtep.get(&a.remote_vtep) {
+                Some(r) => *r,
+                None => match crate::underlay::resolve(&mut nl, a.remote_vtep) {
+                    Ok(r) => {
+                        by_vtep.insert(a.remote_vtep, r);
+                        r
+                    }
+                    Err(e) => {
+                        tracing::debug!(attachment = %a.name, error = %error_chain(&e), "underlay next hop not resolved; XDP asks the FIB");
+                        crate::underlay::Resolved::unresolved()
+                    }
+                },
+            };
+            let before = self.underlay.resolved.insert(id, resolved);
+            if before.map(|b| b.why_not) != Some(resolved.why_not)
+                && let Some(why) = resolved.why_not
+            {
+                tracing::info!(attachment = %a.name, reason = why, "encapsulation asks the kernel's FIB per packet");
+            }
+            if let Err(e) = self.apply.set_underlay(id.0, resolved.hop) {
+                tracing::error!(attachment = %a.name, error = %error_chain(&e), "writing the underlay next hop failed; retrying");
+                self.underlay.dirty(id);
+            }
+        }
     }
 
     /// Objects of earlier configs or runs that the model no longer has: attachment and VIF
@@ -904,6 +969,7 @@ impl Agent {
 
     /// Plans what the last batch of messages changed.
     fn flush(&mut self) -> Result<(), Error> {
+        self.refresh_underlay();
         let result = self.replan(Dirty::default());
         let now = tokio::time::Instant::now();
         for arrived in self.event_times.drain(..) {
@@ -1126,6 +1192,9 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     // Peers with graceful restart keep our routes until we are back, and the data plane
     // keeps their BFD sessions up meanwhile.
     agent.hand_bfd_to_the_data_plane();
+    // Nobody follows the underlay's routes and neighbours while the agent is away: the data
+    // plane asks the kernel's FIB until the next agent has resolved them again.
+    agent.release_underlay();
     agent
         .speaker
         .stop_for_restart(std::time::Duration::from_secs(1))

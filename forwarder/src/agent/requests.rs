@@ -240,6 +240,48 @@ impl Agent {
             .ok_or_else(|| Error::Refused(format!("no border gateway named {gateway:?}")))
     }
 
+    /// Each attachment's underlay next hop: what the data plane's map holds, and why the FIB
+    /// is asked when it holds nothing.
+    fn attachment_statuses(&self) -> Vec<control::AttachmentStatus> {
+        self.model
+            .attachments
+            .iter()
+            .map(|(id, a)| {
+                let hop = self
+                    .apply
+                    .dataplane()
+                    .underlay(id.0)
+                    .ok()
+                    .filter(|h| h.valid != 0);
+                control::AttachmentStatus {
+                    name: a.name.clone(),
+                    remote_vtep: a.remote_vtep,
+                    underlay: if hop.is_some() { "resolved" } else { "fib" }.to_owned(),
+                    fib_reason: match hop {
+                        Some(_) => None,
+                        None => Some(
+                            self.underlay
+                                .resolved
+                                .get(id)
+                                .and_then(|r| r.why_not)
+                                .unwrap_or("not resolved yet")
+                                .to_owned(),
+                        ),
+                    },
+                    next_hop: self
+                        .underlay
+                        .resolved
+                        .get(id)
+                        .and_then(|r| r.via)
+                        .map(|(_, addr)| addr),
+                    next_hop_mac: hop.map(|h| crate::netlink::format_mac(h.dmac)),
+                    ifindex: hop.map(|h| h.ifindex),
+                    mtu: hop.map(|h| h.mtu),
+                }
+            })
+            .collect()
+    }
+
     fn status(&self) -> control::Status {
         let xdp_mode = match self.apply.mode() {
             XdpMode::Skb => "skb",
@@ -280,6 +322,7 @@ impl Agent {
             vifs: self.vif_summaries(),
             gateways,
             capture: self.capture.clone(),
+            attachments: self.attachment_statuses(),
             maps: control::MapUsage {
                 routes: control::Usage {
                     used: self.apply.routes_installed() as u64,

@@ -58,7 +58,8 @@ pub fn encap(
     // Underlay next hop, and the MTU check, before the frame grows: the agent's resolved
     // hop when it has one, the kernel's FIB otherwise.
     let hop = match UNDERLAY.get(att_id) {
-        Some(h) if h.valid != 0 => *h,
+        // A torn read of an entry being rewritten cannot pass for a usable one.
+        Some(h) if h.valid != 0 && h.mtu != 0 && h.ifindex != 0 => *h,
         _ => fib_hop(ctx, &att, outer_len)?,
     };
     if u32::from(outer_len) > hop.mtu {

@@ -506,12 +506,21 @@ impl Apply {
 
     /// Makes attachment `spec.id` what `spec` says (slot, one key), writing what differs.
     pub fn set_attachment(&mut self, spec: &AttachmentSpec) -> Result<(), Error> {
-        let p = &mut self.programmed;
         let entry = spec.entry();
-        if p.attachments.get(&spec.id) != Some(&entry) {
+        let old = self.programmed.attachments.get(&spec.id).copied();
+        if old != Some(entry) {
+            // Another VTEP or port: the resolved underlay next hop is for the old one, so
+            // the FIB decides until the agent has resolved the new one.
+            if old.is_some_and(|o| {
+                o.remote_vtep != entry.remote_vtep || o.underlay_ifindex != entry.underlay_ifindex
+            }) {
+                self.dp
+                    .set_underlay(spec.id, forwarder_common::UnderlayHop::default())?;
+            }
             self.dp.set_attachment_slot(spec.id, entry)?;
-            p.attachments.insert(spec.id, entry);
+            self.programmed.attachments.insert(spec.id, entry);
         }
+        let p = &mut self.programmed;
         let key = spec.key();
         if p.vtep_keys.get(&key) != Some(spec.id) {
             self.dp.set_vtep_key(key, spec.id)?;

@@ -1301,7 +1301,7 @@ pub fn prepare_port(ifname: &str, role: PortRole) -> Result<(), Error> {
 /// waiting for traffic the host itself would send.
 pub fn track_vtep(remote_vtep: Ipv4Addr) -> Result<(), Error> {
     let mut nl = netlink::Netlink::open()?;
-    let hop = nl.route_get(remote_vtep)?;
+    let hop = nl.route_get(remote_vtep, None)?;
     nl.managed_neighbour(hop.oif, hop.gateway.unwrap_or(remote_vtep))?;
     Ok(())
 }

@@ -174,6 +174,9 @@ pub struct FibEntry {
     pub multipath: bool,
     /// The route's own MTU (`ip route ... mtu N`), if it has one.
     pub mtu: Option<u32>,
+    /// The route points to a nexthop object (`ip route ... nhid N`), whose members the
+    /// answer does not list.
+    pub nexthop_object: bool,
 }
 
 /// A request socket in the network namespace of the thread that opened it.
@@ -461,14 +464,18 @@ impl Netlink {
         }
     }
 
-    /// The routing table's entry that matches `dst` (`ip route get fibmatch`).
-    pub fn route_fib_match(&mut self, dst: Ipv4Addr) -> Result<FibEntry, Error> {
+    /// The routing table's entry that matches `dst` from `src` (`ip route get fibmatch
+    /// DST from SRC`: rules on the source apply).
+    pub fn route_fib_match(&mut self, dst: Ipv4Addr, src: Ipv4Addr) -> Result<FibEntry, Error> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = 32;
+        msg.header.source_prefix_length = 32;
         msg.header.flags = RouteFlags::FibMatch;
         msg.attributes
             .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        msg.attributes
+            .push(RouteAttribute::Source(RouteAddress::Inet(src)));
         let what = || format!("looking up the routing table's entry for {dst}");
         let answers = self.exchange(RouteNetlinkMessage::GetRoute(msg), 0, what)?;
         let route = answers
@@ -481,10 +488,12 @@ impl Netlink {
         let mut entry = FibEntry {
             multipath: false,
             mtu: None,
+            nexthop_object: false,
         };
         for attr in &route.attributes {
             match attr {
                 RouteAttribute::MultiPath(hops) => entry.multipath = hops.len() > 1,
+                RouteAttribute::NhId(_) => entry.nexthop_object = true,
                 RouteAttribute::Metrics(metrics) => {
                     entry.mtu = metrics.iter().find_map(|m| match m {
                         RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
@@ -497,13 +506,18 @@ impl Netlink {
         Ok(entry)
     }
 
-    /// The kernel's route toward `dst` (`ip route get`).
-    pub fn route_get(&mut self, dst: Ipv4Addr) -> Result<RouteHop, Error> {
+    /// The kernel's route toward `dst` (`ip route get`), from `src` if given.
+    pub fn route_get(&mut self, dst: Ipv4Addr, src: Option<Ipv4Addr>) -> Result<RouteHop, Error> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = 32;
         msg.attributes
             .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        if let Some(src) = src {
+            msg.header.source_prefix_length = 32;
+            msg.attributes
+                .push(RouteAttribute::Source(RouteAddress::Inet(src)));
+        }
         let answers = self.exchange(RouteNetlinkMessage::GetRoute(msg), 0, || {
             format!("looking up the route to {dst}")
         })?;

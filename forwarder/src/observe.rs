@@ -23,6 +23,7 @@ use crate::{
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV4_RULE: u32 = 8;
 /// Generous receive buffers: a burst of link or neighbour changes should not overflow.
 const RCVBUF: usize = 4 << 20;
 
@@ -85,7 +86,12 @@ pub fn subscribe(groups: &[u32]) -> io::Result<Socket> {
 /// Subscribes to link, neighbour and IPv4 route events of the calling thread's namespace
 /// (the agent's: ports, and the underlay's next hops).
 pub fn link_socket() -> io::Result<Socket> {
-    subscribe(&[RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE])
+    subscribe(&[
+        RTNLGRP_LINK,
+        RTNLGRP_NEIGH,
+        RTNLGRP_IPV4_ROUTE,
+        RTNLGRP_IPV4_RULE,
+    ])
 }
 
 /// Subscribes to neighbour events of the calling thread's namespace.
@@ -192,7 +198,14 @@ fn decode(buf: &[u8], scope: Scope) -> Vec<NetEvent> {
             (Scope::Host, RouteNetlinkMessage::DelNeighbour(n)) => {
                 out.extend(Neighbour::from_message(&n, true).map(NetEvent::HostNeighbour));
             }
-            (Scope::Host, RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => {
+            (
+                Scope::Host,
+                RouteNetlinkMessage::NewRoute(_)
+                | RouteNetlinkMessage::DelRoute(_)
+                | RouteNetlinkMessage::NewRule(_)
+                | RouteNetlinkMessage::DelRule(_),
+                // One per message batch is enough: every attachment is resolved again.
+            ) if out.last() != Some(&NetEvent::HostRoute) => {
                 out.push(NetEvent::HostRoute);
             }
             (Scope::Vif(vif, generation), RouteNetlinkMessage::NewNeighbour(n)) => {

@@ -14,7 +14,7 @@ use forwarder_common::UnderlayHop;
 
 use crate::{
     ids::AttachmentId,
-    netlink::{Error, Netlink},
+    netlink::{Error, Link, Netlink},
 };
 
 /// What the kernel says about the way to one remote VTEP.
@@ -44,18 +44,42 @@ impl Resolved {
     }
 }
 
-/// Resolves the way to `remote` in the calling thread's namespace.
-pub fn resolve(nl: &mut Netlink, remote: Ipv4Addr) -> Result<Resolved, Error> {
-    let entry = nl.route_fib_match(remote)?;
+/// Resolves the way from `local` to `remote` in the calling thread's namespace, for frames
+/// that can only leave through `underlay` (the underlay port; `links`: the namespace's).
+pub fn resolve(
+    nl: &mut Netlink,
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    underlay: u32,
+    links: &[Link],
+) -> Result<Resolved, Error> {
+    let entry = nl.route_fib_match(remote, local)?;
     if entry.multipath {
         return Ok(Resolved::fib(
             "the underlay route has several next hops (ECMP)",
             None,
         ));
     }
-    let route = nl.route_get(remote)?;
+    if entry.nexthop_object {
+        return Ok(Resolved::fib(
+            "the underlay route uses a nexthop object",
+            None,
+        ));
+    }
+    if entry.mtu.is_some() {
+        // The kernel applies a route's MTU by rules (locked, ip_forward_use_pmtu) that the
+        // FIB lookup knows best.
+        return Ok(Resolved::fib("the underlay route sets an MTU", None));
+    }
+    let route = nl.route_get(remote, Some(local))?;
     let via = (route.oif, route.gateway.unwrap_or(remote));
-    let Some(link) = nl.links()?.into_iter().find(|l| l.index == route.oif) else {
+    if route.oif != underlay {
+        return Ok(Resolved::fib(
+            "the route leaves through another port than the underlay",
+            Some(via),
+        ));
+    }
+    let Some(link) = links.iter().find(|l| l.index == route.oif) else {
         return Ok(Resolved::fib("the egress link is gone", Some(via)));
     };
     let Some(smac) = link.mac else {
@@ -64,7 +88,7 @@ pub fn resolve(nl: &mut Netlink, remote: Ipv4Addr) -> Result<Resolved, Error> {
             Some(via),
         ));
     };
-    let mtu = entry.mtu.unwrap_or(link.mtu);
+    let mtu = link.mtu;
     if mtu == 0 {
         return Ok(Resolved::fib("the egress link's MTU is unknown", Some(via)));
     }
@@ -107,12 +131,14 @@ impl Underlay {
         self.dirty.insert(id);
     }
 
-    /// A neighbour entry changed: the attachments whose way goes through it.
-    pub fn neighbour_changed(&mut self, ifindex: u32, addr: Ipv4Addr) {
+    /// A neighbour entry changed (`mac`: its usable MAC, if any): the attachments whose way
+    /// goes through it and whose entry it changes.
+    pub fn neighbour_changed(&mut self, ifindex: u32, addr: Ipv4Addr, mac: Option<[u8; 6]>) {
         let hit: Vec<AttachmentId> = self
             .resolved
             .iter()
             .filter(|(_, r)| r.via == Some((ifindex, addr)))
+            .filter(|(_, r)| mac.is_none() || r.hop.valid == 0 || mac != Some(r.hop.dmac))
             .map(|(id, _)| *id)
             .collect();
         self.dirty.extend(hit);

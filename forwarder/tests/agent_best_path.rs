@@ -365,11 +365,15 @@ fn multipath_survives_an_agent_restart(t: &Topology, agent: &mut Agent) -> Resul
         "the restarted agent should keep 192.168.50.0/24 (multipath) and 192.168.51.0/24:\n{log}"
     );
     ensure!(
-        wait_for(Duration::from_secs(30), || lookup()
+        wait_for(Duration::from_secs(60), || lookup()
             .is_ok_and(|l| l["next_hop_id"] == before["next_hop_id"]
                 && l["members"].as_array().is_some_and(|m| m.len() == 2))),
-        "after the restart: {:?}, before: {before}",
-        lookup()
+        "after the restart: {:?}, before: {before}\nneighbors: {:?}\nvif-200 routes: {:?}\nvifs: {:?}\n{}",
+        lookup(),
+        cli_json(&t.socket(), &["bgp", "neighbors"]),
+        cli_json(&t.socket(), &["bgp", "routes", "--vif", "vif-200"]),
+        cli_json(&t.socket(), &["vif", "list"]),
+        agent.log_text()
     );
     Ok(())
 }

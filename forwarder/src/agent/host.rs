@@ -433,7 +433,9 @@ impl Agent {
                     self.link_changed(&link.name, before);
                 }
             }
-            NetEvent::HostNeighbour(n) => self.underlay.neighbour_changed(n.ifindex, n.addr),
+            NetEvent::HostNeighbour(n) => {
+                self.underlay.neighbour_changed(n.ifindex, n.addr, n.mac);
+            }
             NetEvent::HostRoute => self.underlay.all_dirty(),
             NetEvent::LinkGone { index, name } => {
                 self.underlay.all_dirty();

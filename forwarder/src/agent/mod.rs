@@ -600,13 +600,31 @@ impl Agent {
         if dirty.is_empty() {
             return;
         }
-        let mut nl = match crate::netlink::Netlink::open() {
-            Ok(nl) => nl,
+        let opened = crate::netlink::Netlink::open().and_then(|mut nl| {
+            let links = nl.links()?;
+            Ok((nl, links))
+        });
+        let (mut nl, links) = match opened {
+            Ok(v) => v,
             Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "cannot resolve the underlay next hops; XDP asks the FIB");
+                tracing::warn!(error = %error_chain(&e), "cannot resolve the underlay next hops; XDP asks the FIB meanwhile");
+                for id in dirty {
+                    self.underlay.dirty(id);
+                    if let Err(e) = self
+                        .apply
+                        .set_underlay(id.0, forwarder_common::UnderlayHop::default())
+                    {
+                        tracing::error!(error = %error_chain(&e), "cannot hand the underlay next hop back to the FIB");
+                    }
+                }
+                self.retry.links = true;
                 return;
             }
         };
+        let underlay_port = self
+            .apply
+            .port(&self.model.underlay)
+            .map_or(0, |p| p.ifindex);
         // Attachments toward one VTEP share its resolution.
         let mut by_vtep: std::collections::HashMap<std::net::Ipv4Addr, crate::underlay::Resolved> =
             std::collections::HashMap::new();
@@ -616,7 +634,13 @@ impl Agent {
             };
             let resolved = match by_vtep.get(&a.remote_vtep) {
                 Some(r) => *r,
-                None => match crate::underlay::resolve(&mut nl, a.remote_vtep) {
+                None => match crate::underlay::resolve(
+                    &mut nl,
+                    self.model.local_vtep,
+                    a.remote_vtep,
+                    underlay_port,
+                    &links,
+                ) {
                     Ok(r) => {
                         by_vtep.insert(a.remote_vtep, r);
                         r
@@ -847,6 +871,7 @@ impl Agent {
     }
 
     fn retry_pass(&mut self) -> Result<(), Error> {
+        self.refresh_underlay();
         if let Some(t) = self.retry.model.take() {
             self.apply_model(t)?;
         }

@@ -212,10 +212,19 @@ fn host_in(prefix: Ipv4Net, rng: &mut Rng) -> [u8; 4] {
 /// VIF (decapsulation). 64-byte inner packets.
 fn frames(routes: &[(Ipv4Net, u32)], count: usize) -> anyhow::Result<(Frames, Frames)> {
     let mut rng = Rng(0xf1a7);
+    // The longest match decides, as in the trie: a host of a prefix may lie in a longer one.
+    let by_prefix: std::collections::HashMap<Ipv4Net, u32> = routes.iter().copied().collect();
+    let longest = |dst: [u8; 4]| {
+        (0..=32u8).rev().find_map(|len| {
+            let p = Ipv4Net::new(Ipv4Addr::from(dst), len).ok()?.trunc();
+            by_prefix.get(&p).copied()
+        })
+    };
     let (mut customer, mut vpc) = (Vec::new(), Vec::new());
     while customer.len() < count || vpc.len() < count {
-        let (prefix, nh) = routes[(rng.next() % routes.len() as u64) as usize];
+        let (prefix, _) = routes[(rng.next() % routes.len() as u64) as usize];
         let dst = host_in(prefix, &mut rng);
+        let Some(nh) = longest(dst) else { continue };
         if nh == 1 && customer.len() < count {
             let mut frame = Vec::new();
             PacketBuilder::ethernet2([2, 0xc1, 0, 0, 0, 1], [2, 0xf0, 0, 0, 0, 1])

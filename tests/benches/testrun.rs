@@ -315,46 +315,24 @@ fn main() -> anyhow::Result<()> {
         {
             let (small, trunk, ul0, customer, vpc, _) = &mut planes[0];
             let (trunk, ul0) = (*trunk, *ul0);
-            small.set_capture(7)?;
-            sample(
-                &gw,
-                small,
-                "xdp_customer",
-                trunk,
-                customer,
-                XDP_REDIRECT,
-                &mut encap_other,
-            )?;
-            sample(
-                &gw,
-                small,
-                "xdp_underlay",
-                ul0,
-                vpc,
-                XDP_REDIRECT,
-                &mut decap_other,
-            )?;
-            small.set_capture(1)?;
-            sample(
-                &gw,
-                small,
-                "xdp_customer",
-                trunk,
-                customer,
-                XDP_REDIRECT,
-                &mut encap_this,
-            )?;
-            while ring.next().is_some() {}
-            sample(
-                &gw,
-                small,
-                "xdp_underlay",
-                ul0,
-                vpc,
-                XDP_REDIRECT,
-                &mut decap_this,
-            )?;
-            while ring.next().is_some() {}
+            for (vif, encap, decap) in [
+                (7, &mut encap_other, &mut decap_other),
+                (1, &mut encap_this, &mut decap_this),
+            ] {
+                small.set_capture(vif)?;
+                sample(
+                    &gw,
+                    small,
+                    "xdp_customer",
+                    trunk,
+                    customer,
+                    XDP_REDIRECT,
+                    encap,
+                )?;
+                while ring.next().is_some() {}
+                sample(&gw, small, "xdp_underlay", ul0, vpc, XDP_REDIRECT, decap)?;
+                while ring.next().is_some() {}
+            }
             small.set_capture(0)?;
             sample(
                 &gw,

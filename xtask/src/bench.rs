@@ -119,15 +119,20 @@ fn replace_section(doc: &str, heading: &str, section: &str) -> String {
     }
 }
 
-/// Builds the agent and runs the failover bench; its section and whether it ran.
-fn failover(root: &Path, target: &Path) -> Result<(String, bool)> {
+/// `cargo build --release -p forwarder`: the agent under test.
+fn build_agent(root: &Path) -> Result<()> {
     println!("==> building the agent under test (release)");
     checked(
         Command::new("cargo")
             .current_dir(root)
             .args(["build", "--release", "-p", "forwarder"]),
         "cargo build --release -p forwarder",
-    )?;
+    )
+}
+
+/// Builds the agent and runs the failover bench; its section and whether it ran.
+fn failover(root: &Path, target: &Path) -> Result<(String, bool)> {
+    build_agent(root)?;
     let bin = target.join("release/forwarder");
     let mut line = vec!["FORWARDER_BIN=target/release/forwarder".to_owned()];
     if let Ok(value) = std::env::var("FORWARDER_BENCH_FAILOVER_ROUNDS") {
@@ -165,13 +170,7 @@ fn control_plane(root: &Path, target: &Path) -> Result<(String, bool)> {
     let mut commands = Vec::new();
     let mut notes = Vec::new();
 
-    println!("==> building the agent under test (release)");
-    checked(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "--release", "-p", "forwarder"]),
-        "cargo build --release -p forwarder",
-    )?;
+    build_agent(root)?;
     commands.push("cargo build --release -p forwarder".to_owned());
     let new_bin = target.join("release/forwarder");
 

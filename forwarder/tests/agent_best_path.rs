@@ -354,6 +354,24 @@ fn multipath_survives_an_agent_restart(t: &Topology, agent: &mut Agent) -> Resul
             &["lookup", "--gateway", "bgw-1", "192.168.50.10"],
         )
     };
+    // Both sessions settled first: FRR closes a session that comes back within a second or
+    // two of the previous one (the reload above restarted vif-200's), and then refuses
+    // connections for a growing idle time, a flap the restart would otherwise run into.
+    let settled = || {
+        cli_json(&t.socket(), &["bgp", "neighbors"]).is_ok_and(|n| {
+            n.as_array().is_some_and(|a| {
+                a.len() == 2
+                    && a.iter().all(|s| {
+                        s["state"] == "Established" && s["uptime_seconds"].as_u64() >= Some(5)
+                    })
+            })
+        })
+    };
+    ensure!(
+        wait_for(Duration::from_secs(30), settled),
+        "sessions not settled before the restart: {:?}",
+        cli_json(&t.socket(), &["bgp", "neighbors"])
+    );
     let before = lookup()?;
     let status = agent.terminate()?;
     ensure!(status.success(), "SIGTERM: the agent exited with {status}");

@@ -17,7 +17,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use forwarder_test_ebpf::{MAX_SUBIFS, SubIf, TrunkVlan, arp_counter, arp_reply_mac, counter};
@@ -157,6 +157,25 @@ const ARP_SHA: usize = 26;
 const ARP_SPA: usize = 32;
 const ARP_THA: usize = 36;
 const ARP_TPA: usize = 42;
+
+#[map(name = "FLOOR_PORTS")]
+static FLOOR_PORTS: DevMapHash = DevMapHash::with_max_entries(4, 0);
+
+#[map(name = "FLOOR_TO")]
+static FLOOR_TO: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The benchmark's floor: the cheapest forwarding XDP can do. Every frame leaves unchanged
+/// through the port in `FLOOR_TO[0]`, redirected through a device map as the data plane's
+/// frames are (`FLOOR_PORTS` must hold the port).
+#[xdp]
+pub fn xdp_redirect_floor(_ctx: XdpContext) -> u32 {
+    let Some(to) = FLOOR_TO.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    FLOOR_PORTS
+        .redirect(*to, u64::from(xdp_action::XDP_DROP))
+        .unwrap_or(xdp_action::XDP_DROP)
+}
 
 #[map(name = "ARP_COUNTERS")]
 static ARP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(arp_counter::COUNT, 0);

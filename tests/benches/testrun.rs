@@ -157,11 +157,20 @@ fn sample(
     action: u32,
     out: &mut Vec<f64>,
 ) -> anyhow::Result<()> {
-    let prog: &mut Xdp = dp
-        .ebpf_mut()
-        .program_mut(program)
-        .expect("program")
-        .try_into()?;
+    sample_program(gw, dp.ebpf_mut(), program, ifindex, frames, action, out)
+}
+
+/// [`sample`] for a program of any loaded object.
+fn sample_program(
+    gw: &NetNs,
+    ebpf: &mut aya::Ebpf,
+    program: &str,
+    ifindex: u32,
+    frames: &[Vec<u8>],
+    action: u32,
+    out: &mut Vec<f64>,
+) -> anyhow::Result<()> {
+    let prog: &mut Xdp = ebpf.program_mut(program).expect("program").try_into()?;
     let prog = &*prog;
     let ctxs: Vec<Vec<u8>> = frames
         .iter()
@@ -305,7 +314,27 @@ fn main() -> anyhow::Result<()> {
         .try_into()?;
     floor_prog.load()?;
 
+    // The redirect floor: a program that redirects every frame, unchanged, to the underlay
+    // port through a device map (the test object's `xdp_redirect_floor`).
+    let mut floor_ebpf =
+        gw.enter(|| Ok(aya::Ebpf::load(forwarder_tests::customer::SHIM_OBJECT)?))?;
+    {
+        let ul0 = planes[0].2;
+        let mut ports = aya::maps::DevMapHash::try_from(
+            floor_ebpf.map_mut("FLOOR_PORTS").expect("FLOOR_PORTS"),
+        )?;
+        ports.insert(ul0, ul0, None, 0)?;
+        let mut to: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(floor_ebpf.map_mut("FLOOR_TO").expect("FLOOR_TO"))?;
+        to.set(0, ul0, 0)?;
+        let prog: &mut Xdp = floor_ebpf
+            .program_mut("xdp_redirect_floor")
+            .expect("xdp_redirect_floor")
+            .try_into()?;
+        prog.load()?;
+    }
     let mut floor = Vec::new();
+    let mut redirect_floor = Vec::new();
     // Capture (`forwarder capture`), 1,000 routes: running for another VIF, and for this one
     // (the frame is copied into the ring buffer, drained between rounds, outside the timing).
     let (mut encap_other, mut decap_other, mut encap_this, mut decap_this) =
@@ -343,6 +372,15 @@ fn main() -> anyhow::Result<()> {
                 XDP_PASS,
                 &mut floor,
             )?;
+            sample_program(
+                &gw,
+                &mut floor_ebpf,
+                "xdp_redirect_floor",
+                trunk,
+                customer,
+                XDP_REDIRECT,
+                &mut redirect_floor,
+            )?;
         }
         for (dp, trunk, ul0, customer, vpc, cells) in &mut planes {
             let (trunk, ul0) = (*trunk, *ul0);
@@ -378,6 +416,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let floor = median(floor);
+    let redirect_floor = median(redirect_floor);
     let medians: Vec<(usize, f64, f64, f64)> = SIZES
         .iter()
         .zip(&mut planes)
@@ -387,15 +426,20 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     println!(
-        "| routes in the gateway table | encap ns/packet | encap, FIB lookup per packet | decap ns/packet | encap / decap |"
+        "| routes in the gateway table | encap ns/packet | encap, FIB lookup per packet | decap ns/packet | encap / decap | encap / redirect floor | decap / redirect floor |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for (size, e, ef, d) in &medians {
-        println!("| {size} | {e:.0} | {ef:.0} | {d:.0} | {:.2} |", e / d);
+        println!(
+            "| {size} | {e:.0} | {ef:.0} | {d:.0} | {:.2} | {:.2} | {:.2} |",
+            e / d,
+            e / redirect_floor,
+            d / redirect_floor
+        );
     }
     let (first, last) = (medians[0], medians[medians.len() - 1]);
     println!(
-        "| ratio {}k / {}k | {:.2} | {:.2} | {:.2} | |",
+        "| ratio {}k / {}k | {:.2} | {:.2} | {:.2} | | | |",
         last.0 / 1000,
         first.0 / 1000,
         last.1 / first.1,
@@ -411,8 +455,9 @@ fn main() -> anyhow::Result<()> {
          to a random host of a random installed prefix (256 frames per direction, in turn). \
          Encapsulation uses the underlay next hop the agent resolved (the `UNDERLAY` map); the \
          \"FIB lookup\" column is the same with that entry invalid, as for an ECMP underlay \
-         route (`bpf_fib_lookup` per packet). Floor, a program that only counts and passes: \
-         {floor:.0} ns.",
+         route (`bpf_fib_lookup` per packet). Redirect floor, a program that redirects every \
+         frame unchanged through a device map (the cheapest forwarding XDP can do): \
+         {redirect_floor:.0} ns; a program that only counts and passes: {floor:.0} ns.",
         ROUNDS * PER_ROUND
     );
     println!();

@@ -384,25 +384,14 @@ fn main() -> anyhow::Result<()> {
         }
         for (dp, trunk, ul0, customer, vpc, cells) in &mut planes {
             let (trunk, ul0) = (*trunk, *ul0);
-            sample(
-                &gw,
-                dp,
-                "xdp_customer",
-                trunk,
-                customer,
-                XDP_REDIRECT,
-                &mut cells.encap,
-            )?;
-            dp.set_underlay(1, UnderlayHop::default())?;
-            sample(
-                &gw,
-                dp,
-                "xdp_customer",
-                trunk,
-                customer,
-                XDP_REDIRECT,
-                &mut cells.encap_fib,
-            )?;
+            // With the resolved underlay hop, then without (a FIB lookup per packet).
+            for (hop, out) in [
+                (resolved_underlay(ul0), &mut cells.encap),
+                (UnderlayHop::default(), &mut cells.encap_fib),
+            ] {
+                dp.set_underlay(1, hop)?;
+                sample(&gw, dp, "xdp_customer", trunk, customer, XDP_REDIRECT, out)?;
+            }
             dp.set_underlay(1, resolved_underlay(ul0))?;
             sample(
                 &gw,

@@ -146,22 +146,9 @@ fn resolved_underlay(ul0: u32) -> UnderlayHop {
     }
 }
 
-/// `PER_ROUND` runs of `program`, over `frames` in turn, appending the kernel-measured ns of
-/// each.
+/// `PER_ROUND` runs of `program` (of a loaded object), over `frames` in turn, appending the
+/// kernel-measured ns of each.
 fn sample(
-    gw: &NetNs,
-    dp: &mut Dataplane,
-    program: &str,
-    ifindex: u32,
-    frames: &[Vec<u8>],
-    action: u32,
-    out: &mut Vec<f64>,
-) -> anyhow::Result<()> {
-    sample_program(gw, dp.ebpf_mut(), program, ifindex, frames, action, out)
-}
-
-/// [`sample`] for a program of any loaded object.
-fn sample_program(
     gw: &NetNs,
     ebpf: &mut aya::Ebpf,
     program: &str,
@@ -351,7 +338,7 @@ fn main() -> anyhow::Result<()> {
                 small.set_capture(vif)?;
                 sample(
                     &gw,
-                    small,
+                    small.ebpf_mut(),
                     "xdp_customer",
                     trunk,
                     customer,
@@ -359,20 +346,28 @@ fn main() -> anyhow::Result<()> {
                     encap,
                 )?;
                 while ring.next().is_some() {}
-                sample(&gw, small, "xdp_underlay", ul0, vpc, XDP_REDIRECT, decap)?;
+                sample(
+                    &gw,
+                    small.ebpf_mut(),
+                    "xdp_underlay",
+                    ul0,
+                    vpc,
+                    XDP_REDIRECT,
+                    decap,
+                )?;
                 while ring.next().is_some() {}
             }
             small.set_capture(0)?;
             sample(
                 &gw,
-                small,
+                small.ebpf_mut(),
                 "vlan_count",
                 trunk,
                 customer,
                 XDP_PASS,
                 &mut floor,
             )?;
-            sample_program(
+            sample(
                 &gw,
                 &mut floor_ebpf,
                 "xdp_redirect_floor",
@@ -390,12 +385,20 @@ fn main() -> anyhow::Result<()> {
                 (UnderlayHop::default(), &mut cells.encap_fib),
             ] {
                 dp.set_underlay(1, hop)?;
-                sample(&gw, dp, "xdp_customer", trunk, customer, XDP_REDIRECT, out)?;
+                sample(
+                    &gw,
+                    dp.ebpf_mut(),
+                    "xdp_customer",
+                    trunk,
+                    customer,
+                    XDP_REDIRECT,
+                    out,
+                )?;
             }
             dp.set_underlay(1, resolved_underlay(ul0))?;
             sample(
                 &gw,
-                dp,
+                dp.ebpf_mut(),
                 "xdp_underlay",
                 ul0,
                 vpc,

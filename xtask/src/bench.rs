@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: runs the benchmarks and writes their tables into BENCHMARKS.md.
 //! Speed is reported here, never asserted in tests: the machines are shared and noisy.
 //!
-//! Three parts: the XDP fast paths through BPF_PROG_TEST_RUN (`tests/benches/testrun.rs`); the
+//! Four parts: the XDP fast paths through BPF_PROG_TEST_RUN (`tests/benches/testrun.rs`); the
 //! control plane with many static VIFs (`tests/benches/controlplane.rs`), which runs the
 //! agent built from the working tree against a baseline agent built from [`BASELINE_REV`];
-//! failover between two connections (`tests/benches/failover.rs`). `--only PART` runs one
+//! failover between two connections (`tests/benches/failover.rs`); route scale
+//! (`tests/benches/routescale.rs`). `--only PART` runs one
 //! and replaces its section of BENCHMARKS.md, keeping the others.
 
 use std::{
@@ -35,6 +36,7 @@ pub enum Part {
     Testrun,
     Controlplane,
     Failover,
+    Routescale,
 }
 
 impl Part {
@@ -44,6 +46,7 @@ impl Part {
             Self::Testrun => "## XDP fast paths",
             Self::Controlplane => "## Control plane",
             Self::Failover => "## Failover",
+            Self::Routescale => "## Route scale",
         }
     }
 }
@@ -57,7 +60,12 @@ pub fn run(only: Option<Part>) -> Result<ExitCode> {
     let target = target_dir(&root);
     let parts = match only {
         Some(p) => vec![p],
-        None => vec![Part::Testrun, Part::Controlplane, Part::Failover],
+        None => vec![
+            Part::Testrun,
+            Part::Controlplane,
+            Part::Failover,
+            Part::Routescale,
+        ],
     };
     let path = root.join("BENCHMARKS.md");
     let mut doc = match only {
@@ -84,7 +92,20 @@ pub fn run(only: Option<Part>) -> Result<ExitCode> {
                 )
             }
             Part::Controlplane => control_plane(&root, &target)?,
-            Part::Failover => failover(&root, &target)?,
+            Part::Failover => agent_bench(
+                &root,
+                &target,
+                "failover",
+                "FORWARDER_BENCH_FAILOVER_ROUNDS",
+                "## Failover: two connections, one customer",
+            )?,
+            Part::Routescale => agent_bench(
+                &root,
+                &target,
+                "routescale",
+                "FORWARDER_BENCH_SCALE_ROUNDS",
+                "## Route scale: static routes from the config file",
+            )?,
         };
         all_ok &= ok;
         doc = replace_section(&doc, part.heading(), &section);
@@ -130,20 +151,27 @@ fn build_agent(root: &Path) -> Result<()> {
     )
 }
 
-/// Builds the agent and runs the failover bench; its section and whether it ran.
-fn failover(root: &Path, target: &Path) -> Result<(String, bool)> {
+/// Builds the agent and runs `bench` (of the tests crate) against it, with the rounds knob
+/// `rounds_knob` passed on when set; its section (`heading` if it failed) and whether it ran.
+fn agent_bench(
+    root: &Path,
+    target: &Path,
+    bench: &str,
+    rounds_knob: &str,
+    heading: &str,
+) -> Result<(String, bool)> {
     build_agent(root)?;
     let bin = target.join("release/forwarder");
     let mut line = vec!["FORWARDER_BIN=target/release/forwarder".to_owned()];
-    if let Ok(value) = std::env::var("FORWARDER_BENCH_FAILOVER_ROUNDS") {
-        line.push(format!("FORWARDER_BENCH_FAILOVER_ROUNDS={value}"));
+    if let Ok(value) = std::env::var(rounds_knob) {
+        line.push(format!("{rounds_knob}={value}"));
     }
-    line.push("cargo bench -p forwarder-tests --bench failover".to_owned());
-    let (mut section, ok) = match cargo_bench(root, "failover", &[("FORWARDER_BIN", bin)]) {
+    line.push(format!("cargo bench -p forwarder-tests --bench {bench}"));
+    let (mut section, ok) = match cargo_bench(root, bench, &[("FORWARDER_BIN", bin)]) {
         Ok(text) => (text, true),
         Err(e) => (
             format!(
-                "## Failover: two connections, one customer\n\nThe bench failed: {}.\n",
+                "{heading}\n\nThe bench failed: {}.\n",
                 format!("{e:#}").replace('\n', " ")
             ),
             false,

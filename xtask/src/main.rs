@@ -27,8 +27,8 @@ enum Task {
     Demo,
     /// Run the benchmarks and write BENCHMARKS.md; needs root.
     Bench {
-        /// Only this part (testrun, controlplane, failover): its section of BENCHMARKS.md is
-        /// replaced, the others are kept.
+        /// Only this part (testrun, controlplane, failover, routescale): its section of
+        /// BENCHMARKS.md is replaced, the others are kept.
         #[arg(long)]
         only: Option<bench::Part>,
     },

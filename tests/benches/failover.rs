@@ -37,6 +37,7 @@ use forwarder_tests::{
     CustomerRouter, NetNs,
     daemons::{Kind, PathAttrs, PeerSpec, RouterDaemon},
     fixture::Vif,
+    median_min_max,
     probe::{Losses, Probe},
     require_root,
     topology::{Topology, cli_json, sh, wait_for},
@@ -405,19 +406,6 @@ impl<'t> Setup<'t> {
     }
 }
 
-fn median_min_max(mut v: Vec<f64>) -> String {
-    if v.is_empty() {
-        return "—".into();
-    }
-    v.sort_by(f64::total_cmp);
-    let median = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    format!("{median:.0} ({:.0}–{:.0})", v[0], v[v.len() - 1])
-}
-
 fn report(results: &[(Failure, Vec<Round>, Vec<String>)], rounds: usize) -> Result<String> {
     let ms = 1_000.0 / f64::from(RATE);
     let mut out = String::from("## Failover: two connections, one customer\n\n");
@@ -438,9 +426,9 @@ fn report(results: &[(Failure, Vec<Round>, Vec<String>)], rounds: usize) -> Resu
             "| {} | {} of {rounds} | {} | {} | {} | {rec_fwd} / {rec_back} |",
             failure.name(),
             done.len(),
-            median_min_max(fwd),
-            median_min_max(back),
-            median_min_max(moved),
+            median_min_max(fwd, 0),
+            median_min_max(back, 0),
+            median_min_max(moved, 0),
         )?;
     }
     out.push_str(

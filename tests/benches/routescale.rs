@@ -18,7 +18,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use forwarder_tests::{
-    NetNs, require_root,
+    NetNs,
+    fixture::Fixture,
+    median_min_max, require_root,
     topology::{TempDir, cli_json, sh},
     veth,
 };
@@ -43,51 +45,20 @@ struct Round {
 }
 
 fn config(dir: &Path, pin_dir: &Path, tag: &str, routes: u32) -> String {
-    let mut c = format!(
-        r#"[agent]
-local_asn = 64512
-router_id = "192.0.2.1"
-state_dir = "{state}"
-control_socket = "{socket}"
-pin_dir = "{pin}"
-netns_prefix = "{tag}-"
-xdp_mode = "native"
-
-[underlay]
-interface = "ul0"
-local_vtep = "172.31.0.1"
-
-[[connection]]
-name = "hc-1"
-kind = "hosted"
-interface = "hc1"
-
-[[border_gateway]]
-name = "bgw-1"
-
-[[vpc_attachment]]
-name = "att-a"
-border_gateway = "bgw-1"
-vni = 1001
-remote_vtep = "172.31.0.2"
-router_mac = "02:00:00:00:0a:01"
-propagate = ["10.0.0.0/16"]
-"#,
-        state = dir.join("state").display(),
-        socket = dir.join("sock").display(),
-        pin = pin_dir.display(),
-    );
     // /32s from 11.0.0.0 up, toward the VPC attachment (always a usable next hop).
-    for i in 0..routes {
-        let a = 0x0b00_0000u32 + i;
-        writeln!(
-            c,
-            "\n[[static_route]]\nborder_gateway = \"bgw-1\"\nprefix = \"{}/32\"\nvia = \"att-a\"",
-            std::net::Ipv4Addr::from(a)
+    let mut fixture = Fixture::design("10.0.0.0/16")
+        .agent("state_dir", &format!("\"{}\"", dir.join("state").display()))
+        .agent(
+            "control_socket",
+            &format!("\"{}\"", dir.join("sock").display()),
         )
-        .expect("writing to a string");
+        .agent("pin_dir", &format!("\"{}\"", pin_dir.display()))
+        .agent("netns_prefix", &format!("\"{tag}-\""));
+    for i in 0..routes {
+        let prefix = format!("{}/32", std::net::Ipv4Addr::from(0x0b00_0000u32 + i));
+        fixture = fixture.static_route("bgw-1", &prefix, "att-a");
     }
-    c
+    fixture.toml()
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -173,23 +144,6 @@ fn round(bin: &Path, routes: u32, n: usize) -> Result<Round> {
         eprintln!("warning: removing {}: {e}", pin_dir.display());
     }
     result
-}
-
-fn median_min_max(mut v: Vec<f64>, digits: usize) -> String {
-    if v.is_empty() {
-        return "—".into();
-    }
-    v.sort_by(f64::total_cmp);
-    let median = if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    };
-    format!(
-        "{median:.digits$} ({:.digits$}–{:.digits$})",
-        v[0],
-        v[v.len() - 1]
-    )
 }
 
 fn bench() -> Result<()> {

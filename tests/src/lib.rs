@@ -280,3 +280,22 @@ pub fn per_cpu_sums<const N: usize>(
     }
     Ok(sums)
 }
+
+/// "median (min–max)" of benchmark figures with `digits` decimals ("—" for none): how the
+/// benches report a figure over their rounds.
+pub fn median_min_max(mut v: Vec<f64>, digits: usize) -> String {
+    if v.is_empty() {
+        return "—".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    };
+    format!(
+        "{median:.digits$} ({:.digits$}–{:.digits$})",
+        v[0],
+        v[v.len() - 1]
+    )
+}

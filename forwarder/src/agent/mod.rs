@@ -582,12 +582,18 @@ impl Agent {
 
     /// Invalidates every resolved underlay next hop (XDP asks the FIB per packet).
     fn release_underlay(&mut self) {
-        for id in self.model.attachments.keys().copied().collect::<Vec<_>>() {
+        let all: Vec<AttachmentId> = self.model.attachments.keys().copied().collect();
+        self.hand_underlay_to_the_fib(&all);
+    }
+
+    /// Invalidates the underlay next hops of `ids`: XDP asks the FIB for them.
+    fn hand_underlay_to_the_fib(&mut self, ids: &[AttachmentId]) {
+        for id in ids {
             if let Err(e) = self
                 .apply
                 .set_underlay(id.0, forwarder_common::UnderlayHop::default())
             {
-                tracing::warn!(attachment = %self.model.attachments[&id].name, error = %error_chain(&e), "cannot hand the underlay next hop back to the FIB");
+                tracing::warn!(attachment = %self.model.attachments.get(id).map_or("?", |a| a.name.as_str()), error = %error_chain(&e), "cannot hand the underlay next hop back to the FIB");
             }
         }
     }
@@ -608,15 +614,11 @@ impl Agent {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "cannot resolve the underlay next hops; XDP asks the FIB meanwhile");
-                for id in dirty {
-                    self.underlay.dirty(id);
-                    if let Err(e) = self
-                        .apply
-                        .set_underlay(id.0, forwarder_common::UnderlayHop::default())
-                    {
-                        tracing::error!(error = %error_chain(&e), "cannot hand the underlay next hop back to the FIB");
-                    }
+                let dirty: Vec<AttachmentId> = dirty.into_iter().collect();
+                for id in &dirty {
+                    self.underlay.dirty(*id);
                 }
+                self.hand_underlay_to_the_fib(&dirty);
                 self.retry.links = true;
                 return;
             }

@@ -111,10 +111,53 @@ pub mod arp_counter {
     pub const NAMES: [&str; COUNT as usize] = ["replied", "passed", "not_answered"];
 }
 
+/// XDP receiver of the throughput benchmark: counts what arrives by kind and drops it, except
+/// ARP: tagged requests are answered as [`PROG_ARP_REPLY`] does, untagged ARP passes to the
+/// kernel. Counted in [`MAP_SINK_COUNTERS`].
+pub const PROG_SINK: &str = "xdp_sink";
+/// Per-CPU `u64` counters of [`PROG_SINK`], indexed by [`sink_counter`].
+pub const MAP_SINK_COUNTERS: &str = "SINK_COUNTERS";
+
+/// Slots of [`MAP_SINK_COUNTERS`].
+pub mod sink_counter {
+    /// IPv4 (no options) UDP to port 4789: what a gateway sends toward a VPC. Dropped.
+    pub const VXLAN: u32 = 0;
+    /// 802.1Q-tagged, not ARP: what a gateway sends toward a customer. Dropped.
+    pub const TAGGED: u32 = 1;
+    /// Anything else (truncated, other EtherTypes, other IPv4). Dropped.
+    pub const OTHER: u32 = 2;
+    /// Tagged ARP requests answered (XDP_TX).
+    pub const ARP_REPLIED: u32 = 3;
+    /// Other ARP, tagged or not: XDP_PASS.
+    pub const ARP_PASSED: u32 = 4;
+    pub const COUNT: u32 = 5;
+
+    pub const NAMES: [&str; COUNT as usize] =
+        ["vxlan", "tagged", "other", "arp_replied", "arp_passed"];
+}
+
+/// The longest frame the benchmark's generator (`xdp_paced_gen`) sends.
+pub const GEN_FRAME_MAX: usize = 2048;
+const _: () = assert!(GEN_FRAME_MAX.is_power_of_two());
+
+/// The frame the generator writes into each slot before sending it (live-frames mode reuses
+/// pages without resetting their bytes, and the gateway rewrites the frames it forwards).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GenFrame {
+    /// Bytes of `bytes` in use: the length of the test run's frame.
+    pub len: u32,
+    pub bytes: [u8; GEN_FRAME_MAX],
+}
+
+const _: () = assert!(size_of::<GenFrame>() == 4 + GEN_FRAME_MAX);
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are #[repr(C)] structs of two u32s: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::SubIf {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TrunkVlan {}
+    // SAFETY: #[repr(C)], a u32 then bytes: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::GenFrame {}
 }

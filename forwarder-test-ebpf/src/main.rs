@@ -2,7 +2,8 @@
 //! veth without the 8021q module (see `lib.rs` for the wiring). Both run on TC ingress hooks
 //! and redirect to the egress of the other side; every drop is counted in `SHIM_COUNTERS`.
 //! And `xdp_arp_reply`, an XDP ARP responder for a trunk: it stands in for the client routers
-//! of many VLANs at once (see the end of this file).
+//! of many VLANs at once; `xdp_redirect_floor`, the benchmark's cheapest forwarding (and its
+//! traffic generator); `xdp_sink`, the benchmark's counting sink (see the end of this file).
 //!
 //! The tag goes into skb metadata (`bpf_skb_vlan_push`); the trunk needs `txvlan off` so the
 //! kernel writes it inline before the frame leaves. On receive the kernel lifts an inline tag
@@ -15,12 +16,17 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
+    helpers::generated::{
+        bpf_ktime_get_ns, bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push, bpf_xdp_store_bytes,
+    },
     macros::{classifier, map, xdp},
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
-use forwarder_test_ebpf::{MAX_SUBIFS, SubIf, TrunkVlan, arp_counter, arp_reply_mac, counter};
+use forwarder_test_ebpf::{
+    GEN_FRAME_MAX, GenFrame, MAX_SUBIFS, SubIf, TrunkVlan, arp_counter, arp_reply_mac, counter,
+    sink_counter,
+};
 
 const ETH_P_8021Q: u16 = 0x8100;
 /// `TC_ACT_SHOT` (and `TCX_DROP`); the generated bindings type it differently per target.
@@ -177,6 +183,76 @@ pub fn xdp_redirect_floor(_ctx: XdpContext) -> u32 {
         .unwrap_or(xdp_action::XDP_DROP)
 }
 
+/// [`xdp_paced_gen`]'s pacing, written by the bench: `[0]` the interval between frames in ns
+/// (0: every frame goes), `[1]` when the next frame is due (ns, monotonic clock), `[2]` frames
+/// sent so far.
+#[map(name = "GEN_PACE")]
+static GEN_PACE: Array<u64> = Array::with_max_entries(3, 0);
+
+#[map(name = "GEN_FRAME")]
+static GEN_FRAME: Array<GenFrame> = Array::with_max_entries(1, 0);
+
+/// Frames a late generator may send back to back to catch up; later than that, it skips the
+/// slots it missed (the offered rate is measured, not assumed).
+const GEN_CATCH_UP: u64 = 8;
+
+/// The throughput benchmark's generator, run with BPF_PROG_TEST_RUN in live-frames mode:
+/// each run is one slot of the offered stream. A frame whose time has come leaves through
+/// `FLOOR_TO[0]` (as [`xdp_redirect_floor`] sends it) and is counted; the others are dropped
+/// at once, so the stream is paced frame by frame rather than in bursts of a test run.
+#[xdp]
+pub fn xdp_paced_gen(ctx: XdpContext) -> u32 {
+    let (Some(interval), Some(next), Some(sent), Some(to)) = (
+        GEN_PACE.get(0),
+        GEN_PACE.get_ptr_mut(1),
+        GEN_PACE.get_ptr_mut(2),
+        FLOOR_TO.get(0),
+    ) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let interval = *interval;
+    if interval != 0 {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: map values stay valid while the program runs; one generator thread writes.
+        let due = unsafe { *next };
+        if now < due {
+            return xdp_action::XDP_DROP;
+        }
+        let following = if now - due > GEN_CATCH_UP * interval {
+            now + interval
+        } else {
+            due + interval
+        };
+        // SAFETY: as above.
+        unsafe { *next = following };
+    }
+    let Some(frame) = GEN_FRAME.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // 1..=GEN_FRAME_MAX in a form the verifier follows (a power of two: mask, then add one);
+    // the bench writes the exact length of the test run's frame.
+    let len = (frame.len.wrapping_sub(1) & (GEN_FRAME_MAX as u32 - 1)) + 1;
+    // SAFETY: ctx.ctx is the program's context; `len` bytes of the map value are readable (the
+    // verifier checks the bound), and the helper fails rather than write past the frame.
+    let written = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            0,
+            frame.bytes.as_ptr() as *mut core::ffi::c_void,
+            len,
+        )
+    };
+    if written != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: as above.
+    unsafe { *sent += 1 };
+    FLOOR_PORTS
+        .redirect(*to, u64::from(xdp_action::XDP_DROP))
+        .unwrap_or(xdp_action::XDP_DROP)
+}
+
 #[map(name = "ARP_COUNTERS")]
 static ARP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(arp_counter::COUNT, 0);
 
@@ -255,6 +331,120 @@ fn try_arp_reply(ctx: &XdpContext) -> (u32, u32) {
     copy(frame, ARP_THA, sender_mac);
     copy(frame, ARP_TPA, sender_ip);
     (arp_counter::REPLIED, xdp_action::XDP_TX)
+}
+
+// --- The kernel reference gateway's VLAN pop and push --------------------------------------
+
+/// `TC_ACT_OK`: let the stack carry on with the frame.
+const TC_ACT_OK: i32 = 0;
+
+#[map(name = "REF_VLAN")]
+static REF_VLAN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// TC ingress of the reference gateway's connection port: what `tc action vlan pop` does (the
+/// kernel has moved the tag into skb metadata before TC runs). Frames of other VLANs, and
+/// untagged ones, are dropped, as a port that only carries VIFs does.
+#[classifier]
+pub fn ref_vlan_pop(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let want = REF_VLAN.get(0).copied().unwrap_or(0);
+    // SAFETY: skb is our context; the verifier rewrites field reads.
+    let (present, tci) = unsafe { ((*skb).vlan_present, (*skb).vlan_tci) };
+    if present == 0 || tci & u32::from(VLAN_VID_MASK) != want {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: skb is our context.
+    if unsafe { bpf_skb_vlan_pop(skb) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
+}
+
+/// TC egress of the reference gateway's connection port: what `tc action vlan push id N` does.
+#[classifier]
+pub fn ref_vlan_push(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    let vlan = REF_VLAN.get(0).copied().unwrap_or(0);
+    // SAFETY: skb is our context; the helper takes the protocol in network byte order.
+    if unsafe { bpf_skb_vlan_push(skb, ETH_P_8021Q.to_be(), vlan as u16) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
+}
+
+// --- Benchmark sink --------------------------------------------------------------------------
+
+const VXLAN_PORT: u16 = 4789;
+const IPPROTO_UDP: u8 = 17;
+
+#[map(name = "SINK_COUNTERS")]
+static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(sink_counter::COUNT, 0);
+
+/// The throughput benchmark's receiver: counts and drops what a gateway forwarded (VXLAN on
+/// the VPC side, 802.1Q-tagged frames on the customer side), answers tagged ARP requests as
+/// [`xdp_arp_reply`] does and lets untagged ARP through to the kernel, so that both ends keep
+/// their neighbours while the data frames never reach the stack.
+#[xdp]
+pub fn xdp_sink(ctx: XdpContext) -> u32 {
+    let (slot, action) = try_sink(&ctx);
+    if let Some(c) = SINK_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot is only written by the CPU running this program.
+        unsafe { *c += 1 };
+    }
+    action
+}
+
+#[inline(always)]
+fn be16_at(ctx: &XdpContext, at: usize) -> Option<u16> {
+    let start = ctx.data();
+    if start + at + 2 > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: the two bytes are inside the frame (checked above).
+    let bytes = unsafe { *((start + at) as *const [u8; 2]) };
+    Some(u16::from_be_bytes(bytes))
+}
+
+/// (counter slot, action).
+#[inline(always)]
+fn try_sink(ctx: &XdpContext) -> (u32, u32) {
+    let drop = xdp_action::XDP_DROP;
+    match be16_at(ctx, 12) {
+        Some(ETH_P_8021Q) => match be16_at(ctx, 16) {
+            Some(ETH_P_ARP) => {
+                let (slot, action) = try_arp_reply(ctx);
+                if slot == arp_counter::REPLIED {
+                    (sink_counter::ARP_REPLIED, action)
+                } else {
+                    (sink_counter::ARP_PASSED, action)
+                }
+            }
+            Some(_) => (sink_counter::TAGGED, drop),
+            None => (sink_counter::OTHER, drop),
+        },
+        Some(ETH_P_ARP) => (sink_counter::ARP_PASSED, xdp_action::XDP_PASS),
+        Some(ETH_P_IP) => {
+            // Outer IPv4 without options (what every VTEP here sends), UDP to the VXLAN port.
+            let start = ctx.data();
+            if start + 14 + 20 + 4 > ctx.data_end() {
+                return (sink_counter::OTHER, drop);
+            }
+            // SAFETY: the byte is inside the frame (checked above).
+            let (ihl, proto) = unsafe {
+                (
+                    *((start + 14) as *const u8),
+                    *((start + 14 + 9) as *const u8),
+                )
+            };
+            if ihl == 0x45 && proto == IPPROTO_UDP && be16_at(ctx, 14 + 20 + 2) == Some(VXLAN_PORT)
+            {
+                (sink_counter::VXLAN, drop)
+            } else {
+                (sink_counter::OTHER, drop)
+            }
+        }
+        _ => (sink_counter::OTHER, drop),
+    }
 }
 
 #[cfg(not(target_arch = "bpf"))]

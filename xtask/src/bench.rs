@@ -1,12 +1,16 @@
 //! `cargo xtask bench`: runs the benchmarks and writes their tables into BENCHMARKS.md.
 //! Speed is reported here, never asserted in tests: the machines are shared and noisy.
 //!
-//! Four parts: the XDP fast paths through BPF_PROG_TEST_RUN (`tests/benches/testrun.rs`); the
-//! control plane with many static VIFs (`tests/benches/controlplane.rs`), which runs the
-//! agent built from the working tree against a baseline agent built from [`BASELINE_REV`];
-//! failover between two connections (`tests/benches/failover.rs`); route scale
-//! (`tests/benches/routescale.rs`). `--only PART` runs one
-//! and replaces its section of BENCHMARKS.md, keeping the others.
+//! Six parts: the XDP fast paths through BPF_PROG_TEST_RUN (`tests/benches/testrun.rs`);
+//! zero-loss throughput and CPU per packet against a kernel-parts reference gateway
+//! (`tests/benches/throughput.rs`); the control plane with many static VIFs
+//! (`tests/benches/controlplane.rs`), which runs the agent built from the working tree against
+//! a baseline agent built from [`BASELINE_REV`]; failover between two connections
+//! (`tests/benches/failover.rs`); route scale from the config file
+//! (`tests/benches/routescale.rs`); BGP ingest against a BIRD receiver
+//! (`tests/benches/bgpscale.rs`). `--only PART` runs one and replaces its section of
+//! BENCHMARKS.md, keeping the others; `--quick` runs each part once, with short trials (a
+//! smoke run: its figures are not for BENCHMARKS.md's committed copy).
 
 use std::{
     fmt::Write as _,
@@ -34,9 +38,11 @@ const BENCH_KNOBS: [&str; 6] = [
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
     Testrun,
+    Throughput,
     Controlplane,
     Failover,
     Routescale,
+    Bgpscale,
 }
 
 impl Part {
@@ -44,14 +50,16 @@ impl Part {
     fn heading(self) -> &'static str {
         match self {
             Self::Testrun => "## XDP fast paths",
+            Self::Throughput => "## Throughput",
             Self::Controlplane => "## Control plane",
             Self::Failover => "## Failover",
             Self::Routescale => "## Route scale",
+            Self::Bgpscale => "## BGP ingest",
         }
     }
 }
 
-pub fn run(only: Option<Part>) -> Result<ExitCode> {
+pub fn run(only: Option<Part>, quick: bool) -> Result<ExitCode> {
     if !crate::is_root() {
         bail!("cargo xtask bench must run as root: it loads XDP programs and creates namespaces");
     }
@@ -62,11 +70,28 @@ pub fn run(only: Option<Part>) -> Result<ExitCode> {
         Some(p) => vec![p],
         None => vec![
             Part::Testrun,
+            Part::Throughput,
             Part::Controlplane,
             Part::Failover,
             Part::Routescale,
+            Part::Bgpscale,
         ],
     };
+    if quick {
+        // Read by every bench: one round, short trials.
+        // SAFETY: xtask is single-threaded here; nothing reads the environment concurrently.
+        unsafe { std::env::set_var("FORWARDER_BENCH_QUICK", "1") };
+        for knob in [
+            "FORWARDER_BENCH_ROUNDS",
+            "FORWARDER_BENCH_FAILOVER_ROUNDS",
+            "FORWARDER_BENCH_SCALE_ROUNDS",
+        ] {
+            if std::env::var_os(knob).is_none() {
+                // SAFETY: as above.
+                unsafe { std::env::set_var(knob, "1") };
+            }
+        }
+    }
     let path = root.join("BENCHMARKS.md");
     let mut doc = match only {
         Some(_) => std::fs::read_to_string(&path).unwrap_or_default(),
@@ -87,7 +112,15 @@ pub fn run(only: Option<Part>) -> Result<ExitCode> {
             Part::Testrun => {
                 let table = cargo_bench(&root, "testrun", &[])?;
                 (
-                    format!("{}\n\n{table}", "## XDP fast paths (BPF_PROG_TEST_RUN)"),
+                    format!(
+                        "{}\n\n{table}\nThe working tree at {}. Machine: {}. Date: {}. Command, from \
+                         the workspace root:\n\n```\ncargo bench -p forwarder-tests --bench \
+                         testrun\n```\n",
+                        "## XDP fast paths (BPF_PROG_TEST_RUN)",
+                        revision(&root),
+                        machine(),
+                        today()
+                    ),
                     true,
                 )
             }
@@ -105,6 +138,20 @@ pub fn run(only: Option<Part>) -> Result<ExitCode> {
                 "routescale",
                 "FORWARDER_BENCH_SCALE_ROUNDS",
                 "## Route scale: static routes from the config file",
+            )?,
+            Part::Throughput => agent_bench(
+                &root,
+                &target,
+                "throughput",
+                "FORWARDER_BENCH_THROUGHPUT_ROUNDS",
+                "## Throughput: forwarder against the kernel's own parts",
+            )?,
+            Part::Bgpscale => agent_bench(
+                &root,
+                &target,
+                "bgpscale",
+                "FORWARDER_BENCH_BGP_ROUNDS",
+                "## BGP ingest: one BIRD sender, the agent against a BIRD receiver",
             )?,
         };
         all_ok &= ok;
@@ -163,8 +210,10 @@ fn agent_bench(
     build_agent(root)?;
     let bin = target.join("release/forwarder");
     let mut line = vec!["FORWARDER_BIN=target/release/forwarder".to_owned()];
-    if let Ok(value) = std::env::var(rounds_knob) {
-        line.push(format!("{rounds_knob}={value}"));
+    for knob in [rounds_knob, "FORWARDER_BENCH_QUICK"] {
+        if let Ok(value) = std::env::var(knob) {
+            line.push(format!("{knob}={value}"));
+        }
     }
     line.push(format!("cargo bench -p forwarder-tests --bench {bench}"));
     let (mut section, ok) = match cargo_bench(root, bench, &[("FORWARDER_BIN", bin)]) {
@@ -179,10 +228,11 @@ fn agent_bench(
     };
     writeln!(
         section,
-        "\nThe working tree at {}. Machine: {}. Commands, from the workspace root:\n\n```\n\
-         cargo build --release -p forwarder\n{}\n```",
+        "\nThe working tree at {}. Machine: {}. Date: {}. Commands, from the workspace root:\n\n\
+         ```\ncargo build --release -p forwarder\n{}\n```",
         revision(root),
         machine(),
+        today(),
         line.join(" ")
     )?;
     Ok((section, ok))
@@ -256,9 +306,10 @@ fn control_plane(root: &Path, target: &Path) -> Result<(String, bool)> {
     writeln!(
         section,
         "\nNew: the working tree at {}; baseline: {BASELINE_REV} (the agent before the \
-         owner-loop/netlink reshape). Machine: {}.",
+         owner-loop/netlink reshape). Machine: {}. Date: {}.",
         revision(root),
-        machine()
+        machine(),
+        today()
     )?;
     for note in notes {
         writeln!(section, "\n{note}")?;
@@ -377,6 +428,15 @@ fn revision(root: &Path) -> String {
     } else {
         head
     }
+}
+
+/// Today's date (UTC), as `date -u +%F` prints it.
+fn today() -> String {
+    Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn machine() -> String {

@@ -27,10 +27,13 @@ enum Task {
     Demo,
     /// Run the benchmarks and write BENCHMARKS.md; needs root.
     Bench {
-        /// Only this part (testrun, controlplane, failover, routescale): its section of
-        /// BENCHMARKS.md is replaced, the others are kept.
+        /// Only this part (testrun, throughput, controlplane, failover, routescale,
+        /// bgpscale): its section of BENCHMARKS.md is replaced, the others are kept.
         #[arg(long)]
         only: Option<bench::Part>,
+        /// One round of each part with short trials: a smoke run of the benches.
+        #[arg(long)]
+        quick: bool,
     },
     /// Fuzz the BGP message reader, a BGP session, the config loader and control requests
     /// (cargo-fuzz, nightly); crashes fail the run.
@@ -49,7 +52,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Test => test::run(),
         Task::Demo => test::demo(),
-        Task::Bench { only } => bench::run(only),
+        Task::Bench { only, quick } => bench::run(only, quick),
         Task::Fuzz { minutes, targets } => fuzz::run(minutes, &targets),
     };
     match result {

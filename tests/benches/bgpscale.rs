@@ -27,6 +27,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use forwarder_tests::{
     NetNs,
+    bench::{kill_agent, pinned_map_mib, private_agent, rss_mib, spawn_agent},
     customer::CustomerRouter,
     fixture::{Fixture, Vif},
     median_min_max, require_root,
@@ -195,36 +196,6 @@ struct Ingest {
     map_mib: f64,
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// The kernel's accounting of a pinned map (`bpftool map show pinned`: memlock), in MiB.
-fn map_mib(pin: &Path) -> f64 {
-    Command::new("bpftool")
-        .args(["map", "show", "pinned"])
-        .arg(pin)
-        .output()
-        .ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let at = text.find("memlock ")? + "memlock ".len();
-            let bytes: String = text[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            bytes.parse::<f64>().ok()
-        })
-        .map_or(0.0, |b| b / (1024.0 * 1024.0))
-}
-
 struct Topology {
     rtr: NetNs,
     gw: NetNs,
@@ -265,31 +236,15 @@ fn agent_round(
     let tag = format!("bs{}x{n}", std::process::id());
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
     let socket = dir.0.join("sock");
-    let fixture = Fixture::design("10.0.1.0/24")
-        .agent(
-            "state_dir",
-            &format!("\"{}\"", dir.0.join("state").display()),
-        )
-        .agent("control_socket", &format!("\"{}\"", socket.display()))
-        .agent("pin_dir", &format!("\"{}\"", pin_dir.display()))
-        .agent("netns_prefix", &format!("\"{tag}-\""))
-        .vif(
-            Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001)
-                .peer("169.254.10.2", "169.254.10.1")
-                .set("max_prefixes", "2000000"),
-        );
+    let fixture = private_agent(Fixture::design("10.0.1.0/24"), &dir.0, &pin_dir, &tag).vif(
+        Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001)
+            .peer("169.254.10.2", "169.254.10.1")
+            .set("max_prefixes", "2000000"),
+    );
     let config = dir.0.join("forwarder.toml");
     std::fs::write(&config, fixture.toml())?;
     let log = std::fs::File::create(dir.0.join("agent.log"))?;
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", topo.gw.name()))
-        .arg(bin)
-        .args(["agent", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("spawning the agent")?;
+    let mut child = spawn_agent(bin, &topo.gw, &config, log.into())?;
     let result = (|| {
         // A BGP VIF is available once its session is up; before that the agent must know the
         // client router's MAC (the VIF's control plane resolved it through the shim).
@@ -317,7 +272,7 @@ fn agent_round(
                     seconds: started.elapsed().as_secs_f64(),
                     first: first.unwrap_or_default(),
                     rss_mib: rss_mib(child.id()),
-                    map_mib: map_mib(&pin_dir.join("maps/ROUTES")),
+                    map_mib: pinned_map_mib(&pin_dir.join("maps/ROUTES")),
                 });
             }
             ensure!(
@@ -331,19 +286,7 @@ fn agent_round(
         }
     })();
     sender.birdc(&["disable", "to_agent"]).ok();
-    child.kill().ok();
-    child.wait().ok();
-    // What a SIGKILL leaves: the VIF's control namespace and the pins.
-    if let Err(e) = Command::new("ip")
-        .args(["netns", "del", &format!("{tag}-vif-100")])
-        .stderr(Stdio::null())
-        .status()
-    {
-        eprintln!("warning: removing the VIF's control namespace: {e}");
-    }
-    if let Err(e) = std::fs::remove_dir_all(&pin_dir) {
-        eprintln!("warning: removing {}: {e}", pin_dir.display());
-    }
+    kill_agent(&mut child, &tag, &["vif-100"], &pin_dir);
     result.map_err(|e| {
         e.context(format!(
             "agent log:\n{}",

@@ -12,13 +12,14 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 use forwarder_tests::{
     NetNs,
+    bench::{kill_agent, pinned_map_mib, private_agent, rss_mib, spawn_agent},
     fixture::Fixture,
     median_min_max, require_root,
     topology::{TempDir, cli_json, sh},
@@ -46,49 +47,12 @@ struct Round {
 
 fn config(dir: &Path, pin_dir: &Path, tag: &str, routes: u32) -> String {
     // /32s from 11.0.0.0 up, toward the VPC attachment (always a usable next hop).
-    let mut fixture = Fixture::design("10.0.0.0/16")
-        .agent("state_dir", &format!("\"{}\"", dir.join("state").display()))
-        .agent(
-            "control_socket",
-            &format!("\"{}\"", dir.join("sock").display()),
-        )
-        .agent("pin_dir", &format!("\"{}\"", pin_dir.display()))
-        .agent("netns_prefix", &format!("\"{tag}-\""));
+    let mut fixture = private_agent(Fixture::design("10.0.0.0/16"), dir, pin_dir, tag);
     for i in 0..routes {
         let prefix = format!("{}/32", std::net::Ipv4Addr::from(0x0b00_0000u32 + i));
         fixture = fixture.static_route("bgw-1", &prefix, "att-a");
     }
     fixture.toml()
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// The kernel's accounting of the pinned route map (`bpftool map show pinned`: memlock).
-fn map_mib(pin: &Path) -> f64 {
-    let out = Command::new("bpftool")
-        .args(["map", "show", "pinned"])
-        .arg(pin)
-        .output();
-    out.ok()
-        .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let at = text.find("memlock ")? + "memlock ".len();
-            let bytes: String = text[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            bytes.parse::<f64>().ok()
-        })
-        .map_or(0.0, |b| b / (1024.0 * 1024.0))
 }
 
 fn round(bin: &Path, routes: u32, n: usize) -> Result<Round> {
@@ -105,15 +69,7 @@ fn round(bin: &Path, routes: u32, n: usize) -> Result<Round> {
     let config_path = dir.0.join("forwarder.toml");
     std::fs::write(&config_path, config(&dir.0, &pin_dir, &tag, routes))?;
     let started = Instant::now();
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", gw.name()))
-        .arg(bin)
-        .args(["agent", "--config"])
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawning the agent")?;
+    let mut child = spawn_agent(bin, &gw, &config_path, Stdio::null())?;
     let socket = dir.0.join("sock");
     let want = u64::from(routes) + 1;
     let result = loop {
@@ -125,7 +81,7 @@ fn round(bin: &Path, routes: u32, n: usize) -> Result<Round> {
             break Ok(Round {
                 seconds: started.elapsed().as_secs_f64(),
                 rss_mib: rss_mib(child.id()),
-                map_mib: map_mib(&pin_dir.join("maps/ROUTES")),
+                map_mib: pinned_map_mib(&pin_dir.join("maps/ROUTES")),
             });
         }
         if started.elapsed() > Duration::from_secs(300) {
@@ -136,13 +92,8 @@ fn round(bin: &Path, routes: u32, n: usize) -> Result<Round> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    child.kill().ok();
-    child.wait().ok();
-    // What the agent made and a SIGKILL leaves: its VIF-less run made no control
-    // namespaces; the pins go.
-    if let Err(e) = std::fs::remove_dir_all(&pin_dir) {
-        eprintln!("warning: removing {}: {e}", pin_dir.display());
-    }
+    // Its VIF-less run made no control namespaces; the pins go.
+    kill_agent(&mut child, &tag, &[], &pin_dir);
     result
 }
 

@@ -34,7 +34,7 @@ use std::{
     cell::{Cell, RefCell},
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
@@ -51,6 +51,7 @@ use etherparse::{PacketBuilder, VlanId};
 use forwarder_test_ebpf::{GEN_FRAME_MAX, GenFrame, MAP_SINK_COUNTERS, PROG_SINK, sink_counter};
 use forwarder_tests::{
     NetNs,
+    bench::{kill_agent, private_agent, spawn_agent},
     customer::SHIM_OBJECT,
     fixture::{Fixture, Vif},
     median_min_max, per_cpu_sums, require_root,
@@ -369,23 +370,11 @@ struct Side {
 impl Drop for Side {
     fn drop(&mut self) {
         if let Some((mut child, _, pin_dir)) = self.agent.take() {
-            child.kill().ok();
-            child.wait().ok();
-            // SIGKILL leaves the VIF's control namespace and the pins.
             let tag = pin_dir
                 .file_name()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if let Err(e) = Command::new("ip")
-                .args(["netns", "del", &format!("{tag}-vif-100")])
-                .stderr(Stdio::null())
-                .status()
-            {
-                eprintln!("warning: removing the VIF's control namespace: {e}");
-            }
-            if let Err(e) = std::fs::remove_dir_all(&pin_dir) {
-                eprintln!("warning: removing {}: {e}", pin_dir.display());
-            }
+            kill_agent(&mut child, &tag, &["vif-100"], &pin_dir);
         }
     }
 }
@@ -423,14 +412,7 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
     let tag = format!("tp{}", std::process::id());
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
     let socket = dir.0.join("sock");
-    let fixture = Fixture::design("10.0.1.0/24")
-        .agent(
-            "state_dir",
-            &format!("\"{}\"", dir.0.join("state").display()),
-        )
-        .agent("control_socket", &format!("\"{}\"", socket.display()))
-        .agent("pin_dir", &format!("\"{}\"", pin_dir.display()))
-        .agent("netns_prefix", &format!("\"{tag}-\""))
+    let fixture = private_agent(Fixture::design("10.0.1.0/24"), &dir.0, &pin_dir, &tag)
         .vif(
             Vif::static_routed("vif-100", "hc-1", 100, "bgw-1")
                 .peer("169.254.10.2", "169.254.10.1"),
@@ -439,15 +421,7 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
     let config = dir.0.join("forwarder.toml");
     std::fs::write(&config, fixture.toml())?;
     let log = std::fs::File::create(dir.0.join("agent.log"))?;
-    let child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", gw.name()))
-        .arg(bin)
-        .args(["agent", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("spawning the agent")?;
+    let child = spawn_agent(bin, &gw, &config, log.into())?;
     let mut side_agent = Some((child, dir, pin_dir));
     let ready = wait_for(Duration::from_secs(30), || {
         let vif = cli_json(bin, &socket, &["vif", "show", "vif-100"]).ok();
@@ -456,9 +430,8 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
             && status.is_some_and(|s| s["attachments"][0]["underlay"] == "resolved")
     });
     if !ready {
-        let (mut child, dir, _) = side_agent.take().expect("agent");
-        child.kill().ok();
-        child.wait().ok();
+        let (mut child, dir, pin_dir) = side_agent.take().expect("agent");
+        kill_agent(&mut child, &tag, &["vif-100"], &pin_dir);
         bail!(
             "the agent never had vif-100 available with the underlay resolved; its log:\n{}",
             std::fs::read_to_string(dir.0.join("agent.log")).unwrap_or_default()

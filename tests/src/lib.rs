@@ -15,6 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 
 pub mod arp;
+pub mod bench;
 pub mod customer;
 pub mod daemons;
 pub mod fixture;

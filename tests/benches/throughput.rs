@@ -52,7 +52,7 @@ use forwarder_test_ebpf::{GEN_FRAME_MAX, GenFrame, MAP_SINK_COUNTERS, PROG_SINK,
 use forwarder_tests::{
     NetNs,
     bench::{kill_agent, private_agent, spawn_agent},
-    customer::SHIM_OBJECT,
+    customer::{SHIM_OBJECT, interface_mac},
     fixture::{Fixture, Vif},
     median_min_max, per_cpu_sums, require_root,
     topology::{TempDir, cli_json, sh, wait_for},
@@ -225,10 +225,6 @@ fn threaded_napi(ns: &NetNs, ifname: &str, cpu: usize) -> Result<()> {
     Ok(())
 }
 
-fn mac_of(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
-    forwarder_tests::customer::interface_mac(ns, ifname)
-}
-
 /// The sink attached to `ifname` in `ns`.
 struct Sink {
     ebpf: Ebpf,
@@ -364,8 +360,7 @@ struct Side {
     vpc: NetNs,
     agent: Option<(Child, TempDir, PathBuf)>,
     /// The reference gateway's VLAN pop and push (TC programs, attached while it lives).
-    #[allow(dead_code)]
-    vlan_tc: Option<Ebpf>,
+    _vlan_tc: Option<Ebpf>,
     /// Sinks on c0 (customer side) and v0 (VPC side).
     cust_sink: Sink,
     vpc_sink: Sink,
@@ -406,7 +401,7 @@ fn mac_text(mac: [u8; 6]) -> String {
 
 fn forwarder_side(bin: &Path) -> Result<Side> {
     let (cust, gw, vpc) = namespaces("tpf", "hc1", "ul0")?;
-    let v0_mac = mac_of(&vpc, "v0")?;
+    let v0_mac = interface_mac(&vpc, "v0")?;
     // The sink drops what the VTEP would answer ARP for only after the first frames: keep the
     // underlay neighbour fixed so it never expires under the flood (both gateways alike).
     sh(
@@ -450,7 +445,7 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
     let vif = cli_json(bin, &socket, &["vif", "show", "vif-100"])?;
     let port_mac =
         forwarder_tests::customer::parse_mac(vif["mac"].as_str().context("vif show: mac")?)?;
-    let underlay_mac = mac_of(&gw, "ul0")?;
+    let underlay_mac = interface_mac(&gw, "ul0")?;
     let cust_gen = Generator::new(&cust, "c0")?;
     let vpc_gen = Generator::new(&vpc, "v0")?;
     let side = Side {
@@ -460,7 +455,7 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
         gw,
         vpc,
         agent: side_agent,
-        vlan_tc: None,
+        _vlan_tc: None,
         cust_sink,
         vpc_sink,
         cust_gen,
@@ -475,7 +470,7 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
 
 fn kernel_side() -> Result<Side> {
     let (cust, gw, vpc) = namespaces("tpk", "khc1", "kul0")?;
-    let v0_mac = mac_of(&vpc, "v0")?;
+    let v0_mac = interface_mac(&vpc, "v0")?;
     sh(
         &gw,
         &format!(
@@ -515,8 +510,8 @@ fn kernel_side() -> Result<Side> {
     })?;
     let cust_sink = Sink::attach(&cust, "c0")?;
     let vpc_sink = Sink::attach(&vpc, "v0")?;
-    let port_mac = mac_of(&gw, "khc1")?;
-    let underlay_mac = mac_of(&gw, "kul0")?;
+    let port_mac = interface_mac(&gw, "khc1")?;
+    let underlay_mac = interface_mac(&gw, "kul0")?;
     let cust_gen = Generator::new(&cust, "c0")?;
     let vpc_gen = Generator::new(&vpc, "v0")?;
     let side = Side {
@@ -526,7 +521,7 @@ fn kernel_side() -> Result<Side> {
         gw,
         vpc,
         agent: None,
-        vlan_tc: Some(vlan_tc),
+        _vlan_tc: Some(vlan_tc),
         cust_sink,
         vpc_sink,
         cust_gen,

@@ -25,6 +25,13 @@ pub const MAP_VTEPS: &str = "VTEPS";
 pub const MAP_UNDERLAY: &str = "UNDERLAY";
 /// `LpmTrie<RouteKey, u32>`: (border gateway id, IPv4 prefix) → next-hop id.
 pub const MAP_ROUTES: &str = "ROUTES";
+/// `LpmTrie<RouteKey6, u32>`: (border gateway id, IPv6 prefix) → next-hop id. Next hops are
+/// shared with [`MAP_ROUTES`]: a VIF next hop of an IPv6 route carries the MAC the client
+/// router's IPv6 address resolves to (Neighbor Discovery).
+pub const MAP_ROUTES6: &str = "ROUTES6";
+/// `Array<VifAddrs6>` indexed by VIF id: a VIF's IPv6 interconnect pairs. A separate map, so
+/// that [`MAP_VIF_TABLE`] keeps its layout across upgrades; all zero: the VIF has no IPv6.
+pub const MAP_VIF_ADDRS6: &str = "VIF_ADDRS6";
 /// `Array<NextHop>` indexed by next-hop id.
 pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
 /// `DevMapHash`: ifindex → ifindex, every port a frame may be redirected to.
@@ -78,6 +85,9 @@ pub const MAX_ATTACHMENTS: u32 = 4_096;
 /// group and three BGP session groups), plus one per attachment.
 pub const MAX_NEXT_HOPS: u32 = 131_072;
 pub const MAX_ROUTES: u32 = 1_048_576;
+/// IPv6 routes of all border gateways together (the whole IPv6 Internet table is about a
+/// fifth of this); entries are allocated as they are used.
+pub const MAX_ROUTES6: u32 = 524_288;
 pub const MAX_PORTS: u32 = 1_024;
 /// Members of one next-hop group (ECMP by flow hash).
 pub const MAX_GROUP_MEMBERS: usize = 8;
@@ -106,6 +116,9 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/forwarder";
 pub const VXLAN_PORT: u16 = 4789;
 /// Outer Ethernet + IPv4 + UDP + VXLAN.
 pub const VXLAN_OVERHEAD: usize = 14 + 20 + 8 + 8;
+/// The smallest MTU an IPv6 link may have (RFC 8200 §5): a VIF with IPv6 pairs needs at least
+/// this, and an ICMPv6 Packet Too Big never says less.
+pub const IPV6_MIN_MTU: u16 = 1280;
 /// UDP source ports for VXLAN come from this range (RFC 7348 recommends 49152–65535).
 pub const VXLAN_SPORT_BASE: u16 = 49_152;
 
@@ -295,6 +308,34 @@ impl RouteKey {
     }
 }
 
+/// Data part of the [`MAP_ROUTES6`] LPM key: as [`RouteKey`], with a 128-bit address. The
+/// key's prefix length is `32 + prefix length of the route`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteKey6 {
+    pub gateway_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+impl RouteKey6 {
+    pub const fn new(gateway_id: u32, addr: [u8; 16]) -> Self {
+        Self {
+            gateway_be: gateway_id.to_be_bytes(),
+            addr,
+        }
+    }
+}
+
+/// Value of [`MAP_VIF_ADDRS6`]: up to two IPv6 interconnect pairs of a VIF (`::` = unused).
+/// Frames to a cloud address go to the VIF's control plane; the client addresses are the
+/// client routers' (the BGP class of the control-path limit, the source check's exception).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VifAddrs6 {
+    pub cloud: [[u8; 16]; 2],
+    pub client: [[u8; 16]; 2],
+}
+
 /// Kinds of [`NextHop`].
 pub mod next_hop_kind {
     pub const NONE: u32 = 0;
@@ -370,6 +411,8 @@ const _: () = assert!(size_of::<VtepKey>() == 8);
 const _: () = assert!(size_of::<UnderlayHop>() == 24);
 const _: () = assert!(size_of::<RouteKey>() == 8);
 const _: () = assert!(size_of::<NextHop>() == 48);
+const _: () = assert!(size_of::<RouteKey6>() == 20);
+const _: () = assert!(size_of::<VifAddrs6>() == 64);
 const _: () = assert!(size_of::<TrafficCounters>() == 32);
 const _: () = assert!(size_of::<PacketCounter>() == 16);
 const _: () = assert!(size_of::<VifPolicy>() == 16);
@@ -394,7 +437,7 @@ pub mod drop_reason {
     pub const VIF_DOWN: u32 = 3;
     /// No route in the border gateway's table, or the route leads nowhere this direction serves.
     pub const NO_ROUTE: u32 = 4;
-    /// TTL ≤ 1.
+    /// TTL (IPv4) or hop limit (IPv6) ≤ 1.
     pub const TTL: u32 = 5;
     /// Too big for the next link (underlay MTU − 50 toward the VPC, the VIF's MTU toward
     /// the customer) and not answered with an ICMP error: DF clear (the data plane does not
@@ -406,7 +449,7 @@ pub mod drop_reason {
     pub const BAD_VXLAN: u32 = 8;
     /// The underlay next hop (or the client router) has no resolved MAC.
     pub const NO_NEIGHBOUR: u32 = 9;
-    /// Data frame that is not IPv4.
+    /// Data frame that is neither IPv4 nor IPv6 (the name predates IPv6 forwarding).
     pub const NOT_IPV4: u32 = 10;
     /// Control frame for a VIF whose control plane is not set up.
     pub const NO_CONTROL_PLANE: u32 = 11;
@@ -420,7 +463,11 @@ pub mod drop_reason {
     pub const CONTROL_LIMITED: u32 = 15;
     /// A data packet whose source is not routed to the VIF it came from (`source_check`).
     pub const SOURCE_CHECK: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// An IPv6 data packet with a link-local, unspecified, loopback or multicast source, or a
+    /// loopback, unspecified or link-local destination: never forwarded off its link
+    /// (RFC 4291 §2.5). Link-local destinations on a VIF go to its control plane instead.
+    pub const IPV6_SCOPE: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Names as the CLI and metrics show them, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -441,6 +488,7 @@ pub mod drop_reason {
         "underlay_unreachable",
         "control_rate_limited",
         "source_check",
+        "ipv6_scope",
     ];
 }
 
@@ -457,13 +505,16 @@ pub mod pass_reason {
     pub const ICMP_FRAG_NEEDED: u32 = 3;
     /// A BFD control packet answered by the data plane while the agent was away.
     pub const BFD_ANSWERED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// An IPv6 packet too big for the next link, answered with ICMPv6 Packet Too Big.
+    pub const ICMP6_TOO_BIG: u32 = 5;
+    pub const COUNT: u32 = 6;
     pub const NAMES: [&str; COUNT as usize] = [
         "host",
         "control_in",
         "control_out",
         "icmp_frag_needed",
         "bfd_answered",
+        "icmp6_too_big",
     ];
 }
 
@@ -486,6 +537,40 @@ pub const fn flow_hash(src: u32, dst: u32, proto: u8, sport: u16, dport: u16) ->
     h = h.wrapping_mul(0xc2b2_ae35);
     h ^= h >> 16;
     h
+}
+
+/// Flow hash of an IPv6 flow: each address folded to 32 bits, the flow label mixed into the
+/// destination's fold (RFC 6438: a flow label set by the source spreads flows whose ports are
+/// hidden behind extension headers), then [`flow_hash`].
+#[inline(always)]
+pub const fn flow_hash6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    flow_label: u32,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> u32 {
+    flow_hash(
+        fold128(src),
+        fold128(dst) ^ flow_label.wrapping_mul(0x27d4_eb2f),
+        proto,
+        sport,
+        dport,
+    )
+}
+
+#[inline(always)]
+const fn fold128(a: [u8; 16]) -> u32 {
+    word(a, 0)
+        ^ word(a, 4).rotate_left(7)
+        ^ word(a, 8).rotate_left(14)
+        ^ word(a, 12).rotate_left(21)
+}
+
+#[inline(always)]
+const fn word(a: [u8; 16], i: usize) -> u32 {
+    u32::from_be_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]])
 }
 
 /// UDP source port of the VXLAN header for a flow hash.
@@ -552,6 +637,8 @@ mod pod {
     unsafe impl aya::Pod for super::BfdKey {}
     unsafe impl aya::Pod for super::BfdAnswer {}
     unsafe impl aya::Pod for super::UnderlayHop {}
+    unsafe impl aya::Pod for super::RouteKey6 {}
+    unsafe impl aya::Pod for super::VifAddrs6 {}
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ pub enum Drop {
     UnderlayUnreachable = drop_reason::UNDERLAY_UNREACHABLE,
     ControlLimited = drop_reason::CONTROL_LIMITED,
     SourceCheck = drop_reason::SOURCE_CHECK,
+    Ipv6Scope = drop_reason::IPV6_SCOPE,
 }
 
 #[inline(always)]

@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use forwarder_common::{
     Attachment, BfdAnswer, BfdKey, CAPTURE_RING_BYTES, ControlBuckets, DROP_SLOTS, MAX_ATTACHMENTS,
-    MAX_BFD_ANSWERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_VIFS, NextHop, PASS_SLOTS, RouteKey,
-    TrafficCounters, UnderlayHop, Vif, VifDrops, VifKey, VifPolicy, VtepKey,
+    MAX_BFD_ANSWERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_ROUTES6, MAX_VIFS, NextHop,
+    PASS_SLOTS, RouteKey, RouteKey6, TrafficCounters, UnderlayHop, Vif, VifAddrs6, VifDrops,
+    VifKey, VifPolicy, VtepKey,
 };
 
 #[map(name = "VIFS")]
@@ -34,6 +35,13 @@ pub static VTEPS: HashMap<VtepKey, u32> = HashMap::with_max_entries(MAX_ATTACHME
 #[map(name = "ROUTES")]
 pub static ROUTES: LpmTrie<RouteKey, u32> =
     LpmTrie::with_max_entries(MAX_ROUTES, BPF_F_NO_PREALLOC);
+
+#[map(name = "ROUTES6")]
+pub static ROUTES6: LpmTrie<RouteKey6, u32> =
+    LpmTrie::with_max_entries(MAX_ROUTES6, BPF_F_NO_PREALLOC);
+
+#[map(name = "VIF_ADDRS6")]
+pub static VIF_ADDRS6: Array<VifAddrs6> = Array::with_max_entries(MAX_VIFS, 0);
 
 #[map(name = "NEXT_HOPS")]
 pub static NEXT_HOPS: Array<NextHop> = Array::with_max_entries(MAX_NEXT_HOPS, 0);

@@ -2,11 +2,11 @@
 //! choice of a group member by flow hash.
 
 use aya_ebpf::maps::lpm_trie::Key;
-use forwarder_common::{RouteKey, group_member, next_hop_kind};
+use forwarder_common::{RouteKey, RouteKey6, group_member, next_hop_kind};
 
 use crate::{
     Drop,
-    maps::{NEXT_HOPS, ROUTES},
+    maps::{NEXT_HOPS, ROUTES, ROUTES6},
 };
 
 /// A next hop after group resolution: an attachment or a VIF, never a group.
@@ -20,7 +20,19 @@ pub struct Resolved {
 #[inline(always)]
 pub fn lookup(gateway_id: u32, dst: [u8; 4], hash: u32) -> Result<Resolved, Drop> {
     let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, dst));
-    let id = *ROUTES.get(&key).ok_or(Drop::NoRoute)?;
+    resolve(*ROUTES.get(&key).ok_or(Drop::NoRoute)?, hash)
+}
+
+/// [`lookup`] in the gateway's IPv6 table.
+#[inline(always)]
+pub fn lookup6(gateway_id: u32, dst: [u8; 16], hash: u32) -> Result<Resolved, Drop> {
+    let key = Key::new(RouteKey::lpm_len(128), RouteKey6::new(gateway_id, dst));
+    resolve(*ROUTES6.get(&key).ok_or(Drop::NoRoute)?, hash)
+}
+
+/// Next hop `id`, a group resolved to one member by the flow hash.
+#[inline(always)]
+fn resolve(id: u32, hash: u32) -> Result<Resolved, Drop> {
     let mut nh = NEXT_HOPS.get(id).ok_or(Drop::BadNextHop)?;
     if nh.kind == next_hop_kind::GROUP {
         let count = nh.member_count;
@@ -48,10 +60,23 @@ pub fn lookup(gateway_id: u32, dst: [u8; 4], hash: u32) -> Result<Resolved, Drop
 #[inline(always)]
 pub fn reaches_vif(gateway_id: u32, src: [u8; 4], vif: u32) -> bool {
     let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, src));
-    let Some(id) = ROUTES.get(&key) else {
-        return false;
-    };
-    let Some(nh) = NEXT_HOPS.get(*id) else {
+    ROUTES
+        .get(&key)
+        .is_some_and(|id| next_hop_reaches_vif(*id, vif))
+}
+
+/// [`reaches_vif`] in the gateway's IPv6 table.
+#[inline(always)]
+pub fn reaches_vif6(gateway_id: u32, src: [u8; 16], vif: u32) -> bool {
+    let key = Key::new(RouteKey::lpm_len(128), RouteKey6::new(gateway_id, src));
+    ROUTES6
+        .get(&key)
+        .is_some_and(|id| next_hop_reaches_vif(*id, vif))
+}
+
+#[inline(always)]
+fn next_hop_reaches_vif(id: u32, vif: u32) -> bool {
+    let Some(nh) = NEXT_HOPS.get(id) else {
         return false;
     };
     match nh.kind {

@@ -14,10 +14,10 @@ use forwarder_common::{
 
 use crate::{
     Drop, capture, icmp,
-    maps::{ATTACHMENTS, UNDERLAY, VIF_POLICY, VIF_TABLE, VTEPS},
+    maps::{ATTACHMENTS, UNDERLAY, VIF_ADDRS6, VIF_POLICY, VIF_TABLE, VTEPS},
     parse::{
-        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, IPPROTO_UDP, Ipv4Hdr, Ipv4Info, VLAN_HLEN, check_ipv4,
-        decrement_ttl, frame_len, read, write,
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, Ipv4Hdr, Packet, VLAN_HLEN,
+        check_ipv4, check_ipv6, decrement_hops, frame_len, ipv6_forwardable, read, write,
     },
     redirect, route,
     stats::{self, VifDrop},
@@ -37,13 +37,13 @@ const VXLAN_HDR: usize = OUTER_UDP + 8;
 const INNER_ETH: usize = VXLAN_HDR + 8;
 const INNER_IP: usize = INNER_ETH + ETH_HLEN;
 
-/// Customer → VPC: the tagged frame with its IPv4 packet at offset 18 becomes
-/// outer Ethernet/IPv4/UDP/VXLAN + inner Ethernet + the same packet (TTL − 1).
+/// Customer → VPC: the tagged frame with its IPv4 or IPv6 packet at offset 18 becomes
+/// outer Ethernet/IPv4/UDP/VXLAN + inner Ethernet + the same packet (TTL or hop limit − 1).
 #[inline(always)]
 pub fn encap(
     ctx: &XdpContext,
     att_id: u32,
-    ip: &Ipv4Info,
+    ip: &Packet,
     vif_id: u32,
     vif: &Vif,
 ) -> Result<u32, Drop> {
@@ -64,10 +64,10 @@ pub fn encap(
     };
     if u32::from(outer_len) > hop.mtu {
         let mtu = (hop.mtu.min(u32::from(u16::MAX)) as u16).saturating_sub(VXLAN_OVERHEAD as u16);
-        return crate::vlan::too_big(ctx, vif_id, vif, mtu);
+        return crate::vlan::too_big(ctx, vif_id, vif, mtu, ip.v6);
     }
 
-    decrement_ttl(ctx, ETH_HLEN + VLAN_HLEN)?;
+    decrement_hops(ctx, ETH_HLEN + VLAN_HLEN, ip.v6)?;
     // SAFETY: growing the head; every write below is bounds-checked again.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -GROW) } != 0 {
         return Err(Drop::Malformed);
@@ -86,7 +86,8 @@ pub fn encap(
     )?;
     write(ctx, INNER_ETH, att.router_mac)?;
     write(ctx, INNER_ETH + 6, inner_src)?;
-    write(ctx, INNER_ETH + 12, ETH_P_IP.to_be_bytes())?;
+    let inner_type = if ip.v6 { ETH_P_IPV6 } else { ETH_P_IP };
+    write(ctx, INNER_ETH + 12, inner_type.to_be_bytes())?;
 
     let action = redirect(hop.ifindex)?;
     stats::attachment_tx(att_id, ip.frame_len + GROW as u64);
@@ -174,14 +175,28 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
     let len = frame_len(ctx);
     stats::attachment_rx(att_id, len);
 
-    if u16::from_be_bytes(read(ctx, INNER_ETH + 12)?) != ETH_P_IP {
+    let inner_type = u16::from_be_bytes(read(ctx, INNER_ETH + 12)?);
+    let (pkt, nh) = if inner_type == ETH_P_IP {
+        let ip = check_ipv4(ctx, INNER_IP, len)?;
+        if ip.ttl <= 1 {
+            return Err(Drop::Ttl);
+        }
+        (ip.packet(), route::lookup(att.gateway_id, ip.dst, ip.hash)?)
+    } else if inner_type == ETH_P_IPV6 {
+        let ip = check_ipv6(ctx, INNER_IP, len)?;
+        if !ipv6_forwardable(&ip.src, &ip.dst) {
+            return Err(Drop::Ipv6Scope);
+        }
+        if ip.hop_limit <= 1 {
+            return Err(Drop::Ttl);
+        }
+        (
+            ip.packet,
+            route::lookup6(att.gateway_id, ip.dst, ip.packet.hash)?,
+        )
+    } else {
         return Err(Drop::NotIpv4);
-    }
-    let ip = check_ipv4(ctx, INNER_IP, len)?;
-    if ip.ttl <= 1 {
-        return Err(Drop::Ttl);
-    }
-    let nh = route::lookup(att.gateway_id, ip.dst, ip.hash)?;
+    };
     if nh.kind != next_hop_kind::VIF {
         // VPC-to-VPC transit through the gateway is not offered.
         return Err(Drop::NoRoute);
@@ -195,13 +210,13 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
     }
     if let Some(p) = VIF_POLICY.get(nh.target)
         && p.mtu != 0
-        && ip.tot_len > p.mtu
+        && pkt.tot_len > p.mtu
     {
         let mtu = p.mtu;
         stats::vif_drop(nh.target, VifDrop::TooBig);
-        return frag_needed_to_vpc(ctx, att_id, &att, &vif, mtu);
+        return too_big_to_vpc(ctx, att_id, &att, nh.target, &vif, mtu, pkt.v6);
     }
-    decrement_ttl(ctx, INNER_IP)?;
+    decrement_hops(ctx, INNER_IP, pkt.v6)?;
     // SAFETY: shrinking the head of a frame checked to hold every header removed.
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), GROW) } != 0 {
         return Err(Drop::Malformed);
@@ -210,7 +225,7 @@ pub fn try_underlay(ctx: &XdpContext) -> Result<u32, Drop> {
     write(ctx, 6, vif.mac)?;
     let tpid = ETH_P_8021Q.to_be_bytes();
     let tci = vif.vlan.to_be_bytes();
-    let ipt = ETH_P_IP.to_be_bytes();
+    let ipt = inner_type.to_be_bytes();
     write(ctx, 12, [tpid[0], tpid[1], tci[0], tci[1], ipt[0], ipt[1]])?;
     let action = redirect(vif.port_ifindex)?;
     stats::vif_tx(nh.target, len - GROW as u64);
@@ -255,16 +270,19 @@ fn write_outer(
     )
 }
 
-/// A decapsulated packet too big for VIF `vif`: ICMP fragmentation needed, from the VIF's
-/// cloud address, back to its sender in the VPC through the same tunnel (outer addresses,
-/// MACs and the inner MACs swapped, the VNI kept), out of the underlay port it came in on.
+/// A decapsulated packet too big for VIF `vif`: ICMP fragmentation needed (IPv4) or Packet
+/// Too Big (IPv6), from the VIF's cloud address, back to its sender in the VPC through the
+/// same tunnel (outer addresses, MACs and the inner MACs swapped, the VNI kept), out of the
+/// underlay port it came in on.
 #[inline(always)]
-fn frag_needed_to_vpc(
+fn too_big_to_vpc(
     ctx: &XdpContext,
     att_id: u32,
     att: &Attachment,
+    vif_id: u32,
     vif: &Vif,
     mtu: u16,
+    v6: bool,
 ) -> Result<u32, Drop> {
     // (destination, source) of the outer and the inner Ethernet header.
     let outer: [[u8; 6]; 2] = read(ctx, 0)?;
@@ -274,7 +292,14 @@ fn frag_needed_to_vpc(
         return Err(Drop::Mtu);
     }
     let sport: [u8; 2] = read(ctx, OUTER_UDP)?;
-    let inner_len = icmp::frag_needed(ctx, INNER_IP, mtu, vif.cloud_addrs[0])?;
+    let (inner_len, answered) = if v6 {
+        let addrs = VIF_ADDRS6.get(vif_id).ok_or(Drop::Mtu)?;
+        let len = icmp::packet_too_big(ctx, INNER_IP, mtu, &addrs.cloud[0])?;
+        (len, pass_reason::ICMP6_TOO_BIG)
+    } else {
+        let len = icmp::frag_needed(ctx, INNER_IP, mtu, vif.cloud_addrs[0])?;
+        (len, pass_reason::ICMP_FRAG_NEEDED)
+    };
     let outer_len = inner_len + VXLAN_OVERHEAD as u16;
     // Back where it came from: both headers' addresses swapped.
     write(ctx, 0, [outer[1], outer[0]])?;
@@ -282,7 +307,7 @@ fn frag_needed_to_vpc(
     write(ctx, INNER_ETH, [inner[1], inner[0]])?;
     // Out of the underlay port it came in on (a redirect: see `vlan::too_big`).
     let action = redirect(ctx.ingress_ifindex() as u32)?;
-    stats::pass(pass_reason::ICMP_FRAG_NEEDED);
+    stats::pass(answered);
     stats::attachment_tx(att_id, frame_len(ctx));
     Ok(action)
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use aya::programs::XdpMode;
 use forwarder_common::{Attachment, MAP_NEXT_HOPS, MAP_ROUTES, Vif, VifKey, VifPolicy, VtepKey};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::{
     dataplane::{self, AttachmentSpec, Dataplane, NextHopSpec, PortRole, VifSpec},
@@ -135,10 +135,12 @@ impl<K: Copy + Eq + std::hash::Hash> Keys<K> {
 
 #[derive(Debug, Default)]
 struct Programmed {
-    routes: HashMap<(GatewayId, Ipv4Net), (u32, Source)>,
+    routes: HashMap<(GatewayId, IpNet), (u32, Source)>,
+    /// Of `routes`, the IPv6 ones (their own map).
+    routes6: usize,
     per_gateway: HashMap<GatewayId, usize>,
     /// Installed BGP routes: the ones to give up when a static route needs room.
-    bgp: BTreeSet<(GatewayId, Ipv4Net)>,
+    bgp: BTreeSet<(GatewayId, IpNet)>,
     next_hops: HashMap<u32, NextHopSpec>,
     /// Routes pointing to each next hop.
     route_refs: HashMap<u32, u32>,
@@ -171,12 +173,12 @@ pub struct Apply {
     mode: XdpMode,
     programmed: Programmed,
     /// Selected routes not in the map, most preferred source first.
-    pending: BTreeMap<(Source, GatewayId, Ipv4Net), Pending>,
+    pending: BTreeMap<(Source, GatewayId, IpNet), Pending>,
     /// Next hops no longer wanted but still referred to; cleared once nothing does.
     deferred: BTreeSet<NextHopKey>,
     /// Next hops whose write failed, and routes whose removal failed: written again.
     failed_next_hops: BTreeSet<NextHopKey>,
-    failed_routes: BTreeSet<(GatewayId, Ipv4Net)>,
+    failed_routes: BTreeSet<(GatewayId, IpNet)>,
     route_capacity: u32,
     next_hop_capacity: u32,
 }
@@ -192,6 +194,7 @@ impl Apply {
             p.routes.insert((gateway, prefix), (nh, Source::Bgp));
             p.bgp.insert((gateway, prefix));
             *p.per_gateway.entry(gateway).or_default() += 1;
+            p.routes6 += usize::from(prefix.addr().is_ipv6());
             bump(&mut p.route_refs, nh, true);
         }
         for (id, entry) in dp.next_hops()? {
@@ -240,8 +243,14 @@ impl Apply {
         self.next_hop_capacity
     }
 
+    /// IPv4 routes in the map.
     pub fn routes_installed(&self) -> usize {
-        self.programmed.routes.len()
+        self.programmed.routes.len() - self.programmed.routes6
+    }
+
+    /// IPv6 routes in their map (of [`forwarder_common::MAX_ROUTES6`]).
+    pub fn routes6_installed(&self) -> usize {
+        self.programmed.routes6
     }
 
     pub fn mode(&self) -> XdpMode {
@@ -286,21 +295,21 @@ impl Apply {
 
     /// The next-hop id a route of the map holds.
     /// Every route in the map with its next-hop id.
-    pub fn programmed_routes(&self) -> impl Iterator<Item = (GatewayId, Ipv4Net, u32)> + '_ {
+    pub fn programmed_routes(&self) -> impl Iterator<Item = (GatewayId, IpNet, u32)> + '_ {
         self.programmed
             .routes
             .iter()
             .map(|((g, p), (nh, _))| (*g, *p, *nh))
     }
 
-    pub fn installed(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<u32> {
+    pub fn installed(&self, gateway: GatewayId, prefix: IpNet) -> Option<u32> {
         self.programmed
             .routes
             .get(&(gateway, prefix))
             .map(|(nh, _)| *nh)
     }
 
-    pub fn pending(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<&Pending> {
+    pub fn pending(&self, gateway: GatewayId, prefix: IpNet) -> Option<&Pending> {
         [Source::Propagated, Source::Static, Source::Bgp]
             .iter()
             .find_map(|s| self.pending.get(&(*s, gateway, prefix)))
@@ -638,7 +647,7 @@ impl Apply {
     }
 
     /// Removes a route from the map; false if it was not there.
-    fn remove_route(&mut self, gateway: GatewayId, prefix: Ipv4Net) -> Result<bool, Error> {
+    fn remove_route(&mut self, gateway: GatewayId, prefix: IpNet) -> Result<bool, Error> {
         let Some((nh, _)) = self.programmed.routes.get(&(gateway, prefix)).copied() else {
             return Ok(false);
         };
@@ -647,9 +656,11 @@ impl Apply {
         Ok(true)
     }
 
-    fn forget_route(&mut self, gateway: GatewayId, prefix: Ipv4Net, nh: u32) {
+    fn forget_route(&mut self, gateway: GatewayId, prefix: IpNet, nh: u32) {
         let p = &mut self.programmed;
-        p.routes.remove(&(gateway, prefix));
+        if p.routes.remove(&(gateway, prefix)).is_some() {
+            p.routes6 -= usize::from(prefix.addr().is_ipv6());
+        }
         p.bgp.remove(&(gateway, prefix));
         bump(&mut p.route_refs, nh, false);
         if let Some(n) = p.per_gateway.get_mut(&gateway) {
@@ -661,8 +672,18 @@ impl Apply {
     }
 
     /// Gives up one installed BGP route (made pending) to make room; false if there is none.
-    fn evict_bgp(&mut self) -> Result<bool, Error> {
-        let Some((gateway, prefix)) = self.programmed.bgp.last().copied() else {
+    /// Gives up an installed BGP route of the family of `room_for` (each family has its own
+    /// map); false if there is none.
+    fn evict_bgp(&mut self, room_for: IpNet) -> Result<bool, Error> {
+        let v6 = room_for.addr().is_ipv6();
+        let Some((gateway, prefix)) = self
+            .programmed
+            .bgp
+            .iter()
+            .rev()
+            .find(|(_, p)| p.addr().is_ipv6() == v6)
+            .copied()
+        else {
             return Ok(false);
         };
         tracing::warn!(gateway = %gateway, prefix = %prefix, "route map full: a BGP route makes room for a propagated or static one");
@@ -677,7 +698,7 @@ impl Apply {
     fn install(
         &mut self,
         gateway: GatewayId,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         candidate: Candidate,
         next_hop: Option<NextHopKey>,
         pool: &Pool<NextHopKey>,
@@ -706,7 +727,7 @@ impl Apply {
         let mut result = self.dp.upsert_route(gateway.0, prefix, nh);
         if matches!(result, Err(Error::RouteMapFull))
             && candidate.source != Source::Bgp
-            && self.evict_bgp()?
+            && self.evict_bgp(prefix)?
         {
             result = self.dp.upsert_route(gateway.0, prefix, nh);
         }
@@ -718,6 +739,7 @@ impl Apply {
                 let p = &mut self.programmed;
                 p.routes.insert((gateway, prefix), (nh, candidate.source));
                 *p.per_gateway.entry(gateway).or_default() += 1;
+                p.routes6 += usize::from(prefix.addr().is_ipv6());
                 bump(&mut p.route_refs, nh, true);
                 self.note_source(gateway, prefix, nh, candidate.source);
                 report.written += 1;
@@ -734,7 +756,7 @@ impl Apply {
         Ok(())
     }
 
-    fn note_source(&mut self, gateway: GatewayId, prefix: Ipv4Net, nh: u32, source: Source) {
+    fn note_source(&mut self, gateway: GatewayId, prefix: IpNet, nh: u32, source: Source) {
         let p = &mut self.programmed;
         p.routes.insert((gateway, prefix), (nh, source));
         if source == Source::Bgp {
@@ -790,7 +812,7 @@ impl Apply {
         let removals = self.write_next_hops(keys, desired, pool, &mut report);
 
         // Routes: removals first (they also make room), then writes by preference.
-        let mut routes: Vec<(GatewayId, Ipv4Net)> = changes
+        let mut routes: Vec<(GatewayId, IpNet)> = changes
             .routes
             .iter()
             .map(|c| (c.gateway, c.prefix))
@@ -864,14 +886,14 @@ impl Apply {
     /// room), then writes, propagated and static before BGP.
     fn write_routes(
         &mut self,
-        mut routes: Vec<(GatewayId, Ipv4Net)>,
+        mut routes: Vec<(GatewayId, IpNet)>,
         desired: &Desired,
         pool: &Pool<NextHopKey>,
         report: &mut Report,
     ) -> Result<(), Error> {
         routes.sort_unstable();
         routes.dedup();
-        let mut writes: Vec<(Source, GatewayId, Ipv4Net, Candidate)> = Vec::new();
+        let mut writes: Vec<(Source, GatewayId, IpNet, Candidate)> = Vec::new();
         for (gateway, prefix) in routes {
             match desired.route(gateway, prefix) {
                 Some(c) => writes.push((c.source, gateway, prefix, c)),
@@ -954,7 +976,7 @@ impl Apply {
         pool: &Pool<NextHopKey>,
         report: &mut Report,
     ) -> Result<(), Error> {
-        let keys: Vec<(Source, GatewayId, Ipv4Net)> = self.pending.keys().copied().collect();
+        let keys: Vec<(Source, GatewayId, IpNet)> = self.pending.keys().copied().collect();
         for (source, gateway, prefix) in keys {
             let Some(c) = desired.route(gateway, prefix) else {
                 self.pending.remove(&(source, gateway, prefix));
@@ -990,7 +1012,7 @@ impl Apply {
         let mut report = Report::default();
         let keys = std::mem::take(&mut self.failed_next_hops);
         let removals = self.write_next_hops(keys, desired, pool, &mut report);
-        let routes: Vec<(GatewayId, Ipv4Net)> = self.failed_routes.iter().copied().collect();
+        let routes: Vec<(GatewayId, IpNet)> = self.failed_routes.iter().copied().collect();
         self.write_routes(routes, desired, pool, &mut report)?;
         self.retry_pending(desired, pool, &mut report)?;
         self.clear_next_hops(removals, desired, pool, &mut report);

@@ -1,10 +1,10 @@
 //! The `forwarder` command line: the agent, `check`, and the control subcommands (a thin
 //! client of the control socket). Exit code 1 and a message on stderr for every error.
 
-use std::{net::Ipv4Addr, path::PathBuf, process::ExitCode};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::control::{self, Request, Response};
 
@@ -53,7 +53,7 @@ pub enum Command {
     Lookup {
         #[arg(long)]
         gateway: String,
-        address: Ipv4Addr,
+        address: IpAddr,
     },
     /// Traffic counters per VIF and attachment, drops by reason.
     Stats {
@@ -139,7 +139,7 @@ pub enum RouteCommand {
     Add {
         #[arg(long)]
         gateway: String,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         /// A VIF or VPC attachment of the gateway.
         #[arg(long)]
         via: String,
@@ -148,7 +148,7 @@ pub enum RouteCommand {
     Del {
         #[arg(long)]
         gateway: String,
-        prefix: Ipv4Net,
+        prefix: IpNet,
     },
 }
 

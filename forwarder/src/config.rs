@@ -11,7 +11,11 @@
 //!
 //! Choices beyond DESIGN §1, as an operator would expect them:
 //! - interconnect addresses may also be link-local (169.254.0.0/16): the §5 example uses them;
-//! - a peer's `prefix_len` must be 30 (it defaults to 30 when omitted);
+//! - a peer's `prefix_len` must be 30 for an IPv4 pair (the default), 126 (the default) or
+//!   127 for an IPv6 one; IPv6 pairs are unicast outside fe80::/10, and a /126 does not use
+//!   its subnet-router anycast address (the first);
+//! - a VIF with an IPv6 pair has an MTU of at least 1280 (IPv6's minimum); a static route's
+//!   VIF has a pair of the prefix's family;
 //! - a VIF and a VPC attachment may not share a name, since `static_route.via` names either;
 //! - BGP-only settings (`bgp_password`, `max_prefixes`, `accept_default = true`) on a
 //!   `routing = "static"` VIF are errors rather than silently ignored;
@@ -23,13 +27,13 @@
 use std::{
     collections::HashMap,
     fmt, fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::RangeInclusive,
     path::{Path, PathBuf},
     str::FromStr,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, de};
 
 /// The ASN the gateway speaks to customers unless `agent.local_asn` says otherwise.
@@ -58,8 +62,11 @@ pub const MAX_AS_PATH_PREPEND: u8 = 10;
 pub const MIN_VIF_MTU: u16 = 68;
 /// Above this a control-path limit is no limit (1 µs per frame, per class, per CPU).
 pub const MAX_CONTROL_RATE_PPS: u32 = 1_000_000;
-/// Interconnect pairs are /30s.
+/// IPv4 interconnect pairs are /30s.
 pub const INTERCONNECT_PREFIX_LEN: u8 = 30;
+/// IPv6 interconnect pairs are /126s (Azure's private peering) unless they say /127
+/// (RFC 6164).
+pub const INTERCONNECT_PREFIX_LEN_V6: u8 = 126;
 /// Control namespace prefixes are short: the VIF name follows.
 pub const MAX_NETNS_PREFIX_LEN: usize = 16;
 /// Sizes of the route map an operator may choose.
@@ -235,9 +242,10 @@ pub struct VpcAttachment {
     pub remote_vtep: Ipv4Addr,
     /// Inner destination MAC toward the VPC.
     pub router_mac: MacAddr,
-    /// VPC CIDRs installed in the gateway's table with this attachment as next hop.
+    /// VPC CIDRs (IPv4 or IPv6) installed in the gateway's table with this attachment as
+    /// next hop.
     #[serde(deserialize_with = "prefixes")]
-    pub propagate: Vec<Ipv4Net>,
+    pub propagate: Vec<IpNet>,
 }
 
 /// `[[vif]]`: one VLAN on one connection, bound to one border gateway.
@@ -263,7 +271,7 @@ pub struct Vif {
     pub max_prefix_len: Option<u8>,
     /// When given, received prefixes must lie within one of these.
     #[serde(default, deserialize_with = "prefixes")]
-    pub allowed_prefixes: Vec<Ipv4Net>,
+    pub allowed_prefixes: Vec<IpNet>,
     /// GTSM (RFC 5082): the sessions send with TTL 255 and accept only TTL 255.
     #[serde(default)]
     pub ttl_security: bool,
@@ -309,26 +317,53 @@ pub enum Routing {
     Static,
 }
 
-/// `[[vif.peer]]`: one /30 interconnect pair (one BGP session to one cloud router).
+/// `[[vif.peer]]`: one interconnect pair, IPv4 (/30) or IPv6 (/126 or /127): one BGP session
+/// to one client router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "PeerFields")]
 pub struct Peer {
-    pub client_address: Ipv4Addr,
-    pub cloud_address: Ipv4Addr,
-    #[serde(default = "interconnect_prefix_len")]
+    pub client_address: IpAddr,
+    pub cloud_address: IpAddr,
+    /// 30 for IPv4 when the file says nothing, 126 for IPv6.
     pub prefix_len: u8,
 }
 
-fn interconnect_prefix_len() -> u8 {
-    INTERCONNECT_PREFIX_LEN
+/// `[[vif.peer]]` as written: the default `prefix_len` depends on the family.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerFields {
+    client_address: IpAddr,
+    cloud_address: IpAddr,
+    prefix_len: Option<u8>,
+}
+
+impl From<PeerFields> for Peer {
+    fn from(f: PeerFields) -> Self {
+        let default = if f.client_address.is_ipv6() {
+            INTERCONNECT_PREFIX_LEN_V6
+        } else {
+            INTERCONNECT_PREFIX_LEN
+        };
+        Self {
+            client_address: f.client_address,
+            cloud_address: f.cloud_address,
+            prefix_len: f.prefix_len.unwrap_or(default),
+        }
+    }
 }
 
 impl Peer {
-    /// The interconnect subnet, `None` only for a `prefix_len` above 32.
-    pub fn network(&self) -> Option<Ipv4Net> {
-        Ipv4Net::new(self.client_address, self.prefix_len)
+    /// The interconnect subnet (of the client address's family), `None` only for a
+    /// `prefix_len` longer than the address.
+    pub fn network(&self) -> Option<IpNet> {
+        IpNet::new(self.client_address, self.prefix_len)
             .ok()
             .map(|net| net.trunc())
+    }
+
+    /// An IPv6 pair.
+    pub const fn is_ipv6(&self) -> bool {
+        self.client_address.is_ipv6()
     }
 }
 
@@ -338,7 +373,7 @@ impl Peer {
 pub struct StaticRoute {
     pub border_gateway: String,
     #[serde(deserialize_with = "prefix")]
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     /// The name of a VIF or a VPC attachment of the same border gateway.
     pub via: String,
 }
@@ -401,8 +436,8 @@ impl Config {
     pub fn overlapping_propagated(
         &self,
         border_gateway: &str,
-        prefix: Ipv4Net,
-    ) -> Option<(&VpcAttachment, Ipv4Net)> {
+        prefix: IpNet,
+    ) -> Option<(&VpcAttachment, IpNet)> {
         self.vpc_attachments
             .iter()
             .filter(|a| a.border_gateway == border_gateway)
@@ -468,17 +503,19 @@ impl<'de> Deserialize<'de> for MacAddr {
     }
 }
 
-fn parse_prefix(text: &str) -> Result<Ipv4Net, String> {
+fn parse_prefix(text: &str) -> Result<IpNet, String> {
     text.parse().map_err(|_| {
-        format!("invalid IPv4 prefix {text:?}: expected address/length like \"10.0.0.0/16\"")
+        format!(
+            "invalid prefix {text:?}: expected address/length like \"10.0.0.0/16\" or \"2001:db8::/32\""
+        )
     })
 }
 
-fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Ipv4Net, D::Error> {
+fn prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
     parse_prefix(&String::deserialize(deserializer)?).map_err(de::Error::custom)
 }
 
-fn prefixes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Ipv4Net>, D::Error> {
+fn prefixes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
     Vec::<String>::deserialize(deserializer)?
         .iter()
         .map(|text| parse_prefix(text).map_err(de::Error::custom))
@@ -742,7 +779,8 @@ fn block_name(lines: &[&str]) -> Option<String> {
         })
 }
 
-fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+/// Whether two prefixes share addresses (never across families).
+fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b) || b.contains(&a)
 }
 
@@ -865,6 +903,24 @@ fn local_asn_problem(asn: u32) -> Option<String> {
 /// 10/8, 172.16/12, 192.168/16, and 169.254/16 as the §5 example uses it.
 fn interconnect_range(address: Ipv4Addr) -> bool {
     address.is_private() || address.is_link_local()
+}
+
+/// Why an IPv6 address cannot be an interconnect address, as the rest of a sentence: it must
+/// be unicast beyond its link (global or unique local; the link-local ones are the kernel's
+/// own on each side, and a session over them is not offered).
+fn interconnect_problem_v6(address: Ipv6Addr) -> Option<&'static str> {
+    let first = address.segments()[0];
+    if address.is_unspecified() || address.is_loopback() {
+        Some("is unspecified or loopback")
+    } else if address.is_multicast() {
+        Some("is a multicast address")
+    } else if first & 0xffc0 == 0xfe80 {
+        Some("is link-local (fe80::/10); use a global or unique local (fc00::/7) pair")
+    } else if address.to_ipv4_mapped().is_some() {
+        Some("is an IPv4-mapped address")
+    } else {
+        None
+    }
 }
 
 /// One pass over a parsed config, collecting every problem.
@@ -1061,7 +1117,7 @@ impl<'a> Validator<'a> {
         let sections = self.sections("vpc_attachment", attachments, |a| &a.name);
         let mut tunnels: HashMap<(u32, Ipv4Addr), usize> = HashMap::new();
         // Per gateway: every CIDR propagated so far, with the attachment's index.
-        let mut propagated: HashMap<&str, Vec<(Ipv4Net, usize)>> = HashMap::new();
+        let mut propagated: HashMap<&str, Vec<(IpNet, usize)>> = HashMap::new();
         for (index, attachment) in attachments.iter().enumerate() {
             let section = &sections[index];
             self.border_gateway_exists(section, &attachment.border_gateway);
@@ -1141,7 +1197,7 @@ impl<'a> Validator<'a> {
         let vifs = &self.config.vifs;
         let sections = self.sections("vif", vifs, |v| &v.name);
         let mut vlans: HashMap<(&str, u16), usize> = HashMap::new();
-        let mut subnets: HashMap<(&str, Ipv4Net), usize> = HashMap::new();
+        let mut subnets: HashMap<(&str, IpNet), usize> = HashMap::new();
         for (index, vif) in vifs.iter().enumerate() {
             let section = &sections[index];
             if self.config.attachment(&vif.name).is_some() {
@@ -1191,6 +1247,25 @@ impl<'a> Validator<'a> {
                 forwarder_common::MAX_VIF_MTU
             );
             self.problem(section, "mtu", detail);
+        } else if let Some(mtu) = vif.mtu
+            && mtu < forwarder_common::IPV6_MIN_MTU
+            && vif.peers.iter().any(Peer::is_ipv6)
+        {
+            let detail = format!(
+                "{mtu} is below {}, IPv6's minimum, and the vif has an IPv6 peer",
+                forwarder_common::IPV6_MIN_MTU
+            );
+            self.problem(section, "mtu", detail);
+        }
+        if vif.routing == Routing::Bgp
+            && let Some(position) = vif.peers.iter().position(Peer::is_ipv6)
+        {
+            let detail = format!(
+                "is IPv6 on a routing = \"bgp\" vif: BGP sessions over IPv6 are not supported yet; \
+                 use routing = \"static\" for IPv6 (peer #{})",
+                position + 1
+            );
+            self.problem(section, "peer", detail);
         }
         if let Some(rate) = vif.control_rate_pps
             && rate > MAX_CONTROL_RATE_PPS
@@ -1271,7 +1346,7 @@ impl<'a> Validator<'a> {
         vif: &'v Vif,
         index: usize,
         sections: &[String],
-        subnets: &mut HashMap<(&'v str, Ipv4Net), usize>,
+        subnets: &mut HashMap<(&'v str, IpNet), usize>,
     ) {
         match vif.peers.len() {
             0 => self.problem(
@@ -1286,24 +1361,49 @@ impl<'a> Validator<'a> {
             ),
             _ => {}
         }
-        let mut own: Vec<(Ipv4Net, usize)> = Vec::new();
+        let mut own: Vec<(IpNet, usize)> = Vec::new();
         for (position, peer) in vif.peers.iter().enumerate() {
             let section = format!("{section} peer #{}", position + 1);
             let (client, cloud) = (peer.client_address, peer.cloud_address);
-            if peer.prefix_len != INTERCONNECT_PREFIX_LEN {
+            if client.is_ipv6() != cloud.is_ipv6() {
                 let detail = format!(
-                    "{} is not {INTERCONNECT_PREFIX_LEN}: interconnect pairs are /{INTERCONNECT_PREFIX_LEN}s",
-                    peer.prefix_len
+                    "{cloud} is not of the family of client_address {client}: a pair is IPv4 or IPv6"
                 );
+                self.problem(&section, "cloud_address", detail);
+                continue;
+            }
+            let allowed: &[u8] = if peer.is_ipv6() {
+                &[INTERCONNECT_PREFIX_LEN_V6, 127]
+            } else {
+                &[INTERCONNECT_PREFIX_LEN]
+            };
+            if !allowed.contains(&peer.prefix_len) {
+                let detail = if peer.is_ipv6() {
+                    format!(
+                        "{} is not {INTERCONNECT_PREFIX_LEN_V6} or 127: IPv6 interconnect pairs are /{INTERCONNECT_PREFIX_LEN_V6}s or /127s",
+                        peer.prefix_len
+                    )
+                } else {
+                    format!(
+                        "{} is not {INTERCONNECT_PREFIX_LEN}: interconnect pairs are /{INTERCONNECT_PREFIX_LEN}s",
+                        peer.prefix_len
+                    )
+                };
                 self.problem(&section, "prefix_len", detail);
                 continue;
             }
             let mut in_range = true;
             for (field, address) in [("client_address", client), ("cloud_address", cloud)] {
-                if !interconnect_range(address) {
-                    let detail = format!(
+                let detail = match address {
+                    IpAddr::V4(a) if !interconnect_range(a) => Some(format!(
                         "{address} is outside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16 and 169.254.0.0/16"
-                    );
+                    )),
+                    IpAddr::V6(a) => {
+                        interconnect_problem_v6(a).map(|why| format!("{address} {why}"))
+                    }
+                    IpAddr::V4(_) => None,
+                };
+                if let Some(detail) = detail {
                     self.problem(&section, field, detail);
                     in_range = false;
                 }
@@ -1312,8 +1412,10 @@ impl<'a> Validator<'a> {
                 continue;
             };
             if !subnet.contains(&cloud) {
-                let detail =
-                    format!("{cloud} is not in {subnet}, the /30 of client_address {client}");
+                let detail = format!(
+                    "{cloud} is not in {subnet}, the /{} of client_address {client}",
+                    peer.prefix_len
+                );
                 self.problem(&section, "cloud_address", detail);
                 continue;
             }
@@ -1324,12 +1426,13 @@ impl<'a> Validator<'a> {
             }
             let mut usable = true;
             for (field, address) in [("client_address", client), ("cloud_address", cloud)] {
-                let which = if address == subnet.network() {
-                    "network"
-                } else if address == subnet.broadcast() {
-                    "broadcast"
-                } else {
-                    continue;
+                let which = match subnet {
+                    IpNet::V4(net) if address == net.network() => "network",
+                    IpNet::V4(net) if address == net.broadcast() => "broadcast",
+                    IpNet::V6(net) if net.prefix_len() == 126 && address == net.network() => {
+                        "subnet-router anycast"
+                    }
+                    _ => continue,
                 };
                 self.problem(
                     &section,
@@ -1343,8 +1446,9 @@ impl<'a> Validator<'a> {
             }
             if let Some(&(_, earlier)) = own.iter().find(|(other, _)| *other == subnet) {
                 let detail = format!(
-                    "{client} is in {subnet}, the /30 of peer #{} too; the two peers need different /30s",
-                    earlier + 1
+                    "{client} is in {subnet}, the /{len} of peer #{} too; the two peers need different /{len}s",
+                    earlier + 1,
+                    len = peer.prefix_len,
                 );
                 self.problem(&section, "client_address", detail);
                 continue;
@@ -1368,7 +1472,7 @@ impl<'a> Validator<'a> {
 
     fn static_routes(&mut self) {
         let config = self.config;
-        let mut seen: HashMap<(&str, Ipv4Net), usize> = HashMap::new();
+        let mut seen: HashMap<(&str, IpNet), usize> = HashMap::new();
         for (index, route) in config.static_routes.iter().enumerate() {
             let section = format!("static_route #{}", index + 1);
             let gateway = route.border_gateway.as_str();
@@ -1408,6 +1512,24 @@ impl<'a> Validator<'a> {
                     self.problem(&section, "via", detail);
                 }
                 continue;
+            }
+            if let Via::Vif(vif) = via
+                && !vif.peers.is_empty()
+                && !vif
+                    .peers
+                    .iter()
+                    .any(|p| p.is_ipv6() == prefix.addr().is_ipv6())
+            {
+                let family = if prefix.addr().is_ipv6() {
+                    "IPv6"
+                } else {
+                    "IPv4"
+                };
+                let detail = format!(
+                    "{prefix} is {family} but vif {:?} has no {family} peer to send it to",
+                    route.via
+                );
+                self.problem(&section, "prefix", detail);
             }
             if let Via::Vif(_) = via
                 && let Some((attachment, cidr)) = config.overlapping_propagated(gateway, prefix)
@@ -1641,7 +1763,7 @@ via = "vif-200"
         assert_eq!(attachment.router_mac, MacAddr([2, 0, 0, 0, 0x0a, 1]));
         assert_eq!(
             attachment.propagate,
-            ["10.0.0.0/16".parse::<Ipv4Net>().expect("cidr")]
+            ["10.0.0.0/16".parse::<IpNet>().expect("cidr")]
         );
         let vif = config.vif("vif-100").expect("vif-100");
         assert_eq!(
@@ -2197,9 +2319,100 @@ via = "vif-200"
             &edit("prefix = \"192.168.50.0/24\"", "prefix = \"192.168.50.0\""),
             &[
                 "static_route #1: prefix: ",
-                "invalid IPv4 prefix \"192.168.50.0\"",
+                "invalid prefix \"192.168.50.0\"",
                 "line ",
             ],
+        );
+    }
+
+    // --- IPv6
+
+    /// vif-200 with an IPv6 pair after its IPv4 one.
+    fn dual_stack(client: &str, cloud: &str, extra: &str) -> String {
+        edit(
+            "  client_address = \"192.168.100.2\"\n  cloud_address = \"192.168.100.1\"\n  prefix_len = 30\n",
+            &format!(
+                "  client_address = \"192.168.100.2\"\n  cloud_address = \"192.168.100.1\"\n  prefix_len = 30\n\n  [[vif.peer]]\n  client_address = \"{client}\"\n  cloud_address = \"{cloud}\"\n{extra}"
+            ),
+        )
+    }
+
+    #[test]
+    fn a_dual_stack_vif_with_ipv6_routes_and_cidrs() {
+        let text = dual_stack("2001:db8:ff::2", "2001:db8:ff::1", "").replace(
+            "propagate = [\"10.0.0.0/16\"]  # same CIDR",
+            "propagate = [\"10.0.0.0/16\", \"2001:db8:a::/48\"]  # same CIDR",
+        ) + "\n[[static_route]]\nborder_gateway = \"bgw-2\"\nprefix = \"2001:db8:100::/48\"\nvia = \"vif-200\"\n";
+        let c = accepted(&text);
+        let peer = c.vif("vif-200").expect("vif").peers[1];
+        assert!(peer.is_ipv6());
+        assert_eq!(peer.prefix_len, INTERCONNECT_PREFIX_LEN_V6, "the default");
+        assert_eq!(
+            peer.network(),
+            Some("2001:db8:ff::/126".parse().expect("net"))
+        );
+        assert!(c.static_routes.iter().any(|r| r.prefix.addr().is_ipv6()));
+    }
+
+    #[test]
+    fn ipv6_pair_rules() {
+        rejected(
+            &dual_stack("2001:db8:ff::2", "2001:db8:ff::1", "  prefix_len = 64\n"),
+            r#"forwarder.toml: vif "vif-200" peer #2: prefix_len 64 is not 126 or 127: IPv6 interconnect pairs are /126s or /127s"#,
+        );
+        rejected(
+            &dual_stack("2001:db8:ff::2", "2001:db8:ff::9", ""),
+            r#"forwarder.toml: vif "vif-200" peer #2: cloud_address 2001:db8:ff::9 is not in 2001:db8:ff::/126, the /126 of client_address 2001:db8:ff::2"#,
+        );
+        rejected(
+            &dual_stack("2001:db8:ff::2", "2001:db8:ff::", ""),
+            r#"forwarder.toml: vif "vif-200" peer #2: cloud_address 2001:db8:ff:: is the subnet-router anycast address of 2001:db8:ff::/126"#,
+        );
+        // A /127 uses both (RFC 6164).
+        accepted(&dual_stack(
+            "2001:db8:ff::1",
+            "2001:db8:ff::",
+            "  prefix_len = 127\n",
+        ));
+        let both = error(&dual_stack("fe80::2", "fe80::1", ""));
+        assert!(
+            both.contains("peer #2: client_address fe80::2 is link-local")
+                && both.contains("peer #2: cloud_address fe80::1 is link-local"),
+            "{both}"
+        );
+        rejected_with(
+            &dual_stack("2001:db8:ff::2", "192.168.101.1", ""),
+            &[
+                "peer #2: cloud_address 192.168.101.1 is not of the family of client_address 2001:db8:ff::2",
+            ],
+        );
+    }
+
+    #[test]
+    fn ipv6_needs_a_static_vif_its_family_and_1280_bytes() {
+        rejected_with(
+            &dual_stack("2001:db8:ff::2", "2001:db8:ff::1", "")
+                .replace("routing = \"static\"", "routing = \"static\"\nmtu = 1000"),
+            &["vif \"vif-200\": mtu 1000 is below 1280, IPv6's minimum"],
+        );
+        // vif-200 has no IPv6 pair.
+        rejected(
+            &edit(
+                "prefix = \"172.20.0.0/16\"",
+                "prefix = \"2001:db8:100::/48\"",
+            ),
+            r#"forwarder.toml: static_route #3: prefix 2001:db8:100::/48 is IPv6 but vif "vif-200" has no IPv6 peer to send it to"#,
+        );
+        rejected_with(
+            &edit(
+                "  client_address = \"10.255.0.6\"\n  cloud_address = \"10.255.0.5\"",
+                "  client_address = \"2001:db8:ff::2\"\n  cloud_address = \"2001:db8:ff::1\"",
+            )
+            .replace(
+                "  prefix_len = 30\n\n[[vif]]\nname = \"vif-200\"",
+                "\n[[vif]]\nname = \"vif-200\"",
+            ),
+            &["vif \"vif-100\": peer is IPv6 on a routing = \"bgp\" vif"],
         );
     }
 
@@ -2646,9 +2859,7 @@ via = "vif-200"
                 "cloud_address = \"192.168.100.1\"",
                 "cloud_address = \"192.168.100\"",
             ),
-            &[
-                r#"forwarder.toml: vif "vif-200" peer #1: cloud_address: invalid IPv4 address syntax"#,
-            ],
+            &[r#"forwarder.toml: vif "vif-200" peer #1: cloud_address: invalid IP address syntax"#],
         );
     }
 

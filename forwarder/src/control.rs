@@ -3,11 +3,11 @@
 //! shapes below are the stable, documented output (README "Control CLI").
 
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt as _;
 
@@ -24,16 +24,16 @@ pub enum Request {
     },
     RouteAdd {
         gateway: String,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         via: String,
     },
     RouteDel {
         gateway: String,
-        prefix: Ipv4Net,
+        prefix: IpNet,
     },
     Lookup {
         gateway: String,
-        address: Ipv4Addr,
+        address: IpAddr,
     },
     Stats {
         vif: Option<String>,
@@ -138,12 +138,16 @@ pub struct AttachmentStatus {
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct MapUsage {
+    /// IPv4 routes (`ROUTES`).
     pub routes: Usage,
+    /// IPv6 routes (`ROUTES6`).
+    #[serde(default)]
+    pub routes6: Usage,
     pub next_hops: Usage,
     pub vifs: Usage,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Usage {
     pub used: u64,
     pub capacity: u64,
@@ -209,7 +213,7 @@ pub struct PeerStatus {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RouteEntry {
     pub gateway: String,
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     /// propagated | static | bgp
     pub source: String,
     /// `attachment NAME` or `vif NAME`
@@ -230,7 +234,7 @@ pub struct RouteEntry {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LookupAnswer {
     pub gateway: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// The data plane's answer: next-hop id of the longest match, null if none.
     pub next_hop_id: Option<u32>,
     /// What that next hop is, as the agent programmed it.

@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -25,14 +25,14 @@ use aya::{
 use forwarder_common::{
     Attachment, BfdAnswer, BfdKey, ControlBuckets, DROP_SLOTS, MAP_ATTACHMENT_STATS,
     MAP_ATTACHMENTS, MAP_BFD_ANSWER, MAP_CAPTURE, MAP_CAPTURE_RING, MAP_CONTROL_BUCKETS,
-    MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES, MAP_ROUTES, MAP_TX_PORTS,
-    MAP_UNDERLAY, MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS, MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS,
-    MAX_ATTACHMENTS, MAX_BFD_ANSWERS, MAX_GROUP_MEMBERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_VIFS,
-    NextHop, PASS_SLOTS, PacketCounter, RouteKey, TrafficCounters, UnderlayHop, VLAN_COUNTERS,
-    VLAN_UNTAGGED_SLOT, Vif, VifDrops, VifKey, VifPolicy, VtepKey, drop_reason, next_hop_kind,
-    outer_ipv4_partial_csum, pass_reason,
+    MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES, MAP_ROUTES, MAP_ROUTES6, MAP_TX_PORTS,
+    MAP_UNDERLAY, MAP_VIF_ADDRS6, MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS, MAP_VIF_TABLE,
+    MAP_VIFS, MAP_VTEPS, MAX_ATTACHMENTS, MAX_BFD_ANSWERS, MAX_GROUP_MEMBERS, MAX_NEXT_HOPS,
+    MAX_PORTS, MAX_ROUTES6, MAX_VIFS, NextHop, PASS_SLOTS, PacketCounter, RouteKey, RouteKey6,
+    TrafficCounters, UnderlayHop, VLAN_COUNTERS, VLAN_UNTAGGED_SLOT, Vif, VifAddrs6, VifDrops,
+    VifKey, VifPolicy, VtepKey, drop_reason, next_hop_kind, outer_ipv4_partial_csum, pass_reason,
 };
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::netlink;
 
@@ -42,7 +42,9 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Every map the agent pins and re-adopts (the capture flag too, so that a new agent turns
 /// off a capture a killed one left on).
-const PINNED_MAPS: [&str; 18] = [
+const PINNED_MAPS: [&str; 20] = [
+    MAP_ROUTES6,
+    MAP_VIF_ADDRS6,
     MAP_UNDERLAY,
     MAP_BFD_ANSWER,
     MAP_VIF_POLICY,
@@ -67,7 +69,9 @@ const PINNED_MAPS: [&str; 18] = [
 /// 0 = any). The kernel does not compare a pinned map with the program's definition, and
 /// aya adopts whatever the pin holds, so an upgrade that changed a map would run the new
 /// program on the old map.
-const MAP_SHAPES: [(&str, usize, usize, u32); 18] = [
+const MAP_SHAPES: [(&str, usize, usize, u32); 20] = [
+    (MAP_ROUTES6, 4 + size_of::<RouteKey6>(), 4, MAX_ROUTES6),
+    (MAP_VIF_ADDRS6, 4, size_of::<VifAddrs6>(), MAX_VIFS),
     (MAP_UNDERLAY, 4, size_of::<UnderlayHop>(), MAX_ATTACHMENTS),
     (
         MAP_BFD_ANSWER,
@@ -227,6 +231,8 @@ pub struct VifSpec {
     /// Host end of the control veth, 0 until the control plane exists.
     pub control_ifindex: u32,
     pub cloud_addrs: [Option<Ipv4Addr>; 2],
+    /// IPv6 interconnect pairs (cloud, client); all zero: no IPv6 on this VIF.
+    pub addrs6: VifAddrs6,
     /// Source MAC toward the customer.
     pub mac: [u8; 6],
     /// MTU, source check, control-path rate limit (all zero: none).
@@ -562,10 +568,15 @@ impl Dataplane {
         LpmTrie::try_from(self.map_mut(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))
     }
 
+    fn routes6_mut(&mut self) -> Result<LpmTrie<&mut MapData, RouteKey6, u32>, Error> {
+        LpmTrie::try_from(self.map_mut(MAP_ROUTES6)?).map_err(map_err(MAP_ROUTES6))
+    }
+
     /// Creates or replaces a VIF: its table entry, its (port, VLAN) key, its control port.
     pub fn upsert_vif(&mut self, spec: &VifSpec) -> Result<(), Error> {
-        // Policy and table entry first: the key never points to a stale entry.
+        // Policy, addresses and table entry first: the key never points to a stale entry.
         self.set_vif_policy(spec.id, spec.policy)?;
+        self.set_vif_addrs6(spec.id, spec.addrs6)?;
         self.set_vif_slot(spec.id, spec.entry())?;
         self.set_vif_key(spec.key(), spec.id)?;
         if spec.control_ifindex != 0 {
@@ -589,6 +600,21 @@ impl Dataplane {
         self.array(MAP_VIF_POLICY)?
             .set(id, policy, 0)
             .map_err(map_err(MAP_VIF_POLICY))
+    }
+
+    /// Writes VIF `id`'s IPv6 interconnect addresses.
+    pub fn set_vif_addrs6(&mut self, id: u32, addrs: VifAddrs6) -> Result<(), Error> {
+        check_id("VIF", id, MAX_VIFS)?;
+        self.array(MAP_VIF_ADDRS6)?
+            .set(id, addrs, 0)
+            .map_err(map_err(MAP_VIF_ADDRS6))
+    }
+
+    /// VIF `id`'s IPv6 interconnect addresses as the data plane has them.
+    pub fn vif_addrs6(&self, id: u32) -> Result<VifAddrs6, Error> {
+        let map: Array<&MapData, VifAddrs6> =
+            Array::try_from(self.map(MAP_VIF_ADDRS6)?).map_err(map_err(MAP_VIF_ADDRS6))?;
+        map.get(&id, 0).map_err(map_err(MAP_VIF_ADDRS6))
     }
 
     /// Every non-empty VIF policy slot.
@@ -683,7 +709,8 @@ impl Dataplane {
         self.array(MAP_VIF_TABLE)?
             .set(spec.id, Vif::default(), 0)
             .map_err(map_err(MAP_VIF_TABLE))?;
-        self.set_vif_policy(spec.id, VifPolicy::default())
+        self.set_vif_policy(spec.id, VifPolicy::default())?;
+        self.set_vif_addrs6(spec.id, VifAddrs6::default())
     }
 
     /// Creates or replaces an attachment and its (VNI, remote VTEP) key.
@@ -776,25 +803,34 @@ impl Dataplane {
             .map_err(map_err(MAP_NEXT_HOPS))
     }
 
-    /// Installs or replaces a route of border gateway `gateway_id`.
-    /// A full map is [`Error::RouteMapFull`].
+    /// Installs or replaces a route of border gateway `gateway_id` (IPv4 or IPv6: each family
+    /// has its own map). A full map is [`Error::RouteMapFull`].
     pub fn upsert_route(
         &mut self,
         gateway_id: u32,
-        prefix: Ipv4Net,
+        prefix: impl Into<IpNet>,
         next_hop: u32,
     ) -> Result<(), Error> {
-        match self
-            .routes_mut()?
-            .insert(&route_key(gateway_id, prefix), next_hop, 0)
-        {
+        let (result, name) = match prefix.into() {
+            IpNet::V4(p) => (
+                self.routes_mut()?
+                    .insert(&route_key(gateway_id, p), next_hop, 0),
+                MAP_ROUTES,
+            ),
+            IpNet::V6(p) => (
+                self.routes6_mut()?
+                    .insert(&route_key6(gateway_id, p), next_hop, 0),
+                MAP_ROUTES6,
+            ),
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(MapError::SyscallError(e))
                 if matches!(e.io_error.raw_os_error(), Some(libc::ENOSPC | libc::E2BIG)) =>
             {
                 Err(Error::RouteMapFull)
             }
-            Err(e) => Err(map_err(MAP_ROUTES)(e)),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 
@@ -873,65 +909,104 @@ impl Dataplane {
             .collect()
     }
 
-    /// Installs many routes with one map handle; stops at the first failure.
-    pub fn upsert_routes(&mut self, routes: &[(u32, Ipv4Net, u32)]) -> Result<(), Error> {
+    /// Installs many routes with one map handle per family; stops at the first failure.
+    pub fn upsert_routes<P: Into<IpNet> + Copy>(
+        &mut self,
+        routes: &[(u32, P, u32)],
+    ) -> Result<(), Error> {
+        let (v4, v6) = split_families(routes.iter().map(|(g, p, nh)| (*g, (*p).into(), *nh)));
         let mut map = self.routes_mut()?;
-        for (gateway_id, prefix, next_hop) in routes {
-            map.insert(&route_key(*gateway_id, *prefix), *next_hop, 0)
+        for (gateway_id, prefix, next_hop) in v4 {
+            map.insert(&route_key(gateway_id, prefix), next_hop, 0)
                 .map_err(map_err(MAP_ROUTES))?;
+        }
+        let mut map = self.routes6_mut()?;
+        for (gateway_id, prefix, next_hop) in v6 {
+            map.insert(&route_key6(gateway_id, prefix), next_hop, 0)
+                .map_err(map_err(MAP_ROUTES6))?;
         }
         Ok(())
     }
 
     /// Removes a route; a route that is not there is not an error.
-    pub fn remove_route(&mut self, gateway_id: u32, prefix: Ipv4Net) -> Result<(), Error> {
-        ignore_missing(
-            self.routes_mut()?.remove(&route_key(gateway_id, prefix)),
-            MAP_ROUTES,
-        )
+    pub fn remove_route(&mut self, gateway_id: u32, prefix: impl Into<IpNet>) -> Result<(), Error> {
+        match prefix.into() {
+            IpNet::V4(p) => ignore_missing(
+                self.routes_mut()?.remove(&route_key(gateway_id, p)),
+                MAP_ROUTES,
+            ),
+            IpNet::V6(p) => ignore_missing(
+                self.routes6_mut()?.remove(&route_key6(gateway_id, p)),
+                MAP_ROUTES6,
+            ),
+        }
     }
 
-    pub fn remove_routes(&mut self, routes: &[(u32, Ipv4Net)]) -> Result<(), Error> {
-        let mut map = self.routes_mut()?;
+    pub fn remove_routes<P: Into<IpNet> + Copy>(
+        &mut self,
+        routes: &[(u32, P)],
+    ) -> Result<(), Error> {
         for (gateway_id, prefix) in routes {
-            ignore_missing(map.remove(&route_key(*gateway_id, *prefix)), MAP_ROUTES)?;
+            self.remove_route(*gateway_id, *prefix)?;
         }
         Ok(())
     }
 
     /// What the data plane answers for `addr` in gateway `gateway_id`: the next-hop id of the
-    /// longest matching prefix.
-    pub fn lookup(&self, gateway_id: u32, addr: Ipv4Addr) -> Result<Option<u32>, Error> {
-        let map: LpmTrie<&MapData, RouteKey, u32> =
-            LpmTrie::try_from(self.map(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))?;
-        let key = Key::new(
-            RouteKey::lpm_len(32),
-            RouteKey::new(gateway_id, addr.octets()),
-        );
-        match map.get(&key, 0) {
+    /// longest matching prefix in the address's family.
+    pub fn lookup(&self, gateway_id: u32, addr: impl Into<IpAddr>) -> Result<Option<u32>, Error> {
+        let (result, name) = match addr.into() {
+            IpAddr::V4(a) => {
+                let map: LpmTrie<&MapData, RouteKey, u32> =
+                    LpmTrie::try_from(self.map(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))?;
+                let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, a.octets()));
+                (map.get(&key, 0), MAP_ROUTES)
+            }
+            IpAddr::V6(a) => {
+                let map: LpmTrie<&MapData, RouteKey6, u32> =
+                    LpmTrie::try_from(self.map(MAP_ROUTES6)?).map_err(map_err(MAP_ROUTES6))?;
+                let key = Key::new(
+                    RouteKey::lpm_len(128),
+                    RouteKey6::new(gateway_id, a.octets()),
+                );
+                (map.get(&key, 0), MAP_ROUTES6)
+            }
+        };
+        match result {
             Ok(nh) => Ok(Some(nh)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(MAP_ROUTES)(e)),
+            Err(e) => Err(map_err(name)(e)),
         }
     }
 
-    /// Every route in the map: (gateway id, prefix, next-hop id). The agent reads this once
+    /// Every route in both maps: (gateway id, prefix, next-hop id). The agent reads this once
     /// when it re-adopts pinned maps, then diffs against it.
-    pub fn routes(&self) -> Result<Vec<(u32, Ipv4Net, u32)>, Error> {
+    pub fn routes(&self) -> Result<Vec<(u32, IpNet, u32)>, Error> {
+        let bad = |len: u32| Error::OutOfRange {
+            what: "route prefix length",
+            id: len,
+            max: 160,
+        };
+        let mut out = Vec::new();
         let map: LpmTrie<&MapData, RouteKey, u32> =
             LpmTrie::try_from(self.map(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))?;
-        let mut out = Vec::new();
         for entry in map.iter() {
             let (key, nh) = entry.map_err(map_err(MAP_ROUTES))?;
             let data = key.data();
-            let len = key.prefix_len().saturating_sub(32).min(32) as u8;
+            let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
             let prefix =
-                Ipv4Net::new(Ipv4Addr::from(data.addr), len).map_err(|_| Error::OutOfRange {
-                    what: "route prefix length",
-                    id: key.prefix_len(),
-                    max: 64,
-                })?;
-            out.push((u32::from_be_bytes(data.gateway_be), prefix, nh));
+                Ipv4Net::new(Ipv4Addr::from(data.addr), len).map_err(|_| bad(key.prefix_len()))?;
+            out.push((u32::from_be_bytes(data.gateway_be), prefix.into(), nh));
+        }
+        let map: LpmTrie<&MapData, RouteKey6, u32> =
+            LpmTrie::try_from(self.map(MAP_ROUTES6)?).map_err(map_err(MAP_ROUTES6))?;
+        for entry in map.iter() {
+            let (key, nh) = entry.map_err(map_err(MAP_ROUTES6))?;
+            let data = key.data();
+            let len = u8::try_from(key.prefix_len().saturating_sub(32)).unwrap_or(u8::MAX);
+            let prefix =
+                Ipv6Net::new(Ipv6Addr::from(data.addr), len).map_err(|_| bad(key.prefix_len()))?;
+            out.push((u32::from_be_bytes(data.gateway_be), prefix.into(), nh));
         }
         Ok(out)
     }
@@ -1204,6 +1279,28 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
         })
 }
 
+/// (IPv4, IPv6) routes of a mixed list, in order.
+type Families = (Vec<(u32, Ipv4Net, u32)>, Vec<(u32, Ipv6Net, u32)>);
+
+fn split_families(routes: impl Iterator<Item = (u32, IpNet, u32)>) -> Families {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for (gateway, prefix, nh) in routes {
+        match prefix {
+            IpNet::V4(p) => v4.push((gateway, p, nh)),
+            IpNet::V6(p) => v6.push((gateway, p, nh)),
+        }
+    }
+    (v4, v6)
+}
+
+fn route_key6(gateway_id: u32, prefix: Ipv6Net) -> Key<RouteKey6> {
+    let prefix = prefix.trunc();
+    Key::new(
+        RouteKey::lpm_len(prefix.prefix_len()),
+        RouteKey6::new(gateway_id, prefix.addr().octets()),
+    )
+}
+
 fn route_key(gateway_id: u32, prefix: Ipv4Net) -> Key<RouteKey> {
     let prefix = prefix.trunc();
     Key::new(
@@ -1302,6 +1399,6 @@ pub fn prepare_port(ifname: &str, role: PortRole) -> Result<(), Error> {
 pub fn track_vtep(remote_vtep: Ipv4Addr) -> Result<(), Error> {
     let mut nl = netlink::Netlink::open()?;
     let hop = nl.route_get(remote_vtep, None)?;
-    nl.managed_neighbour(hop.oif, hop.gateway.unwrap_or(remote_vtep))?;
+    nl.managed_neighbour(hop.oif, hop.gateway.unwrap_or(remote_vtep).into())?;
     Ok(())
 }

@@ -49,7 +49,8 @@ pub enum NextHopKey {
     Attachment { attachment: AttachmentId },
     /// One client router of a VIF (index of its `[[vif.peer]]`).
     VifPeer { vif: VifId, peer: u8 },
-    /// Every usable client router of a VIF: routes toward the VIF itself (static routes).
+    /// Every usable client router of a VIF's IPv4 pairs: IPv4 routes toward the VIF itself
+    /// (static routes).
     Vif { vif: VifId },
     /// The client routers of the BGP sessions in `mask` (bit i = peer i): routes those
     /// sessions announced.
@@ -57,6 +58,8 @@ pub enum NextHopKey {
     /// Equal best BGP paths on several VIFs of a border gateway (multipath): the client
     /// routers of each (VIF, session mask), one group.
     Multipath { paths: PathSet },
+    /// Every usable client router of a VIF's IPv6 pairs: IPv6 static routes toward the VIF.
+    Vif6 { vif: VifId },
     /// A slot the pinned map used that no state file explained (a lost or older state file):
     /// reserved until no route uses it.
     Pinned { id: u32 },
@@ -66,9 +69,10 @@ impl NextHopKey {
     /// The VIF this next hop sends to, if any.
     pub fn vif(&self) -> Option<VifId> {
         match self {
-            Self::VifPeer { vif, .. } | Self::Vif { vif } | Self::VifPeers { vif, .. } => {
-                Some(*vif)
-            }
+            Self::VifPeer { vif, .. }
+            | Self::Vif { vif }
+            | Self::Vif6 { vif }
+            | Self::VifPeers { vif, .. } => Some(*vif),
             Self::Attachment { .. } | Self::Pinned { .. } | Self::Multipath { .. } => None,
         }
     }

@@ -8,7 +8,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::{
     config::{self, Config, Routing},
@@ -50,7 +50,7 @@ impl PortRole {
 pub struct Gateway {
     pub name: String,
     /// The CIDRs its attachments propagate: customer routes may not overlap them.
-    pub vpc_cidrs: Vec<Ipv4Net>,
+    pub vpc_cidrs: Vec<IpNet>,
     /// One VIF's routes are advertised to the others.
     pub advertise_between_vifs: bool,
     /// Equal best BGP paths on several VIFs share the traffic.
@@ -64,7 +64,7 @@ pub struct Attachment {
     pub vni: u32,
     pub remote_vtep: Ipv4Addr,
     pub router_mac: [u8; 6],
-    pub propagate: Vec<Ipv4Net>,
+    pub propagate: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub struct Model {
     pub gateways: BTreeMap<GatewayId, Gateway>,
     pub attachments: BTreeMap<AttachmentId, Attachment>,
     pub vifs: BTreeMap<VifId, Vif>,
-    pub statics: BTreeMap<(GatewayId, Ipv4Net), Static>,
+    pub statics: BTreeMap<(GatewayId, IpNet), Static>,
     /// Configured ports (connections and the underlay) by interface name.
     pub ports: BTreeMap<String, PortRole>,
     pub underlay: String,
@@ -240,7 +240,13 @@ impl Model {
             let (Some(gateway), Some(target)) = (m.gateway_id(gateway), m.target(via)) else {
                 continue;
             };
-            m.statics.insert((gateway, prefix), Static { target, cli });
+            m.statics.insert(
+                (gateway, prefix),
+                Static {
+                    target: target.for_prefix(prefix),
+                    cli,
+                },
+            );
         }
         Ok(m)
     }
@@ -279,7 +285,9 @@ impl Model {
     pub fn target_gateway(&self, target: Target) -> Option<GatewayId> {
         match target {
             Target::Attachment(a) => self.attachments.get(&a).map(|a| a.gateway),
-            Target::Vif(v) | Target::VifPeers(v, _) => self.vifs.get(&v).map(|v| v.gateway),
+            Target::Vif(v) | Target::Vif6(v) | Target::VifPeers(v, _) => {
+                self.vifs.get(&v).map(|v| v.gateway)
+            }
             Target::Multipath(_) => None,
         }
     }
@@ -300,7 +308,7 @@ impl Model {
     }
 
     /// A VPC CIDR of `gateway` that overlaps `prefix`, with the attachment propagating it.
-    pub fn overlapping_vpc(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<(&str, Ipv4Net)> {
+    pub fn overlapping_vpc(&self, gateway: GatewayId, prefix: IpNet) -> Option<(&str, IpNet)> {
         self.attachments
             .values()
             .filter(|a| a.gateway == gateway)
@@ -315,7 +323,7 @@ impl Model {
                 "attachment {}",
                 self.attachments.get(&a).map_or("?", |a| &a.name)
             ),
-            Target::Vif(v) => format!("vif {}", self.vif_name(v)),
+            Target::Vif(v) | Target::Vif6(v) => format!("vif {}", self.vif_name(v)),
             Target::VifPeers(v, mask) => {
                 let peers: Vec<String> = (0..8)
                     .filter(|i| mask & (1 << i) != 0)

@@ -20,7 +20,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
@@ -115,15 +115,19 @@ impl Link {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Neighbour {
     pub ifindex: u32,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub mac: Option<[u8; 6]>,
     pub managed: bool,
 }
 
 impl Neighbour {
-    /// IPv4 entries only; `deleted` for RTM_DELNEIGH (the MAC is gone whatever it says).
+    /// IPv4 (ARP) and IPv6 (Neighbor Discovery) entries; `deleted` for RTM_DELNEIGH (the MAC
+    /// is gone whatever it says).
     pub fn from_message(msg: &NeighbourMessage, deleted: bool) -> Option<Self> {
-        if msg.header.family != AddressFamily::Inet {
+        if !matches!(
+            msg.header.family,
+            AddressFamily::Inet | AddressFamily::Inet6
+        ) {
             return None;
         }
         let mut addr = None;
@@ -131,7 +135,12 @@ impl Neighbour {
         let mut managed = false;
         for attr in &msg.attributes {
             match attr {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(*a),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                    addr = Some(IpAddr::V4(*a));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                    addr = Some(IpAddr::V6(*a));
+                }
                 NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                     let mut m = [0u8; 6];
                     m.copy_from_slice(l);
@@ -326,10 +335,10 @@ impl Netlink {
         }
     }
 
-    /// IPv4 addresses of link `index`: (address, prefix length).
-    pub fn addresses(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, Error> {
+    /// IPv4 and IPv6 addresses of link `index`: (address, prefix length).
+    pub fn addresses(&mut self, index: u32) -> Result<Vec<(IpAddr, u8)>, Error> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = AddressFamily::Unspec;
         let answers = self.exchange(RouteNetlinkMessage::GetAddress(msg), NLM_F_DUMP, || {
             format!("listing addresses of link {index}")
         })?;
@@ -338,7 +347,14 @@ impl Netlink {
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
                     a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Local(IpAddr::V4(v4)) => Some((*v4, a.header.prefix_len)),
+                        // IPv4 says Local (Address is the peer's on point-to-point links);
+                        // IPv6 says Address only.
+                        AddressAttribute::Local(ip @ IpAddr::V4(_)) => {
+                            Some((*ip, a.header.prefix_len))
+                        }
+                        AddressAttribute::Address(ip @ IpAddr::V6(_)) => {
+                            Some((*ip, a.header.prefix_len))
+                        }
                         _ => None,
                     })
                 }
@@ -347,20 +363,25 @@ impl Netlink {
             .collect())
     }
 
-    fn address_message(index: u32, addr: Ipv4Addr, prefix_len: u8) -> AddressMessage {
+    fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family(addr);
         msg.header.prefix_len = prefix_len;
         msg.header.index = index;
-        msg.attributes
-            .push(AddressAttribute::Local(IpAddr::V4(addr)));
-        msg.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(addr)));
+        if addr.is_ipv4() {
+            msg.attributes.push(AddressAttribute::Local(addr));
+        }
+        msg.attributes.push(AddressAttribute::Address(addr));
         msg
     }
 
-    pub fn add_address(&mut self, index: u32, addr: Ipv4Addr, prefix_len: u8) -> Result<(), Error> {
-        let msg = Self::address_message(index, addr, prefix_len);
+    /// Adds an address; an IPv6 one without duplicate address detection (`nodad`: the pair
+    /// is the operator's, and a session should not wait a second for DAD).
+    pub fn add_address(&mut self, index: u32, addr: IpAddr, prefix_len: u8) -> Result<(), Error> {
+        let mut msg = Self::address_message(index, addr, prefix_len);
+        if addr.is_ipv6() {
+            msg.header.flags = AddressHeaderFlags::Nodad;
+        }
         self.exchange(
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -372,7 +393,7 @@ impl Netlink {
     pub fn delete_address(
         &mut self,
         index: u32,
-        addr: Ipv4Addr,
+        addr: IpAddr,
         prefix_len: u8,
     ) -> Result<(), Error> {
         let msg = Self::address_message(index, addr, prefix_len);
@@ -382,10 +403,10 @@ impl Netlink {
         .map(drop)
     }
 
-    /// IPv4 neighbour entries of link `index`.
+    /// IPv4 and IPv6 neighbour entries of link `index`.
     pub fn neighbours(&mut self, index: u32) -> Result<Vec<Neighbour>, Error> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = AddressFamily::Unspec;
         let answers = self.exchange(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP, || {
             format!("listing neighbours of link {index}")
         })?;
@@ -402,7 +423,7 @@ impl Netlink {
     /// A `managed` neighbour entry (Linux ≥ 5.16): the kernel keeps it resolved without
     /// traffic, so the MAC is known before the first packet needs it. An entry that is
     /// already managed is left alone (replacing it would drop its MAC until ARP answers).
-    pub fn managed_neighbour(&mut self, index: u32, addr: Ipv4Addr) -> Result<(), Error> {
+    pub fn managed_neighbour(&mut self, index: u32, addr: IpAddr) -> Result<(), Error> {
         if self
             .neighbours(index)?
             .iter()
@@ -411,13 +432,11 @@ impl Netlink {
             return Ok(());
         }
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family(addr);
         msg.header.ifindex = index;
         msg.header.state = NeighbourState::None;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                addr,
-            )));
+            .push(NeighbourAttribute::Destination(neighbour_address(addr)));
         msg.attributes
             .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
         self.exchange(
@@ -430,15 +449,13 @@ impl Netlink {
 
     /// Asks the kernel to resolve `addr` on link `index` now (`NTF_USE`): an entry that failed
     /// while its link was down probes again at once instead of at its next timer.
-    pub fn resolve_neighbour(&mut self, index: u32, addr: Ipv4Addr) -> Result<(), Error> {
+    pub fn resolve_neighbour(&mut self, index: u32, addr: IpAddr) -> Result<(), Error> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family(addr);
         msg.header.ifindex = index;
         msg.header.flags = NeighbourFlags::Use;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                addr,
-            )));
+            .push(NeighbourAttribute::Destination(neighbour_address(addr)));
         self.exchange(
             RouteNetlinkMessage::NewNeighbour(msg),
             NLM_F_CREATE | NLM_F_REPLACE,
@@ -448,14 +465,12 @@ impl Netlink {
     }
 
     /// Removes the neighbour entry of `addr` on link `index`, if there is one.
-    pub fn delete_neighbour(&mut self, index: u32, addr: Ipv4Addr) -> Result<(), Error> {
+    pub fn delete_neighbour(&mut self, index: u32, addr: IpAddr) -> Result<(), Error> {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family(addr);
         msg.header.ifindex = index;
         msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                addr,
-            )));
+            .push(NeighbourAttribute::Destination(neighbour_address(addr)));
         match self.exchange(RouteNetlinkMessage::DelNeighbour(msg), 0, || {
             format!("removing the neighbour {addr} on link {index}")
         }) {
@@ -653,4 +668,19 @@ pub fn format_mac(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+fn family(addr: IpAddr) -> AddressFamily {
+    if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+fn neighbour_address(addr: IpAddr) -> NeighbourAddress {
+    match addr {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use forwarder_common::vif_state;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use crate::{
     config::Routing,
@@ -25,7 +25,7 @@ pub use multipath::Multipaths;
 pub type SessionKey = (VifId, u8);
 
 /// BGP routes held: per (VIF, prefix), the mask of the VIF's sessions that announced it.
-pub type BgpMasks = HashMap<(VifId, Ipv4Net), VifPaths>;
+pub type BgpMasks = HashMap<(VifId, IpNet), VifPaths>;
 
 /// A VIF's BGP paths to one prefix: the sessions (bit i = peer i) whose path ranks best
 /// within the VIF, and that path.
@@ -126,7 +126,7 @@ pub struct Desired {
     pub vifs: BTreeMap<VifId, VifState>,
     pub next_hops: BTreeMap<NextHopKey, NextHop>,
     /// The selected route of every prefix, per gateway.
-    pub routes: BTreeMap<GatewayId, HashMap<Ipv4Net, Candidate>>,
+    pub routes: BTreeMap<GatewayId, HashMap<IpNet, Candidate>>,
     /// The multipath sets selected routes use.
     pub multipath: Multipaths,
 }
@@ -150,7 +150,7 @@ pub struct Dirty {
     /// Everything (start, reload).
     pub all: bool,
     pub vifs: BTreeSet<VifId>,
-    pub prefixes: BTreeSet<(GatewayId, Ipv4Net)>,
+    pub prefixes: BTreeSet<(GatewayId, IpNet)>,
 }
 
 impl Dirty {
@@ -170,7 +170,7 @@ impl Dirty {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteChange {
     pub gateway: GatewayId,
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     pub old: Option<Candidate>,
     pub new: Option<Candidate>,
 }
@@ -245,15 +245,24 @@ pub fn vif_next_hops(
             NextHop::Vif { vif, mac: *mac },
         );
     }
-    out.insert(
-        NextHopKey::Vif { vif },
-        NextHop::Group(
-            eligible
-                .iter()
-                .map(|(peer, _)| NextHopKey::VifPeer { vif, peer: *peer })
-                .collect(),
-        ),
-    );
+    // Static routes toward the VIF: its client routers of the route's family.
+    for (key, v6) in [
+        (NextHopKey::Vif { vif }, false),
+        (NextHopKey::Vif6 { vif }, true),
+    ] {
+        let members: Vec<NextHopKey> = eligible
+            .iter()
+            .filter(|(peer, _)| {
+                v.peers
+                    .get(usize::from(*peer))
+                    .is_some_and(|p| p.is_ipv6() == v6)
+            })
+            .map(|(peer, _)| NextHopKey::VifPeer { vif, peer: *peer })
+            .collect();
+        if !members.is_empty() {
+            out.insert(key, NextHop::Group(members));
+        }
+    }
     if v.routing == Routing::Bgp {
         for mask in 1..(1u16 << v.peers.len()) {
             let mask = mask as u8;
@@ -305,8 +314,9 @@ fn vif_keys(next_hops: &BTreeMap<NextHopKey, NextHop>, vif: VifId) -> Vec<NextHo
         .chain(next_hops.range(masks))
         .map(|(k, _)| *k)
         .chain(
-            next_hops
-                .get_key_value(&NextHopKey::Vif { vif })
+            [NextHopKey::Vif { vif }, NextHopKey::Vif6 { vif }]
+                .iter()
+                .filter_map(|k| next_hops.get_key_value(k))
                 .map(|(k, _)| *k),
         )
         .collect()
@@ -322,7 +332,7 @@ impl Desired {
         &self,
         rib: &Rib,
         gateway: GatewayId,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         multipath: bool,
     ) -> Option<(Candidate, Option<PathSet>)> {
         let usable = |c: &&Candidate| {
@@ -408,7 +418,7 @@ impl Desired {
 
     /// Every selected route with its multipath set resolved (the candidate's set number
     /// zeroed), for comparing plans.
-    fn resolved_routes(&self) -> BTreeMap<(GatewayId, Ipv4Net), (Candidate, Option<PathSet>)> {
+    fn resolved_routes(&self) -> BTreeMap<(GatewayId, IpNet), (Candidate, Option<PathSet>)> {
         self.routes
             .iter()
             .flat_map(|(g, t)| t.iter().map(move |(p, c)| ((*g, *p), c)))
@@ -431,7 +441,7 @@ impl Desired {
         c.target.vif() == Some(vif) || self.paths_of(c).is_some_and(|s| s.contains_vif(vif))
     }
 
-    pub fn route(&self, gateway: GatewayId, prefix: Ipv4Net) -> Option<Candidate> {
+    pub fn route(&self, gateway: GatewayId, prefix: IpNet) -> Option<Candidate> {
         self.routes.get(&gateway)?.get(&prefix).copied()
     }
 
@@ -443,7 +453,7 @@ impl Desired {
         };
         self.multipath.sweep();
         let model = inputs.model;
-        let mut prefixes: BTreeSet<(GatewayId, Ipv4Net)> = dirty.prefixes.clone();
+        let mut prefixes: BTreeSet<(GatewayId, IpNet)> = dirty.prefixes.clone();
 
         // Attachments: one next hop each, whatever happens.
         if dirty.all {
@@ -540,7 +550,7 @@ impl Desired {
                     // A VIF gone from the model: the rib no longer lists prefixes toward it,
                     // but routes selected toward it must go (rare: a whole-table scan).
                     None => {
-                        let toward: Vec<(GatewayId, Ipv4Net)> = self
+                        let toward: Vec<(GatewayId, IpNet)> = self
                             .routes
                             .iter()
                             .flat_map(|(g, t)| t.iter().map(move |(p, c)| (*g, *p, c)))
@@ -622,7 +632,7 @@ impl Desired {
     /// What a session of `vif` should advertise: every route selected in its gateway except
     /// those toward the VIF itself and BGP routes their customer marked NO_EXPORT or
     /// NO_ADVERTISE.
-    pub fn exports(&self, model: &Model, vif: VifId) -> BTreeSet<Ipv4Net> {
+    pub fn exports(&self, model: &Model, vif: VifId) -> BTreeSet<IpNet> {
         let Some(v) = model.vifs.get(&vif) else {
             return BTreeSet::new();
         };
@@ -657,8 +667,8 @@ impl Desired {
         changes: &Changes,
         model: &Model,
         sessions_up: &BTreeSet<SessionKey>,
-    ) -> BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> {
-        let mut out: BTreeMap<SessionKey, (Vec<Ipv4Net>, Vec<Ipv4Net>)> = BTreeMap::new();
+    ) -> BTreeMap<SessionKey, (Vec<IpNet>, Vec<IpNet>)> {
+        let mut out: BTreeMap<SessionKey, (Vec<IpNet>, Vec<IpNet>)> = BTreeMap::new();
         if changes.routes.is_empty() || sessions_up.is_empty() {
             return out;
         }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use crate::ids::{AttachmentId, GatewayId, NextHopKey, VifId};
@@ -35,8 +35,10 @@ impl Source {
 pub enum Target {
     /// Encapsulate toward this VPC attachment.
     Attachment(AttachmentId),
-    /// Send to the client router(s) of this VIF.
+    /// Send to the client router(s) of this VIF's IPv4 pairs.
     Vif(VifId),
+    /// Send to the client router(s) of this VIF's IPv6 pairs.
+    Vif6(VifId),
     /// Send to the client routers of this VIF's BGP sessions in the mask (bit i = peer i):
     /// the sessions that announced the prefix.
     VifPeers(VifId, u8),
@@ -54,17 +56,27 @@ impl Target {
     /// The VIF this target sends to, if it is one.
     pub fn vif(self) -> Option<VifId> {
         match self {
-            Self::Vif(v) | Self::VifPeers(v, _) => Some(v),
+            Self::Vif(v) | Self::Vif6(v) | Self::VifPeers(v, _) => Some(v),
             Self::Attachment(_) | Self::Multipath(_) => None,
         }
     }
 
     /// The next-hop object routes toward this target point to (a multipath set's is the
     /// plan's: [`crate::plan::Desired::next_hop_key`]).
+    /// The target a route to `prefix` takes: a VIF's client routers of the prefix's family.
+    pub fn for_prefix(self, prefix: IpNet) -> Self {
+        match (self, prefix) {
+            (Self::Vif(v), IpNet::V6(_)) => Self::Vif6(v),
+            (Self::Vif6(v), IpNet::V4(_)) => Self::Vif(v),
+            (t, _) => t,
+        }
+    }
+
     pub fn next_hop(self) -> Option<NextHopKey> {
         Some(match self {
             Self::Attachment(attachment) => NextHopKey::Attachment { attachment },
             Self::Vif(vif) => NextHopKey::Vif { vif },
+            Self::Vif6(vif) => NextHopKey::Vif6 { vif },
             Self::VifPeers(vif, mask) => NextHopKey::VifPeers { vif, mask },
             Self::Multipath(_) => return None,
         })
@@ -169,14 +181,14 @@ type Candidates = SmallVec<[Candidate; 1]>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rib {
-    tables: BTreeMap<GatewayId, BTreeMap<Ipv4Net, Candidates>>,
-    toward: HashMap<VifId, HashSet<Ipv4Net>>,
+    tables: BTreeMap<GatewayId, BTreeMap<IpNet, Candidates>>,
+    toward: HashMap<VifId, HashSet<IpNet>>,
     len: usize,
 }
 
 impl Rib {
     /// Adds a candidate; false if it was there.
-    pub fn insert(&mut self, gateway: GatewayId, prefix: Ipv4Net, candidate: Candidate) -> bool {
+    pub fn insert(&mut self, gateway: GatewayId, prefix: IpNet, candidate: Candidate) -> bool {
         let list = self
             .tables
             .entry(gateway)
@@ -197,7 +209,7 @@ impl Rib {
     }
 
     /// Removes a candidate; false if it was not there.
-    pub fn remove(&mut self, gateway: GatewayId, prefix: Ipv4Net, candidate: Candidate) -> bool {
+    pub fn remove(&mut self, gateway: GatewayId, prefix: IpNet, candidate: Candidate) -> bool {
         let Some(table) = self.tables.get_mut(&gateway) else {
             return false;
         };
@@ -225,7 +237,7 @@ impl Rib {
     }
 
     /// The candidates of a prefix, most preferred first.
-    pub fn candidates(&self, gateway: GatewayId, prefix: Ipv4Net) -> &[Candidate] {
+    pub fn candidates(&self, gateway: GatewayId, prefix: IpNet) -> &[Candidate] {
         self.tables
             .get(&gateway)
             .and_then(|t| t.get(&prefix))
@@ -233,19 +245,19 @@ impl Rib {
     }
 
     /// The prefixes with a candidate toward `vif`.
-    pub fn toward(&self, vif: VifId) -> impl Iterator<Item = Ipv4Net> + '_ {
+    pub fn toward(&self, vif: VifId) -> impl Iterator<Item = IpNet> + '_ {
         self.toward.get(&vif).into_iter().flatten().copied()
     }
 
     /// Every (gateway, prefix) with at least one candidate.
-    pub fn prefixes(&self) -> impl Iterator<Item = (GatewayId, Ipv4Net)> + '_ {
+    pub fn prefixes(&self) -> impl Iterator<Item = (GatewayId, IpNet)> + '_ {
         self.tables
             .iter()
             .flat_map(|(g, t)| t.keys().map(move |p| (*g, *p)))
     }
 
     /// One gateway's prefixes and their candidates, in prefix order.
-    pub fn table(&self, gateway: GatewayId) -> impl Iterator<Item = (Ipv4Net, &[Candidate])> {
+    pub fn table(&self, gateway: GatewayId) -> impl Iterator<Item = (IpNet, &[Candidate])> {
         self.tables
             .get(&gateway)
             .into_iter()
@@ -272,7 +284,7 @@ impl Rib {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().expect("prefix")
     }
 

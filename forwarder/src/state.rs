@@ -17,7 +17,7 @@ use std::{
 };
 
 use forwarder_common::{MAX_ATTACHMENTS, MAX_NEXT_HOPS, MAX_VIFS};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AttachmentId, NextHopKey, Pool, VifId};
@@ -44,7 +44,7 @@ pub enum Error {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CliRoute {
     pub gateway: String,
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     pub via: String,
 }
 

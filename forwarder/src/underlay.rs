@@ -95,7 +95,7 @@ pub fn resolve(
     let dmac = nl
         .neighbours(route.oif)?
         .into_iter()
-        .find(|n| n.addr == via.1)
+        .find(|n| n.addr == std::net::IpAddr::V4(via.1))
         .and_then(|n| n.mac);
     let Some(dmac) = dmac else {
         return Ok(Resolved::fib("the next hop's MAC is not known", Some(via)));

@@ -10,7 +10,7 @@
 //! their addresses and neighbours, and only fixes what differs. Everything is done over
 //! netlink and procfs, no `ip` processes.
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd as _};
+use std::{net::IpAddr, os::fd::AsRawFd as _};
 
 use netlink_sys::Socket;
 
@@ -39,11 +39,11 @@ pub enum Error {
     NoMac(&'static str),
 }
 
-/// One /30 of the VIF.
+/// One interconnect pair of the VIF: an IPv4 /30 or an IPv6 /126 or /127.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pair {
-    pub cloud: Ipv4Addr,
-    pub client: Ipv4Addr,
+    pub cloud: IpAddr,
+    pub client: IpAddr,
     pub prefix_len: u8,
 }
 
@@ -109,9 +109,19 @@ pub fn ensure(
             }
             nl.add_veth(INNER_IF, host_if, host_ns.file.as_raw_fd())?;
         }
-        // No IPv6 chatter on the customer link; the kernel answers ARP and ICMP for us.
-        netlink::sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
-        netlink::sysctl("net/ipv6/conf/default/disable_ipv6", "1")?;
+        // IPv6 only when the VIF has an IPv6 pair: no IPv6 chatter on a customer link that has
+        // none. The kernel answers ARP, Neighbor Discovery and ICMP for us; it takes no
+        // router advertisements and makes no addresses of its own but the link-local one.
+        let ipv6 = pairs.iter().any(|p| p.cloud.is_ipv6());
+        let off = if ipv6 { "0" } else { "1" };
+        for conf in ["all", "default"] {
+            if ipv6 {
+                netlink::sysctl(&format!("net/ipv6/conf/{conf}/accept_ra"), "0")?;
+                netlink::sysctl(&format!("net/ipv6/conf/{conf}/autoconf"), "0")?;
+                netlink::sysctl(&format!("net/ipv6/conf/{conf}/accept_dad"), "0")?;
+            }
+            netlink::sysctl(&format!("net/ipv6/conf/{conf}/disable_ipv6"), off)?;
+        }
         let lo = nl.link("lo")?;
         if let Some(lo) = lo.filter(|l| !l.up) {
             nl.set_up(lo.index)?;
@@ -120,6 +130,8 @@ pub fn ensure(
             what: format!("{INNER_IF} in {netns_name}"),
             source: std::io::ErrorKind::NotFound.into(),
         })?;
+        // `all` does not reach an interface that existed before it changed.
+        netlink::sysctl(&format!("net/ipv6/conf/{INNER_IF}/disable_ipv6"), off)?;
         nl.set_up(inner.index)?;
         // XDP redirects into vif0 need GRO there; TCP from vif0 through XDP needs its
         // checksums done in software.
@@ -127,6 +139,12 @@ pub fn ensure(
         netlink::set_offload(INNER_IF, Offload::TxChecksum, false)?;
         let present = nl.addresses(inner.index)?;
         for (addr, len) in &present {
+            // The kernel's own link-local address stays.
+            if let IpAddr::V6(a) = addr
+                && a.segments()[0] & 0xffc0 == 0xfe80
+            {
+                continue;
+            }
             if !pairs
                 .iter()
                 .any(|p| p.cloud == *addr && p.prefix_len == *len)
@@ -195,7 +213,7 @@ pub fn destroy(netns_name: &str, host_if: &str, host: &mut Netlink) -> Result<()
 
 /// Makes the kernel in the namespace resolve `clients` now (their entries may have failed
 /// while the connection was down).
-pub fn resolve(namespace: &Namespace, clients: &[Ipv4Addr]) -> Result<(), Error> {
+pub fn resolve(namespace: &Namespace, clients: &[IpAddr]) -> Result<(), Error> {
     namespace.run(|| -> Result<_, Error> {
         let mut nl = Netlink::open()?;
         if let Some(inner) = nl.link(INNER_IF)? {

@@ -108,6 +108,7 @@ fn dataplane(gw: &NetNs, routes: usize) -> anyhow::Result<(Dataplane, u32, u32, 
         state: vif_state::AVAILABLE,
         control_ifindex: 0,
         cloud_addrs: [Some(Ipv4Addr::new(169, 254, 10, 1)), None],
+        addrs6: Default::default(),
         mac: [2, 0xf0, 0, 0, 0, 1],
         policy: Default::default(),
     })?;

@@ -284,6 +284,7 @@ fn vif(
         state: vif_state::AVAILABLE,
         control_ifindex: 0,
         cloud_addrs: [Some(cloud), None],
+        addrs6: Default::default(),
         mac,
         policy: Default::default(),
     }
@@ -406,8 +407,8 @@ fn customer_ping_is_answered_by_the_vpc_kernel_through_vxlan() -> Result<()> {
             mac: CUST_MAC,
         },
     )?;
-    dp.upsert_route(1, "10.0.1.0/24".parse()?, 1)?;
-    dp.upsert_route(1, "192.168.50.0/24".parse()?, 2)?;
+    dp.upsert_route(1, "10.0.1.0/24".parse::<ipnet::Ipv4Net>()?, 1)?;
+    dp.upsert_route(1, "192.168.50.0/24".parse::<ipnet::Ipv4Net>()?, 2)?;
 
     let replies = ping_from_customer(&cust, VIF1_MAC, 100, 0x0100);
     let drops = report(&dp, &[1], &[1])?;
@@ -517,10 +518,10 @@ fn same_prefixes_in_two_gateways_stay_isolated() -> Result<()> {
         },
     )?;
     dp.upsert_routes(&[
-        (1, "10.0.1.0/24".parse()?, 1),
-        (1, "192.168.50.0/24".parse()?, 2),
-        (2, "10.0.1.0/24".parse()?, 3),
-        (2, "192.168.50.0/24".parse()?, 4),
+        (1, "10.0.1.0/24".parse::<ipnet::Ipv4Net>()?, 1),
+        (1, "192.168.50.0/24".parse::<ipnet::Ipv4Net>()?, 2),
+        (2, "10.0.1.0/24".parse::<ipnet::Ipv4Net>()?, 3),
+        (2, "192.168.50.0/24".parse::<ipnet::Ipv4Net>()?, 4),
     ])?;
     assert_eq!(dp.lookup(1, VPC_HOST)?, Some(1));
     assert_eq!(dp.lookup(2, VPC_HOST)?, Some(3));

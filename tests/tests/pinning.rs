@@ -84,6 +84,7 @@ fn pinned_state_survives_the_dataplane_and_is_readopted() -> anyhow::Result<()> 
             state: vif_state::CONFIGURING,
             control_ifindex: 0,
             cloud_addrs: [Some(Ipv4Addr::new(169, 254, 10, 1)), None],
+            addrs6: Default::default(),
             mac: [2, 0, 0, 0, 0, 2],
             policy: Default::default(),
         })?;

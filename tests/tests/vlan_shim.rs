@@ -595,6 +595,7 @@ fn idc_host_reaches_the_vpc_through_a_customer_router_on_vlan_100() -> Result<()
         state: vif_state::AVAILABLE,
         control_ifindex: 0,
         cloud_addrs: [Some(Ipv4Addr::new(169, 254, 10, 1)), None],
+        addrs6: Default::default(),
         mac: VIF1_MAC,
         policy: Default::default(),
     })?;
@@ -616,8 +617,8 @@ fn idc_host_reaches_the_vpc_through_a_customer_router_on_vlan_100() -> Result<()
         },
     )?;
     dp.upsert_routes(&[
-        (1, "10.0.1.0/24".parse()?, 1),
-        (1, "192.168.50.0/24".parse()?, 2),
+        (1, "10.0.1.0/24".parse::<ipnet::Ipv4Net>()?, 1),
+        (1, "192.168.50.0/24".parse::<ipnet::Ipv4Net>()?, 2),
     ])?;
 
     let report = |dp: &Dataplane| -> Result<[u64; drop_reason::COUNT as usize]> {

@@ -5,7 +5,7 @@
 //! TX map) and an underlay with a neighbour for the VTEP, because `bpf_fib_lookup` consults
 //! the namespace of the device the test run pretends the frame arrived on.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use etherparse::{
@@ -16,11 +16,11 @@ use forwarder::dataplane::{
     AttachmentSpec, Dataplane, LoadOptions, NextHopSpec, PortRole, VifSpec,
 };
 use forwarder_common::{
-    UnderlayHop, VifPolicy, drop_reason, flow_hash, group_member, pass_reason, vif_flags,
-    vif_state, vxlan_source_port,
+    UnderlayHop, VifAddrs6, VifPolicy, drop_reason, flow_hash, flow_hash6, group_member,
+    pass_reason, vif_flags, vif_state, vxlan_source_port,
 };
 use forwarder_tests::{NetNs, veth};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 const XDP_ABORTED: u32 = 0;
 const XDP_DROP: u32 = 1;
@@ -30,13 +30,14 @@ const XDP_REDIRECT: u32 = 4;
 const CLIENT1: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x01];
 const CLIENT2: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x02];
 const CLIENT3: [u8; 6] = [0x02, 0xc1, 0, 0, 0, 0x03];
-const VIF_MAC: [[u8; 6]; 6] = [
+const VIF_MAC: [[u8; 6]; 7] = [
     [0; 6],
     [0x02, 0xf0, 0, 0, 0, 0x01],
     [0x02, 0xf0, 0, 0, 0, 0x02],
     [0x02, 0xf0, 0, 0, 0, 0x03],
     [0x02, 0xf0, 0, 0, 0, 0x04],
     [0x02, 0xf0, 0, 0, 0, 0x05],
+    [0x02, 0xf0, 0, 0, 0, 0x06],
 ];
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
 /// The underlay next hop's MAC, a permanent neighbour of 172.31.0.2 in the test namespace.
@@ -51,6 +52,19 @@ const LOCAL_VTEP: [u8; 4] = [172, 31, 0, 1];
 const REMOTE_VTEP: [u8; 4] = [172, 31, 0, 2];
 const CLOUD_ADDR: [u8; 4] = [169, 254, 10, 1];
 const VIF2_MTU: u16 = 1000;
+/// VIF 1's IPv6 pair.
+const CLOUD6: [u8; 16] = v6(0x2001_0db8_00ff_0000, 1);
+const CLIENT6: [u8; 16] = v6(0x2001_0db8_00ff_0000, 2);
+/// VIF 6 (IPv6 only, MTU 1300) has its own pair.
+const CLOUD6_VIF6: [u8; 16] = v6(0x2001_0db8_00fd_0000, 1);
+const VIF6_MTU: u16 = 1300;
+/// The underlay path of attachment 8 (172.31.8.2) has an MTU of 1400.
+const PATH8_MTU: u16 = 1400;
+
+/// An IPv6 address from its upper and lower 64 bits.
+const fn v6(hi: u64, lo: u64) -> [u8; 16] {
+    ((hi as u128) << 64 | lo as u128).to_be_bytes()
+}
 
 /// A loaded data plane with two border gateways, five VIFs and six attachments, and the
 /// namespace its programs run in.
@@ -85,6 +99,19 @@ const ROUTES: &[(u32, &str, u32)] = &[
     (2, "192.168.50.0/24", 5),
 ];
 
+/// The IPv6 routes, the same way.
+const ROUTES6: &[(u32, &str, u32)] = &[
+    (1, "2001:db8:a::/48", 1),
+    (1, "2001:db8:a:8000::/49", 8),
+    (1, "2001:db8:50::/48", 3),
+    (1, "2001:db8:60::/48", 4),
+    (1, "2001:db8:61::/48", 40),
+    (1, "2001:db8:b::/48", 41),
+    (1, "2001:db8:70::/48", 20),
+    (2, "2001:db8:a::/48", 2),
+    (2, "2001:db8:50::/48", 5),
+];
+
 impl Fixture {
     fn new() -> anyhow::Result<Self> {
         let gw = NetNs::new("trgw")?;
@@ -99,6 +126,7 @@ impl Fixture {
         for (addr, mac) in [
             ("172.31.0.2", vtep_mac.as_str()),
             ("172.31.9.2", vtep_mac.as_str()),
+            ("172.31.8.2", vtep_mac.as_str()),
         ] {
             gw.exec(&[
                 "ip",
@@ -124,6 +152,17 @@ impl Fixture {
             "mtu",
             "lock",
             "600",
+        ])?;
+        gw.exec(&[
+            "ip",
+            "route",
+            "add",
+            "172.31.8.0/24",
+            "dev",
+            "ul0",
+            "mtu",
+            "lock",
+            &PATH8_MTU.to_string(),
         ])?;
         // `ip netns exec` mounts the namespace's own /sys; a setns'd thread would see ours.
         let mac = gw.exec(&["cat", "/sys/class/net/ul0/address"])?;
@@ -164,12 +203,31 @@ impl Fixture {
                 state,
                 control_ifindex: control,
                 cloud_addrs: [Some(Ipv4Addr::from(CLOUD_ADDR)), None],
+                addrs6: VifAddrs6::default(),
                 mac: VIF_MAC[id as usize],
                 policy: Default::default(),
             };
         let (trunk, ctl) = (self.trunk, self.ctl);
-        self.dp
-            .upsert_vif(&vif(1, 100, 1, vif_state::AVAILABLE, ctl, trunk))?;
+        self.dp.upsert_vif(&VifSpec {
+            addrs6: VifAddrs6 {
+                cloud: [CLOUD6, [0; 16]],
+                client: [CLIENT6, [0; 16]],
+            },
+            ..vif(1, 100, 1, vif_state::AVAILABLE, ctl, trunk)
+        })?;
+        // VIF 6: IPv6 only, MTU 1300, on the trunk.
+        self.dp.upsert_vif(&VifSpec {
+            cloud_addrs: [None, None],
+            addrs6: VifAddrs6 {
+                cloud: [CLOUD6_VIF6, [0; 16]],
+                client: [v6(0x2001_0db8_00fd_0000, 2), [0; 16]],
+            },
+            policy: VifPolicy {
+                mtu: VIF6_MTU,
+                ..VifPolicy::default()
+            },
+            ..vif(6, 600, 1, vif_state::AVAILABLE, 0, trunk)
+        })?;
         // VIF 2 has a smaller MTU than the links: too-big packets toward it.
         self.dp.upsert_vif(&VifSpec {
             policy: VifPolicy {
@@ -205,6 +263,8 @@ impl Fixture {
         self.dp.upsert_attachment(&att(6, 1, 1006, REMOTE_VTEP))?;
         self.dp
             .upsert_attachment(&att(7, 1, 1007, [198, 18, 0, 1]))?; // no underlay route
+        self.dp
+            .upsert_attachment(&att(8, 1, 1008, [172, 31, 8, 2]))?; // MTU 1400 path
 
         use NextHopSpec::{Attachment, Group, Vif};
         self.dp.set_next_hop(1, &Attachment(1))?;
@@ -254,12 +314,25 @@ impl Fixture {
                 .set_next_hop(21 + i as u32, &Vif { vif: 1, mac: *mac })?;
         }
         self.dp.set_next_hop(20, &Group(vec![21, 22, 23, 24]))?;
+        self.dp.set_next_hop(
+            40,
+            &Vif {
+                vif: 6,
+                mac: CLIENT1,
+            },
+        )?;
+        self.dp.set_next_hop(41, &Attachment(8))?;
         // Next hop 30 stays empty: a route to it is a bad next hop.
         let routes: Vec<_> = ROUTES
             .iter()
             .map(|(gw, prefix, nh)| (*gw, prefix.parse::<Ipv4Net>().expect("prefix"), *nh))
             .collect();
         self.dp.upsert_routes(&routes)?;
+        let routes6: Vec<_> = ROUTES6
+            .iter()
+            .map(|(gw, prefix, nh)| (*gw, prefix.parse::<Ipv6Net>().expect("prefix"), *nh))
+            .collect();
+        self.dp.upsert_routes(&routes6)?;
         Ok(())
     }
 
@@ -413,7 +486,7 @@ fn vxlan_frame(
 ) -> Vec<u8> {
     let mut vxlan_payload = vec![0x08, 0, 0, 0];
     vxlan_payload.extend_from_slice(&(vni << 8).to_be_bytes());
-    vxlan_payload.extend(eth(ROUTER_MAC, inner_src_mac, 0x0800));
+    vxlan_payload.extend(eth(ROUTER_MAC, inner_src_mac, ether_type_of(inner)));
     vxlan_payload.extend_from_slice(inner);
     let udp_len = (8 + vxlan_payload.len()) as u16;
     let mut ip = Ipv4Header::new(udp_len, 64, IpNumber::UDP, LOCAL_VTEP, remote).expect("outer");
@@ -432,11 +505,24 @@ fn vxlan_frame(
     frame
 }
 
+/// The ethertype of an IP packet by its version.
+fn ether_type_of(packet: &[u8]) -> u16 {
+    if packet.first().is_some_and(|b| b >> 4 == 6) {
+        0x86dd
+    } else {
+        0x0800
+    }
+}
+
 /// A VXLAN frame as a VPC's VTEP sends it toward the gateway.
 fn from_vpc(vni: u32, remote: [u8; 4], inner: &[u8]) -> Vec<u8> {
     let mut payload = vec![0x08, 0, 0, 0];
     payload.extend_from_slice(&(vni << 8).to_be_bytes());
-    payload.extend(eth([0x02, 0xf0, 0, 0, 0, 0xee], ROUTER_MAC, 0x0800));
+    payload.extend(eth(
+        [0x02, 0xf0, 0, 0, 0, 0xee],
+        ROUTER_MAC,
+        ether_type_of(inner),
+    ));
     payload.extend_from_slice(inner);
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(VTEP_MAC, [0x02, 0xaa, 0, 0, 0, 1])
@@ -770,8 +856,18 @@ fn every_drop_reason_is_counted() -> anyhow::Result<()> {
     f.expect_drop(NO_NEIGHBOUR, |f| {
         f.customer(&from_vif(100, 1, &udp([10, 3, 0, 1], 64, 10)))
     });
-    let ipv6 = tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &[0x60; 40]);
-    f.expect_drop(NOT_IPV4, |f| f.customer(&ipv6));
+    let not_ip = tagged(VIF_MAC[1], CLIENT1, 100, 0x88b5, &[0x60; 40]);
+    f.expect_drop(NOT_IPV4, |f| f.customer(&not_ip));
+    let link_local_source = ipv6_udp(v6(0xfe80_0000_0000_0000, 9), VPC6, 64, 1, 2, b"x");
+    f.expect_drop(IPV6_SCOPE, |f| {
+        f.customer(&tagged(
+            VIF_MAC[1],
+            CLIENT1,
+            100,
+            0x86dd,
+            &link_local_source,
+        ))
+    });
     let arp_vif2 = tagged([0xff; 6], CLIENT2, 200, 0x0806, &[0; 28]);
     f.expect_drop(NO_CONTROL_PLANE, |f| f.customer(&arp_vif2));
     f.expect_drop(BAD_NEXT_HOP, |f| {
@@ -926,7 +1022,7 @@ fn random_frames_never_abort_or_leak() -> anyhow::Result<()> {
         .unwrap_or(100_000);
     println!("seed {seed:#x}");
     let mut rng = XorShift(seed);
-    let (mut forwarded_frames, mut dropped) = (0u32, 0u32);
+    let (mut forwarded_frames, mut forwarded6, mut dropped) = (0u32, 0u32, 0u32);
     let vni_of = |nh: u32| -> Option<u32> {
         Some(match nh {
             1 => 1001,
@@ -934,6 +1030,7 @@ fn random_frames_never_abort_or_leak() -> anyhow::Result<()> {
             8 => 1005,
             9 => 1006,
             7 => 1004,
+            41 => 1008,
             _ => return None,
         })
     };
@@ -943,7 +1040,43 @@ fn random_frames_never_abort_or_leak() -> anyhow::Result<()> {
         let underlay = i % 2 == 1;
         if i % 4 < 2 {
             // A plausible start: the right ethertypes and VLANs / a VXLAN header.
-            let valid = if underlay {
+            let v6_dst = |rng: &mut XorShift| {
+                let third = [
+                    0x000a,
+                    0x0050,
+                    0x0060,
+                    0x0061,
+                    0x0070,
+                    0x000b,
+                    rng.next() as u16,
+                ][(rng.next() % 7) as usize];
+                v6(
+                    0x2001_0db8_0000_0000 | u64::from(third) << 16,
+                    rng.next() % 4,
+                )
+            };
+            let valid = if i % 3 == 0 {
+                // IPv6, into every part of the IPv6 path.
+                let dst = v6_dst(&mut rng);
+                if underlay {
+                    let vni = [1001, 1002, 4242][(rng.next() % 3) as usize];
+                    from_vpc(vni, REMOTE_VTEP, &ipv6_udp(VPC6, dst, 2, 1, 2, &[0; 8]))
+                } else {
+                    let vlan = [100, 300, 400, 600, 999][(rng.next() % 5) as usize];
+                    let dst = if rng.next().is_multiple_of(8) {
+                        CLOUD6
+                    } else {
+                        dst
+                    };
+                    tagged(
+                        VIF_MAC[1],
+                        CLIENT1,
+                        vlan,
+                        0x86dd,
+                        &ipv6_udp(IDC6, dst, 2, 1, 2, &[0; 8]),
+                    )
+                }
+            } else if underlay {
                 let vni = [1001, 1002, 4242][(rng.next() % 3) as usize];
                 let third = [50, 60, 70, 80, 90, rng.next() as u8][(rng.next() % 6) as usize];
                 let dst = [192, 168, third, rng.next() as u8];
@@ -990,13 +1123,19 @@ fn random_frames_never_abort_or_leak() -> anyhow::Result<()> {
             XDP_PASS => {}
             XDP_REDIRECT => {
                 forwarded_frames += 1;
+                let at = if underlay { 62 } else { 16 };
+                forwarded6 += u32::from(input.get(at..at + 2) == Some(&[0x86, 0xdd][..]));
                 check_redirect(underlay, &input, &out, vni_of);
             }
             other => panic!("frame {i}: unexpected action {other}"),
         }
     }
     println!(
-        "{frames} random frames: {forwarded_frames} forwarded, {dropped} dropped, none aborted"
+        "{frames} random frames: {forwarded_frames} forwarded ({forwarded6} IPv6), {dropped} dropped, none aborted"
+    );
+    assert!(
+        frames < 1000 || forwarded6 > 0,
+        "no IPv6 frame reached the IPv6 path"
     );
     Ok(())
 }
@@ -1011,9 +1150,21 @@ fn check_redirect(underlay: bool, input: &[u8], out: &[u8], vni_of: impl Fn(u32)
             1001 | 1003..=1007 => 1,
             _ => panic!("forwarded unknown VNI {vni}"),
         };
-        let dst = [input[80], input[81], input[82], input[83]];
-        let nh = model_lookup(gateway, dst).expect("forwarded without a route");
+        let inner_type = u16::from_be_bytes([input[62], input[63]]);
+        let nh = if inner_type == 0x86dd {
+            let dst: [u8; 16] = input[88..104].try_into().expect("dst");
+            model_lookup6(gateway, dst).expect("IPv6 forwarded without a route")
+        } else {
+            let dst = [input[80], input[81], input[82], input[83]];
+            model_lookup(gateway, dst).expect("forwarded without a route")
+        };
+        assert_eq!(
+            u16::from_be_bytes([out[16], out[17]]),
+            inner_type,
+            "the inner ethertype survives"
+        );
         let (vlan, mac) = match nh {
+            40 => (600, CLIENT1),
             3 => (100, CLIENT1),
             4 => (200, CLIENT2),
             5 => (300, CLIENT3),
@@ -1024,7 +1175,7 @@ fn check_redirect(underlay: bool, input: &[u8], out: &[u8], vni_of: impl Fn(u32)
         assert_eq!(
             u16::from_be_bytes([out[14], out[15]]) & 0xfff,
             vlan,
-            "VLAN for {dst:?}"
+            "VLAN for next hop {nh}"
         );
         if nh == 20 {
             assert!(ECMP_MACS.contains(&mac));
@@ -1036,25 +1187,34 @@ fn check_redirect(underlay: bool, input: &[u8], out: &[u8], vni_of: impl Fn(u32)
     let vlan = u16::from_be_bytes([input[14], input[15]]) & 0xfff;
     let ether_type = u16::from_be_bytes([input[16], input[17]]);
     let gateway = match vlan {
-        100 | 200 | 400 | 500 => 1,
+        100 | 200 | 400 | 500 | 600 => 1,
         300 => 2,
         _ => panic!("forwarded from VLAN {vlan}"),
     };
+    let v6 = ether_type == 0x86dd;
     let control = ether_type == 0x0806
         || input[0] & 1 == 1
-        || (ether_type == 0x0800 && input[34..38] == CLOUD_ADDR);
+        || (ether_type == 0x0800 && input[34..38] == CLOUD_ADDR)
+        || (v6 && (input[42..58] == CLOUD6 || (input[42] == 0xfe && input[43] & 0xc0 == 0x80)));
     if control {
         assert_eq!(vlan, 100, "only VIF 1 has a control plane");
         assert_eq!(out.len(), input.len() - 4, "control frames leave untagged");
         return;
     }
-    let dst = [input[34], input[35], input[36], input[37]];
-    let nh = model_lookup(gateway, dst).expect("forwarded without a route");
+    let (nh, dst) = if v6 {
+        let dst: [u8; 16] = input[42..58].try_into().expect("dst");
+        let nh = model_lookup6(gateway, dst).expect("IPv6 forwarded without a route");
+        (nh, format!("{}", Ipv6Addr::from(dst)))
+    } else {
+        let dst = [input[34], input[35], input[36], input[37]];
+        let nh = model_lookup(gateway, dst).expect("forwarded without a route");
+        (nh, format!("{}", Ipv4Addr::from(dst)))
+    };
     if let Some(vni) = vni_of(nh) {
         assert_eq!(
             u32::from_be_bytes([0, out[46], out[47], out[48]]),
             vni,
-            "VNI for {dst:?} in gateway {gateway}"
+            "VNI for {dst} in gateway {gateway}"
         );
     } else {
         let want = match nh {
@@ -1062,6 +1222,7 @@ fn check_redirect(underlay: bool, input: &[u8], out: &[u8], vni_of: impl Fn(u32)
             3 | 20..=24 => 100,
             4 => 200,
             5 => 300,
+            40 => 600,
             other => panic!("hairpin toward next hop {other}"),
         };
         assert_eq!(u16::from_be_bytes([out[14], out[15]]) & 0xfff, want);
@@ -1244,7 +1405,7 @@ fn too_big_for_the_underlay_is_answered_with_icmp_to_the_customer() -> anyhow::R
     f.expect_drop(drop_reason::MTU, |f| {
         f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &from_zero))
     });
-    f.dp.upsert_route(1, "224.0.0.0/4".parse()?, 7)?;
+    f.dp.upsert_route(1, "224.0.0.0/4".parse::<Ipv4Net>()?, 7)?;
     let to_group = ipv4_udp(IDC_HOST, [239, 1, 2, 3], 64, 1, 2, &[7u8; 600]);
     f.expect_drop(drop_reason::MTU, |f| {
         f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &to_group))
@@ -1733,5 +1894,373 @@ fn encapsulation_takes_the_resolved_underlay_hop_and_the_fib_without_one() -> an
     // An invalid entry (ECMP, MAC unknown) sends the FIB's way again.
     f.dp.set_underlay(1, UnderlayHop::default())?;
     assert_eq!(f.customer(&frame), (XDP_REDIRECT, by_fib));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// IPv6.
+
+const IDC6: [u8; 16] = v6(0x2001_0db8_0050_0000, 0x10);
+const VPC6: [u8; 16] = v6(0x2001_0db8_000a_0001, 0x10);
+
+/// An IPv6 UDP packet (no link layer) with its checksum, flow label 0.
+fn ipv6_udp(
+    src: [u8; 16],
+    dst: [u8; 16],
+    hop_limit: u8,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut packet = Vec::new();
+    PacketBuilder::ipv6(src, dst, hop_limit)
+        .udp(sport, dport)
+        .write(&mut packet, payload)
+        .expect("ipv6");
+    packet
+}
+
+/// The same IPv6 packet one hop later: hop limit − 1 (no checksum in IPv6's header).
+fn forwarded6(packet: &[u8]) -> Vec<u8> {
+    let mut out = packet.to_vec();
+    out[7] -= 1;
+    out
+}
+
+fn hash6_of(src: [u8; 16], dst: [u8; 16], label: u32, sport: u16, dport: u16) -> u32 {
+    flow_hash6(src, dst, label, 17, sport, dport)
+}
+
+/// A longest-prefix match over [`ROUTES6`].
+fn model_lookup6(gateway: u32, dst: [u8; 16]) -> Option<u32> {
+    let addr = Ipv6Addr::from(dst);
+    ROUTES6
+        .iter()
+        .filter(|(gw, _, _)| *gw == gateway)
+        .map(|(_, p, nh)| (p.parse::<Ipv6Net>().expect("prefix"), *nh))
+        .filter(|(p, _)| p.contains(&addr))
+        .max_by_key(|(p, _)| p.prefix_len())
+        .map(|(_, nh)| nh)
+}
+
+#[test]
+fn encapsulates_ipv6_customer_traffic_toward_the_attachment() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let packet = ipv6_udp(IDC6, VPC6, 64, 40000, 5001, &b"hello v6 vpc".repeat(8));
+    let frame = tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &packet);
+    let att_before = f.dp.attachment_counters(1)?;
+    let (action, out) = f.customer(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    let hash = hash6_of(IDC6, VPC6, 0, 40000, 5001);
+    let expected = vxlan_frame(
+        &f,
+        1001,
+        REMOTE_VTEP,
+        VIF_MAC[1],
+        &forwarded6(&packet),
+        hash,
+    );
+    assert_eq!(out, expected, "encapsulated IPv6, byte for byte");
+    assert_eq!(
+        u16::from_be_bytes([out[50 + 12], out[50 + 13]]),
+        0x86dd,
+        "inner ethertype"
+    );
+    assert_eq!(out[64 + 7], 63, "hop limit decremented");
+    let att_after = f.dp.attachment_counters(1)?;
+    assert_eq!(att_after.tx_packets - att_before.tx_packets, 1);
+    assert_eq!(att_after.tx_bytes - att_before.tx_bytes, out.len() as u64);
+
+    // The flow label is part of the flow: another label, another source port (as predicted).
+    let mut labelled = packet.clone();
+    labelled[1..4].copy_from_slice(&[0x0a, 0xbc, 0xde]);
+    let (_, out2) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &labelled));
+    assert_eq!(
+        u16::from_be_bytes([out2[34], out2[35]]),
+        vxlan_source_port(hash6_of(IDC6, VPC6, 0xabcde, 40000, 5001))
+    );
+    // Longest prefix: the /49 inside the /48 goes to attachment 5.
+    let deeper = ipv6_udp(IDC6, v6(0x2001_0db8_000a_8000, 1), 64, 1, 2, b"x");
+    let (_, out3) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &deeper));
+    assert_eq!(u32::from_be_bytes([0, out3[46], out3[47], out3[48]]), 1005);
+    // And the same prefix in gateway 2 is its own.
+    assert_eq!(f.dp.lookup(2, Ipv6Addr::from(VPC6))?, Some(2));
+    assert_eq!(f.dp.lookup(1, Ipv6Addr::from(VPC6))?, Some(1));
+    assert_eq!(
+        f.dp.lookup(1, Ipv6Addr::from(v6(0x2001_0db8_0099, 1)))?,
+        None
+    );
+    Ok(())
+}
+
+#[test]
+fn decapsulates_ipv6_and_hairpins_it() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let packet = ipv6_udp(VPC6, IDC6, 64, 5001, 40000, b"hello v6 idc");
+    let (action, out) = f.underlay(&from_vpc(1001, REMOTE_VTEP, &packet));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        tagged(CLIENT1, VIF_MAC[1], 100, 0x86dd, &forwarded6(&packet))
+    );
+    assert_eq!(f.dp.vif_counters(1)?.tx_packets, 1);
+
+    // VIF 1 → VIF 6 in the same gateway, re-tagged.
+    let across = ipv6_udp(IDC6, v6(0x2001_0db8_0061_0000, 5), 64, 1, 2, b"across");
+    let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &across));
+    assert_eq!(action, XDP_REDIRECT);
+    assert_eq!(
+        out,
+        tagged(CLIENT1, VIF_MAC[6], 600, 0x86dd, &forwarded6(&across))
+    );
+    Ok(())
+}
+
+/// Neighbor Discovery (multicast), and anything to the cloud's addresses or to a link-local
+/// one, goes to the VIF's control plane, untagged; a VIF without IPv6 addresses sends data on.
+#[test]
+fn neighbor_discovery_and_the_cloud_address_go_to_the_control_plane() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let mut solicit = Vec::new();
+    PacketBuilder::ipv6(CLIENT6, v6(0xff02_0000_0000_0000, 0x0001_ff00_0001), 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown {
+            type_u8: 135,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        })
+        .write(&mut solicit, &CLOUD6)?;
+    let to_cloud = ipv6_udp(CLIENT6, CLOUD6, 64, 179, 40000, b"bgp");
+    let to_link_local = ipv6_udp(CLIENT6, v6(0xfe80_0000_0000_0000, 1), 64, 1, 2, b"ll");
+    for (what, dst_mac, packet) in [
+        (
+            "neighbor solicitation",
+            [0x33, 0x33, 0xff, 0, 0, 1],
+            &solicit,
+        ),
+        ("to the cloud address", VIF_MAC[1], &to_cloud),
+        ("to a link-local address", VIF_MAC[1], &to_link_local),
+    ] {
+        let frame = tagged(dst_mac, CLIENT1, 100, 0x86dd, packet);
+        let (action, out) = f.customer(&frame);
+        assert_eq!(action, XDP_REDIRECT, "{what}");
+        let mut untagged = eth(dst_mac, CLIENT1, 0x86dd);
+        untagged.extend_from_slice(packet);
+        assert_eq!(out, untagged, "{what}: untagged for the control plane");
+    }
+    assert!(f.dp.passes()?[pass_reason::CONTROL_IN as usize] >= 3);
+    Ok(())
+}
+
+/// The drops of the IPv6 path, each counted under its reason.
+#[test]
+fn ipv6_drops_are_counted() -> anyhow::Result<()> {
+    use drop_reason::*;
+    let mut f = Fixture::new()?;
+    let from_vif1 = |packet: &[u8]| tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, packet);
+    let vpc = |packet: &[u8]| from_vpc(1001, REMOTE_VTEP, packet);
+    f.expect_drop(TTL, |f| {
+        f.customer(&from_vif1(&ipv6_udp(IDC6, VPC6, 1, 1, 2, b"x")))
+    });
+    f.expect_drop(TTL, |f| {
+        f.underlay(&vpc(&ipv6_udp(VPC6, IDC6, 1, 1, 2, b"x")))
+    });
+    f.expect_drop(NO_ROUTE, |f| {
+        f.customer(&from_vif1(&ipv6_udp(
+            IDC6,
+            v6(0x2001_0db8_0099, 1),
+            64,
+            1,
+            2,
+            b"x",
+        )))
+    });
+    for (what, src, dst) in [
+        ("link-local source", v6(0xfe80_0000_0000_0000, 1), VPC6),
+        ("unspecified source", [0; 16], VPC6),
+        ("loopback source", v6(0, 1), VPC6),
+        ("multicast source", v6(0xff0e_0000_0000_0000, 1), VPC6),
+    ] {
+        println!("{what}");
+        f.expect_drop(IPV6_SCOPE, |f| {
+            f.customer(&from_vif1(&ipv6_udp(src, dst, 64, 1, 2, b"x")))
+        });
+    }
+    f.expect_drop(IPV6_SCOPE, |f| {
+        f.underlay(&vpc(&ipv6_udp(
+            VPC6,
+            v6(0xfe80_0000_0000_0000, 1),
+            64,
+            1,
+            2,
+            b"x",
+        )))
+    });
+    let mut bad_version = ipv6_udp(IDC6, VPC6, 64, 1, 2, b"x");
+    bad_version[0] = 0x40;
+    f.expect_drop(MALFORMED, |f| f.customer(&from_vif1(&bad_version)));
+    let mut long_claim = ipv6_udp(IDC6, VPC6, 64, 1, 2, b"x");
+    long_claim[4..6].copy_from_slice(&1000u16.to_be_bytes());
+    f.expect_drop(MALFORMED, |f| f.customer(&from_vif1(&long_claim)));
+    let mut jumbogram = ipv6_udp(IDC6, VPC6, 64, 1, 2, b"x");
+    jumbogram[4..6].copy_from_slice(&[0, 0]);
+    f.expect_drop(MALFORMED, |f| f.customer(&from_vif1(&jumbogram)));
+    f.expect_drop(VIF_DOWN, |f| {
+        f.customer(&tagged(
+            VIF_MAC[4],
+            CLIENT1,
+            400,
+            0x86dd,
+            &ipv6_udp(IDC6, VPC6, 64, 1, 2, b"x"),
+        ))
+    });
+    // Too big for VIF 2 (MTU 1000, below IPv6's minimum): no Packet Too Big can say that.
+    f.expect_drop(MTU, |f| {
+        f.underlay(&vpc(&ipv6_udp(
+            VPC6,
+            v6(0x2001_0db8_0060_0000, 1),
+            64,
+            1,
+            2,
+            &[0; 1100],
+        )))
+    });
+    Ok(())
+}
+
+/// Every truncation of a valid IPv6 frame is dropped, never aborted or forwarded.
+#[test]
+fn truncated_ipv6_frames_are_dropped_never_aborted() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let customer = tagged(
+        VIF_MAC[1],
+        CLIENT1,
+        100,
+        0x86dd,
+        &ipv6_udp(IDC6, VPC6, 64, 1, 2, b"payload!"),
+    );
+    let vpc = from_vpc(
+        1001,
+        REMOTE_VTEP,
+        &ipv6_udp(VPC6, IDC6, 64, 2, 1, b"payload!"),
+    );
+    for (name, frame) in [("customer", &customer), ("underlay", &vpc)] {
+        let run = |f: &mut Fixture, frame: &[u8]| {
+            if name == "customer" {
+                f.customer(frame)
+            } else {
+                f.underlay(frame)
+            }
+        };
+        assert_eq!(run(&mut f, frame).0, XDP_REDIRECT);
+        for len in 14..frame.len() {
+            let (action, _) = run(&mut f, &frame[..len]);
+            let ok = action == XDP_DROP || (name == "underlay" && len < 38 && action == XDP_PASS);
+            assert!(ok, "{name} frame cut to {len} bytes: action {action}");
+        }
+    }
+    Ok(())
+}
+
+/// Extension headers (Hop-by-Hop, fragments) are forwarded unchanged; the hash then covers
+/// addresses, flow label and the first next header, without ports.
+#[test]
+fn ipv6_extension_headers_and_fragments_are_forwarded() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let udp = ipv6_udp(IDC6, VPC6, 64, 40000, 5001, b"behind a header");
+    for (name, next_header, ext) in [
+        ("hop-by-hop (padding)", 0u8, [17u8, 0, 1, 4, 0, 0, 0, 0]),
+        (
+            "first fragment",
+            44u8,
+            [17u8, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef],
+        ),
+    ] {
+        let mut packet = udp[..40].to_vec();
+        packet[6] = next_header;
+        let payload_len = u16::from_be_bytes([udp[4], udp[5]]) + 8;
+        packet[4..6].copy_from_slice(&payload_len.to_be_bytes());
+        packet.extend_from_slice(&ext);
+        packet.extend_from_slice(&udp[40..]);
+        let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &packet));
+        assert_eq!(action, XDP_REDIRECT, "{name}");
+        let hash = flow_hash6(IDC6, VPC6, 0, next_header, 0, 0);
+        let expected = vxlan_frame(
+            &f,
+            1001,
+            REMOTE_VTEP,
+            VIF_MAC[1],
+            &forwarded6(&packet),
+            hash,
+        );
+        assert_eq!(
+            out, expected,
+            "{name}: forwarded unchanged but for the hop limit"
+        );
+    }
+    Ok(())
+}
+
+/// The IPv6 Packet Too Big a quote of `original` (its first 128 bytes) makes, from `from`.
+fn packet_too_big(from: [u8; 16], original: &[u8], mtu: u32) -> Vec<u8> {
+    let to: [u8; 16] = original[8..24].try_into().expect("source");
+    let mut out = Vec::new();
+    PacketBuilder::ipv6(from, to, 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu })
+        .write(&mut out, &original[..128])
+        .expect("icmpv6");
+    out
+}
+
+#[test]
+fn too_big_ipv6_is_answered_with_packet_too_big() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    // Toward the customer: attachment 8's path takes 1400 bytes, 1350 inside the tunnel.
+    let big = ipv6_udp(IDC6, v6(0x2001_0db8_000b_0000, 1), 64, 1, 2, &[7; 1360]);
+    let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &big));
+    assert_eq!(action, XDP_REDIRECT);
+    let mtu = u32::from(PATH8_MTU) - 50;
+    assert_eq!(
+        out,
+        tagged(
+            CLIENT1,
+            VIF_MAC[1],
+            100,
+            0x86dd,
+            &packet_too_big(CLOUD6, &big, mtu)
+        ),
+        "Packet Too Big from the cloud address, byte for byte"
+    );
+    assert_eq!(f.dp.passes()?[pass_reason::ICMP6_TOO_BIG as usize], 1);
+    assert_eq!(f.dp.vif_drops(1)?.too_big, 1);
+    // One that fits passes.
+    let fits = ipv6_udp(IDC6, v6(0x2001_0db8_000b_0000, 1), 64, 1, 2, &[7; 1300]);
+    let (action, _) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &fits));
+    assert_eq!(action, XDP_REDIRECT);
+
+    // Toward VIF 6 (MTU 1300): back through the tunnel it came from, from VIF 6's address.
+    let big = ipv6_udp(VPC6, v6(0x2001_0db8_0061_0000, 1), 64, 1, 2, &[7; 1300]);
+    let frame = from_vpc(1001, REMOTE_VTEP, &big);
+    let (action, out) = f.underlay(&frame);
+    assert_eq!(action, XDP_REDIRECT);
+    let sliced = etherparse::SlicedPacket::from_ethernet(&out)?;
+    let Some(etherparse::TransportSlice::Udp(udp)) = &sliced.transport else {
+        panic!("VXLAN back to the VPC")
+    };
+    let inner = &udp.payload()[8 + 14..];
+    assert_eq!(
+        inner,
+        packet_too_big(CLOUD6_VIF6, &big, u32::from(VIF6_MTU)).as_slice(),
+        "the Packet Too Big inside the tunnel"
+    );
+    assert_eq!(f.dp.passes()?[pass_reason::ICMP6_TOO_BIG as usize], 2);
+
+    // No error about an error.
+    let mut error = Vec::new();
+    PacketBuilder::ipv6(IDC6, v6(0x2001_0db8_000b_0000, 1), 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 })
+        .write(&mut error, &[0; 1400])?;
+    f.expect_drop(drop_reason::MTU, |f| {
+        f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x86dd, &error))
+    });
     Ok(())
 }

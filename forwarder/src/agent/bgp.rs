@@ -12,11 +12,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
     path::PathBuf,
     time::Duration,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use tokio::time::Instant;
 
 use super::Agent;
@@ -38,13 +39,13 @@ pub struct BgpState {
     pub bfd_handed: BTreeMap<SessionKey, forwarder_common::BfdKey>,
     /// The attributes of each session's path to each prefix it announced (absent: a route
     /// kept from before a restart, ranked as a path without attributes).
-    pub paths: HashMap<(SessionKey, Ipv4Net), crate::rib::PathInfo>,
+    pub paths: HashMap<(SessionKey, IpNet), crate::rib::PathInfo>,
     /// The VPC CIDRs each session's import filter was last given.
-    pub cidrs: BTreeMap<SessionKey, Vec<Ipv4Net>>,
+    pub cidrs: BTreeMap<SessionKey, Vec<IpNet>>,
     /// Sessions in Established.
     pub up: BTreeSet<SessionKey>,
     /// Accepted prefixes per session.
-    pub routes: BTreeMap<SessionKey, BTreeSet<Ipv4Net>>,
+    pub routes: BTreeMap<SessionKey, BTreeSet<IpNet>>,
     /// Per (VIF, prefix): the sessions holding it.
     pub masks: BgpMasks,
     /// Sessions that came up and get their whole export after the next plan.
@@ -68,7 +69,7 @@ pub enum StaleCause {
 #[derive(Debug)]
 pub struct Stale {
     /// Routes not announced again since they went stale.
-    pub prefixes: BTreeSet<Ipv4Net>,
+    pub prefixes: BTreeSet<IpNet>,
     /// When whatever is still stale is swept.
     pub until: Instant,
     pub cause: StaleCause,
@@ -117,14 +118,20 @@ impl Agent {
             }
             let c = &vif.config;
             for (i, peer) in vif.peers.iter().enumerate() {
+                // Sessions are IPv4 (the config refuses IPv6 pairs on BGP VIFs for now).
+                let (IpAddr::V4(local_addr), IpAddr::V4(remote_addr)) =
+                    (peer.cloud_address, peer.client_address)
+                else {
+                    continue;
+                };
                 wanted.insert(
                     (*id, i as u8),
                     SessionConfig {
                         vif: vif.name.clone(),
                         peer_index: i,
                         netns: Some(PathBuf::from(crate::netns::RUN_DIR).join(&vif.netns)),
-                        local_addr: peer.cloud_address,
-                        remote_addr: peer.client_address,
+                        local_addr,
+                        remote_addr,
                         local_asn: self.config.agent.local_asn,
                         remote_asn: c.client_asn.unwrap_or_default(),
                         router_id: self.config.router_id(),
@@ -135,7 +142,7 @@ impl Agent {
                         ),
                         accept_default: c.accept_default,
                         max_prefix_len: c.max_prefix_len.unwrap_or(32),
-                        allowed_prefixes: c.allowed_prefixes.clone(),
+                        allowed_prefixes: ipv4_only(&c.allowed_prefixes),
                         hold_time: self.config.agent.bgp_hold_time,
                         allow_hold_time_zero: c.allow_hold_time_zero,
                         graceful_restart: self
@@ -184,13 +191,13 @@ impl Agent {
                 .unwrap_or_default();
             if !self.bgp.sessions.contains_key(&key) {
                 tracing::info!(vif = %cfg.vif, peer = key.1, remote = %cfg.remote_addr, "starting BGP session");
-                self.speaker.add_session(cfg.clone(), cidrs.clone());
+                self.speaker.add_session(cfg.clone(), ipv4_only(&cidrs));
                 self.bgp.sessions.insert(key, cfg);
                 self.bgp.cidrs.insert(key, cidrs);
             } else if self.bgp.cidrs.get(&key) != Some(&cidrs) {
                 // VPC CIDRs changed with a reload: the import filter judges again.
                 self.speaker
-                    .set_vpc_cidrs(&cfg.vif, cfg.peer_index, cidrs.clone());
+                    .set_vpc_cidrs(&cfg.vif, cfg.peer_index, ipv4_only(&cidrs));
                 self.bgp.cidrs.insert(key, cidrs);
             }
         }
@@ -219,7 +226,7 @@ impl Agent {
         let until =
             Instant::now() + Duration::from_secs(u64::from(self.config.agent.bgp_restart_time));
         let mut kept = 0;
-        let installed: Vec<(crate::ids::GatewayId, Ipv4Net, u32)> =
+        let installed: Vec<(crate::ids::GatewayId, IpNet, u32)> =
             self.apply.programmed_routes().collect();
         for (gateway, prefix, nh) in installed {
             // A multipath route was announced on each of its paths.
@@ -246,7 +253,7 @@ impl Agent {
     fn recover_stale_path(
         &mut self,
         gateway: crate::ids::GatewayId,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         vif: crate::ids::VifId,
         mask: u8,
         until: Instant,
@@ -365,7 +372,7 @@ impl Agent {
                 let peer = v
                     .peers
                     .iter()
-                    .position(|p| p.client_address.octets() == key.client)?;
+                    .position(|p| p.client_address == IpAddr::from(key.client))?;
                 (id.0 == key.vif && v.routing == Routing::Bgp && v.config.bfd)
                     .then(|| ((*id, peer as u8), v.name.clone(), peer))
             });
@@ -468,7 +475,7 @@ impl Agent {
     /// longer has keeps no mask; the tables are rebuilt without it).
     /// Which of a VIF's sessions hold `prefix`, and the best path among them: the VIF's
     /// candidate for the prefix is that path, through the sessions that have it.
-    fn refresh_paths(&mut self, vif: VifId, prefix: Ipv4Net) {
+    fn refresh_paths(&mut self, vif: VifId, prefix: IpNet) {
         let mut best: Option<plan::VifPaths> = None;
         // Sessions holding the prefix without known attributes (routes kept from before a
         // restart) do not rank on their own: they join whichever path wins.
@@ -632,10 +639,10 @@ impl Agent {
                 // Announced again: fresh. Withdrawn: gone below.
                 if let Some(stale) = self.bgp.stale.get_mut(&key) {
                     for prefix in announced.iter().map(|(p, _)| p).chain(&withdrawn) {
-                        stale.prefixes.remove(prefix);
+                        stale.prefixes.remove(&IpNet::from(*prefix));
                     }
                 }
-                for prefix in withdrawn {
+                for prefix in withdrawn.into_iter().map(IpNet::from) {
                     self.bgp.paths.remove(&(key, prefix));
                     if self
                         .bgp
@@ -647,6 +654,7 @@ impl Agent {
                     }
                 }
                 for (prefix, path) in announced {
+                    let prefix = IpNet::from(prefix);
                     let new_route = self.bgp.routes.entry(key).or_default().insert(prefix);
                     let new_path = self.bgp.paths.insert((key, prefix), path) != Some(path);
                     if new_route || new_path {
@@ -668,8 +676,12 @@ impl Agent {
                 continue;
             }
             if let Some(cfg) = self.bgp.sessions.get(&key) {
-                self.speaker
-                    .update_export(&cfg.vif, cfg.peer_index, announce, withdraw);
+                self.speaker.update_export(
+                    &cfg.vif,
+                    cfg.peer_index,
+                    ipv4_only(&announce),
+                    ipv4_only(&withdraw),
+                );
             }
         }
         self.send_full_exports();
@@ -690,8 +702,26 @@ impl Agent {
             }
             if let Some(cfg) = self.bgp.sessions.get(&key) {
                 let set = self.desired.exports(&self.model, key.0);
+                let set = set
+                    .into_iter()
+                    .filter_map(|p| match p {
+                        IpNet::V4(p) => Some(p),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect();
                 self.speaker.set_export(&cfg.vif, cfg.peer_index, set);
             }
         }
     }
+}
+
+/// The IPv4 prefixes of a list: what an IPv4 session carries.
+fn ipv4_only(prefixes: &[IpNet]) -> Vec<Ipv4Net> {
+    prefixes
+        .iter()
+        .filter_map(|p| match p {
+            IpNet::V4(p) => Some(*p),
+            IpNet::V6(_) => None,
+        })
+        .collect()
 }

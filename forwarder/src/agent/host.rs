@@ -129,7 +129,7 @@ impl Agent {
             else {
                 continue;
             };
-            let missing: Vec<std::net::Ipv4Addr> = v
+            let missing: Vec<std::net::IpAddr> = v
                 .peers
                 .iter()
                 .enumerate()
@@ -434,7 +434,10 @@ impl Agent {
                 }
             }
             NetEvent::HostNeighbour(n) => {
-                self.underlay.neighbour_changed(n.ifindex, n.addr, n.mac);
+                // The underlay is IPv4.
+                if let std::net::IpAddr::V4(addr) = n.addr {
+                    self.underlay.neighbour_changed(n.ifindex, addr, n.mac);
+                }
             }
             NetEvent::HostRoute => self.underlay.all_dirty(),
             NetEvent::LinkGone { index, name } => {

@@ -401,6 +401,11 @@ impl Agent {
                 self.apply.route_capacity(),
             ),
             (
+                "routes6",
+                self.apply.routes6_installed(),
+                forwarder_common::MAX_ROUTES6,
+            ),
+            (
                 "next_hops",
                 self.state.ids.next_hops.len(),
                 self.apply.next_hop_capacity(),

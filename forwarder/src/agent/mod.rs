@@ -475,9 +475,28 @@ impl Agent {
     fn vif_spec(&self, id: VifId) -> Option<VifSpec> {
         let v = self.model.vifs.get(&id)?;
         let cp = self.control_planes.get(&id);
+        // Each family's pairs in their order: IPv4 in the VIF table, IPv6 beside it.
         let mut cloud_addrs = [None, None];
-        for (slot, peer) in cloud_addrs.iter_mut().zip(&v.peers) {
-            *slot = Some(peer.cloud_address);
+        let v4 = v.peers.iter().filter_map(|p| match p.cloud_address {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(_) => None,
+        });
+        for (slot, cloud) in cloud_addrs.iter_mut().zip(v4) {
+            *slot = Some(cloud);
+        }
+        let mut addrs6 = forwarder_common::VifAddrs6::default();
+        let v6 = v
+            .peers
+            .iter()
+            .filter_map(|p| match (p.cloud_address, p.client_address) {
+                (std::net::IpAddr::V6(cloud), std::net::IpAddr::V6(client)) => {
+                    Some((cloud, client))
+                }
+                _ => None,
+            });
+        for (i, (cloud, client)) in v6.take(2).enumerate() {
+            addrs6.cloud[i] = cloud.octets();
+            addrs6.client[i] = client.octets();
         }
         // Until the plan and the control plane are known (a restart re-adopting the maps),
         // what the map holds: a half-known VIF is never written over a working one.
@@ -508,6 +527,7 @@ impl Agent {
             state,
             control_ifindex,
             cloud_addrs,
+            addrs6,
             mac,
             policy: self.vif_policy(v),
         })

@@ -1,11 +1,11 @@
 //! Answers to control requests: read-only views of the agent's state, and the changes an
 //! operator may make (static routes, reload).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use aya::programs::XdpMode;
 use forwarder_common::{drop_reason, pass_reason};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::{Agent, Error, state_name};
 use crate::{
@@ -128,7 +128,7 @@ impl Agent {
                 .into_iter()
                 .map(|r| {
                     let mut v = serde_json::to_value(&r).unwrap_or_default();
-                    let key = ((id, r.peer_index as u8), r.prefix);
+                    let key = ((id, r.peer_index as u8), IpNet::from(r.prefix));
                     if let (Some(path), serde_json::Value::Object(o)) =
                         (self.bgp.paths.get(&key), &mut v)
                     {
@@ -136,7 +136,7 @@ impl Agent {
                         o.insert("as_path_len".into(), path.rank.as_path_len.into());
                         o.insert("med".into(), path.rank.med.into());
                         o.insert("no_export".into(), path.no_export.into());
-                        let (best, why) = self.selection(gateway, id, r.peer_index, r.prefix);
+                        let (best, why) = self.selection(gateway, id, r.peer_index, key.1);
                         o.insert("best".into(), best.into());
                         o.insert("why".into(), why.into());
                     }
@@ -154,7 +154,7 @@ impl Agent {
         gateway: GatewayId,
         vif: VifId,
         peer: usize,
-        prefix: Ipv4Net,
+        prefix: IpNet,
     ) -> (bool, String) {
         let Some(mine) = self.bgp.masks.get(&(vif, prefix)) else {
             return (false, "not installed".into());
@@ -328,6 +328,10 @@ impl Agent {
                     used: self.apply.routes_installed() as u64,
                     capacity: u64::from(self.apply.route_capacity()),
                 },
+                routes6: control::Usage {
+                    used: self.apply.routes6_installed() as u64,
+                    capacity: u64::from(forwarder_common::MAX_ROUTES6),
+                },
                 next_hops: control::Usage {
                     used: self.state.ids.next_hops.len() as u64,
                     capacity: u64::from(self.apply.next_hop_capacity()),
@@ -411,7 +415,7 @@ impl Agent {
     fn not_installed_reason(
         &self,
         gateway: GatewayId,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         candidate: Candidate,
     ) -> Option<String> {
         let selected = self.desired.route(gateway, prefix);
@@ -482,7 +486,7 @@ impl Agent {
         Ok(out)
     }
 
-    fn route_add(&mut self, gateway: String, prefix: Ipv4Net, via: String) -> Result<(), Error> {
+    fn route_add(&mut self, gateway: String, prefix: IpNet, via: String) -> Result<(), Error> {
         let gw = self.check_gateway(&gateway)?;
         if prefix.trunc() != prefix {
             return Err(Error::Refused(format!(
@@ -541,7 +545,7 @@ impl Agent {
         self.replan(dirty)
     }
 
-    fn route_del(&mut self, gateway: &str, prefix: Ipv4Net) -> Result<(), Error> {
+    fn route_del(&mut self, gateway: &str, prefix: IpNet) -> Result<(), Error> {
         let gw = self.check_gateway(gateway)?;
         match self.model.statics.get(&(gw, prefix)) {
             None => {
@@ -573,7 +577,7 @@ impl Agent {
         self.replan(dirty)
     }
 
-    fn lookup(&self, gateway: &str, address: Ipv4Addr) -> Result<control::LookupAnswer, Error> {
+    fn lookup(&self, gateway: &str, address: IpAddr) -> Result<control::LookupAnswer, Error> {
         let gw = self.check_gateway(gateway)?;
         let dp = self.apply.dataplane();
         let id = dp.lookup(gw.0, address)?;
@@ -619,6 +623,7 @@ impl Agent {
                 self.model.describe(Target::Attachment(attachment))
             }
             NextHopKey::Vif { vif } => self.model.describe(Target::Vif(vif)),
+            NextHopKey::Vif6 { vif } => self.model.describe(Target::Vif6(vif)),
             NextHopKey::VifPeers { vif, mask } => self.model.describe(Target::VifPeers(vif, mask)),
             NextHopKey::VifPeer { vif, peer } => {
                 format!("vif {} (client router {peer})", self.model.vif_name(vif))

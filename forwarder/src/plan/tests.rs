@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use forwarder_tests::fixture::{Fixture, Vif};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::*;
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
     state::Ids,
 };
 
-fn net(s: &str) -> Ipv4Net {
+fn net(s: &str) -> IpNet {
     s.parse().expect("prefix")
 }
 
@@ -124,7 +124,7 @@ impl World {
             self.up.insert((vif, peer));
         } else {
             self.up.remove(&(vif, peer));
-            let held: Vec<Ipv4Net> = self
+            let held: Vec<IpNet> = self
                 .masks
                 .iter()
                 .filter(|((v, _), m)| *v == vif && m.mask & (1 << peer) != 0)
@@ -151,7 +151,7 @@ impl World {
     }
 
     /// Session (vif, peer) announces or withdraws `prefix`.
-    fn announce(&mut self, vif: VifId, peer: u8, prefix: Ipv4Net, on: bool) -> Dirty {
+    fn announce(&mut self, vif: VifId, peer: u8, prefix: IpNet, on: bool) -> Dirty {
         self.announce_path(vif, peer, prefix, on, crate::rib::PathInfo::default())
     }
 
@@ -160,7 +160,7 @@ impl World {
         &mut self,
         vif: VifId,
         peer: u8,
-        prefix: Ipv4Net,
+        prefix: IpNet,
         on: bool,
         path: crate::rib::PathInfo,
     ) -> Dirty {
@@ -312,8 +312,10 @@ fn a_lost_session_leaves_the_shared_group_in_one_write_before_routes_move() {
     let (a, gw) = (w.vif("vif-100"), w.gateway());
     w.update(&Dirty::all());
     let mut dirty = w.sessions_up(&[(a, 0), (a, 1)]);
-    let both: Vec<Ipv4Net> = (0..100u32)
-        .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("net"))
+    let both: Vec<IpNet> = (0..100u32)
+        .map(|i| {
+            IpNet::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)).into(), 24).expect("net")
+        })
         .collect();
     for p in &both {
         dirty.prefixes.extend(w.announce(a, 0, *p, true).prefixes);
@@ -415,8 +417,8 @@ fn a_change_to_one_vif_touches_only_that_vif_and_its_prefixes() {
         dirty.vifs.extend(w.session(*vif, 0, true).vifs);
         // 50 prefixes per VIF: 10,000 routes.
         for i in 0..50u32 {
-            let p = Ipv4Net::new(
-                std::net::Ipv4Addr::from(0xac10_0000 + ((n as u32 * 50 + i) << 8)),
+            let p = IpNet::new(
+                std::net::Ipv4Addr::from(0xac10_0000 + ((n as u32 * 50 + i) << 8)).into(),
                 24,
             )
             .expect("net");
@@ -468,8 +470,10 @@ fn incremental_updates_always_agree_with_a_full_plan() {
     let mut w = World::new(&fixture);
     let vifs = [w.vif("vif-100"), w.vif("vif-200"), w.vif("vif-300")];
     let peers = [(vifs[0], 0), (vifs[0], 1), (vifs[1], 0), (vifs[2], 0)];
-    let prefixes: Vec<Ipv4Net> = (0..6u32)
-        .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("net"))
+    let prefixes: Vec<IpNet> = (0..6u32)
+        .map(|i| {
+            IpNet::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)).into(), 24).expect("net")
+        })
         .chain([net("10.0.1.0/25")])
         .collect();
     w.update(&Dirty::all());
@@ -737,8 +741,10 @@ fn equal_paths_on_two_vifs_share_one_group_that_follows_their_sessions() {
     w.update(&Dirty::all());
     let mut dirty = w.sessions_up(&[(a, 0), (a, 1), (b, 0)]);
     dirty.vifs.extend(w.client(c, 0, Some(MAC_B)).vifs);
-    let prefixes: Vec<Ipv4Net> = (0..20u32)
-        .map(|i| Ipv4Net::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("net"))
+    let prefixes: Vec<IpNet> = (0..20u32)
+        .map(|i| {
+            IpNet::new(std::net::Ipv4Addr::from(0xc0a8_0000 + (i << 8)).into(), 24).expect("net")
+        })
         .collect();
     for p in &prefixes {
         for (vif, peer) in [(a, 0), (a, 1), (b, 0)] {

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use aya::programs::XdpMode;
-use forwarder_common::{Attachment, MAP_NEXT_HOPS, MAP_ROUTES, Vif, VifKey, VifPolicy, VtepKey};
+use forwarder_common::{
+    Attachment, MAP_NEXT_HOPS, MAP_ROUTES, Vif, VifAddrs6, VifKey, VifPolicy, VtepKey,
+};
 use ipnet::IpNet;
 
 use crate::{
@@ -149,6 +151,8 @@ struct Programmed {
     vifs: BTreeMap<u32, Vif>,
     /// Non-default policy slots.
     policies: BTreeMap<u32, VifPolicy>,
+    /// Non-empty IPv6 address slots.
+    addrs6: BTreeMap<u32, VifAddrs6>,
     vif_keys: Keys<VifKey>,
     /// Control ports (ifindex) of each VIF.
     control_ports: Keys<u32>,
@@ -209,6 +213,7 @@ impl Apply {
         }
         p.vifs = dp.vif_entries()?.into_iter().collect();
         p.policies = dp.vif_policies()?.into_iter().collect();
+        p.addrs6 = dp.vif_addrs6_entries()?.into_iter().collect();
         p.vif_keys = Keys::load(dp.vif_keys()?);
         p.control_ports = Keys::load(dp.control_ports()?);
         p.attachments = dp.attachment_entries()?.into_iter().collect();
@@ -414,6 +419,15 @@ impl Apply {
                 p.policies.insert(spec.id, policy);
             }
         }
+        if p.addrs6.get(&spec.id).copied().unwrap_or_default() != spec.addrs6 {
+            // Before the slot too: a VIF found has its addresses.
+            self.dp.set_vif_addrs6(spec.id, spec.addrs6)?;
+            if spec.addrs6 == VifAddrs6::default() {
+                p.addrs6.remove(&spec.id);
+            } else {
+                p.addrs6.insert(spec.id, spec.addrs6);
+            }
+        }
         let entry = spec.entry();
         if p.vifs.get(&spec.id) != Some(&entry) {
             // Slot first: a key never points to a stale slot.
@@ -498,6 +512,9 @@ impl Apply {
         }
         if p.policies.remove(&id).is_some() {
             self.dp.set_vif_policy(id, VifPolicy::default())?;
+        }
+        if p.addrs6.remove(&id).is_some() {
+            self.dp.set_vif_addrs6(id, VifAddrs6::default())?;
         }
         Ok(())
     }

@@ -610,6 +610,20 @@ impl Dataplane {
             .map_err(map_err(MAP_VIF_ADDRS6))
     }
 
+    /// Every non-empty IPv6 address slot.
+    pub fn vif_addrs6_entries(&self) -> Result<Vec<(u32, VifAddrs6)>, Error> {
+        let map: Array<&MapData, VifAddrs6> =
+            Array::try_from(self.map(MAP_VIF_ADDRS6)?).map_err(map_err(MAP_VIF_ADDRS6))?;
+        let mut out = Vec::new();
+        for (id, a) in map.iter().enumerate() {
+            let a = a.map_err(map_err(MAP_VIF_ADDRS6))?;
+            if a != VifAddrs6::default() {
+                out.push((id as u32, a));
+            }
+        }
+        Ok(out)
+    }
+
     /// VIF `id`'s IPv6 interconnect addresses as the data plane has them.
     pub fn vif_addrs6(&self, id: u32) -> Result<VifAddrs6, Error> {
         let map: Array<&MapData, VifAddrs6> =

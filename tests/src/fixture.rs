@@ -73,9 +73,11 @@ impl Vif {
             put!(out, "{line}");
         }
         for (client, cloud) in &self.peers {
+            // A /30 for IPv4, a /126 for IPv6.
+            let len = if client.contains(':') { 126 } else { 30 };
             put!(
                 out,
-                "  [[vif.peer]]\n  client_address = \"{client}\"\n  cloud_address = \"{cloud}\"\n  prefix_len = 30"
+                "  [[vif.peer]]\n  client_address = \"{client}\"\n  cloud_address = \"{cloud}\"\n  prefix_len = {len}"
             );
         }
         out.push('\n');
@@ -182,6 +184,14 @@ impl Fixture {
             router_mac: "02:00:00:00:0a:01".to_owned(),
             propagate: propagate.iter().map(|p| (*p).to_owned()).collect(),
         });
+        self
+    }
+
+    /// One more CIDR propagated by attachment `name`.
+    pub fn propagate(mut self, name: &str, cidr: &str) -> Self {
+        if let Some(a) = self.attachments.iter_mut().find(|a| a.name == name) {
+            a.propagate.push(cidr.to_owned());
+        }
         self
     }
 

@@ -76,6 +76,20 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Turns IPv6 back on for `interfaces` (and for interfaces made from now on), without
+    /// router advertisements or address autoconfiguration.
+    pub fn enable_ipv6(&self, interfaces: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["sysctl".to_owned(), "-qw".to_owned()];
+        for conf in ["all", "default"].iter().chain(interfaces) {
+            args.push(format!("net.ipv6.conf.{conf}.accept_ra=0"));
+            args.push(format!("net.ipv6.conf.{conf}.autoconf=0"));
+            args.push(format!("net.ipv6.conf.{conf}.disable_ipv6=0"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.exec(&args)?;
+        Ok(())
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

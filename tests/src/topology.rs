@@ -18,6 +18,14 @@ use anyhow::{Context as _, Result, bail};
 pub const VPC_HOST: &str = "10.0.1.10";
 pub const IDC_HOST: &str = "192.168.50.10";
 pub const VXLAN_MAC: &str = "02:00:00:00:0a:01";
+/// The IPv6 side of the topology ([`Topology::ipv6`]): hosts, the VPC's CIDR, the IDC's
+/// prefix and VLAN 100's IPv6 interconnect pair (a /126).
+pub const VPC6_HOST: &str = "2001:db8:a:1::10";
+pub const IDC6_HOST: &str = "2001:db8:50::10";
+pub const VPC6_CIDR: &str = "2001:db8:a::/48";
+pub const IDC6_PREFIX: &str = "2001:db8:50::/48";
+pub const CLIENT6: &str = "2001:db8:ff::2";
+pub const CLOUD6: &str = "2001:db8:ff::1";
 
 pub struct Topology {
     pub idc: NetNs,
@@ -89,6 +97,39 @@ impl Topology {
         let customer = CustomerRouter::new(&self.rtr, "trunk0", &[(100, "169.254.10.2/30")])?;
         sh(&self.rtr, "ip route add 10.0.1.0/24 via 169.254.10.1")?;
         Ok(customer)
+    }
+
+    /// IPv6 beside IPv4 (call after [`Self::customer_router`]): the IDC host and its router
+    /// on 2001:db8:50::/64, the router's VLAN 100 with the client address of the /126 and a
+    /// route to the VPC's CIDR via the cloud address, the VPC host on `vxlan0` with the IDC
+    /// prefix routed back through the gateway. Addresses without duplicate detection, so
+    /// they work at once.
+    pub fn ipv6(&self) -> Result<()> {
+        self.idc.enable_ipv6(&["lo", "eth0"])?;
+        self.rtr.enable_ipv6(&["lo", "lan0", "v100"])?;
+        self.vpc.enable_ipv6(&["lo", "vxlan0"])?;
+        sh(
+            &self.idc,
+            &format!(
+                "ip addr add {IDC6_HOST}/64 dev eth0 nodad && ip -6 route add default via 2001:db8:50::1"
+            ),
+        )?;
+        sh(
+            &self.rtr,
+            &format!(
+                "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip addr add 2001:db8:50::1/64 dev lan0 nodad \
+                 && ip addr add {CLIENT6}/126 dev v100 nodad && ip -6 route add {VPC6_CIDR} via {CLOUD6}"
+            ),
+        )?;
+        sh(
+            &self.vpc,
+            &format!(
+                "ip addr add {VPC6_HOST}/64 dev vxlan0 nodad && \
+                 ip -6 neigh add fe80::fe lladdr 02:00:00:00:0a:fe dev vxlan0 nud permanent && \
+                 ip -6 route add {IDC6_PREFIX} via fe80::fe dev vxlan0"
+            ),
+        )?;
+        Ok(())
     }
 
     /// The customer router for BGP: VLAN 100 carries both interconnect /30s of the VIF
@@ -541,7 +582,7 @@ pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 const TCP_SERVER: &str = r#"
 import hashlib, socket, sys
-s = socket.socket()
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 5001))
 s.listen(1)

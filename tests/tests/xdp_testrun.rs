@@ -2124,6 +2124,24 @@ fn ipv6_drops_are_counted() -> anyhow::Result<()> {
             &[0; 1100],
         )))
     });
+
+    // Source check: a source routed back to the VIF passes (2001:db8:50::/48 is VIF 1's), so
+    // does the client router's own address; anything else is dropped and counted on the VIF.
+    f.dp.set_vif_policy(
+        1,
+        VifPolicy {
+            flags: vif_flags::SOURCE_CHECK,
+            ..VifPolicy::default()
+        },
+    )?;
+    for (what, src) in [("routed back", IDC6), ("the client router's", CLIENT6)] {
+        let (action, _) = f.customer(&from_vif1(&ipv6_udp(src, VPC6, 64, 1, 2, b"x")));
+        assert_eq!(action, XDP_REDIRECT, "a source {what} passes the check");
+    }
+    let before = f.dp.vif_drops(1)?.source_check;
+    let spoofed = ipv6_udp(v6(0x2001_0db8_0099, 1), VPC6, 64, 1, 2, b"spoofed");
+    f.expect_drop(SOURCE_CHECK, |f| f.customer(&from_vif1(&spoofed)));
+    assert_eq!(f.dp.vif_drops(1)?.source_check, before + 1);
     Ok(())
 }
 

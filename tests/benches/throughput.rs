@@ -43,7 +43,8 @@ use aya::{
     Ebpf,
     maps::{Array, DevMapHash, MapData},
     programs::{
-        SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions,
+        Xdp, XdpMode,
         tc::{self, TcError},
     },
 };
@@ -114,13 +115,51 @@ struct Knobs {
     steps: usize,
 }
 
+/// Exit code for "this machine cannot run the bench" (as opposed to a bench that failed):
+/// `cargo xtask bench` keeps the section it had and says why.
+const EXIT_UNSUPPORTED: u8 = 3;
+
 fn main() -> std::process::ExitCode {
+    if let Err(why) = live_frames_allowed() {
+        // The reason on stdout, where `cargo xtask bench` reads it.
+        println!("{why}");
+        return std::process::ExitCode::from(EXIT_UNSUPPORTED);
+    }
     match bench() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("throughput bench: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The generator is a BPF_PROG_TEST_RUN in live-frames mode: some kernels refuse it (EPERM,
+/// whatever the capabilities). One run of the sink program, which drops what it gets, says.
+fn live_frames_allowed() -> std::result::Result<(), String> {
+    let mut ebpf = Ebpf::load(SHIM_OBJECT).map_err(|e| format!("loading the test object: {e}"))?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(PROG_SINK)
+        .ok_or(PROG_SINK)?
+        .try_into()
+        .map_err(|e| format!("{PROG_SINK}: {e}"))?;
+    prog.load()
+        .map_err(|e| format!("loading {PROG_SINK}: {e}"))?;
+    let frame = [0u8; 64];
+    match prog.test_run(TestRunOptions {
+        data_in: Some(&frame),
+        attrs: TestRunAttrs::new().xdp_live_frames(1),
+        ..TestRunOptions::new()
+    }) {
+        Ok(_) => Ok(()),
+        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EPERM) => {
+            Err(format!(
+                "this kernel refuses BPF_PROG_TEST_RUN with live frames ({}), the bench's packet generator",
+                e.io_error
+            ))
+        }
+        // Anything else is the bench's to report.
+        Err(_) => Ok(()),
     }
 }
 

@@ -155,7 +155,10 @@ pub fn run(only: Option<Part>, quick: bool) -> Result<ExitCode> {
             )?,
         };
         all_ok &= ok;
-        doc = replace_section(&doc, part.heading(), &section);
+        doc = match section.strip_prefix(KEEP) {
+            Some(why) => keep_section(&doc, part.heading(), why),
+            None => replace_section(&doc, part.heading(), &section),
+        };
     }
     std::fs::write(&path, &doc).context("writing BENCHMARKS.md")?;
     print!("{doc}");
@@ -164,6 +167,32 @@ pub fn run(only: Option<Part>, quick: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `doc` with the section whose heading starts with `heading` kept, and a line saying it was
+/// not measured again today, and why.
+fn keep_section(doc: &str, heading: &str, why: &str) -> String {
+    let Some(start) = doc.find(heading) else {
+        return doc.to_owned();
+    };
+    let end = doc[start + 3..]
+        .find("\n## ")
+        .map_or(doc.len(), |i| start + 3 + i + 1);
+    let section = doc[start..end].trim_end();
+    // An earlier note of this kind goes: only the newest says what happened.
+    let section = section
+        .split("\n\n> Not measured again on ")
+        .next()
+        .unwrap_or(section);
+    let note = format!(
+        "{section}\n\n> Not measured again on {} ({}): {why}. The figures above are from the date \
+         they give.\n",
+        today(),
+        machine()
+    );
+    let rest = &doc[end..];
+    let sep = if rest.is_empty() { "" } else { "\n" };
+    format!("{}{note}{sep}{rest}", &doc[..start])
 }
 
 /// `doc` with the section whose heading starts with `heading` (up to the next `## `)
@@ -218,6 +247,11 @@ fn agent_bench(
     line.push(format!("cargo bench -p forwarder-tests --bench {bench}"));
     let (mut section, ok) = match cargo_bench(root, bench, &[("FORWARDER_BIN", bin)]) {
         Ok(text) => (text, true),
+        Err(e) if e.is::<Unsupported>() => {
+            // This machine cannot run it: the figures already there stay, marked as such.
+            println!("==> {bench}: {e}; BENCHMARKS.md keeps the section it has");
+            return Ok((KEEP.to_owned() + &format!("{e}"), true));
+        }
         Err(e) => (
             format!(
                 "{heading}\n\nThe bench failed: {}.\n",
@@ -358,6 +392,21 @@ fn build_baseline(root: &Path, src: &Path, target: &Path) -> Result<()> {
 
 /// Runs one bench of the tests crate; its stdout (a Markdown table or section) is returned,
 /// its stderr (progress) goes to ours.
+/// A bench that says this machine cannot run it (exit code 3), rather than failing.
+#[derive(Debug)]
+struct Unsupported(String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+/// A section that starts with this is not new: the old one stays, with the rest as the reason.
+const KEEP: &str = "\u{0}keep:";
+
 fn cargo_bench(root: &Path, bench: &str, env: &[(&str, PathBuf)]) -> Result<String> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root)
@@ -369,6 +418,10 @@ fn cargo_bench(root: &Path, bench: &str, env: &[(&str, PathBuf)]) -> Result<Stri
     let output = cmd
         .output()
         .with_context(|| format!("spawning cargo bench --bench {bench}"))?;
+    if output.status.code() == Some(3) {
+        let why = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        return Err(Unsupported(why).into());
+    }
     if !output.status.success() {
         bail!("cargo bench --bench {bench} failed ({})", output.status);
     }

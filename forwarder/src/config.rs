@@ -15,7 +15,7 @@
 //!   127 for an IPv6 one; IPv6 pairs are unicast outside fe80::/10, and a /126 does not use
 //!   its subnet-router anycast address (the first);
 //! - a VIF with an IPv6 pair has an MTU of at least 1280 (IPv6's minimum); a static route's
-//!   VIF has a pair of the prefix's family;
+//!   VIF has a pair of the prefix's family; on a BGP VIF an IPv6 pair runs an IPv6 session;
 //! - a VIF and a VPC attachment may not share a name, since `static_route.via` names either;
 //! - BGP-only settings (`bgp_password`, `max_prefixes`, `accept_default = true`) on a
 //!   `routing = "static"` VIF are errors rather than silently ignored;
@@ -1257,16 +1257,6 @@ impl<'a> Validator<'a> {
             );
             self.problem(section, "mtu", detail);
         }
-        if vif.routing == Routing::Bgp
-            && let Some(position) = vif.peers.iter().position(Peer::is_ipv6)
-        {
-            let detail = format!(
-                "is IPv6 on a routing = \"bgp\" vif: BGP sessions over IPv6 are not supported yet; \
-                 use routing = \"static\" for IPv6 (peer #{})",
-                position + 1
-            );
-            self.problem(section, "peer", detail);
-        }
         if let Some(rate) = vif.control_rate_pps
             && rate > MAX_CONTROL_RATE_PPS
         {
@@ -2400,7 +2390,7 @@ via = "vif-200"
     }
 
     #[test]
-    fn ipv6_needs_a_static_vif_its_family_and_1280_bytes() {
+    fn ipv6_needs_its_family_and_1280_bytes_and_may_run_bgp() {
         rejected_with(
             &dual_stack("2001:db8:ff::2", "2001:db8:ff::1", "")
                 .replace("routing = \"static\"", "routing = \"static\"\nmtu = 1000"),
@@ -2414,7 +2404,8 @@ via = "vif-200"
             ),
             r#"forwarder.toml: static_route #3: prefix 2001:db8:100::/48 is IPv6 but vif "vif-200" has no IPv6 peer to send it to"#,
         );
-        rejected_with(
+        // A BGP VIF's second pair is IPv6: its session carries IPv6 unicast.
+        let c = accepted(
             &edit(
                 "  client_address = \"10.255.0.6\"\n  cloud_address = \"10.255.0.5\"",
                 "  client_address = \"2001:db8:ff::2\"\n  cloud_address = \"2001:db8:ff::1\"",
@@ -2423,8 +2414,8 @@ via = "vif-200"
                 "  prefix_len = 30\n\n[[vif]]\nname = \"vif-200\"",
                 "\n[[vif]]\nname = \"vif-200\"",
             ),
-            &["vif \"vif-100\": peer is IPv6 on a routing = \"bgp\" vif"],
         );
+        assert!(c.vif("vif-100").expect("vif-100").peers[1].is_ipv6());
     }
 
     // --- VPC attachments

@@ -1,17 +1,22 @@
 //! IPv6 end to end (issue: IPv6 dual stack): a VIF with an IPv4 and an IPv6 interconnect pair,
-//! a kernel VXLAN VPC carrying IPv6, static IPv6 routes from the config and the CLI, real
-//! kernels on every side.
+//! a kernel VXLAN VPC carrying IPv6, static IPv6 routes from the config and the CLI, IPv6
+//! BGP sessions with BIRD and FRR, real kernels on every side.
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use common::{Topology, VPC_HOST, cli, cli_json, wait_for};
 use forwarder_tests::{
+    daemons::{Kind, PeerSpec, RouterDaemon},
     fixture::Vif,
     topology::{CLIENT6, CLOUD6, IDC6_HOST, IDC6_PREFIX, VPC6_CIDR, VPC6_HOST},
 };
+use ipnet::Ipv6Net;
 
 /// DESIGN's static VIF with an IPv6 pair beside its IPv4 one, the VPC's IPv6 CIDR
 /// propagated, the IDC's IPv6 prefix routed to the VIF.
@@ -31,7 +36,7 @@ fn dual_stack(t: &Topology) -> forwarder_tests::fixture::Fixture {
 fn a_dual_stack_vif_carries_ping6_and_tcp_over_ipv6_beside_ipv4() -> Result<()> {
     let t = Topology::new("v6")?;
     let _customer = t.customer_router()?;
-    t.ipv6()?;
+    t.ipv6(true)?;
     t.write_fixture(&dual_stack(&t))?;
     let agent = t.start_agent(common::bin())?;
     t.wait_available(common::bin(), "vif-100")?;
@@ -186,4 +191,164 @@ idc: {route}\ndrops: {}",
         status["maps"]
     );
     Ok(())
+}
+
+/// DESIGN's BGP VIF with an IPv4 and an IPv6 session (client ASN 65001), the VPC's IPv6
+/// CIDR propagated, short BGP timers.
+fn dual_stack_bgp(t: &Topology) -> forwarder_tests::fixture::Fixture {
+    t.fixture()
+        .agent("bgp_hold_time", "9")
+        .agent("bgp_connect_retry", "1")
+        .propagate("att-a", VPC6_CIDR)
+        .vif(
+            Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001)
+                .peer("169.254.10.2", "169.254.10.1")
+                .peer(CLIENT6, CLOUD6),
+        )
+}
+
+fn in_map(t: &Topology, addr: &str) -> bool {
+    cli_json(&t.socket(), &["lookup", "--gateway", "bgw-1", addr])
+        .is_ok_and(|v| v["next_hop_id"].is_u64())
+}
+
+fn session_up(t: &Topology, peer: usize) -> bool {
+    cli_json(&t.socket(), &["bgp", "neighbors"]).is_ok_and(|all| {
+        all.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|n| n["peer"] == peer && n["state"] == "Established")
+        })
+    })
+}
+
+/// An IPv6 session (MP-BGP IPv6 unicast) beside an IPv4 one with a real router: routes both
+/// ways, withdrawals reaching the map, traffic, and each family going on while the other's
+/// session is down.
+fn ipv6_bgp_with(kind: Kind) -> Result<()> {
+    let t = Topology::new(&format!("b6{}", kind.to_string().to_lowercase()))?;
+    let _customer = t.customer_router()?;
+    t.ipv6(false)?;
+    t.write_fixture(&dual_stack_bgp(&t))?;
+    let agent = t.start_agent(common::bin())?;
+    let (cloud4, client4): (Ipv4Addr, Ipv4Addr) =
+        ("169.254.10.1".parse()?, "169.254.10.2".parse()?);
+    let (cloud6, client6): (Ipv6Addr, Ipv6Addr) = (CLOUD6.parse()?, CLIENT6.parse()?);
+    let idc6: Ipv6Net = IDC6_PREFIX.parse()?;
+    let router = RouterDaemon::start(
+        kind,
+        &t.rtr,
+        client4,
+        &[
+            PeerSpec::new(client4, cloud4, 65001, 64512),
+            PeerSpec::new(client6, cloud6, 65001, 64512),
+        ],
+        &["192.168.50.0/24".parse()?],
+    )?;
+    router.announce6(&[idc6])?;
+    for cloud in [IpAddr::from(cloud4), IpAddr::from(cloud6)] {
+        router
+            .wait_established(cloud, Duration::from_secs(30))
+            .with_context(|| agent.log_text())?;
+    }
+
+    // Both ways: the router's IPv6 prefix in ROUTES6, our IPv6 VPC CIDR at the router (and
+    // in its kernel table), each family on its own session.
+    ensure!(
+        wait_for(Duration::from_secs(15), || in_map(&t, IDC6_HOST)),
+        "{kind}'s IPv6 prefix never reached the map: {}",
+        agent.log_text()
+    );
+    router.wait_received6(cloud6, &[VPC6_CIDR.parse()?], Duration::from_secs(15))?;
+    router.wait_received(cloud4, &["10.0.1.0/24".parse()?], Duration::from_secs(15))?;
+    ensure!(
+        router.received_prefixes(cloud6)?.is_empty()
+            && router.received_prefixes6(cloud4)?.is_empty(),
+        "a session carried the other family"
+    );
+    ensure!(
+        wait_for(Duration::from_secs(10), || common::sh(
+            &t.rtr,
+            &format!("ip -6 route show {VPC6_CIDR}")
+        )
+        .is_ok_and(|r| !r.trim().is_empty())),
+        "{kind} did not install {VPC6_CIDR}"
+    );
+    let neighbors = cli_json(&t.socket(), &["bgp", "neighbors"])?;
+    println!("neighbors: {neighbors}");
+    let (sent, received) = t.ping(VPC6_HOST, 5, "0.2")?;
+    println!("{kind}: ping -6 over BGP routes {received}/{sent}");
+    ensure!(
+        received == sent,
+        "ping -6 lost {} of {sent}",
+        sent - received
+    );
+    let (sent, received) = t.ping(VPC_HOST, 5, "0.2")?;
+    ensure!(
+        received == sent,
+        "IPv4 beside it lost {} of {sent}",
+        sent - received
+    );
+
+    // A withdrawal reaches the map, and the prefix comes back with the announcement.
+    router.withdraw6(&[idc6])?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || !in_map(&t, IDC6_HOST)),
+        "the withdrawn IPv6 prefix stayed in the map"
+    );
+    router.announce6(&[idc6])?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || in_map(&t, IDC6_HOST)),
+        "the announced IPv6 prefix did not come back"
+    );
+
+    // Each family keeps working while the other's session is down.
+    router.shutdown_peer(cloud4)?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || !session_up(&t, 0)
+            && !in_map(&t, "192.168.50.10")),
+        "the IPv4 session and its route did not go"
+    );
+    ensure!(
+        session_up(&t, 1),
+        "the IPv6 session went down with the IPv4 one"
+    );
+    let (sent, received) = t.ping(VPC6_HOST, 5, "0.2")?;
+    ensure!(
+        received == sent && in_map(&t, IDC6_HOST),
+        "IPv6 without the IPv4 session: {received}/{sent}"
+    );
+    router.enable_peer(cloud4)?;
+    router.wait_established(cloud4, Duration::from_secs(30))?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || in_map(&t, "192.168.50.10")),
+        "the IPv4 route did not come back"
+    );
+    router.shutdown_peer(cloud6)?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || !session_up(&t, 1)
+            && !in_map(&t, IDC6_HOST)),
+        "the IPv6 session and its route did not go"
+    );
+    let (sent, received) = t.ping(VPC_HOST, 5, "0.2")?;
+    ensure!(
+        received == sent && session_up(&t, 0),
+        "IPv4 without the IPv6 session: {received}/{sent}"
+    );
+    router.enable_peer(cloud6)?;
+    router.wait_established(cloud6, Duration::from_secs(30))?;
+    ensure!(
+        wait_for(Duration::from_secs(15), || in_map(&t, IDC6_HOST)),
+        "the IPv6 route did not come back"
+    );
+    Ok(())
+}
+
+#[test]
+fn bird_exchanges_ipv6_routes_over_an_ipv6_session() -> Result<()> {
+    ipv6_bgp_with(Kind::Bird)
+}
+
+#[test]
+fn frr_exchanges_ipv6_routes_over_an_ipv6_session() -> Result<()> {
+    ipv6_bgp_with(Kind::Frr)
 }

@@ -51,7 +51,7 @@ use std::{
     fmt,
     fs::{self, File},
     io,
-    net::{Ipv4Addr, TcpListener},
+    net::{IpAddr, Ipv4Addr, TcpListener},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -63,7 +63,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde_json::Value;
 
 use crate::NetNs;
@@ -126,8 +126,9 @@ impl fmt::Display for Kind {
 /// `local_addr` (an address of the router's namespace) and `neighbor`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSpec {
-    pub local_addr: Ipv4Addr,
-    pub neighbor: Ipv4Addr,
+    /// Both of one family: the session's (IPv6: IPv6 unicast only, BIRD and FRR).
+    pub local_addr: IpAddr,
+    pub neighbor: IpAddr,
     pub local_asn: u32,
     pub remote_asn: u32,
     /// TCP MD5 signature (RFC 2385) key. Letters, digits and `_.:@+=-` only, 1 to 80 bytes.
@@ -143,10 +144,15 @@ pub struct PeerSpec {
 
 impl PeerSpec {
     /// An active session without MD5.
-    pub fn new(local_addr: Ipv4Addr, neighbor: Ipv4Addr, local_asn: u32, remote_asn: u32) -> Self {
+    pub fn new(
+        local_addr: impl Into<IpAddr>,
+        neighbor: impl Into<IpAddr>,
+        local_asn: u32,
+        remote_asn: u32,
+    ) -> Self {
         Self {
-            local_addr,
-            neighbor,
+            local_addr: local_addr.into(),
+            neighbor: neighbor.into(),
             local_asn,
             remote_asn,
             password: None,
@@ -193,6 +199,17 @@ impl PeerSpec {
             "peer {}: local address and neighbor are the same",
             self.neighbor
         );
+        ensure!(
+            self.local_addr.is_ipv6() == self.neighbor.is_ipv6(),
+            "peer {}: local address {} is of another family",
+            self.neighbor,
+            self.local_addr
+        );
+        ensure!(
+            !(self.neighbor.is_ipv6() && self.bfd),
+            "peer {}: the harness runs BFD over IPv4 only",
+            self.neighbor
+        );
         Ok(())
     }
 }
@@ -213,8 +230,8 @@ pub enum GracefulRestart {
 /// What changes after start: kept so regenerated configs (BIRD) stay consistent.
 #[derive(Default)]
 struct State {
-    announced: BTreeSet<Ipv4Net>,
-    disabled: BTreeSet<Ipv4Addr>,
+    announced: BTreeSet<IpNet>,
+    disabled: BTreeSet<IpAddr>,
     /// Attributes given to announced prefixes on export (BIRD: its export filter).
     paths: std::collections::BTreeMap<Ipv4Net, PathAttrs>,
 }
@@ -289,6 +306,10 @@ impl<'ns> RouterDaemon<'ns> {
                     && peers.iter().all(|p| !p.ttl_security)),
             "the GoBGP harness has no graceful restart or TTL security setting"
         );
+        ensure!(
+            kind != Kind::Gobgp || peers.iter().all(|p| p.neighbor.is_ipv4()),
+            "the GoBGP harness is IPv4 only"
+        );
         ensure!(!peers.is_empty(), "{kind} router needs at least one peer");
         let mut neighbors = BTreeSet::new();
         for peer in peers {
@@ -327,7 +348,7 @@ impl<'ns> RouterDaemon<'ns> {
             procs: Vec::new(),
             api_port: 0,
             state: Mutex::new(State {
-                announced: announce.iter().map(Ipv4Net::trunc).collect(),
+                announced: announce.iter().map(|p| IpNet::V4(p.trunc())).collect(),
                 disabled: BTreeSet::new(),
                 paths: std::collections::BTreeMap::new(),
             }),
@@ -370,22 +391,50 @@ impl<'ns> RouterDaemon<'ns> {
 
     /// Prefixes the router currently originates.
     pub fn announced(&self) -> Result<Vec<Ipv4Net>> {
-        Ok(self.lock()?.announced.iter().copied().collect())
+        Ok(self
+            .lock()?
+            .announced
+            .iter()
+            .filter_map(|p| match p {
+                IpNet::V4(p) => Some(*p),
+                IpNet::V6(_) => None,
+            })
+            .collect())
     }
 
     /// Starts originating `prefixes` (host bits cleared) toward every peer.
     pub fn announce(&self, prefixes: &[Ipv4Net]) -> Result<()> {
-        let prefixes: Vec<Ipv4Net> = prefixes.iter().map(Ipv4Net::trunc).collect();
+        let all: Vec<IpNet> = prefixes.iter().map(|p| IpNet::V4(p.trunc())).collect();
+        self.announce_any(&all)
+    }
+
+    /// [`Self::announce`] for IPv6 prefixes (BIRD and FRR), toward the IPv6 sessions.
+    pub fn announce6(&self, prefixes: &[Ipv6Net]) -> Result<()> {
+        let all: Vec<IpNet> = prefixes.iter().map(|p| IpNet::V6(p.trunc())).collect();
+        self.announce_any(&all)
+    }
+
+    fn announce_any(&self, prefixes: &[IpNet]) -> Result<()> {
+        let prefixes: Vec<IpNet> = prefixes.to_vec();
         self.op("announce", || match self.kind {
             Kind::Bird => self.bird_update(|s| s.announced.extend(&prefixes)),
             Kind::Frr => {
-                let lines: Vec<String> = prefixes.iter().map(|p| format!("network {p}")).collect();
-                self.frr_configure(true, &lines)?;
+                for (v6, af) in [(false, "ipv4"), (true, "ipv6")] {
+                    let lines: Vec<String> = prefixes
+                        .iter()
+                        .filter(|p| p.addr().is_ipv6() == v6)
+                        .map(|p| format!("network {p}"))
+                        .collect();
+                    if !lines.is_empty() {
+                        self.frr_configure_af(af, &lines)?;
+                    }
+                }
                 self.lock()?.announced.extend(&prefixes);
                 Ok(())
             }
             Kind::Gobgp => {
                 for p in &prefixes {
+                    ensure!(p.addr().is_ipv4(), "the GoBGP harness is IPv4 only");
                     self.gobgp(&["global", "rib", "add", &p.to_string(), "-a", "ipv4"])?;
                     self.lock()?.announced.insert(*p);
                 }
@@ -458,7 +507,18 @@ impl<'ns> RouterDaemon<'ns> {
 
     /// Stops originating `prefixes` (host bits cleared); unknown prefixes are ignored.
     pub fn withdraw(&self, prefixes: &[Ipv4Net]) -> Result<()> {
-        let prefixes: Vec<Ipv4Net> = prefixes.iter().map(Ipv4Net::trunc).collect();
+        let all: Vec<IpNet> = prefixes.iter().map(|p| IpNet::V4(p.trunc())).collect();
+        self.withdraw_any(&all)
+    }
+
+    /// [`Self::withdraw`] for IPv6 prefixes.
+    pub fn withdraw6(&self, prefixes: &[Ipv6Net]) -> Result<()> {
+        let all: Vec<IpNet> = prefixes.iter().map(|p| IpNet::V6(p.trunc())).collect();
+        self.withdraw_any(&all)
+    }
+
+    fn withdraw_any(&self, prefixes: &[IpNet]) -> Result<()> {
+        let prefixes: Vec<IpNet> = prefixes.to_vec();
         self.op("withdraw", || match self.kind {
             Kind::Bird => self.bird_update(|s| {
                 for p in &prefixes {
@@ -467,13 +527,15 @@ impl<'ns> RouterDaemon<'ns> {
             }),
             Kind::Frr => {
                 let announced = self.lock()?.announced.clone();
-                let lines: Vec<String> = prefixes
-                    .iter()
-                    .filter(|p| announced.contains(p))
-                    .map(|p| format!("no network {p}"))
-                    .collect();
-                if !lines.is_empty() {
-                    self.frr_configure(true, &lines)?;
+                for (v6, af) in [(false, "ipv4"), (true, "ipv6")] {
+                    let lines: Vec<String> = prefixes
+                        .iter()
+                        .filter(|p| announced.contains(p) && p.addr().is_ipv6() == v6)
+                        .map(|p| format!("no network {p}"))
+                        .collect();
+                    if !lines.is_empty() {
+                        self.frr_configure_af(af, &lines)?;
+                    }
                 }
                 let mut state = self.lock()?;
                 for p in &prefixes {
@@ -494,7 +556,8 @@ impl<'ns> RouterDaemon<'ns> {
     }
 
     /// Whether the session with `neighbor` is Established.
-    pub fn session_established(&self, neighbor: Ipv4Addr) -> Result<bool> {
+    pub fn session_established(&self, neighbor: impl Into<IpAddr>) -> Result<bool> {
+        let neighbor: IpAddr = neighbor.into();
         Ok(self
             .session_state(neighbor)?
             .eq_ignore_ascii_case("established"))
@@ -503,11 +566,12 @@ impl<'ns> RouterDaemon<'ns> {
     /// The daemon's own word for the session state: BIRD `Established`/`Active`/`Connect`/
     /// `Idle`/`Down`…, FRR `Established`/`Active`/`Idle`…, GoBGP `ESTABLISHED`/`ACTIVE`/
     /// `IDLE`….
-    pub fn session_state(&self, neighbor: Ipv4Addr) -> Result<String> {
+    pub fn session_state(&self, neighbor: impl Into<IpAddr>) -> Result<String> {
+        let neighbor: IpAddr = neighbor.into();
         self.op("reading the session state", || self.state_raw(neighbor))
     }
 
-    fn state_raw(&self, neighbor: Ipv4Addr) -> Result<String> {
+    fn state_raw(&self, neighbor: IpAddr) -> Result<String> {
         self.peer(neighbor)?;
         match self.kind {
             Kind::Bird => {
@@ -581,11 +645,32 @@ impl<'ns> RouterDaemon<'ns> {
         }
     }
 
-    pub fn received_prefixes(&self, neighbor: Ipv4Addr) -> Result<Vec<Ipv4Net>> {
-        self.op("reading received prefixes", || self.received_raw(neighbor))
+    pub fn received_prefixes(&self, neighbor: impl Into<IpAddr>) -> Result<Vec<Ipv4Net>> {
+        let neighbor: IpAddr = neighbor.into();
+        let all = self.op("reading received prefixes", || self.received_raw(neighbor))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|p| match p {
+                IpNet::V4(p) => Some(p),
+                IpNet::V6(_) => None,
+            })
+            .collect())
     }
 
-    fn received_raw(&self, neighbor: Ipv4Addr) -> Result<Vec<Ipv4Net>> {
+    /// [`Self::received_prefixes`] of an IPv6 session.
+    pub fn received_prefixes6(&self, neighbor: impl Into<IpAddr>) -> Result<Vec<Ipv6Net>> {
+        let neighbor: IpAddr = neighbor.into();
+        let all = self.op("reading received prefixes", || self.received_raw(neighbor))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|p| match p {
+                IpNet::V6(p) => Some(p),
+                IpNet::V4(_) => None,
+            })
+            .collect())
+    }
+
+    fn received_raw(&self, neighbor: IpAddr) -> Result<Vec<IpNet>> {
         self.peer(neighbor)?;
         {
             let mut set = BTreeSet::new();
@@ -596,20 +681,21 @@ impl<'ns> RouterDaemon<'ns> {
                         if let Some(net) = line
                             .split_whitespace()
                             .next()
-                            .and_then(|w| w.parse::<Ipv4Net>().ok())
+                            .and_then(|w| w.parse::<IpNet>().ok())
                         {
                             set.insert(net);
                         }
                     }
                 }
                 Kind::Frr => {
+                    let af = if neighbor.is_ipv6() { "ipv6" } else { "ipv4" };
                     let json = self.vtysh_json(&format!(
-                        "show bgp ipv4 unicast neighbors {neighbor} routes json"
+                        "show bgp {af} unicast neighbors {neighbor} routes json"
                     ))?;
                     if let Some(routes) = json.get("routes").and_then(Value::as_object) {
                         for key in routes.keys() {
                             set.insert(key.parse().with_context(|| {
-                                format!("FRR route key {key:?} is not an IPv4 prefix")
+                                format!("FRR route key {key:?} is not a prefix")
                             })?);
                         }
                     }
@@ -646,11 +732,12 @@ impl<'ns> RouterDaemon<'ns> {
     /// `lastResetDueTo`, plus the notification (`lastNotificationReason`…) when there was
     /// one; GoBGP (whose API keeps none): its last log line about a notification or the
     /// peer going down for this neighbor.
-    pub fn last_error(&self, neighbor: Ipv4Addr) -> Result<String> {
+    pub fn last_error(&self, neighbor: impl Into<IpAddr>) -> Result<String> {
+        let neighbor: IpAddr = neighbor.into();
         self.op("reading the last error", || self.last_error_raw(neighbor))
     }
 
-    fn last_error_raw(&self, neighbor: Ipv4Addr) -> Result<String> {
+    fn last_error_raw(&self, neighbor: IpAddr) -> Result<String> {
         self.peer(neighbor)?;
         match self.kind {
             Kind::Bird => {
@@ -681,7 +768,8 @@ impl<'ns> RouterDaemon<'ns> {
     /// Administratively disables the session (BIRD `disable`, FRR `neighbor X shutdown`,
     /// GoBGP `neighbor X disable`); it stays down, also across reconfigurations, until
     /// [`Self::enable_peer`].
-    pub fn shutdown_peer(&self, neighbor: Ipv4Addr) -> Result<()> {
+    pub fn shutdown_peer(&self, neighbor: impl Into<IpAddr>) -> Result<()> {
+        let neighbor: IpAddr = neighbor.into();
         self.peer(neighbor)?;
         self.op("shutting the peer down", || {
             match self.kind {
@@ -706,7 +794,8 @@ impl<'ns> RouterDaemon<'ns> {
     }
 
     /// Re-enables a session disabled by [`Self::shutdown_peer`].
-    pub fn enable_peer(&self, neighbor: Ipv4Addr) -> Result<()> {
+    pub fn enable_peer(&self, neighbor: impl Into<IpAddr>) -> Result<()> {
+        let neighbor: IpAddr = neighbor.into();
         self.peer(neighbor)?;
         self.op("enabling the peer", || {
             match self.kind {
@@ -750,7 +839,8 @@ impl<'ns> RouterDaemon<'ns> {
     /// The router's BFD session with `neighbor` as the router shows it: `Up`, `Down`, `Init`
     /// or `AdminDown` (BIRD: `birdc show bfd sessions`; FRR: `show bfd peers json`), `None`
     /// when it lists none.
-    pub fn bfd_state(&self, neighbor: Ipv4Addr) -> Result<Option<String>> {
+    pub fn bfd_state(&self, neighbor: impl Into<IpAddr>) -> Result<Option<String>> {
+        let neighbor: IpAddr = neighbor.into();
         match self.kind {
             Kind::Bird => {
                 let out = self.birdc(&["show", "bfd", "sessions"])?;
@@ -783,7 +873,8 @@ impl<'ns> RouterDaemon<'ns> {
 
     /// Polls until the session with `neighbor` is Established; the error says the last state,
     /// the last error and the log tail.
-    pub fn wait_established(&self, neighbor: Ipv4Addr, timeout: Duration) -> Result<()> {
+    pub fn wait_established(&self, neighbor: impl Into<IpAddr>, timeout: Duration) -> Result<()> {
+        let neighbor: IpAddr = neighbor.into();
         let mut last = String::new();
         let result = poll_until(timeout, || {
             last = self.state_raw(neighbor)?;
@@ -806,11 +897,32 @@ impl<'ns> RouterDaemon<'ns> {
     /// order); `&[]` waits for everything to be withdrawn.
     pub fn wait_received(
         &self,
-        neighbor: Ipv4Addr,
+        neighbor: impl Into<IpAddr>,
         expected: &[Ipv4Net],
         timeout: Duration,
     ) -> Result<()> {
-        let want: BTreeSet<Ipv4Net> = expected.iter().copied().collect();
+        let want: Vec<IpNet> = expected.iter().map(|p| IpNet::V4(*p)).collect();
+        self.wait_received_any(neighbor.into(), &want, timeout)
+    }
+
+    /// [`Self::wait_received`] of an IPv6 session.
+    pub fn wait_received6(
+        &self,
+        neighbor: impl Into<IpAddr>,
+        expected: &[Ipv6Net],
+        timeout: Duration,
+    ) -> Result<()> {
+        let want: Vec<IpNet> = expected.iter().map(|p| IpNet::V6(*p)).collect();
+        self.wait_received_any(neighbor.into(), &want, timeout)
+    }
+
+    fn wait_received_any(
+        &self,
+        neighbor: IpAddr,
+        expected: &[IpNet],
+        timeout: Duration,
+    ) -> Result<()> {
+        let want: BTreeSet<IpNet> = expected.iter().copied().collect();
         let mut last = Vec::new();
         let result = poll_until(timeout, || {
             last = self.received_raw(neighbor)?;
@@ -837,7 +949,7 @@ impl<'ns> RouterDaemon<'ns> {
             .map_err(|_| anyhow!("daemon state lock poisoned by an earlier panic"))
     }
 
-    fn peer(&self, neighbor: Ipv4Addr) -> Result<&PeerSpec> {
+    fn peer(&self, neighbor: IpAddr) -> Result<&PeerSpec> {
         self.peers
             .iter()
             .find(|p| p.neighbor == neighbor)
@@ -997,6 +1109,13 @@ impl<'ns> RouterDaemon<'ns> {
             c,
             "protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }};{kernel_gr} }}"
         );
+        let ipv6 = self.peers.iter().any(|p| p.neighbor.is_ipv6());
+        if ipv6 {
+            push_line!(
+                c,
+                "protocol kernel kernel6 {{ ipv6 {{ import none; export where source = RTS_BGP; }};{kernel_gr} }}"
+            );
+        }
         if self.peers.iter().any(|p| p.bfd) {
             push_line!(
                 c,
@@ -1004,10 +1123,17 @@ impl<'ns> RouterDaemon<'ns> {
             );
         }
         push_line!(c, "protocol static originated {{\n  ipv4;");
-        for p in &state.announced {
+        for p in state.announced.iter().filter(|p| p.addr().is_ipv4()) {
             push_line!(c, "  route {p} blackhole;");
         }
         push_line!(c, "}}");
+        if ipv6 {
+            push_line!(c, "protocol static originated6 {{\n  ipv6;");
+            for p in state.announced.iter().filter(|p| p.addr().is_ipv6()) {
+                push_line!(c, "  route {p} blackhole;");
+            }
+            push_line!(c, "}}");
+        }
         for peer in &self.peers {
             push_line!(c, "protocol bgp {} {{", bird_proto(peer.neighbor));
             if state.disabled.contains(&peer.neighbor) {
@@ -1038,7 +1164,13 @@ impl<'ns> RouterDaemon<'ns> {
                  connect delay time 1; connect retry time {CONNECT_RETRY}; \
                  error wait time 1, 2;"
             );
-            if state.paths.is_empty() {
+            if peer.neighbor.is_ipv6() {
+                // IPv6 unicast only; the path attributes of `set_path` are IPv4's.
+                push_line!(
+                    c,
+                    "  ipv6 {{ import all; export where source = RTS_STATIC; }};\n}}"
+                );
+            } else if state.paths.is_empty() {
                 push_line!(
                     c,
                     "  ipv4 {{ import all; export where source = RTS_STATIC; }};\n}}"
@@ -1236,11 +1368,37 @@ impl<'ns> RouterDaemon<'ns> {
             }
         }
         push_line!(c, " address-family ipv4 unicast");
-        for p in &state.announced {
+        for p in state.announced.iter().filter(|p| p.addr().is_ipv4()) {
             push_line!(c, "  network {p}");
         }
+        // An IPv6 session carries IPv6 unicast only.
+        for peer in self.peers.iter().filter(|p| p.neighbor.is_ipv6()) {
+            push_line!(c, "  no neighbor {} activate", peer.neighbor);
+        }
         push_line!(c, " exit-address-family");
+        if self.peers.iter().any(|p| p.neighbor.is_ipv6()) {
+            push_line!(c, " address-family ipv6 unicast");
+            for p in state.announced.iter().filter(|p| p.addr().is_ipv6()) {
+                push_line!(c, "  network {p}");
+            }
+            for peer in self.peers.iter().filter(|p| p.neighbor.is_ipv6()) {
+                push_line!(c, "  neighbor {} activate", peer.neighbor);
+            }
+            push_line!(c, " exit-address-family");
+        }
         c
+    }
+
+    /// `configure terminal` / `router bgp ASN` / `address-family AF unicast` / lines.
+    fn frr_configure_af(&self, af: &str, lines: &[String]) -> Result<()> {
+        let mut cmds = vec![
+            "configure terminal".to_owned(),
+            format!("router bgp {}", self.frr_asn()),
+            format!("address-family {af} unicast"),
+        ];
+        cmds.extend(lines.iter().cloned());
+        let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
+        self.vtysh(&refs).map(drop)
     }
 
     /// `configure terminal` / `router bgp ASN` [/ `address-family ipv4 unicast`] / lines.
@@ -1257,7 +1415,7 @@ impl<'ns> RouterDaemon<'ns> {
         self.vtysh(&refs).map(drop)
     }
 
-    fn frr_neighbor_json(&self, neighbor: Ipv4Addr) -> Result<Value> {
+    fn frr_neighbor_json(&self, neighbor: IpAddr) -> Result<Value> {
         let json = self.vtysh_json(&format!("show bgp neighbors {neighbor} json"))?;
         json.get(neighbor.to_string())
             .cloned()
@@ -1390,7 +1548,7 @@ impl<'ns> RouterDaemon<'ns> {
             .with_context(|| format!("`gobgp {}` gave no JSON: {out}", full.join(" ")))
     }
 
-    fn gobgp_last_error(&self, neighbor: Ipv4Addr) -> String {
+    fn gobgp_last_error(&self, neighbor: IpAddr) -> String {
         let Ok(log) = fs::read_to_string(self.dir.join("gobgpd.out")) else {
             return String::new();
         };
@@ -1501,8 +1659,8 @@ pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Result<Option
 }
 
 /// BIRD protocol name of the session with `neighbor`: `peer_10_255_0_2`.
-fn bird_proto(neighbor: Ipv4Addr) -> String {
-    format!("peer_{}", neighbor.to_string().replace('.', "_"))
+fn bird_proto(neighbor: IpAddr) -> String {
+    format!("peer_{}", neighbor.to_string().replace(['.', ':'], "_"))
 }
 
 /// The value after `label` on the first line that starts (after indentation) with it.

@@ -100,11 +100,11 @@ impl Topology {
     }
 
     /// IPv6 beside IPv4 (call after [`Self::customer_router`]): the IDC host and its router
-    /// on 2001:db8:50::/64, the router's VLAN 100 with the client address of the /126 and a
-    /// route to the VPC's CIDR via the cloud address, the VPC host on `vxlan0` with the IDC
-    /// prefix routed back through the gateway. Addresses without duplicate detection, so
-    /// they work at once.
-    pub fn ipv6(&self) -> Result<()> {
+    /// on 2001:db8:50::/64, the router's VLAN 100 with the client address of the /126, the
+    /// VPC host on `vxlan0` with the IDC prefix routed back through the gateway; with
+    /// `static_route`, the router's route to the VPC's CIDR via the cloud address (without,
+    /// BGP brings it). Addresses without duplicate detection, so they work at once.
+    pub fn ipv6(&self, static_route: bool) -> Result<()> {
         self.idc.enable_ipv6(&["lo", "eth0"])?;
         self.rtr.enable_ipv6(&["lo", "lan0", "v100"])?;
         self.vpc.enable_ipv6(&["lo", "vxlan0"])?;
@@ -118,9 +118,15 @@ impl Topology {
             &self.rtr,
             &format!(
                 "sysctl -qw net.ipv6.conf.all.forwarding=1 && ip addr add 2001:db8:50::1/64 dev lan0 nodad \
-                 && ip addr add {CLIENT6}/126 dev v100 nodad && ip -6 route add {VPC6_CIDR} via {CLOUD6}"
+                 && ip addr add {CLIENT6}/126 dev v100 nodad"
             ),
         )?;
+        if static_route {
+            sh(
+                &self.rtr,
+                &format!("ip -6 route add {VPC6_CIDR} via {CLOUD6}"),
+            )?;
+        }
         sh(
             &self.vpc,
             &format!(

@@ -17,12 +17,12 @@ use std::{
     time::Duration,
 };
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use tokio::time::Instant;
 
 use super::Agent;
 use crate::{
-    bgp::{Event, SessionConfig},
+    bgp::{Event, Family, SessionConfig},
     config::Routing,
     ids::VifId,
     plan::{self, BgpMasks, Changes, SessionKey},
@@ -118,12 +118,10 @@ impl Agent {
             }
             let c = &vif.config;
             for (i, peer) in vif.peers.iter().enumerate() {
-                // Sessions are IPv4 (the config refuses IPv6 pairs on BGP VIFs for now).
-                let (IpAddr::V4(local_addr), IpAddr::V4(remote_addr)) =
-                    (peer.cloud_address, peer.client_address)
-                else {
-                    continue;
-                };
+                // One family per session, the pair's: IPv4 unicast over an IPv4 pair, IPv6
+                // unicast (MP-BGP) over an IPv6 one.
+                let (local_addr, remote_addr) = (peer.cloud_address, peer.client_address);
+                let v6 = remote_addr.is_ipv6();
                 wanted.insert(
                     (*id, i as u8),
                     SessionConfig {
@@ -141,8 +139,13 @@ impl Agent {
                                 .unwrap_or(crate::config::DEFAULT_MAX_PREFIXES),
                         ),
                         accept_default: c.accept_default,
-                        max_prefix_len: c.max_prefix_len.unwrap_or(32),
-                        allowed_prefixes: ipv4_only(&c.allowed_prefixes),
+                        // `max_prefix_len` is IPv4's; IPv6 routes are not cut by length.
+                        max_prefix_len: if v6 {
+                            128
+                        } else {
+                            c.max_prefix_len.unwrap_or(32)
+                        },
+                        allowed_prefixes: c.allowed_prefixes.clone(),
                         hold_time: self.config.agent.bgp_hold_time,
                         allow_hold_time_zero: c.allow_hold_time_zero,
                         graceful_restart: self
@@ -159,7 +162,9 @@ impl Agent {
                         )),
                         port: 179,
                         as_path_prepend: c.as_path_prepend,
-                        bfd: c.bfd.then(|| crate::bgp::BfdConfig {
+                        // BFD is IPv4's only (for now): an IPv6 session of a `bfd = true` VIF
+                        // runs on its hold timer.
+                        bfd: (c.bfd && !v6).then(|| crate::bgp::BfdConfig {
                             interval: Duration::from_millis(u64::from(
                                 self.config.agent.bfd_interval_ms,
                             )),
@@ -191,13 +196,13 @@ impl Agent {
                 .unwrap_or_default();
             if !self.bgp.sessions.contains_key(&key) {
                 tracing::info!(vif = %cfg.vif, peer = key.1, remote = %cfg.remote_addr, "starting BGP session");
-                self.speaker.add_session(cfg.clone(), ipv4_only(&cidrs));
+                self.speaker.add_session(cfg.clone(), cidrs.clone());
                 self.bgp.sessions.insert(key, cfg);
                 self.bgp.cidrs.insert(key, cidrs);
             } else if self.bgp.cidrs.get(&key) != Some(&cidrs) {
                 // VPC CIDRs changed with a reload: the import filter judges again.
                 self.speaker
-                    .set_vpc_cidrs(&cfg.vif, cfg.peer_index, ipv4_only(&cidrs));
+                    .set_vpc_cidrs(&cfg.vif, cfg.peer_index, cidrs.clone());
                 self.bgp.cidrs.insert(key, cidrs);
             }
         }
@@ -588,8 +593,7 @@ impl Agent {
                 self.bgp.refresh_forwarding(key);
                 self.dirty.vifs.insert(id);
                 let lost_state = self.bgp.stale.get(&key).is_some_and(|s| {
-                    s.cause == StaleCause::PeerRestart
-                        && !peer_restart.is_some_and(|r| r.ipv4_preserved)
+                    s.cause == StaleCause::PeerRestart && !peer_restart.is_some_and(|r| r.preserved)
                 });
                 if lost_state {
                     // The peer came back without its forwarding state (F bit clear).
@@ -639,10 +643,10 @@ impl Agent {
                 // Announced again: fresh. Withdrawn: gone below.
                 if let Some(stale) = self.bgp.stale.get_mut(&key) {
                     for prefix in announced.iter().map(|(p, _)| p).chain(&withdrawn) {
-                        stale.prefixes.remove(&IpNet::from(*prefix));
+                        stale.prefixes.remove(prefix);
                     }
                 }
-                for prefix in withdrawn.into_iter().map(IpNet::from) {
+                for prefix in withdrawn {
                     self.bgp.paths.remove(&(key, prefix));
                     if self
                         .bgp
@@ -654,7 +658,6 @@ impl Agent {
                     }
                 }
                 for (prefix, path) in announced {
-                    let prefix = IpNet::from(prefix);
                     let new_route = self.bgp.routes.entry(key).or_default().insert(prefix);
                     let new_path = self.bgp.paths.insert((key, prefix), path) != Some(path);
                     if new_route || new_path {
@@ -676,11 +679,12 @@ impl Agent {
                 continue;
             }
             if let Some(cfg) = self.bgp.sessions.get(&key) {
+                let family = Family::of(cfg.remote_addr);
                 self.speaker.update_export(
                     &cfg.vif,
                     cfg.peer_index,
-                    ipv4_only(&announce),
-                    ipv4_only(&withdraw),
+                    of_family(family, announce),
+                    of_family(family, withdraw),
                 );
             }
         }
@@ -701,13 +705,12 @@ impl Agent {
                 continue;
             }
             if let Some(cfg) = self.bgp.sessions.get(&key) {
-                let set = self.desired.exports(&self.model, key.0);
-                let set = set
+                let family = Family::of(cfg.remote_addr);
+                let set = self
+                    .desired
+                    .exports(&self.model, key.0)
                     .into_iter()
-                    .filter_map(|p| match p {
-                        IpNet::V4(p) => Some(p),
-                        IpNet::V6(_) => None,
-                    })
+                    .filter(|p| family.holds(p))
                     .collect();
                 self.speaker.set_export(&cfg.vif, cfg.peer_index, set);
             }
@@ -715,13 +718,7 @@ impl Agent {
     }
 }
 
-/// The IPv4 prefixes of a list: what an IPv4 session carries.
-fn ipv4_only(prefixes: &[IpNet]) -> Vec<Ipv4Net> {
-    prefixes
-        .iter()
-        .filter_map(|p| match p {
-            IpNet::V4(p) => Some(*p),
-            IpNet::V6(_) => None,
-        })
-        .collect()
+/// The prefixes of a list a session of `family` carries.
+fn of_family(family: Family, prefixes: Vec<IpNet>) -> Vec<IpNet> {
+    prefixes.into_iter().filter(|p| family.holds(p)).collect()
 }

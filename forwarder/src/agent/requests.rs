@@ -128,7 +128,7 @@ impl Agent {
                 .into_iter()
                 .map(|r| {
                     let mut v = serde_json::to_value(&r).unwrap_or_default();
-                    let key = ((id, r.peer_index as u8), IpNet::from(r.prefix));
+                    let key = ((id, r.peer_index as u8), r.prefix);
                     if let (Some(path), serde_json::Value::Object(o)) =
                         (self.bgp.paths.get(&key), &mut v)
                     {

@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rustbgpd_wire::Message;
 use tokio::sync::mpsc;
 
@@ -19,6 +19,7 @@ use super::{
 };
 
 const LOCAL: LocalSide = LocalSide {
+    family: wire::Family::Ipv4,
     asn: 64512,
     hold_time: 90,
     router_id: Ipv4Addr::new(192, 0, 2, 1),
@@ -96,8 +97,8 @@ pub fn session(data: &[u8]) {
         let mut cfg = SessionConfig::new(
             "fuzz",
             0,
-            Ipv4Addr::new(127, 0, 0, 1),
-            Ipv4Addr::new(127, 0, 0, 2),
+            Ipv4Addr::new(127, 0, 0, 1).into(),
+            Ipv4Addr::new(127, 0, 0, 2).into(),
             64512,
             65001,
             Ipv4Addr::new(192, 0, 2, 1),
@@ -111,7 +112,7 @@ pub fn session(data: &[u8]) {
             cfg,
             1,
             false,
-            vec!["10.0.0.0/16".parse::<Ipv4Net>().expect("cidr")],
+            vec!["10.0.0.0/16".parse::<IpNet>().expect("cidr")],
             events_tx,
             commands,
             shared,
@@ -127,7 +128,7 @@ pub fn session(data: &[u8]) {
             input.extend_from_slice(&wire::keepalive());
         }
         input.extend_from_slice(data.get(1..).unwrap_or_default());
-        let export: BTreeSet<Ipv4Net> = ["10.0.0.0/16", "10.1.0.0/16"]
+        let export: BTreeSet<IpNet> = ["10.0.0.0/16", "10.1.0.0/16"]
             .iter()
             .map(|p| p.parse().expect("prefix"))
             .collect();

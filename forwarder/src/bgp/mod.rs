@@ -16,18 +16,18 @@ mod wire;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt, io,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
 pub use policy::{Reject, Verdict};
-pub use wire::PeerRestart;
+pub use wire::{Family, PeerRestart};
 
 /// Everything one session needs. Equal configs mean an unchanged session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,10 +38,11 @@ pub struct SessionConfig {
     pub peer_index: usize,
     /// The VIF's namespace, e.g. `/run/netns/fwv-vif-100`; `None` = the agent's own.
     pub netns: Option<PathBuf>,
-    /// Cloud interconnect address (also the NEXT_HOP we advertise).
-    pub local_addr: Ipv4Addr,
+    /// Cloud interconnect address (also the next hop we advertise). Its family is the
+    /// session's: IPv4 unicast over IPv4, IPv6 unicast (MP-BGP) over IPv6.
+    pub local_addr: IpAddr,
     /// Client interconnect address.
-    pub remote_addr: Ipv4Addr,
+    pub remote_addr: IpAddr,
     pub local_asn: u32,
     pub remote_asn: u32,
     pub router_id: Ipv4Addr,
@@ -54,7 +55,7 @@ pub struct SessionConfig {
     /// Received prefixes longer than this are rejected.
     pub max_prefix_len: u8,
     /// When not empty, received prefixes must lie within one of these.
-    pub allowed_prefixes: Vec<Ipv4Net>,
+    pub allowed_prefixes: Vec<IpNet>,
     /// Hold time we offer (0 = no keepalives; 1 and 2 are invalid).
     pub hold_time: u16,
     /// Accept a peer's offer of hold time 0 (else: OPEN error, unacceptable hold time).
@@ -90,8 +91,8 @@ impl SessionConfig {
     pub fn new(
         vif: impl Into<String>,
         peer_index: usize,
-        local_addr: Ipv4Addr,
-        remote_addr: Ipv4Addr,
+        local_addr: IpAddr,
+        remote_addr: IpAddr,
         local_asn: u32,
         remote_asn: u32,
         router_id: Ipv4Addr,
@@ -160,8 +161,8 @@ pub enum Event {
         peer_index: usize,
         session: u64,
         /// With the attributes of their path.
-        announced: Vec<(Ipv4Net, crate::rib::PathInfo)>,
-        withdrawn: Vec<Ipv4Net>,
+        announced: Vec<(IpNet, crate::rib::PathInfo)>,
+        withdrawn: Vec<IpNet>,
     },
 }
 
@@ -189,8 +190,8 @@ pub struct NeighborStatus {
     /// Index of the `[[vif.peer]]` (0-based).
     #[serde(rename = "peer")]
     pub peer_index: usize,
-    pub local_addr: Ipv4Addr,
-    pub remote_addr: Ipv4Addr,
+    pub local_addr: IpAddr,
+    pub remote_addr: IpAddr,
     pub local_asn: u32,
     pub remote_asn: u32,
     pub state: SessionState,
@@ -226,7 +227,7 @@ pub struct NeighborStatus {
 /// `reason` (null when accepted).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceivedRoute {
-    pub prefix: Ipv4Net,
+    pub prefix: IpNet,
     pub peer_index: usize,
     pub verdict: Verdict,
 }
@@ -271,9 +272,9 @@ struct Shared {
     status: NeighborStatus,
     established_at: Option<Instant>,
     /// Adj-RIB-In with verdicts.
-    received: BTreeMap<Ipv4Net, Verdict>,
+    received: BTreeMap<IpNet, Verdict>,
     /// Adj-RIB-Out.
-    advertised: BTreeSet<Ipv4Net>,
+    advertised: BTreeSet<IpNet>,
     /// The session's BFD task, to be stopped at once (no AdminDown) when the agent hands
     /// BFD to the data plane.
     bfd_task: Option<tokio::task::AbortHandle>,
@@ -322,10 +323,10 @@ fn lock(shared: &SharedRef) -> std::sync::MutexGuard<'_, Shared> {
 
 #[derive(Debug)]
 enum Command {
-    Export(BTreeSet<Ipv4Net>),
+    Export(BTreeSet<IpNet>),
     /// Announce these, withdraw those: a change of the export, not the whole of it.
-    ExportDelta(Vec<Ipv4Net>, Vec<Ipv4Net>),
-    VpcCidrs(Vec<Ipv4Net>),
+    ExportDelta(Vec<IpNet>, Vec<IpNet>),
+    VpcCidrs(Vec<IpNet>),
     /// Stop the session; `restarting`: the agent comes back (no NOTIFICATION when graceful
     /// restart was negotiated).
     Shutdown {
@@ -391,7 +392,7 @@ impl Speaker {
     }
 
     /// Starts a session (replacing one with the same VIF and peer index).
-    pub fn add_session(&mut self, cfg: SessionConfig, vpc_cidrs: Vec<Ipv4Net>) {
+    pub fn add_session(&mut self, cfg: SessionConfig, vpc_cidrs: Vec<IpNet>) {
         let key = (cfg.vif.clone(), cfg.peer_index);
         self.remove_session(&key.0, key.1);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -454,8 +455,11 @@ impl Speaker {
             if let Some(task) = shared.bfd_task.take() {
                 task.abort();
             }
-            if let Some(status) = shared.status.bfd.clone() {
-                out.push((vif.clone(), *peer, shared.status.remote_addr, status));
+            // BFD runs on IPv4 sessions only.
+            if let Some(status) = shared.status.bfd.clone()
+                && let IpAddr::V4(remote) = shared.status.remote_addr
+            {
+                out.push((vif.clone(), *peer, remote, status));
             }
         }
         out
@@ -481,7 +485,7 @@ impl Speaker {
     }
 
     /// The full set the session should advertise; the speaker sends the difference.
-    pub fn set_export(&mut self, vif: &str, peer_index: usize, prefixes: BTreeSet<Ipv4Net>) {
+    pub fn set_export(&mut self, vif: &str, peer_index: usize, prefixes: BTreeSet<IpNet>) {
         if let Some(handle) = self.sessions.get(&(vif.to_string(), peer_index)) {
             handle.send(Command::Export(prefixes));
         }
@@ -492,8 +496,8 @@ impl Speaker {
         &mut self,
         vif: &str,
         peer_index: usize,
-        announce: Vec<Ipv4Net>,
-        withdraw: Vec<Ipv4Net>,
+        announce: Vec<IpNet>,
+        withdraw: Vec<IpNet>,
     ) {
         if let Some(handle) = self.sessions.get(&(vif.to_string(), peer_index)) {
             handle.send(Command::ExportDelta(announce, withdraw));
@@ -501,7 +505,7 @@ impl Speaker {
     }
 
     /// New VPC CIDRs for the overlap rule; held routes are judged again.
-    pub fn set_vpc_cidrs(&mut self, vif: &str, peer_index: usize, cidrs: Vec<Ipv4Net>) {
+    pub fn set_vpc_cidrs(&mut self, vif: &str, peer_index: usize, cidrs: Vec<IpNet>) {
         if let Some(handle) = self.sessions.get(&(vif.to_string(), peer_index)) {
             handle.send(Command::VpcCidrs(cidrs));
         }
@@ -538,7 +542,7 @@ impl Speaker {
     }
 
     /// What each of the VIF's sessions currently advertises: (peer index, prefix).
-    pub fn advertised(&self, vif: &str) -> Vec<(usize, Ipv4Net)> {
+    pub fn advertised(&self, vif: &str) -> Vec<(usize, IpNet)> {
         self.vif_sessions(vif)
             .flat_map(|(peer_index, h)| {
                 let shared = lock(&h.shared);

@@ -1,21 +1,28 @@
 //! Import policy: the verdict on every prefix a client announces. Pure functions of the
 //! prefix and the session's settings, so a change of VPC CIDRs can re-judge what is held.
 
-use std::{fmt, net::Ipv4Addr, sync::Arc};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Serialize, Serializer};
 
 /// Why a received prefix is not used.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reject {
     /// Customer segments must not overlap the gateway's VPC segments (either way round).
-    OverlapsVpc(Ipv4Net),
-    /// `0.0.0.0/0` from a VIF without `accept_default`.
+    OverlapsVpc(IpNet),
+    /// `0.0.0.0/0` or `::/0` from a VIF without `accept_default`.
     DefaultRoute,
-    /// Overlaps a martian range (0/8, 127/8, 169.254/16, 224/4, 240/4) either way round:
-    /// inside one, or covering one (128.0.0.0/1 covers 224/4).
-    Martian(Ipv4Net),
+    /// Overlaps a martian range either way round: inside one, or covering one
+    /// (128.0.0.0/1 covers 224/4). IPv4: 0/8, 127/8, 169.254/16, 224/4, 240/4. IPv6: ::/8
+    /// (unspecified, loopback, IPv4-mapped and -compatible), fe80::/10 (link-local), ff00::/8
+    /// (multicast). Documentation (2001:db8::/32) and unique local (fc00::/7) prefixes are
+    /// accepted: private networks use them, as they use RFC 1918 space.
+    Martian(IpNet),
     /// Longer than the VIF's `max_prefix_len`.
     TooLong(u8),
     /// Not within any of the VIF's `allowed_prefixes`.
@@ -73,11 +80,11 @@ impl fmt::Display for Verdict {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportPolicy {
     pub accept_default: bool,
-    pub vpc_cidrs: Vec<Ipv4Net>,
-    /// Longer prefixes are rejected (32: none are).
+    pub vpc_cidrs: Vec<IpNet>,
+    /// Longer prefixes are rejected (32 for IPv4 or 128 for IPv6: none are).
     pub max_prefix_len: u8,
-    /// When not empty, a prefix must lie within one of these.
-    pub allowed: Vec<Ipv4Net>,
+    /// When it lists prefixes of a route's family, the route must lie within one of them.
+    pub allowed: Vec<IpNet>,
 }
 
 impl Default for ImportPolicy {
@@ -100,21 +107,30 @@ const MARTIANS: [(Ipv4Addr, u8); 5] = [
     (Ipv4Addr::new(240, 0, 0, 0), 4),
 ];
 
+const MARTIANS6: [(Ipv6Addr, u8); 3] = [
+    (Ipv6Addr::UNSPECIFIED, 8),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+];
+
 /// The martian range `prefix` overlaps, inside it or covering it.
-fn martian(prefix: &Ipv4Net) -> Option<Ipv4Net> {
-    MARTIANS
+fn martian(prefix: &IpNet) -> Option<IpNet> {
+    let v4 = MARTIANS
         .iter()
-        .filter_map(|&(addr, len)| Ipv4Net::new(addr, len).ok())
-        .find(|martian| overlaps(martian, prefix))
+        .filter_map(|&(addr, len)| Ipv4Net::new(addr, len).ok().map(IpNet::V4));
+    let v6 = MARTIANS6
+        .iter()
+        .filter_map(|&(addr, len)| Ipv6Net::new(addr, len).ok().map(IpNet::V6));
+    v4.chain(v6).find(|martian| overlaps(martian, prefix))
 }
 
-fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(b) || b.contains(a)
 }
 
 impl ImportPolicy {
     /// The verdict on `prefix` (host bits are expected to be zero, as decoded NLRI are).
-    pub fn judge(&self, prefix: &Ipv4Net) -> Verdict {
+    pub fn judge(&self, prefix: &IpNet) -> Verdict {
         if prefix.prefix_len() == 0 {
             // An accepted default covers every VPC CIDR by definition; longest match keeps
             // the VPC routes preferred, so the overlap rule does not apply to it.
@@ -130,7 +146,14 @@ impl ImportPolicy {
         if prefix.prefix_len() > self.max_prefix_len {
             return Verdict::Rejected(Reject::TooLong(self.max_prefix_len));
         }
-        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a.contains(prefix)) {
+        let same_family = |a: &&IpNet| a.addr().is_ipv6() == prefix.addr().is_ipv6();
+        if self.allowed.iter().any(|a| same_family(&a))
+            && !self
+                .allowed
+                .iter()
+                .filter(same_family)
+                .any(|a| a.contains(prefix))
+        {
             return Verdict::Rejected(Reject::NotAllowed);
         }
         if let Some(cidr) = self.vpc_cidrs.iter().find(|c| overlaps(c, prefix)) {
@@ -144,7 +167,7 @@ impl ImportPolicy {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().expect("prefix")
     }
 
@@ -335,6 +358,52 @@ mod path_tests {
         assert_eq!(
             rank(7300, 5, 65001, 0).beats(rank(7200, 1, 65001, 0)),
             "higher local preference"
+        );
+    }
+
+    #[test]
+    fn ipv6_martians_default_and_allowed_per_family() {
+        let n = |s: &str| -> IpNet { s.parse().expect("prefix") };
+        let p = ImportPolicy {
+            vpc_cidrs: vec![n("2001:db8:a::/48")],
+            max_prefix_len: 128,
+            allowed: vec![n("192.168.0.0/16")],
+            ..ImportPolicy::default()
+        };
+        for m in [
+            "fe80::/64",
+            "ff02::/16",
+            "::1/128",
+            "::ffff:10.0.0.0/104",
+            "::/1",
+        ] {
+            assert!(
+                matches!(p.judge(&n(m)), Verdict::Rejected(Reject::Martian(_))),
+                "{m}: {}",
+                p.judge(&n(m))
+            );
+        }
+        assert_eq!(p.judge(&n("::/0")), Verdict::Rejected(Reject::DefaultRoute));
+        assert_eq!(
+            p.judge(&n("2001:db8:a:5::/64")),
+            Verdict::Rejected(Reject::OverlapsVpc(n("2001:db8:a::/48")))
+        );
+        // Documentation and unique local prefixes are a private network's own.
+        assert_eq!(p.judge(&n("2001:db8:50::/48")), Verdict::Accepted);
+        assert_eq!(p.judge(&n("fd00:1::/48")), Verdict::Accepted);
+        // allowed_prefixes lists only IPv4: it does not restrict IPv6.
+        assert_eq!(
+            p.judge(&n("10.9.0.0/16")),
+            Verdict::Rejected(Reject::NotAllowed)
+        );
+        let p6 = ImportPolicy {
+            allowed: vec![n("2001:db8:50::/44")],
+            ..p
+        };
+        assert_eq!(p6.judge(&n("2001:db8:50::/48")), Verdict::Accepted);
+        assert_eq!(
+            p6.judge(&n("2001:db8:99::/48")),
+            Verdict::Rejected(Reject::NotAllowed)
         );
     }
 }

@@ -17,8 +17,8 @@ use std::{
 };
 
 use bytes::Bytes;
-use ipnet::Ipv4Net;
-use rustbgpd_wire::{Afi, Message, Safi};
+use ipnet::IpNet;
+use rustbgpd_wire::{Message, Safi};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
@@ -218,7 +218,7 @@ pub(super) struct Session {
     /// Idle hold after a max-prefix teardown: no connections either way until then.
     idle_until: Option<Instant>,
     /// What the agent wants advertised.
-    export: BTreeSet<Ipv4Net>,
+    export: BTreeSet<IpNet>,
     rng: u64,
     /// The first OPEN says we restarted with the forwarding state kept (R and F bits).
     restarted: bool,
@@ -235,7 +235,7 @@ pub(super) struct Session {
     /// What the data plane answered for our BFD while the agent restarted.
     bfd_resume: Option<forwarder_common::BfdAnswer>,
     /// The attributes of every prefix the peer announced (the Adj-RIB-In's paths).
-    paths: std::collections::HashMap<Ipv4Net, crate::rib::PathInfo>,
+    paths: std::collections::HashMap<IpNet, crate::rib::PathInfo>,
     /// Stopping because the agent restarts: BFD stops without AdminDown (the next agent's
     /// data plane answers for it).
     restarting: bool,
@@ -390,7 +390,7 @@ impl Session {
         cfg: SessionConfig,
         instance: u64,
         restarted: bool,
-        vpc_cidrs: Vec<Ipv4Net>,
+        vpc_cidrs: Vec<IpNet>,
         events: mpsc::Sender<Event>,
         commands: mpsc::UnboundedReceiver<Command>,
         shared: SharedRef,
@@ -400,7 +400,10 @@ impl Session {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
-            ^ (u64::from(u32::from(cfg.local_addr)) << 16)
+            ^ (match cfg.local_addr {
+                IpAddr::V4(a) => u64::from(u32::from(a)),
+                IpAddr::V6(a) => u128::from(a) as u64,
+            } << 16)
             ^ cfg.peer_index as u64;
         Self {
             instance,
@@ -413,6 +416,7 @@ impl Session {
                 ttl_security: cfg.ttl_security,
             },
             local: LocalSide {
+                family: wire::Family::of(cfg.remote_addr),
                 asn: cfg.local_asn,
                 hold_time: cfg.hold_time,
                 router_id: cfg.router_id,
@@ -469,11 +473,15 @@ impl Session {
             // A random first delay keeps two speakers started together from both connecting.
             let first = self.cfg.connect_retry / 4;
             self.connect_at = Some(Instant::now() + self.jitter(first, 0.0));
-            if let Some(b) = self.cfg.bfd {
+            // BFD runs over IPv4 (the agent asks for none on an IPv6 session).
+            if let Some(b) = self.cfg.bfd
+                && let (IpAddr::V4(local), IpAddr::V4(remote)) =
+                    (self.cfg.local_addr, self.cfg.remote_addr)
+            {
                 let spec = crate::bfd::Spec {
                     netns: self.cfg.netns.clone(),
-                    local: self.cfg.local_addr,
-                    remote: self.cfg.remote_addr,
+                    local,
+                    remote,
                     interval: b.interval,
                     detect_mult: b.detect_mult,
                     discriminator: b.discriminator,
@@ -577,7 +585,7 @@ impl Session {
                     && let Some(i) = self.established()
                 {
                     self.eor_to_send = false;
-                    self.conns[i].send(wire::end_of_rib());
+                    self.conns[i].send(wire::end_of_rib(self.local.family));
                     tracing::debug!("End-of-RIB sent");
                 }
             }
@@ -719,7 +727,7 @@ impl Session {
     }
 
     fn on_accept(&mut self, stream: TcpStream, from: SocketAddr) {
-        if from.ip() != IpAddr::V4(self.cfg.remote_addr) {
+        if from.ip() != self.cfg.remote_addr {
             tracing::warn!(from = %from, "BGP connection from a stranger refused");
             return;
         }
@@ -783,7 +791,7 @@ impl Session {
             // RFC 4724 §4.2: the routes of a peer that keeps forwarding across its restart
             // stay (stale) for its restart time.
             let retain = peer_restart
-                .filter(|r| lost && r.ipv4 && r.restart_time > 0)
+                .filter(|r| lost && r.listed && r.restart_time > 0)
                 .map(|r| Duration::from_secs(u64::from(r.restart_time)));
             self.session_down(error, retain).await;
         }
@@ -901,14 +909,19 @@ impl Session {
                 }
             }
             (Phase::Established(neg), Message::Update(update)) => {
-                match wire::parse_update(&update, neg.four_octet, self.cfg.remote_asn) {
+                match wire::parse_update_for(
+                    &update,
+                    neg.four_octet,
+                    self.cfg.remote_asn,
+                    self.local.family,
+                ) {
                     Ok(received) if received.end_of_rib => self.end_of_rib("End-of-RIB").await,
                     Ok(received) => self.import(received).await,
                     Err(n) => self.drop_conn(i, Close::Notify(n)).await,
                 }
             }
             (Phase::Established(_), Message::RouteRefresh(rr)) => {
-                if rr.afi() == Some(Afi::Ipv4) && rr.safi() == Some(Safi::Unicast) {
+                if rr.afi() == Some(self.local.family.afi()) && rr.safi() == Some(Safi::Unicast) {
                     self.route_refresh(i).await;
                 }
             }
@@ -931,7 +944,7 @@ impl Session {
         }
         tracing::info!("route refresh: sending the full export again");
         lock(&self.shared).status.refreshes += 1;
-        let all: Vec<Ipv4Net> = lock(&self.shared).advertised.iter().copied().collect();
+        let all: Vec<IpNet> = lock(&self.shared).advertised.iter().copied().collect();
         self.send_updates(&all, &[]).await;
         self.next_mark += 1;
         let mark = self.next_mark;
@@ -1077,7 +1090,7 @@ impl Session {
     /// Queues UPDATEs on the established connection (no-op without one), a few thousand
     /// prefixes at a time with other tasks running in between: a large export does not
     /// hold up the other sessions.
-    async fn send_updates(&self, announce: &[Ipv4Net], withdraw: &[Ipv4Net]) {
+    async fn send_updates(&self, announce: &[IpNet], withdraw: &[IpNet]) {
         let Some(id) = self.established().map(|i| self.conns[i].id) else {
             return;
         };
@@ -1104,19 +1117,19 @@ impl Session {
         }
     }
 
-    async fn set_export(&mut self, set: BTreeSet<Ipv4Net>) {
+    async fn set_export(&mut self, set: BTreeSet<IpNet>) {
         self.export = set;
         if self.established().is_none() {
             return;
         }
         let (announce, withdraw) = {
             let mut shared = lock(&self.shared);
-            let announce: Vec<Ipv4Net> = self
+            let announce: Vec<IpNet> = self
                 .export
                 .difference(&shared.advertised)
                 .copied()
                 .collect();
-            let withdraw: Vec<Ipv4Net> = shared
+            let withdraw: Vec<IpNet> = shared
                 .advertised
                 .difference(&self.export)
                 .copied()
@@ -1136,7 +1149,7 @@ impl Session {
     }
 
     /// Announces and withdraws what changed, without comparing the whole export.
-    async fn change_export(&mut self, announce: Vec<Ipv4Net>, withdraw: Vec<Ipv4Net>) {
+    async fn change_export(&mut self, announce: Vec<IpNet>, withdraw: Vec<IpNet>) {
         for p in &withdraw {
             self.export.remove(p);
         }
@@ -1146,11 +1159,11 @@ impl Session {
         }
         let (announce, withdraw) = {
             let mut shared = lock(&self.shared);
-            let announce: Vec<Ipv4Net> = announce
+            let announce: Vec<IpNet> = announce
                 .into_iter()
                 .filter(|p| shared.advertised.insert(*p))
                 .collect();
-            let withdraw: Vec<Ipv4Net> = withdraw
+            let withdraw: Vec<IpNet> = withdraw
                 .into_iter()
                 .filter(|p| shared.advertised.remove(p))
                 .collect();
@@ -1162,7 +1175,7 @@ impl Session {
         }
     }
 
-    fn judge(&self, prefix: &Ipv4Net, received: &wire::Received) -> Verdict {
+    fn judge(&self, prefix: &IpNet, received: &wire::Received) -> Verdict {
         if let Some(m) = &received.malformed {
             Verdict::Rejected(Reject::TreatAsWithdraw(m.clone()))
         } else if received.as_path.contains(&self.cfg.local_asn) {
@@ -1240,8 +1253,8 @@ impl Session {
 
     async fn emit_routes(
         &self,
-        announced: Vec<(Ipv4Net, crate::rib::PathInfo)>,
-        withdrawn: Vec<Ipv4Net>,
+        announced: Vec<(IpNet, crate::rib::PathInfo)>,
+        withdrawn: Vec<IpNet>,
     ) {
         if announced.is_empty() && withdrawn.is_empty() {
             return;
@@ -1317,7 +1330,7 @@ impl Session {
     pub(super) async fn fuzz(
         mut self,
         input: &[u8],
-        export: BTreeSet<Ipv4Net>,
+        export: BTreeSet<IpNet>,
         mut drain: impl FnMut(),
     ) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Out>();

@@ -7,7 +7,7 @@
 use std::{
     fs::File,
     io, mem,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::Duration,
@@ -22,8 +22,9 @@ use super::Error;
 #[derive(Clone, Debug)]
 pub struct SocketSpec {
     pub netns: Option<PathBuf>,
-    pub local: Ipv4Addr,
-    pub remote: Ipv4Addr,
+    /// Both of one family: the session's.
+    pub local: IpAddr,
+    pub remote: IpAddr,
     pub port: u16,
     pub password: Option<String>,
     /// GTSM: TTL 255 out, only TTL 255 in.
@@ -46,24 +47,43 @@ struct TcpMd5Sig {
 const _: () = assert!(mem::size_of::<TcpMd5Sig>() == 216);
 
 /// Installs the MD5 key for `peer` on `socket`.
-fn set_md5(socket: &Socket, peer: Ipv4Addr, password: &str) -> Result<(), Error> {
+fn set_md5(socket: &Socket, peer: IpAddr, password: &str) -> Result<(), Error> {
     let key = password.as_bytes();
     if key.len() > TCP_MD5SIG_MAXKEYLEN {
         return Err(Error::Md5KeyTooLong(key.len()));
     }
     // SAFETY: `TcpMd5Sig` is plain old data; all-zero is a valid value of every field.
     let mut sig: TcpMd5Sig = unsafe { mem::zeroed() };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(peer).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `sockaddr_storage` is larger than and aligned for `sockaddr_in`.
-    unsafe {
-        std::ptr::write((&raw mut sig.addr).cast::<libc::sockaddr_in>(), sin);
+    match peer {
+        IpAddr::V4(peer) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(peer).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `sockaddr_storage` is larger than and aligned for `sockaddr_in`.
+            unsafe {
+                std::ptr::write((&raw mut sig.addr).cast::<libc::sockaddr_in>(), sin);
+            }
+        }
+        IpAddr::V6(peer) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: peer.octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: `sockaddr_storage` is larger than and aligned for `sockaddr_in6`.
+            unsafe {
+                std::ptr::write((&raw mut sig.addr).cast::<libc::sockaddr_in6>(), sin6);
+            }
+        }
     }
     sig.keylen = key.len() as u16;
     sig.key[..key.len()].copy_from_slice(key);
@@ -122,8 +142,18 @@ where
 }
 
 fn base_socket(spec: &SocketSpec) -> Result<Socket, Error> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))
+    let domain = if spec.local.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
         .map_err(|e| Error::Socket("socket", e))?;
+    if spec.local.is_ipv6() {
+        socket
+            .set_only_v6(true)
+            .map_err(|e| Error::Socket("IPV6_V6ONLY", e))?;
+    }
     socket
         .set_reuse_address(true)
         .map_err(|e| Error::Socket("SO_REUSEADDR", e))?;
@@ -138,8 +168,25 @@ fn base_socket(spec: &SocketSpec) -> Result<Socket, Error> {
 }
 
 /// Single-hop eBGP: TTL 1, so nothing of ours leaves the interconnect; or GTSM: TTL 255 and
-/// IP_MINTTL 255, so nothing from further away than the interconnect gets in.
+/// IP_MINTTL 255, so nothing from further away than the interconnect gets in. IPv6: the hop
+/// limit and IPV6_MINHOPCOUNT, the same way.
 fn set_ttl(socket: &Socket, ttl_security: bool) -> Result<(), Error> {
+    if socket.domain().is_ok_and(|d| d == Domain::IPV6) {
+        let hops = if ttl_security { 255 } else { 1 };
+        socket
+            .set_unicast_hops_v6(hops)
+            .map_err(|e| Error::Socket("IPV6_UNICAST_HOPS", e))?;
+        if ttl_security {
+            set_option(
+                socket,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_MINHOPCOUNT,
+                "IPV6_MINHOPCOUNT",
+                255,
+            )?;
+        }
+        return Ok(());
+    }
     if !ttl_security {
         return socket.set_ttl_v4(1).map_err(|e| Error::Socket("IP_TTL", e));
     }
@@ -156,12 +203,23 @@ fn set_ip_option(
     name: &'static str,
     value: libc::c_int,
 ) -> Result<(), Error> {
+    set_option(socket, libc::IPPROTO_IP, option, name, value)
+}
+
+/// A c_int socket option of `level`.
+fn set_option(
+    socket: &Socket,
+    level: libc::c_int,
+    option: libc::c_int,
+    name: &'static str,
+    value: libc::c_int,
+) -> Result<(), Error> {
     // SAFETY: the fd is a live socket owned by `socket`; the option value is a c_int that
     // outlives the call.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_IP,
+            level,
             option,
             (&raw const value).cast::<libc::c_void>(),
             mem::size_of::<libc::c_int>() as libc::socklen_t,
@@ -179,10 +237,15 @@ pub async fn listen(spec: &SocketSpec) -> Result<TcpListener, Error> {
     let socket = in_netns(spec.netns.clone(), move || {
         let socket = base_socket(&spec2)?;
         // The agent may add the cloud address after the session starts.
-        socket
-            .set_freebind_v4(true)
-            .map_err(|e| Error::Socket("IP_FREEBIND", e))?;
-        let addr = SocketAddr::V4(SocketAddrV4::new(spec2.local, spec2.port));
+        match spec2.local {
+            IpAddr::V4(_) => socket
+                .set_freebind_v4(true)
+                .map_err(|e| Error::Socket("IP_FREEBIND", e))?,
+            IpAddr::V6(_) => socket
+                .set_freebind_v6(true)
+                .map_err(|e| Error::Socket("IPV6_FREEBIND", e))?,
+        }
+        let addr = SocketAddr::new(spec2.local, spec2.port);
         socket
             .bind(&addr.into())
             .map_err(|e| Error::Bind(addr, e))?;
@@ -199,7 +262,7 @@ pub async fn connect(spec: &SocketSpec, timeout: Duration) -> Result<TcpStream, 
     let spec2 = spec.clone();
     let socket = in_netns(spec.netns.clone(), move || {
         let socket = base_socket(&spec2)?;
-        let addr = SocketAddr::V4(SocketAddrV4::new(spec2.local, 0));
+        let addr = SocketAddr::new(spec2.local, 0);
         socket
             .bind(&addr.into())
             .map_err(|e| Error::Bind(addr, e))?;
@@ -207,7 +270,7 @@ pub async fn connect(spec: &SocketSpec, timeout: Duration) -> Result<TcpStream, 
     })
     .await?;
     let socket = TcpSocket::from_std_stream(socket.into());
-    let remote = SocketAddr::V4(SocketAddrV4::new(spec.remote, spec.port));
+    let remote = SocketAddr::new(spec.remote, spec.port);
     let stream = tokio::time::timeout(timeout, socket.connect(remote))
         .await
         .map_err(|_| Error::Connect(remote, io::ErrorKind::TimedOut.into()))?

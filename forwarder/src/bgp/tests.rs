@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rustbgpd_wire::{Message, OpenMessage};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -25,7 +25,7 @@ const PORT: u16 = 11179;
 const LOCAL_ASN: u32 = 64512;
 const CLIENT_ASN: u32 = 65001;
 
-fn net(s: &str) -> Ipv4Net {
+fn net(s: &str) -> IpNet {
     s.parse().expect("prefix")
 }
 
@@ -38,8 +38,8 @@ fn gateway(n: u8) -> SessionConfig {
     let mut cfg = SessionConfig::new(
         "vif-test",
         0,
-        addr(n, 1),
-        addr(n, 2),
+        addr(n, 1).into(),
+        addr(n, 2).into(),
         LOCAL_ASN,
         CLIENT_ASN,
         Ipv4Addr::new(192, 0, 2, 1),
@@ -54,8 +54,8 @@ fn gateway(n: u8) -> SessionConfig {
 fn client(n: u8) -> SessionConfig {
     let mut cfg = gateway(n);
     cfg.vif = "client".into();
-    cfg.local_addr = addr(n, 2);
-    cfg.remote_addr = addr(n, 1);
+    cfg.local_addr = addr(n, 2).into();
+    cfg.remote_addr = addr(n, 1).into();
     cfg.local_asn = CLIENT_ASN;
     cfg.remote_asn = LOCAL_ASN;
     cfg.router_id = Ipv4Addr::new(10, 255, 0, 2);
@@ -109,14 +109,14 @@ async fn until_status(
 
 /// Accepted routes as the agent would hold them, from `Routes` events.
 #[derive(Default)]
-struct Held(BTreeSet<Ipv4Net>);
+struct Held(BTreeSet<IpNet>);
 
 impl Held {
     async fn until(
         &mut self,
         rx: &mut mpsc::Receiver<Event>,
         within: Duration,
-        want: &BTreeSet<Ipv4Net>,
+        want: &BTreeSet<IpNet>,
     ) -> bool {
         let deadline = Instant::now() + within;
         while &self.0 != want {
@@ -140,7 +140,7 @@ impl Held {
     }
 }
 
-fn set(prefixes: &[&str]) -> BTreeSet<Ipv4Net> {
+fn set(prefixes: &[&str]) -> BTreeSet<IpNet> {
     prefixes.iter().map(|p| net(p)).collect()
 }
 
@@ -243,7 +243,7 @@ async fn import_verdicts_and_vpc_cidr_updates() {
     assert!(held.until(&mut gw_rx, t, &set(&["192.168.50.0/24"])).await);
     let st = until_status(&gw, t, |s| s.prefixes_received == 6).await;
     assert_eq!((st.prefixes_received, st.prefixes_accepted), (6, 1));
-    let verdicts: Vec<(Ipv4Net, String)> = gw
+    let verdicts: Vec<(IpNet, String)> = gw
         .received("vif-test")
         .into_iter()
         .map(|r| (r.prefix, r.verdict.to_string()))
@@ -371,10 +371,14 @@ async fn large_import_and_export_flow_both_ways() {
     let t = Duration::from_secs(5);
     assert!(wait_for(&mut gw_rx, t, is_established).await.is_some());
     assert!(wait_for(&mut cl_rx, t, is_established).await.is_some());
-    let many = |first: u8| -> BTreeSet<Ipv4Net> {
+    let many = |first: u8| -> BTreeSet<IpNet> {
         (0..100_000u32)
             .map(|i| {
-                Ipv4Net::new(Ipv4Addr::from((u32::from(first) << 24) + (i << 8)), 24).expect("net")
+                IpNet::new(
+                    Ipv4Addr::from((u32::from(first) << 24) + (i << 8)).into(),
+                    24,
+                )
+                .expect("net")
             })
             .collect()
     };
@@ -463,6 +467,7 @@ impl Fake {
 
     fn open(hold: u16, asn: u32, id: Ipv4Addr) -> bytes::Bytes {
         wire::open(&LocalSide {
+            family: wire::Family::Ipv4,
             asn,
             hold_time: hold,
             router_id: id,
@@ -591,7 +596,7 @@ async fn route_refresh_and_malformed_update() {
     let export = set(&["10.0.0.0/16", "10.1.0.0/16", "10.2.0.0/16"]);
     gw.set_export("vif-test", 0, export.clone());
 
-    async fn announced(fake: &mut Fake, n: usize) -> BTreeSet<Ipv4Net> {
+    async fn announced(fake: &mut Fake, n: usize) -> BTreeSet<IpNet> {
         let mut got = BTreeSet::new();
         while got.len() < n {
             match fake.recv().await {
@@ -698,6 +703,7 @@ impl Fake {
     /// OPEN with graceful restart (IPv4 unicast, F bit = `restarted`).
     fn open_gr(hold: u16, id: Ipv4Addr, restart_time: u16, restarted: bool) -> bytes::Bytes {
         wire::open(&LocalSide {
+            family: wire::Family::Ipv4,
             asn: CLIENT_ASN,
             hold_time: hold,
             router_id: id,
@@ -723,10 +729,10 @@ impl Fake {
     }
 
     /// UPDATEs announcing `prefixes` from AS 65001.
-    async fn announce(&mut self, prefixes: &[Ipv4Net]) {
+    async fn announce(&mut self, prefixes: &[IpNet]) {
         let attrs = wire::ExportAttrs {
             local_asn: CLIENT_ASN,
-            next_hop: Ipv4Addr::new(127, 0, 0, 2),
+            next_hop: Ipv4Addr::new(127, 0, 0, 2).into(),
             four_octet: true,
             prepend: 0,
         };
@@ -768,7 +774,7 @@ async fn graceful_restart_helper_keeps_routes_of_a_lost_connection_only() {
         panic!("not established")
     };
     assert_eq!(
-        peer_restart.map(|r| (r.restart_time, r.ipv4)),
+        peer_restart.map(|r| (r.restart_time, r.listed)),
         Some((77, true))
     );
     assert!(one_status(&gw).graceful_restart);
@@ -793,7 +799,7 @@ async fn graceful_restart_helper_keeps_routes_of_a_lost_connection_only() {
 
     // Their routes, then their End-of-RIB.
     fake.announce(&[net("192.168.60.0/24")]).await;
-    fake.send(&wire::end_of_rib()).await;
+    fake.send(&wire::end_of_rib(wire::Family::Ipv4)).await;
     assert!(
         wait_for(&mut gw_rx, Duration::from_secs(3), is_end_of_rib)
             .await
@@ -886,7 +892,7 @@ async fn a_restarted_peers_new_connection_replaces_the_established_one() {
     else {
         panic!("the new connection did not come up")
     };
-    assert_eq!(peer_restart.map(|r| r.ipv4_preserved), Some(true));
+    assert_eq!(peer_restart.map(|r| r.preserved), Some(true));
     drop(old);
 }
 
@@ -907,8 +913,8 @@ async fn rejected_prefixes_count_toward_max_prefixes() {
             .is_some()
     );
     // 5,000 /32s: all too long.
-    let hosts: Vec<Ipv4Net> = (0..5000u32)
-        .map(|i| Ipv4Net::new(Ipv4Addr::from(0xc0a8_0000 + i), 32).expect("prefix"))
+    let hosts: Vec<IpNet> = (0..5000u32)
+        .map(|i| IpNet::new(Ipv4Addr::from(0xc0a8_0000 + i).into(), 32).expect("prefix"))
         .collect();
     let writer = tokio::spawn(async move {
         fake.announce(&hosts).await;
@@ -942,7 +948,7 @@ async fn keepalives_go_out_while_the_event_queue_is_full() {
     let mut fake = Fake::connect(addr(16, 2), addr(16, 1)).await;
     fake.establish(3, client_id()).await;
     for i in 0..20u32 {
-        let p = Ipv4Net::new(Ipv4Addr::from(0xc0a8_0000 + (i << 8)), 24).expect("prefix");
+        let p = IpNet::new(Ipv4Addr::from(0xc0a8_0000 + (i << 8)).into(), 24).expect("prefix");
         fake.announce(&[p]).await;
     }
     // 7 s of a 3 s hold time: a keepalive every second or so, the session never drops.
@@ -979,8 +985,8 @@ async fn a_peer_that_does_not_read_is_dropped_and_refreshes_coalesce() {
             .is_some()
     );
     // A 50k-prefix export.
-    let export: BTreeSet<Ipv4Net> = (0..50_000u32)
-        .map(|i| Ipv4Net::new(Ipv4Addr::from(0x6400_0000 + (i << 8)), 24).expect("prefix"))
+    let export: BTreeSet<IpNet> = (0..50_000u32)
+        .map(|i| IpNet::new(Ipv4Addr::from(0x6400_0000 + (i << 8)).into(), 24).expect("prefix"))
         .collect();
     gw.set_export("vif-test", 0, export);
     // From now on, only write: refreshes and keepalives, never read.

@@ -2,16 +2,22 @@
 //! makes on OPENs and UPDATEs it receives, and stream framing. Every path from received bytes
 //! to a decision runs through here, so tests can feed it garbage.
 
-use std::{fmt, net::Ipv4Addr, sync::Arc};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+};
 
 use bytes::{Bytes, BytesMut};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rustbgpd_wire::{
     Afi, Capability, DecodeError, EncodeError, GracefulRestartFamily, Ipv4UnicastMode, Message,
     NotificationCode, NotificationMessage, OpenMessage, Safi, UpdateMessage,
-    attribute::{AsPath, AsPathSegment, Origin, PathAttribute, RawAttribute},
+    attribute::{
+        AsPath, AsPathSegment, MpReachNlri, MpUnreachNlri, Origin, PathAttribute, RawAttribute,
+    },
     decode_message, encode_message,
-    nlri::{Ipv4NlriEntry, Ipv4Prefix, Prefix},
+    nlri::{Ipv4NlriEntry, Ipv4Prefix, Ipv6Prefix, NlriEntry, Prefix},
     notification::description,
     peek_message_length,
     validate::{ErrorDisposition, validate_update_attributes},
@@ -154,9 +160,58 @@ pub fn route_refresh() -> Bytes {
     .unwrap_or_default()
 }
 
+/// The address family a session carries: the family of its interconnect pair (IPv4 unicast
+/// over IPv4, IPv6 unicast with MP-BGP, RFC 4760, over IPv6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::Ipv4,
+            IpAddr::V6(_) => Self::Ipv6,
+        }
+    }
+
+    pub const fn afi(self) -> Afi {
+        match self {
+            Self::Ipv4 => Afi::Ipv4,
+            Self::Ipv6 => Afi::Ipv6,
+        }
+    }
+
+    /// Whether `prefix` is of this family.
+    pub const fn holds(self, prefix: &IpNet) -> bool {
+        matches!(
+            (self, prefix),
+            (Self::Ipv4, IpNet::V4(_)) | (Self::Ipv6, IpNet::V6(_))
+        )
+    }
+
+    fn capability(self) -> Capability {
+        Capability::MultiProtocol {
+            afi: self.afi(),
+            safi: Safi::Unicast,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "IPv4 unicast",
+            Self::Ipv6 => "IPv6 unicast",
+        }
+    }
+}
+
 /// What we say about ourselves in OPEN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LocalSide {
+    /// The one family the session negotiates.
+    pub family: Family,
     pub asn: u32,
     pub hold_time: u16,
     pub router_id: Ipv4Addr,
@@ -186,21 +241,14 @@ pub struct PeerRestart {
     pub restart_time: u16,
     /// R bit: the peer has restarted.
     pub restarted: bool,
-    /// IPv4 unicast is listed: the peer can keep forwarding across its restart.
-    pub ipv4: bool,
-    /// F bit of IPv4 unicast: the peer kept forwarding across the restart just done.
-    pub ipv4_preserved: bool,
+    /// The session's family is listed: the peer can keep forwarding across its restart.
+    pub listed: bool,
+    /// F bit of the session's family: the peer kept forwarding across the restart just done.
+    pub preserved: bool,
 }
 
-fn ipv4_unicast() -> Capability {
-    Capability::MultiProtocol {
-        afi: Afi::Ipv4,
-        safi: Safi::Unicast,
-    }
-}
-
-/// OPEN with multiprotocol IPv4 unicast, route refresh and 4-octet AS; a 4-octet ASN goes
-/// as AS_TRANS in the 2-octet field (RFC 6793).
+/// OPEN with multiprotocol for the session's family, route refresh and 4-octet AS; a
+/// 4-octet ASN goes as AS_TRANS in the 2-octet field (RFC 6793).
 pub fn open(local: &LocalSide) -> Result<Bytes, EncodeError> {
     encode(&Message::Open(OpenMessage {
         version: 4,
@@ -209,7 +257,7 @@ pub fn open(local: &LocalSide) -> Result<Bytes, EncodeError> {
         bgp_identifier: local.router_id,
         capabilities: {
             let mut caps = vec![
-                ipv4_unicast(),
+                local.family.capability(),
                 Capability::RouteRefresh,
                 Capability::FourOctetAs { asn: local.asn },
             ];
@@ -219,7 +267,7 @@ pub fn open(local: &LocalSide) -> Result<Bytes, EncodeError> {
                     notification: false,
                     restart_time: gr.restart_time.min(4095),
                     families: vec![GracefulRestartFamily {
-                        afi: Afi::Ipv4,
+                        afi: local.family.afi(),
                         safi: Safi::Unicast,
                         forwarding_preserved: true,
                     }],
@@ -230,14 +278,56 @@ pub fn open(local: &LocalSide) -> Result<Bytes, EncodeError> {
     }))
 }
 
-/// End-of-RIB for IPv4 unicast (RFC 4724 §2): an UPDATE with nothing in it.
-pub fn end_of_rib() -> Bytes {
-    encode(&Message::Update(UpdateMessage {
-        withdrawn_routes: Bytes::new(),
-        path_attributes: Bytes::new(),
-        nlri: Bytes::new(),
+/// End-of-RIB (RFC 4724 §2): for IPv4 unicast an UPDATE with nothing in it, for another
+/// family an UPDATE with only an empty MP_UNREACH_NLRI of it.
+pub fn end_of_rib(family: Family) -> Bytes {
+    let msg = match family {
+        Family::Ipv4 => Ok(UpdateMessage {
+            withdrawn_routes: Bytes::new(),
+            path_attributes: Bytes::new(),
+            nlri: Bytes::new(),
+        }),
+        Family::Ipv6 => UpdateMessage::try_build(
+            &[],
+            &[],
+            &[mp_unreach(Vec::new())],
+            true,
+            false,
+            Ipv4UnicastMode::Body,
+        ),
+    };
+    msg.and_then(|m| encode(&Message::Update(m)))
+        .unwrap_or_default()
+}
+
+fn mp_unreach(withdrawn: Vec<NlriEntry>) -> PathAttribute {
+    PathAttribute::MpUnreachNlri(Box::new(MpUnreachNlri {
+        afi: Afi::Ipv6,
+        safi: Safi::Unicast,
+        withdrawn,
+        flowspec_withdrawn: Vec::new(),
+        evpn_withdrawn: Vec::new(),
+        bgpls_withdrawn: Vec::new(),
+        vpn_withdrawn: Vec::new(),
+        labeled_withdrawn: Vec::new(),
+        rtc_withdrawn: Vec::new(),
     }))
-    .unwrap_or_default()
+}
+
+fn mp_reach(next_hop: IpAddr, announced: Vec<NlriEntry>) -> PathAttribute {
+    PathAttribute::MpReachNlri(Box::new(MpReachNlri {
+        afi: Afi::Ipv6,
+        safi: Safi::Unicast,
+        next_hop,
+        link_local_next_hop: None,
+        announced,
+        flowspec_announced: Vec::new(),
+        evpn_announced: Vec::new(),
+        bgpls_announced: Vec::new(),
+        vpn_announced: Vec::new(),
+        labeled_announced: Vec::new(),
+        rtc_announced: Vec::new(),
+    }))
 }
 
 /// What an accepted OPEN settles for the session.
@@ -304,15 +394,21 @@ pub fn check_open(
         .iter()
         .filter(|c| matches!(c, Capability::MultiProtocol { .. }))
         .collect();
+    let wanted = local.family.capability();
     // No multiprotocol capability at all means plain IPv4 unicast (RFC 4760 §8).
-    if !families.is_empty() && !families.iter().any(|c| **c == ipv4_unicast()) {
+    let offered = if families.is_empty() {
+        local.family == Family::Ipv4
+    } else {
+        families.iter().any(|c| **c == wanted)
+    };
+    if !offered {
         let mut data = BytesMut::new();
         // The capability we need and the peer lacks (RFC 5492 §3).
-        let encoded = ipv4_unicast().encode(&mut data);
+        let encoded = wanted.encode(&mut data);
         return Err(Notification::new(
             code::OPEN,
             subcode::UNSUPPORTED_CAPABILITY,
-            "peer does not offer IPv4 unicast",
+            format!("peer does not offer {}", local.family.name()),
         )
         .with_data(if encoded.is_ok() {
             data.freeze()
@@ -327,14 +423,14 @@ pub fn check_open(
             families,
             ..
         } => {
-            let v4 = families
+            let mine = families
                 .iter()
-                .find(|f| f.afi == Afi::Ipv4 && f.safi == Safi::Unicast);
+                .find(|f| f.afi == local.family.afi() && f.safi == Safi::Unicast);
             Some(PeerRestart {
                 restart_time: *restart_time,
                 restarted: *restart_state,
-                ipv4: v4.is_some(),
-                ipv4_preserved: v4.is_some_and(|f| f.forwarding_preserved),
+                listed: mine.is_some(),
+                preserved: mine.is_some_and(|f| f.forwarding_preserved),
             })
         }
         _ => None,
@@ -353,7 +449,8 @@ pub fn check_open(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExportAttrs {
     pub local_asn: u32,
-    pub next_hop: Ipv4Addr,
+    /// Our interconnect address: NEXT_HOP (IPv4), or the next hop of MP_REACH_NLRI (IPv6).
+    pub next_hop: IpAddr,
     pub four_octet: bool,
     /// Extra copies of our ASN on the AS_PATH (the VIF's `as_path_prepend`).
     pub prepend: u8,
@@ -369,8 +466,10 @@ impl ExportAttrs {
                     1 + usize::from(self.prepend)
                 ])],
             }),
-            PathAttribute::NextHop(self.next_hop),
         ];
+        if let IpAddr::V4(next_hop) = self.next_hop {
+            attrs.push(PathAttribute::NextHop(next_hop));
+        }
         if !self.four_octet && self.local_asn > u32::from(u16::MAX) {
             // A 2-octet peer sees AS_TRANS in AS_PATH; the real ASN travels in AS4_PATH.
             let mut data = vec![2, 1];
@@ -385,8 +484,8 @@ impl ExportAttrs {
     }
 }
 
-fn nlri_len(prefix: &Ipv4Net) -> usize {
-    1 + usize::from(prefix.prefix_len().div_ceil(8))
+fn nlri_len<P: Copy + Into<IpNet>>(prefix: &P) -> usize {
+    1 + usize::from((*prefix).into().prefix_len().div_ceil(8))
 }
 
 fn entry(prefix: &Ipv4Net) -> Ipv4NlriEntry {
@@ -396,8 +495,15 @@ fn entry(prefix: &Ipv4Net) -> Ipv4NlriEntry {
     }
 }
 
+fn entry6(prefix: &Ipv6Net) -> NlriEntry {
+    NlriEntry {
+        path_id: 0,
+        prefix: Prefix::V6(Ipv6Prefix::new(prefix.network(), prefix.prefix_len())),
+    }
+}
+
 /// Splits `prefixes` into runs whose NLRI encoding fits in `room` bytes.
-fn chunks(prefixes: &[Ipv4Net], room: usize) -> Vec<&[Ipv4Net]> {
+fn chunks<P: Copy + Into<IpNet>>(prefixes: &[P], room: usize) -> Vec<&[P]> {
     let mut out = Vec::new();
     let (mut start, mut used) = (0, 0);
     for (i, p) in prefixes.iter().enumerate() {
@@ -416,8 +522,86 @@ fn chunks(prefixes: &[Ipv4Net], room: usize) -> Vec<&[Ipv4Net]> {
 }
 
 /// UPDATEs announcing `announce` and withdrawing `withdraw`, as many NLRI per message as
-/// 4096 bytes allow.
+/// 4096 bytes allow: IPv4 in the UPDATE's own fields, IPv6 in MP_REACH_NLRI and
+/// MP_UNREACH_NLRI (RFC 4760). Each family's prefixes go to a session of that family only.
 pub fn updates(
+    announce: &[IpNet],
+    withdraw: &[IpNet],
+    attrs: &ExportAttrs,
+) -> Result<Vec<Bytes>, EncodeError> {
+    let v4 = |list: &[IpNet]| -> Vec<Ipv4Net> {
+        list.iter()
+            .filter_map(|p| match p {
+                IpNet::V4(p) => Some(*p),
+                IpNet::V6(_) => None,
+            })
+            .collect()
+    };
+    let v6 = |list: &[IpNet]| -> Vec<Ipv6Net> {
+        list.iter()
+            .filter_map(|p| match p {
+                IpNet::V6(p) => Some(*p),
+                IpNet::V4(_) => None,
+            })
+            .collect()
+    };
+    let mut out = updates_v4(&v4(announce), &v4(withdraw), attrs)?;
+    out.extend(updates_v6(&v6(announce), &v6(withdraw), attrs)?);
+    Ok(out)
+}
+
+/// Bytes of an MP_REACH_NLRI around its NLRI: attribute header with extended length (4),
+/// AFI, SAFI, next-hop length, a 16-byte next hop, reserved (22); MP_UNREACH_NLRI's is less.
+const MP_REACH_OVERHEAD: usize = 4 + 22;
+
+fn updates_v6(
+    announce: &[Ipv6Net],
+    withdraw: &[Ipv6Net],
+    attrs: &ExportAttrs,
+) -> Result<Vec<Bytes>, EncodeError> {
+    let mut out = Vec::new();
+    let fixed = HEADER_LEN + 4 + MP_REACH_OVERHEAD;
+    for run in chunks(withdraw, usize::from(MAX_MESSAGE_LEN) - fixed) {
+        let msg = UpdateMessage::try_build(
+            &[],
+            &[],
+            &[mp_unreach(run.iter().map(entry6).collect())],
+            attrs.four_octet,
+            false,
+            Ipv4UnicastMode::Body,
+        )?;
+        out.push(encode(&Message::Update(msg))?);
+    }
+    if announce.is_empty() {
+        return Ok(out);
+    }
+    let attributes = attrs.attributes();
+    let bare = UpdateMessage::try_build(
+        &[],
+        &[],
+        &attributes,
+        attrs.four_octet,
+        false,
+        Ipv4UnicastMode::Body,
+    )?;
+    let room = usize::from(MAX_MESSAGE_LEN) - fixed - bare.path_attributes.len();
+    for run in chunks(announce, room) {
+        let mut with_nlri = attributes.clone();
+        with_nlri.push(mp_reach(attrs.next_hop, run.iter().map(entry6).collect()));
+        let msg = UpdateMessage::try_build(
+            &[],
+            &[],
+            &with_nlri,
+            attrs.four_octet,
+            false,
+            Ipv4UnicastMode::Body,
+        )?;
+        out.push(encode(&Message::Update(msg))?);
+    }
+    Ok(out)
+}
+
+fn updates_v4(
     announce: &[Ipv4Net],
     withdraw: &[Ipv4Net],
     attrs: &ExportAttrs,
@@ -468,11 +652,11 @@ pub fn updates(
     Ok(out)
 }
 
-/// The IPv4 unicast content of one received UPDATE.
+/// The content of one received UPDATE for the session's family.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Received {
-    pub withdrawn: Vec<Ipv4Net>,
-    pub announced: Vec<Ipv4Net>,
+    pub withdrawn: Vec<IpNet>,
+    pub announced: Vec<IpNet>,
     /// Set when the announced routes are to be treated as withdrawn (RFC 7606).
     pub malformed: Option<Arc<str>>,
     /// Every ASN of AS_PATH, for loop detection.
@@ -484,72 +668,97 @@ pub struct Received {
     /// RFC 1997 COMMUNITIES (high 16 bits ASN, low 16 bits value).
     pub communities: Vec<u32>,
     pub med: Option<u32>,
-    /// The UPDATE was the End-of-RIB marker of IPv4 unicast.
+    /// The UPDATE was the End-of-RIB marker of the session's family.
     pub end_of_rib: bool,
 }
 
-fn to_net(p: &Ipv4Prefix) -> Option<Ipv4Net> {
-    Ipv4Net::new(p.addr, p.len).ok()
+fn to_net(p: &Ipv4Prefix) -> Option<IpNet> {
+    Ipv4Net::new(p.addr, p.len).ok().map(IpNet::V4)
 }
 
-fn v4_unicast(afi: Afi, safi: Safi) -> bool {
-    afi == Afi::Ipv4 && safi == Safi::Unicast
+fn to_net_mp(p: &Prefix) -> Option<IpNet> {
+    match p {
+        Prefix::V4(p) => to_net(p),
+        Prefix::V6(p) => Ipv6Net::new(p.addr, p.len).ok().map(IpNet::V6),
+    }
 }
 
-/// Decodes an UPDATE from an external peer with RFC 7606 error handling: `Err` only for
-/// errors that reset the session.
+fn unicast_of(family: Family, afi: Afi, safi: Safi) -> bool {
+    afi == family.afi() && safi == Safi::Unicast
+}
+
+/// [`parse_update_for`] an IPv4 unicast session.
 pub fn parse_update(
     msg: &UpdateMessage,
     four_octet: bool,
     peer_asn: u32,
 ) -> Result<Received, Notification> {
+    parse_update_for(msg, four_octet, peer_asn, Family::Ipv4)
+}
+
+/// Decodes an UPDATE from an external peer with RFC 7606 error handling: `Err` only for
+/// errors that reset the session. Routes of a family the session did not negotiate are
+/// left out (an IPv6 session takes no IPv4 body NLRI).
+pub fn parse_update_for(
+    msg: &UpdateMessage,
+    four_octet: bool,
+    peer_asn: u32,
+    family: Family,
+) -> Result<Received, Notification> {
     if msg.withdrawn_routes.is_empty() && msg.path_attributes.is_empty() && msg.nlri.is_empty() {
         return Ok(Received {
-            end_of_rib: true,
+            end_of_rib: family == Family::Ipv4,
             ..Received::default()
         });
     }
     let parsed = msg
         .parse_revised(four_octet, false, false, &[])
         .map_err(|e| Notification::from_decode(&e))?;
+    let body = family == Family::Ipv4;
     let mut out = Received {
         withdrawn: parsed
             .update
             .withdrawn
             .iter()
+            .filter(|_| body)
             .filter_map(|e| to_net(&e.prefix))
             .collect(),
         announced: parsed
             .update
             .announced
             .iter()
+            .filter(|_| body)
             .filter_map(|e| to_net(&e.prefix))
             .collect(),
         ..Received::default()
     };
     let has_body_nlri = !out.announced.is_empty();
+    let mut mp_next_hop = None;
     let mut next_hop = None;
     let mut others = Vec::with_capacity(parsed.update.attributes.len());
     for attr in &parsed.update.attributes {
         match attr {
-            PathAttribute::MpReachNlri(mp) if v4_unicast(mp.afi, mp.safi) => {
-                out.announced
-                    .extend(mp.announced.iter().filter_map(|e| match &e.prefix {
-                        Prefix::V4(p) => to_net(p),
-                        _ => None,
-                    }));
+            PathAttribute::MpReachNlri(mp) if unicast_of(family, mp.afi, mp.safi) => {
+                out.announced.extend(
+                    mp.announced
+                        .iter()
+                        .filter_map(|e| to_net_mp(&e.prefix))
+                        .filter(|p| family.holds(p)),
+                );
+                mp_next_hop = Some(mp.next_hop);
             }
-            PathAttribute::MpUnreachNlri(mp) if v4_unicast(mp.afi, mp.safi) => {
+            PathAttribute::MpUnreachNlri(mp) if unicast_of(family, mp.afi, mp.safi) => {
                 // MP_UNREACH_NLRI with nothing in it, alone: End-of-RIB in MP form.
                 out.end_of_rib = mp.withdrawn.is_empty()
                     && parsed.update.attributes.len() == 1
                     && out.withdrawn.is_empty()
                     && out.announced.is_empty();
-                out.withdrawn
-                    .extend(mp.withdrawn.iter().filter_map(|e| match &e.prefix {
-                        Prefix::V4(p) => to_net(p),
-                        _ => None,
-                    }));
+                out.withdrawn.extend(
+                    mp.withdrawn
+                        .iter()
+                        .filter_map(|e| to_net_mp(&e.prefix))
+                        .filter(|p| family.holds(p)),
+                );
             }
             PathAttribute::AsPath(path) => {
                 let mut len = 0usize;
@@ -629,6 +838,13 @@ pub fn parse_update(
         }
         _ => {}
     }
+    if out.malformed.is_none()
+        && family == Family::Ipv6
+        && let Some(nh) = mp_next_hop
+        && (nh.is_unspecified() || nh.is_multicast() || nh.is_ipv4())
+    {
+        out.malformed = Some(format!("invalid MP_REACH_NLRI next hop {nh}").into());
+    }
     if out.malformed.is_none() && out.as_path.first() != Some(&peer_asn) {
         out.malformed =
             Some(format!("AS_PATH does not start with the peer's AS {peer_asn}").into());
@@ -670,7 +886,7 @@ impl Framer {
 mod tests {
     use super::*;
 
-    fn net(s: &str) -> Ipv4Net {
+    fn net(s: &str) -> IpNet {
         s.parse().expect("prefix")
     }
 
@@ -683,6 +899,7 @@ mod tests {
     }
 
     const LOCAL: LocalSide = LocalSide {
+        family: Family::Ipv4,
         asn: 64512,
         hold_time: 90,
         router_id: Ipv4Addr::new(192, 0, 2, 1),
@@ -698,7 +915,7 @@ mod tests {
         };
         assert_eq!(o.my_as, 64512);
         assert_eq!(o.hold_time, 90);
-        assert!(o.capabilities.contains(&ipv4_unicast()));
+        assert!(o.capabilities.contains(&Family::Ipv4.capability()));
         assert!(o.capabilities.contains(&Capability::RouteRefresh));
         assert!(
             o.capabilities
@@ -745,8 +962,8 @@ mod tests {
             Some(PeerRestart {
                 restart_time: 120,
                 restarted: true,
-                ipv4: true,
-                ipv4_preserved: true,
+                listed: true,
+                preserved: true,
             })
         );
         // Not restarted: R clear, F still set (the data plane forwards across any reset).
@@ -760,8 +977,8 @@ mod tests {
             Some(PeerRestart {
                 restart_time: 90,
                 restarted: false,
-                ipv4: true,
-                ipv4_preserved: true,
+                listed: true,
+                preserved: true,
             })
         );
         // Offered by one side only: not negotiated.
@@ -774,7 +991,7 @@ mod tests {
             None
         );
         // End-of-RIB: an empty UPDATE, told apart from every other.
-        let Message::Update(u) = decode_one(&end_of_rib()) else {
+        let Message::Update(u) = decode_one(&end_of_rib(Family::Ipv4)) else {
             panic!("not an UPDATE")
         };
         assert!(parse_update(&u, true, 65001).expect("parses").end_of_rib);
@@ -867,9 +1084,9 @@ mod tests {
         );
     }
 
-    fn many(n: u32) -> Vec<Ipv4Net> {
+    fn many(n: u32) -> Vec<IpNet> {
         (0..n)
-            .map(|i| Ipv4Net::new(Ipv4Addr::from(0x0b00_0000 + (i << 8)), 24).expect("net"))
+            .map(|i| IpNet::new(Ipv4Addr::from(0x0b00_0000 + (i << 8)).into(), 24).expect("net"))
             .collect()
     }
 
@@ -877,7 +1094,7 @@ mod tests {
     fn update_packs_many_nlri_and_round_trips() {
         let attrs = ExportAttrs {
             local_asn: 64512,
-            next_hop: Ipv4Addr::new(169, 254, 10, 1),
+            next_hop: Ipv4Addr::new(169, 254, 10, 1).into(),
             four_octet: true,
             prepend: 0,
         };
@@ -917,11 +1134,117 @@ mod tests {
         assert_eq!(back, withdraw);
     }
 
+    /// IPv6 prefixes travel in MP_REACH_NLRI / MP_UNREACH_NLRI with our IPv6 address as next
+    /// hop, packed under 4096 bytes, and come back through the IPv6 session's parser only.
+    #[test]
+    fn ipv6_updates_use_mp_reach_and_round_trip() {
+        let next_hop: IpAddr = "2001:db8:ff::1".parse().expect("addr");
+        let attrs = ExportAttrs {
+            local_asn: 64512,
+            next_hop,
+            four_octet: true,
+            prepend: 0,
+        };
+        let prefixes: Vec<IpNet> = (0..2000u32)
+            .map(|i| {
+                let a = std::net::Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    (i >> 8) as u16,
+                    (i & 0xff) as u16,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                IpNet::new(a.into(), 64).expect("net")
+            })
+            .collect();
+        let msgs = updates(&prefixes, &[], &attrs).expect("encodes");
+        assert!(msgs.len() > 1 && msgs.len() <= 5, "{} messages", msgs.len());
+        let mut seen = Vec::new();
+        for m in &msgs {
+            assert!(m.len() <= 4096, "{} bytes", m.len());
+            let Message::Update(u) = decode_one(m) else {
+                panic!("not an UPDATE")
+            };
+            assert!(u.nlri.is_empty(), "no IPv4 NLRI in the body");
+            let r = parse_update_for(&u, true, 64512, Family::Ipv6).expect("valid");
+            assert_eq!(r.malformed, None);
+            assert_eq!(r.as_path, vec![64512]);
+            seen.extend(r.announced);
+            // An IPv4 session takes none of it.
+            let v4 = parse_update(&u, true, 64512).expect("valid");
+            assert!(v4.announced.is_empty());
+        }
+        assert_eq!(seen, prefixes);
+        let msgs = updates(&[], &prefixes[..10], &attrs).expect("encodes");
+        let Message::Update(u) = decode_one(&msgs[0]) else {
+            panic!("not an UPDATE")
+        };
+        let r = parse_update_for(&u, true, 64512, Family::Ipv6).expect("valid");
+        assert_eq!(r.withdrawn, prefixes[..10]);
+        // End-of-RIB of IPv6 unicast: an empty MP_UNREACH_NLRI, seen only by an IPv6 session.
+        let Message::Update(eor) = decode_one(&end_of_rib(Family::Ipv6)) else {
+            panic!("not an UPDATE")
+        };
+        assert!(
+            parse_update_for(&eor, true, 64512, Family::Ipv6)
+                .expect("valid")
+                .end_of_rib
+        );
+        assert!(!parse_update(&eor, true, 64512).expect("valid").end_of_rib);
+    }
+
+    /// An IPv6 session offers IPv6 unicast and refuses a peer that does not offer it.
+    #[test]
+    fn an_ipv6_session_negotiates_ipv6_unicast() {
+        let gr = Some(LocalRestart {
+            restart_time: 120,
+            restarted: false,
+        });
+        let local = LocalSide {
+            family: Family::Ipv6,
+            graceful_restart: gr,
+            ..LOCAL
+        };
+        let Message::Open(o) = decode_one(&open(&local).expect("open")) else {
+            panic!("not an OPEN")
+        };
+        assert!(o.capabilities.contains(&Family::Ipv6.capability()));
+        assert!(!o.capabilities.contains(&Family::Ipv4.capability()));
+        let peer = LocalSide {
+            asn: 65001,
+            router_id: Ipv4Addr::new(10, 0, 0, 2),
+            graceful_restart: gr,
+            ..LOCAL
+        };
+        let Message::Open(v4_only) = decode_one(&open(&peer).expect("open")) else {
+            panic!("not an OPEN")
+        };
+        let e = check_open(&v4_only, &local, 65001).expect_err("IPv4-only peer");
+        assert_eq!(
+            (e.code, e.subcode),
+            (code::OPEN, subcode::UNSUPPORTED_CAPABILITY)
+        );
+        let Message::Open(v6) = decode_one(
+            &open(&LocalSide {
+                family: Family::Ipv6,
+                ..peer
+            })
+            .expect("open"),
+        ) else {
+            panic!("not an OPEN")
+        };
+        let neg = check_open(&v6, &local, 65001).expect("IPv6 peer");
+        assert!(neg.peer_restart.is_some_and(|r| r.listed));
+    }
+
     #[test]
     fn update_two_octet_peer_gets_as_trans_and_as4_path() {
         let attrs = ExportAttrs {
             local_asn: 4_200_000_000,
-            next_hop: Ipv4Addr::new(10, 0, 0, 1),
+            next_hop: Ipv4Addr::new(10, 0, 0, 1).into(),
             four_octet: false,
             prepend: 0,
         };
@@ -1020,7 +1343,7 @@ mod tests {
         };
         let attrs = ExportAttrs {
             local_asn: 64512,
-            next_hop: Ipv4Addr::new(10, 0, 0, 1),
+            next_hop: Ipv4Addr::new(10, 0, 0, 1).into(),
             four_octet: true,
             prepend: 0,
         };
@@ -1085,7 +1408,7 @@ mod prepend_tests {
     fn a_prepend_repeats_our_asn_on_the_path() {
         let attrs = ExportAttrs {
             local_asn: 64512,
-            next_hop: Ipv4Addr::new(10, 0, 0, 1),
+            next_hop: Ipv4Addr::new(10, 0, 0, 1).into(),
             four_octet: true,
             prepend: 2,
         };

@@ -194,17 +194,20 @@ idc: {route}\ndrops: {}",
 }
 
 /// DESIGN's BGP VIF with an IPv4 and an IPv6 session (client ASN 65001), the VPC's IPv6
-/// CIDR propagated, short BGP timers.
-fn dual_stack_bgp(t: &Topology) -> forwarder_tests::fixture::Fixture {
+/// CIDR propagated, short BGP timers, TCP MD5 with `password`.
+fn dual_stack_bgp(t: &Topology, password: Option<&str>) -> forwarder_tests::fixture::Fixture {
+    let vif = Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001)
+        .peer("169.254.10.2", "169.254.10.1")
+        .peer(CLIENT6, CLOUD6);
+    let vif = match password {
+        Some(p) => vif.set("bgp_password", &format!("\"{p}\"")),
+        None => vif,
+    };
     t.fixture()
         .agent("bgp_hold_time", "9")
         .agent("bgp_connect_retry", "1")
         .propagate("att-a", VPC6_CIDR)
-        .vif(
-            Vif::bgp("vif-100", "hc-1", 100, "bgw-1", 65001)
-                .peer("169.254.10.2", "169.254.10.1")
-                .peer(CLIENT6, CLOUD6),
-        )
+        .vif(vif)
 }
 
 fn in_map(t: &Topology, addr: &str) -> bool {
@@ -221,14 +224,14 @@ fn session_up(t: &Topology, peer: usize) -> bool {
     })
 }
 
-/// An IPv6 session (MP-BGP IPv6 unicast) beside an IPv4 one with a real router: routes both
-/// ways, withdrawals reaching the map, traffic, and each family going on while the other's
-/// session is down.
-fn ipv6_bgp_with(kind: Kind) -> Result<()> {
+/// An IPv6 session (MP-BGP IPv6 unicast) beside an IPv4 one with a real router, both with
+/// TCP MD5 when `password` is given: routes both ways, withdrawals reaching the map, traffic,
+/// and each family going on while the other's session is down.
+fn ipv6_bgp_with(kind: Kind, password: Option<&str>) -> Result<()> {
     let t = Topology::new(&format!("b6{}", kind.to_string().to_lowercase()))?;
     let _customer = t.customer_router()?;
     t.ipv6(false)?;
-    t.write_fixture(&dual_stack_bgp(&t))?;
+    t.write_fixture(&dual_stack_bgp(&t, password))?;
     let agent = t.start_agent(common::bin())?;
     let (cloud4, client4): (Ipv4Addr, Ipv4Addr) =
         ("169.254.10.1".parse()?, "169.254.10.2".parse()?);
@@ -241,7 +244,11 @@ fn ipv6_bgp_with(kind: Kind) -> Result<()> {
         &[
             PeerSpec::new(client4, cloud4, 65001, 64512),
             PeerSpec::new(client6, cloud6, 65001, 64512),
-        ],
+        ]
+        .map(|p| match password {
+            Some(key) => p.with_password(key),
+            None => p,
+        }),
         &["192.168.50.0/24".parse()?],
     )?;
     router.announce6(&[idc6])?;
@@ -344,11 +351,11 @@ fn ipv6_bgp_with(kind: Kind) -> Result<()> {
 }
 
 #[test]
-fn bird_exchanges_ipv6_routes_over_an_ipv6_session() -> Result<()> {
-    ipv6_bgp_with(Kind::Bird)
+fn bird_exchanges_ipv6_routes_over_an_ipv6_session_with_md5() -> Result<()> {
+    ipv6_bgp_with(Kind::Bird, Some("s3cret"))
 }
 
 #[test]
 fn frr_exchanges_ipv6_routes_over_an_ipv6_session() -> Result<()> {
-    ipv6_bgp_with(Kind::Frr)
+    ipv6_bgp_with(Kind::Frr, None)
 }

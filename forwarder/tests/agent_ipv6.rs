@@ -359,3 +359,69 @@ fn bird_exchanges_ipv6_routes_over_an_ipv6_session_with_md5() -> Result<()> {
 fn frr_exchanges_ipv6_routes_over_an_ipv6_session() -> Result<()> {
     ipv6_bgp_with(Kind::Frr, None)
 }
+
+/// Graceful restart over the IPv6 session: the agent killed, then stopped, and started again
+/// while the IDC host pings the VPC over IPv6 at 10/s (BIRD at its default, a helper): the
+/// IPv6 routes are read back from ROUTES6 and kept, no ping is lost.
+#[test]
+fn ipv6_routes_survive_agent_restarts_without_loss() -> Result<()> {
+    let t = Topology::new("b6gr")?;
+    let _customer = t.customer_router()?;
+    t.ipv6(false)?;
+    t.write_fixture(&dual_stack_bgp(&t, None))?;
+    let mut agent = t.start_agent(common::bin())?;
+    let (cloud4, client4): (Ipv4Addr, Ipv4Addr) =
+        ("169.254.10.1".parse()?, "169.254.10.2".parse()?);
+    let (cloud6, client6): (Ipv6Addr, Ipv6Addr) = (CLOUD6.parse()?, CLIENT6.parse()?);
+    let router = RouterDaemon::start(
+        Kind::Bird,
+        &t.rtr,
+        client4,
+        &[
+            PeerSpec::new(client4, cloud4, 65001, 64512),
+            PeerSpec::new(client6, cloud6, 65001, 64512),
+        ],
+        &["192.168.50.0/24".parse()?],
+    )?;
+    router.announce6(&[IDC6_PREFIX.parse()?])?;
+    let converged = |agent: &common::Agent, when: &str| -> Result<()> {
+        for cloud in [IpAddr::from(cloud4), IpAddr::from(cloud6)] {
+            router
+                .wait_established(cloud, Duration::from_secs(30))
+                .with_context(|| format!("{when}: {}", agent.log_text()))?;
+        }
+        ensure!(
+            wait_for(Duration::from_secs(20), || session_up(&t, 1)
+                && in_map(&t, IDC6_HOST)
+                && common::sh(&t.rtr, &format!("ip -6 route show {VPC6_CIDR}"))
+                    .is_ok_and(|r| !r.trim().is_empty())),
+            "{when}: not converged over IPv6\n{}",
+            agent.log_text()
+        );
+        Ok(())
+    };
+    converged(&agent, "at start")?;
+    for kill in [true, false] {
+        let ((sent, received), ()) = t.ping_to_during(VPC6_HOST, 80, || {
+            if kill {
+                agent.kill()?;
+            } else {
+                let status = agent.terminate()?;
+                ensure!(status.success(), "SIGTERM: the agent exited with {status}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            agent = t.start_agent(common::bin())?;
+            Ok(())
+        })?;
+        let how = if kill { "SIGKILL" } else { "SIGTERM" };
+        println!("agent {how} + restart: {received}/{sent} IPv6 pings");
+        ensure!(
+            sent == 80 && received == sent,
+            "lost {} of {sent} IPv6 pings across {how}\n{}",
+            sent - received,
+            agent.log_text()
+        );
+        converged(&agent, how)?;
+    }
+    Ok(())
+}

@@ -371,7 +371,17 @@ impl Topology {
         count: u32,
         during: impl FnOnce() -> Result<T>,
     ) -> Result<((u32, u32), T)> {
-        let mut ping = self.ping_command(VPC_HOST, count, "0.1");
+        self.ping_to_during(VPC_HOST, count, during)
+    }
+
+    /// [`Self::ping_during`] toward `target` (an IPv6 host too).
+    pub fn ping_to_during<T>(
+        &self,
+        target: &str,
+        count: u32,
+        during: impl FnOnce() -> Result<T>,
+    ) -> Result<((u32, u32), T)> {
+        let mut ping = self.ping_command(target, count, "0.1");
         let pinger = std::thread::spawn(move || ping.output());
         std::thread::sleep(Duration::from_secs(1));
         let result = during();

@@ -779,6 +779,20 @@ fn block_name(lines: &[&str]) -> Option<String> {
         })
 }
 
+/// Why a route to `prefix` cannot go to `vif`: it has no interconnect pair of the prefix's
+/// family (no client router to send it to).
+pub fn family_mismatch(prefix: IpNet, vif: &Vif) -> Option<String> {
+    let v6 = prefix.addr().is_ipv6();
+    if vif.peers.iter().any(|p| p.is_ipv6() == v6) {
+        return None;
+    }
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    Some(format!(
+        "{prefix} is {family} but vif {:?} has no {family} peer to send it to",
+        vif.name
+    ))
+}
+
 /// Whether two prefixes share addresses (never across families).
 fn overlaps(a: IpNet, b: IpNet) -> bool {
     a.contains(&b) || b.contains(&a)
@@ -1505,20 +1519,8 @@ impl<'a> Validator<'a> {
             }
             if let Via::Vif(vif) = via
                 && !vif.peers.is_empty()
-                && !vif
-                    .peers
-                    .iter()
-                    .any(|p| p.is_ipv6() == prefix.addr().is_ipv6())
+                && let Some(detail) = family_mismatch(prefix, vif)
             {
-                let family = if prefix.addr().is_ipv6() {
-                    "IPv6"
-                } else {
-                    "IPv4"
-                };
-                let detail = format!(
-                    "{prefix} is {family} but vif {:?} has no {family} peer to send it to",
-                    route.via
-                );
                 self.problem(&section, "prefix", detail);
             }
             if let Via::Vif(_) = via

@@ -39,6 +39,18 @@ impl Rng {
     }
 }
 
+/// A prefix length drawn from `mix` ((length, per mille) pairs summing to 1000).
+fn pick_length(mix: &[(u8, u64)], rng: &mut Rng) -> u8 {
+    let mut pick = rng.next() % 1000;
+    for (len, share) in mix {
+        if pick < *share {
+            return *len;
+        }
+        pick -= share;
+    }
+    mix.last().map_or(24, |(l, _)| *l)
+}
+
 /// Prefix lengths in roughly the proportions of a public IPv4 table (per mille).
 const LENGTH_MIX: [(u8, u64); 12] = [
     (8, 2),
@@ -63,18 +75,7 @@ fn table(count: usize, seed: u64) -> Table {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        let mut pick = rng.next() % 1000;
-        let len = LENGTH_MIX
-            .iter()
-            .find(|(_, share)| {
-                if pick < *share {
-                    true
-                } else {
-                    pick -= share;
-                    false
-                }
-            })
-            .map_or(24, |(l, _)| *l);
+        let len = pick_length(&LENGTH_MIX, &mut rng);
         let addr = Ipv4Addr::from((rng.next() >> 32) as u32 % 0xdf00_0000 + 0x0100_0000);
         let Ok(prefix) = Ipv4Net::new(addr, len).map(|p| p.trunc()) else {
             continue;
@@ -108,18 +109,7 @@ fn table6(count: usize, seed: u64) -> Vec<(Ipv6Net, u32)> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(count);
     while out.len() < count {
-        let mut pick = rng.next() % 1000;
-        let len = LENGTH_MIX6
-            .iter()
-            .find(|(_, share)| {
-                if pick < *share {
-                    true
-                } else {
-                    pick -= share;
-                    false
-                }
-            })
-            .map_or(48, |(l, _)| *l);
+        let len = pick_length(&LENGTH_MIX6, &mut rng);
         let high = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> 3 | 1 << 125;
         let Ok(prefix) = Ipv6Net::new(Ipv6Addr::from(high), len).map(|p| p.trunc()) else {
             continue;

@@ -960,27 +960,29 @@ fn truncated_frames_are_dropped_never_aborted() -> anyhow::Result<()> {
         REMOTE_VTEP,
         &ipv4_udp(VPC_HOST, IDC_HOST, 64, 2, 1, b"payload!"),
     );
-    for (name, frame) in [("customer", &customer), ("underlay", &vpc)] {
-        let (full, _) = if name == "customer" {
-            f.customer(frame)
-        } else {
-            f.underlay(frame)
+    every_truncation_drops(&mut f, &customer, &vpc);
+    Ok(())
+}
+
+/// Both frames forward whole, and every truncation of them is dropped: never aborted, never
+/// forwarded (an underlay frame cut before the UDP port is not VXLAN yet: it is the host's).
+fn every_truncation_drops(f: &mut Fixture, customer: &[u8], vpc: &[u8]) {
+    for (name, frame) in [("customer", customer), ("underlay", vpc)] {
+        let run = |f: &mut Fixture, frame: &[u8]| {
+            if name == "customer" {
+                f.customer(frame)
+            } else {
+                f.underlay(frame)
+            }
         };
-        assert_eq!(full, XDP_REDIRECT);
+        assert_eq!(run(f, frame).0, XDP_REDIRECT, "{name} frame whole");
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.
         for len in 14..frame.len() {
-            let cut = &frame[..len];
-            let (action, _) = if name == "customer" {
-                f.customer(cut)
-            } else {
-                f.underlay(cut)
-            };
-            // An underlay frame cut before the UDP port is not VXLAN yet: it is the host's.
+            let (action, _) = run(f, &frame[..len]);
             let ok = action == XDP_DROP || (name == "underlay" && len < 38 && action == XDP_PASS);
             assert!(ok, "{name} frame cut to {len} bytes: action {action}");
         }
     }
-    Ok(())
 }
 
 /// A longest-prefix match over [`ROUTES`], the model the random test checks against.
@@ -2161,21 +2163,7 @@ fn truncated_ipv6_frames_are_dropped_never_aborted() -> anyhow::Result<()> {
         REMOTE_VTEP,
         &ipv6_udp(VPC6, IDC6, 64, 2, 1, b"payload!"),
     );
-    for (name, frame) in [("customer", &customer), ("underlay", &vpc)] {
-        let run = |f: &mut Fixture, frame: &[u8]| {
-            if name == "customer" {
-                f.customer(frame)
-            } else {
-                f.underlay(frame)
-            }
-        };
-        assert_eq!(run(&mut f, frame).0, XDP_REDIRECT);
-        for len in 14..frame.len() {
-            let (action, _) = run(&mut f, &frame[..len]);
-            let ok = action == XDP_DROP || (name == "underlay" && len < 38 && action == XDP_PASS);
-            assert!(ok, "{name} frame cut to {len} bytes: action {action}");
-        }
-    }
+    every_truncation_drops(&mut f, &customer, &vpc);
     Ok(())
 }
 

@@ -499,20 +499,12 @@ impl Agent {
             .target(&via)
             .ok_or_else(|| Error::Refused(format!("no VIF or attachment named {via:?}")))?
             .for_prefix(prefix);
-        if let Some(v) = target.vif().and_then(|id| self.model.vifs.get(&id))
-            && !v
-                .peers
-                .iter()
-                .any(|p| p.is_ipv6() == prefix.addr().is_ipv6())
+        if let Some(why) = target
+            .vif()
+            .and_then(|id| self.model.vifs.get(&id))
+            .and_then(|v| crate::config::family_mismatch(prefix, &v.config))
         {
-            let family = if prefix.addr().is_ipv6() {
-                "IPv6"
-            } else {
-                "IPv4"
-            };
-            return Err(Error::Refused(format!(
-                "{prefix} is {family} but vif {via:?} has no {family} peer to send it to"
-            )));
+            return Err(Error::Refused(why));
         }
         let target_gw = self.model.target_gateway(target).unwrap_or(gw);
         if target_gw != gw {

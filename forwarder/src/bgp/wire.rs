@@ -287,14 +287,7 @@ pub fn end_of_rib(family: Family) -> Bytes {
             path_attributes: Bytes::new(),
             nlri: Bytes::new(),
         }),
-        Family::Ipv6 => UpdateMessage::try_build(
-            &[],
-            &[],
-            &[mp_unreach(Vec::new())],
-            true,
-            false,
-            Ipv4UnicastMode::Body,
-        ),
+        Family::Ipv6 => build(&[], &[], &[mp_unreach(Vec::new())], true),
     };
     msg.and_then(|m| encode(&Message::Update(m)))
         .unwrap_or_default()
@@ -554,6 +547,23 @@ pub fn updates(
 /// AFI, SAFI, next-hop length, a 16-byte next hop, reserved (22); MP_UNREACH_NLRI's is less.
 const MP_REACH_OVERHEAD: usize = 4 + 22;
 
+/// An UPDATE of IPv4 NLRI and attributes (the codec's builder, RFC 4271 layout).
+fn build(
+    announced: &[Ipv4NlriEntry],
+    withdrawn: &[Ipv4NlriEntry],
+    attributes: &[PathAttribute],
+    four_octet: bool,
+) -> Result<UpdateMessage, EncodeError> {
+    UpdateMessage::try_build(
+        announced,
+        withdrawn,
+        attributes,
+        four_octet,
+        false,
+        Ipv4UnicastMode::Body,
+    )
+}
+
 fn updates_v6(
     announce: &[Ipv6Net],
     withdraw: &[Ipv6Net],
@@ -562,13 +572,11 @@ fn updates_v6(
     let mut out = Vec::new();
     let fixed = HEADER_LEN + 4 + MP_REACH_OVERHEAD;
     for run in chunks(withdraw, usize::from(MAX_MESSAGE_LEN) - fixed) {
-        let msg = UpdateMessage::try_build(
+        let msg = build(
             &[],
             &[],
             &[mp_unreach(run.iter().map(entry6).collect())],
             attrs.four_octet,
-            false,
-            Ipv4UnicastMode::Body,
         )?;
         out.push(encode(&Message::Update(msg))?);
     }
@@ -576,26 +584,12 @@ fn updates_v6(
         return Ok(out);
     }
     let attributes = attrs.attributes();
-    let bare = UpdateMessage::try_build(
-        &[],
-        &[],
-        &attributes,
-        attrs.four_octet,
-        false,
-        Ipv4UnicastMode::Body,
-    )?;
+    let bare = build(&[], &[], &attributes, attrs.four_octet)?;
     let room = usize::from(MAX_MESSAGE_LEN) - fixed - bare.path_attributes.len();
     for run in chunks(announce, room) {
         let mut with_nlri = attributes.clone();
         with_nlri.push(mp_reach(attrs.next_hop, run.iter().map(entry6).collect()));
-        let msg = UpdateMessage::try_build(
-            &[],
-            &[],
-            &with_nlri,
-            attrs.four_octet,
-            false,
-            Ipv4UnicastMode::Body,
-        )?;
+        let msg = build(&[], &[], &with_nlri, attrs.four_octet)?;
         out.push(encode(&Message::Update(msg))?);
     }
     Ok(out)
@@ -610,41 +604,19 @@ fn updates_v4(
     let fixed = HEADER_LEN + 4;
     for run in chunks(withdraw, usize::from(MAX_MESSAGE_LEN) - fixed) {
         let entries: Vec<Ipv4NlriEntry> = run.iter().map(entry).collect();
-        let msg = UpdateMessage::try_build(
-            &[],
-            &entries,
-            &[],
-            attrs.four_octet,
-            false,
-            Ipv4UnicastMode::Body,
-        )?;
+        let msg = build(&[], &entries, &[], attrs.four_octet)?;
         out.push(encode(&Message::Update(msg))?);
     }
     if !announce.is_empty() {
         let attributes = attrs.attributes();
-        let bare = UpdateMessage::try_build(
-            &[],
-            &[],
-            &attributes,
-            attrs.four_octet,
-            false,
-            Ipv4UnicastMode::Body,
-        )?;
+        let bare = build(&[], &[], &attributes, attrs.four_octet)?;
         let room = usize::from(MAX_MESSAGE_LEN) - fixed - bare.path_attributes.len();
         for run in chunks(announce, room) {
             let entries: Vec<Ipv4NlriEntry> = run.iter().map(entry).collect();
             let msg = UpdateMessage {
                 withdrawn_routes: Bytes::new(),
                 path_attributes: bare.path_attributes.clone(),
-                nlri: UpdateMessage::try_build(
-                    &entries,
-                    &[],
-                    &[],
-                    false,
-                    false,
-                    Ipv4UnicastMode::Body,
-                )?
-                .nlri,
+                nlri: build(&entries, &[], &[], false)?.nlri,
             };
             out.push(encode(&Message::Update(msg))?);
         }

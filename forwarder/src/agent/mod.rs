@@ -860,6 +860,13 @@ impl Agent {
                 .plan_apply
                 .observe(started.elapsed().as_secs_f64());
         }
+        // A large batch (a full table arriving, a reload) leaves its working memory freed but
+        // mapped; hand it back. Small batches, the usual ones, do not pay for it.
+        let large = changes.routes.len() >= LARGE_BATCH;
+        drop(changes);
+        if large {
+            release_freed_memory();
+        }
         Ok(written?)
     }
 
@@ -1110,6 +1117,9 @@ pub fn main(config_path: &Path) -> Result<(), Error> {
 const BGP_EVENT_BATCH: usize = 256;
 
 /// The owner loop.
+/// Route changes in one plan from which the agent returns freed memory afterwards.
+const LARGE_BATCH: usize = 50_000;
+
 /// The config's static routes, once the model holds them: nothing reads them again (a reload
 /// reads the new file's), and at a million routes they are the largest thing the agent would
 /// keep (two names and a prefix each).

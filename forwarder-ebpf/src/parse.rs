@@ -174,9 +174,15 @@ pub fn ipv6_forwardable(src: &[u8; 16], dst: &[u8; 16]) -> bool {
             i += 1;
         }
         // ::, ::1 and fe80::/10
-        (zero && a[15] <= 1) || (a[0] == 0xfe && a[1] & 0xc0 == 0x80)
+        (zero && a[15] <= 1) || is_link_local(a)
     };
     !(special(src) || src[0] == 0xff || special(dst))
+}
+
+/// fe80::/10: an address of the link itself.
+#[inline(always)]
+pub fn is_link_local(a: &[u8; 16]) -> bool {
+    a[0] == 0xfe && a[1] & 0xc0 == 0x80
 }
 
 /// Decrements the hop count of the packet at `off`: IPv6's hop limit (no checksum), or

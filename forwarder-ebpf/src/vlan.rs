@@ -14,7 +14,7 @@ use crate::{
     parse::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6,
         IPPROTO_TCP, IPV6_HLEN, Packet, VLAN_HLEN, check_ipv4, check_ipv6, decrement_hops,
-        frame_len, ipv6_forwardable, read, write,
+        frame_len, ipv6_forwardable, is_link_local, read, write,
     },
     redirect, route,
     stats::{self, VifDrop},
@@ -185,12 +185,6 @@ fn is_cloud_address(vif: &Vif, dst: [u8; 4]) -> bool {
 #[inline(always)]
 fn is_cloud_address6(addrs: &VifAddrs6, dst: &[u8; 16]) -> bool {
     *dst != [0; 16] && (*dst == addrs.cloud[0] || *dst == addrs.cloud[1])
-}
-
-/// fe80::/10: the link's own, answered by the VIF's control plane (its link-local address).
-#[inline(always)]
-fn is_link_local(a: &[u8; 16]) -> bool {
-    a[0] == 0xfe && a[1] & 0xc0 == 0x80
 }
 
 /// Strips the tag and hands the frame to the VIF's control veth, within the VIF's rate

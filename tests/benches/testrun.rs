@@ -272,18 +272,24 @@ fn frames(routes: &[(Ipv4Net, u32)], count: usize) -> anyhow::Result<(Frames, Fr
             PacketBuilder::ipv4([10, 0, 1, 10], dst, 64)
                 .udp(5001, 40000)
                 .write(&mut inner, &[0u8; 18])?;
-            let mut vxlan_payload = vec![0x08, 0, 0, 0, 0, 0x03, 0xe9, 0];
-            vxlan_payload.extend_from_slice(&[2, 0xf0, 0, 0, 0, 1, 2, 0, 0, 0, 0x0a, 1, 8, 0]);
-            vxlan_payload.extend(inner);
-            let mut frame = Vec::new();
-            PacketBuilder::ethernet2([2, 0x5e, 0, 0, 0, 2], [2, 0xaa, 0, 0, 0, 1])
-                .ipv4([172, 31, 0, 2], [172, 31, 0, 1], 64)
-                .udp(51234, 4789)
-                .write(&mut frame, &vxlan_payload)?;
-            vpc.push(frame);
+            vpc.push(from_vpc(&inner, 0x0800)?);
         }
     }
     Ok((customer, vpc))
+}
+
+/// `inner` (of `ether_type`) as the VPC's VTEP sends it: VXLAN, VNI 1001, toward the gateway.
+fn from_vpc(inner: &[u8], ether_type: u16) -> anyhow::Result<Vec<u8>> {
+    let mut vxlan_payload = vec![0x08, 0, 0, 0, 0, 0x03, 0xe9, 0];
+    vxlan_payload.extend_from_slice(&[2, 0xf0, 0, 0, 0, 1, 2, 0, 0, 0, 0x0a, 1]);
+    vxlan_payload.extend_from_slice(&ether_type.to_be_bytes());
+    vxlan_payload.extend_from_slice(inner);
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2, 0x5e, 0, 0, 0, 2], [2, 0xaa, 0, 0, 0, 1])
+        .ipv4([172, 31, 0, 2], [172, 31, 0, 1], 64)
+        .udp(51234, 4789)
+        .write(&mut frame, &vxlan_payload)?;
+    Ok(frame)
 }
 
 /// A random host of an IPv6 `prefix`.
@@ -325,16 +331,7 @@ fn frames6(routes: &[(Ipv6Net, u32)], count: usize) -> anyhow::Result<(Frames, F
             PacketBuilder::ipv6(vpc_host, dst, 64)
                 .udp(5001, 40000)
                 .write(&mut inner, &[0u8; 18])?;
-            let mut vxlan_payload = vec![0x08, 0, 0, 0, 0, 0x03, 0xe9, 0];
-            vxlan_payload
-                .extend_from_slice(&[2, 0xf0, 0, 0, 0, 1, 2, 0, 0, 0, 0x0a, 1, 0x86, 0xdd]);
-            vxlan_payload.extend(inner);
-            let mut frame = Vec::new();
-            PacketBuilder::ethernet2([2, 0x5e, 0, 0, 0, 2], [2, 0xaa, 0, 0, 0, 1])
-                .ipv4([172, 31, 0, 2], [172, 31, 0, 1], 64)
-                .udp(51234, 4789)
-                .write(&mut frame, &vxlan_payload)?;
-            vpc.push(frame);
+            vpc.push(from_vpc(&inner, 0x86dd)?);
         }
     }
     Ok((customer, vpc))

@@ -944,7 +944,8 @@ fn ecmp_spreads_flows_and_keeps_each_flow_on_one_member() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Every truncation of a valid frame is dropped (never aborted, never forwarded).
+/// Every truncation of a valid frame, IPv4 or IPv6, is dropped (never aborted, never
+/// forwarded).
 #[test]
 fn truncated_frames_are_dropped_never_aborted() -> anyhow::Result<()> {
     let mut f = Fixture::new()?;
@@ -959,6 +960,20 @@ fn truncated_frames_are_dropped_never_aborted() -> anyhow::Result<()> {
         1001,
         REMOTE_VTEP,
         &ipv4_udp(VPC_HOST, IDC_HOST, 64, 2, 1, b"payload!"),
+    );
+    every_truncation_drops(&mut f, &customer, &vpc);
+    // And IPv6.
+    let customer = tagged(
+        VIF_MAC[1],
+        CLIENT1,
+        100,
+        0x86dd,
+        &ipv6_udp(IDC6, VPC6, 64, 1, 2, b"payload!"),
+    );
+    let vpc = from_vpc(
+        1001,
+        REMOTE_VTEP,
+        &ipv6_udp(VPC6, IDC6, 64, 2, 1, b"payload!"),
     );
     every_truncation_drops(&mut f, &customer, &vpc);
     Ok(())
@@ -2144,26 +2159,6 @@ fn ipv6_drops_are_counted() -> anyhow::Result<()> {
     let spoofed = ipv6_udp(v6(0x2001_0db8_0099, 1), VPC6, 64, 1, 2, b"spoofed");
     f.expect_drop(SOURCE_CHECK, |f| f.customer(&from_vif1(&spoofed)));
     assert_eq!(f.dp.vif_drops(1)?.source_check, before + 1);
-    Ok(())
-}
-
-/// Every truncation of a valid IPv6 frame is dropped, never aborted or forwarded.
-#[test]
-fn truncated_ipv6_frames_are_dropped_never_aborted() -> anyhow::Result<()> {
-    let mut f = Fixture::new()?;
-    let customer = tagged(
-        VIF_MAC[1],
-        CLIENT1,
-        100,
-        0x86dd,
-        &ipv6_udp(IDC6, VPC6, 64, 1, 2, b"payload!"),
-    );
-    let vpc = from_vpc(
-        1001,
-        REMOTE_VTEP,
-        &ipv6_udp(VPC6, IDC6, 64, 2, 1, b"payload!"),
-    );
-    every_truncation_drops(&mut f, &customer, &vpc);
     Ok(())
 }
 

@@ -34,6 +34,10 @@ use std::{
 };
 
 use ipnet::IpNet;
+
+use crate::{FastMap, FastSet};
+
+mod split;
 use serde::{Deserialize, Deserializer, de};
 
 /// The ASN the gateway speaks to customers unless `agent.local_asn` says otherwise.
@@ -599,8 +603,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         origin: origin.to_owned(),
         problems,
     };
-    let mut config: Config =
-        toml::from_str(text).map_err(|error| invalid(vec![toml_problem(text, &error)]))?;
+    let mut config: Config = match split::parse(text, split::PIECE) {
+        Some(config) => config,
+        None => toml::from_str(text).map_err(|error| invalid(vec![toml_problem(text, &error)]))?,
+    };
     let problems = Validator::run(&config);
     if !problems.is_empty() {
         return Err(invalid(problems));
@@ -1474,13 +1480,36 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// A million routes take one hashed look-up each for their gateway, `via` and
+    /// duplicate check; a section name is only written for a route with a problem.
     fn static_routes(&mut self) {
         let config = self.config;
-        let mut seen: HashMap<(&str, IpNet), usize> = HashMap::new();
+        let gateways: FastSet<&str> = config
+            .border_gateways
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect();
+        // What `Config::via` answers, by name: a VIF first, then an attachment.
+        let mut vias: FastMap<&str, Via<'_>> = FastMap::default();
+        for a in config.vpc_attachments.iter().rev() {
+            vias.insert(&a.name, Via::Attachment(a));
+        }
+        for v in config.vifs.iter().rev() {
+            vias.insert(&v.name, Via::Vif(v));
+        }
+        let mut seen: FastMap<(&str, IpNet), usize> =
+            FastMap::with_capacity_and_hasher(config.static_routes.len(), Default::default());
         for (index, route) in config.static_routes.iter().enumerate() {
-            let section = format!("static_route #{}", index + 1);
+            let section = || format!("static_route #{}", index + 1);
             let gateway = route.border_gateway.as_str();
-            let gateway_exists = self.border_gateway_exists(&section, gateway);
+            let gateway_exists = gateways.contains(gateway);
+            if !gateway_exists {
+                self.problem(
+                    &section(),
+                    "border_gateway",
+                    format!("{gateway:?} is not a configured border_gateway"),
+                );
+            }
             let prefix = route.prefix;
 
             if prefix != prefix.trunc() {
@@ -1488,20 +1517,20 @@ impl<'a> Validator<'a> {
                     "{prefix} has host bits set (the network is {})",
                     prefix.trunc()
                 );
-                self.problem(&section, "prefix", detail);
+                self.problem(&section(), "prefix", detail);
             } else if let Some(&earlier) = seen.get(&(gateway, prefix)) {
                 let detail = format!(
                     "{prefix} already has a static route in border_gateway {gateway:?} (static_route #{})",
                     earlier + 1
                 );
-                self.problem(&section, "prefix", detail);
+                self.problem(&section(), "prefix", detail);
             } else {
                 seen.insert((gateway, prefix), index);
             }
 
-            let Some(via) = config.via(&route.via) else {
+            let Some(&via) = vias.get(route.via.as_str()) else {
                 let detail = format!("{:?} is neither a vif nor a vpc_attachment", route.via);
-                self.problem(&section, "via", detail);
+                self.problem(&section(), "via", detail);
                 continue;
             };
             if via.border_gateway() != gateway {
@@ -1513,7 +1542,7 @@ impl<'a> Validator<'a> {
                         via.kind(),
                         via.border_gateway()
                     );
-                    self.problem(&section, "via", detail);
+                    self.problem(&section(), "via", detail);
                 }
                 continue;
             }
@@ -1521,7 +1550,7 @@ impl<'a> Validator<'a> {
                 && !vif.peers.is_empty()
                 && let Some(detail) = family_mismatch(prefix, vif)
             {
-                self.problem(&section, "prefix", detail);
+                self.problem(&section(), "prefix", detail);
             }
             if let Via::Vif(_) = via
                 && let Some((attachment, cidr)) = config.overlapping_propagated(gateway, prefix)
@@ -1531,7 +1560,7 @@ impl<'a> Validator<'a> {
                      customer segments must not overlap VPC segments",
                     route.via, attachment.name
                 );
-                self.problem(&section, "prefix", detail);
+                self.problem(&section(), "prefix", detail);
             }
         }
     }

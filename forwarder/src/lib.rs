@@ -28,3 +28,10 @@ pub mod state;
 pub mod timer;
 pub mod underlay;
 pub mod vifcp;
+
+/// A hash map for the tables that grow with the routes (a million entries): foldhash instead
+/// of SipHash, seeded per process. Keys are the agent's own (prefixes, ids), never a peer's
+/// choice of hash input in bulk beyond what `max_prefixes` bounds.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The set of [`FastMap`].
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;

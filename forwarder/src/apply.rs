@@ -15,7 +15,8 @@ use forwarder_common::{
 use ipnet::IpNet;
 
 use crate::{
-    dataplane::{self, AttachmentSpec, Dataplane, NextHopSpec, PortRole, VifSpec},
+    FastMap,
+    dataplane::{self, AttachmentSpec, Dataplane, NextHopSpec, PortRole, ROUTE_BATCH, VifSpec},
     ids::{GatewayId, NextHopKey, Pool},
     plan::{Changes, Desired, NextHop},
     rib::{Candidate, Source},
@@ -137,7 +138,7 @@ impl<K: Copy + Eq + std::hash::Hash> Keys<K> {
 
 #[derive(Debug, Default)]
 struct Programmed {
-    routes: HashMap<(GatewayId, IpNet), (u32, Source)>,
+    routes: FastMap<(GatewayId, IpNet), (u32, Source)>,
     /// Of `routes`, the IPv6 ones (their own map).
     routes6: usize,
     per_gateway: HashMap<GatewayId, usize>,
@@ -688,7 +689,6 @@ impl Apply {
         }
     }
 
-    /// Gives up one installed BGP route (made pending) to make room; false if there is none.
     /// Gives up an installed BGP route of the family of `room_for` (each family has its own
     /// map); false if there is none.
     fn evict_bgp(&mut self, room_for: IpNet) -> Result<bool, Error> {
@@ -721,56 +721,131 @@ impl Apply {
         pool: &Pool<NextHopKey>,
         report: &mut Report,
     ) -> Result<(), Error> {
-        for s in [Source::Propagated, Source::Static, Source::Bgp] {
-            self.pending.remove(&(s, gateway, prefix));
+        if let Some(nh) = self.stage(gateway, prefix, candidate, next_hop, pool) {
+            self.write_route(gateway, prefix, nh, candidate.source, report)?;
         }
-        let pending_key = (candidate.source, gateway, prefix);
+        Ok(())
+    }
+
+    /// What a route's write needs: its next-hop slot, or None when there is nothing to
+    /// write (the map already has it, or its next hop has no slot: then it is pending).
+    fn stage(
+        &mut self,
+        gateway: GatewayId,
+        prefix: IpNet,
+        candidate: Candidate,
+        next_hop: Option<NextHopKey>,
+        pool: &Pool<NextHopKey>,
+    ) -> Option<u32> {
+        if !self.pending.is_empty() {
+            for s in [Source::Propagated, Source::Static, Source::Bgp] {
+                self.pending.remove(&(s, gateway, prefix));
+            }
+        }
         let Some(nh) = next_hop
             .and_then(|key| pool.get(&key))
             .filter(|id| self.programmed.next_hops.contains_key(id))
         else {
             self.pending.insert(
-                pending_key,
+                (candidate.source, gateway, prefix),
                 Pending::Failed("its next hop could not be written".into()),
             );
-            return Ok(());
+            return None;
         };
-        let old = self.programmed.routes.get(&(gateway, prefix)).copied();
-        if old.map(|(id, _)| id) == Some(nh) {
-            self.note_source(gateway, prefix, nh, candidate.source);
-            return Ok(());
+        match self.programmed.routes.get(&(gateway, prefix)) {
+            Some(&(id, _)) if id == nh => {
+                self.note_source(gateway, prefix, nh, candidate.source);
+                None
+            }
+            _ => Some(nh),
         }
+    }
+
+    /// Writes a staged route with a system call of its own.
+    fn write_route(
+        &mut self,
+        gateway: GatewayId,
+        prefix: IpNet,
+        nh: u32,
+        source: Source,
+        report: &mut Report,
+    ) -> Result<(), Error> {
         tracing::trace!(gateway = %gateway, prefix = %prefix, nh, "route written");
         let mut result = self.dp.upsert_route(gateway.0, prefix, nh);
         if matches!(result, Err(Error::RouteMapFull))
-            && candidate.source != Source::Bgp
+            && source != Source::Bgp
             && self.evict_bgp(prefix)?
         {
             result = self.dp.upsert_route(gateway.0, prefix, nh);
         }
-        match result {
-            Ok(()) => {
-                if let Some((old_nh, _)) = old {
-                    self.forget_route(gateway, prefix, old_nh);
-                }
-                let p = &mut self.programmed;
-                p.routes.insert((gateway, prefix), (nh, candidate.source));
-                *p.per_gateway.entry(gateway).or_default() += 1;
-                p.routes6 += usize::from(prefix.addr().is_ipv6());
-                bump(&mut p.route_refs, nh, true);
-                self.note_source(gateway, prefix, nh, candidate.source);
-                report.written += 1;
-            }
-            Err(Error::RouteMapFull) => {
-                self.pending.insert(pending_key, Pending::Full);
-            }
-            Err(e) => {
-                report.error(format!("route {prefix} of gateway {gateway}: {e}"));
-                self.pending
-                    .insert(pending_key, Pending::Failed(crate::agent::error_chain(&e)));
+        self.written(gateway, prefix, nh, source, result, report);
+        Ok(())
+    }
+
+    /// Writes staged routes, [`ROUTE_BATCH`] to a system call, in order. After a write that
+    /// failed (a full map, most likely) the rest go one at a time, where a full map makes a
+    /// propagated or static route take a BGP route's place.
+    fn write_staged(
+        &mut self,
+        staged: &mut Vec<(GatewayId, IpNet, u32, Source)>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let routes: Vec<(u32, IpNet, u32)> =
+            staged.iter().map(|(g, p, nh, _)| (g.0, *p, *nh)).collect();
+        let (done, result) = self.dp.upsert_route_batch(&routes);
+        let mut rest = staged.drain(..);
+        for (gateway, prefix, nh, source) in rest.by_ref().take(done) {
+            tracing::trace!(gateway = %gateway, prefix = %prefix, nh, "route written");
+            self.written(gateway, prefix, nh, source, Ok(()), report);
+        }
+        if result.is_err() {
+            for (gateway, prefix, nh, source) in rest.collect::<Vec<_>>() {
+                self.write_route(gateway, prefix, nh, source, report)?;
             }
         }
         Ok(())
+    }
+
+    /// Notes what a route's write did.
+    fn written(
+        &mut self,
+        gateway: GatewayId,
+        prefix: IpNet,
+        nh: u32,
+        source: Source,
+        result: Result<(), Error>,
+        report: &mut Report,
+    ) {
+        match result {
+            Ok(()) => {
+                let p = &mut self.programmed;
+                match p.routes.insert((gateway, prefix), (nh, source)) {
+                    Some((old_nh, _)) => bump(&mut p.route_refs, old_nh, false),
+                    None => {
+                        *p.per_gateway.entry(gateway).or_default() += 1;
+                        p.routes6 += usize::from(prefix.addr().is_ipv6());
+                    }
+                }
+                bump(&mut p.route_refs, nh, true);
+                if source == Source::Bgp {
+                    p.bgp.insert((gateway, prefix));
+                } else if !p.bgp.is_empty() {
+                    p.bgp.remove(&(gateway, prefix));
+                }
+                report.written += 1;
+            }
+            Err(Error::RouteMapFull) => {
+                self.pending
+                    .insert((source, gateway, prefix), Pending::Full);
+            }
+            Err(e) => {
+                report.error(format!("route {prefix} of gateway {gateway}: {e}"));
+                self.pending.insert(
+                    (source, gateway, prefix),
+                    Pending::Failed(crate::agent::error_chain(&e)),
+                );
+            }
+        }
     }
 
     fn note_source(&mut self, gateway: GatewayId, prefix: IpNet, nh: u32, source: Source) {
@@ -935,12 +1010,20 @@ impl Apply {
             }
         }
         writes.sort_unstable_by_key(|(s, g, p, _)| (*s, *g, *p));
+        let mut staged = Vec::with_capacity(writes.len().min(ROUTE_BATCH));
         for (_, gateway, prefix, candidate) in writes {
-            self.failed_routes.remove(&(gateway, prefix));
+            if !self.failed_routes.is_empty() {
+                self.failed_routes.remove(&(gateway, prefix));
+            }
             let key = desired.next_hop_key(candidate.target);
-            self.install(gateway, prefix, candidate, key, pool, report)?;
+            if let Some(nh) = self.stage(gateway, prefix, candidate, key, pool) {
+                staged.push((gateway, prefix, nh, candidate.source));
+                if staged.len() == ROUTE_BATCH {
+                    self.write_staged(&mut staged, report)?;
+                }
+            }
         }
-        Ok(())
+        self.write_staged(&mut staged, report)
     }
 
     /// Clears next hops nothing wants (groups first: they free their members); those still

@@ -682,6 +682,70 @@ fn longest_prefix_wins_among_overlapping_routes() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Routes go into the maps in batches (`BPF_MAP_UPDATE_BATCH`, both families in one call);
+/// a batch that meets a full map writes what fits, in order, and says so.
+#[test]
+fn route_batches_write_in_order_and_stop_at_a_full_map() -> anyhow::Result<()> {
+    use forwarder::dataplane::{Error, ROUTE_BATCH};
+    use ipnet::IpNet;
+    let mut dp = Dataplane::load(&LoadOptions {
+        pin_dir: None,
+        max_routes: Some(3000),
+    })?;
+    // More than one batch of IPv4 /32s, IPv6 /64s between them, and a prefix written twice
+    // (the later next hop stays).
+    let v4 = |i: u32| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(0x0b00_0000 + i), 32).expect("v4"));
+    let v6 = |i: u16| {
+        IpNet::V6(Ipv6Net::new(Ipv6Addr::new(0x2001, 0xdb8, i, 0, 0, 0, 0, 0), 64).expect("v6"))
+    };
+    let mut routes: Vec<(u32, IpNet, u32)> = (0..ROUTE_BATCH as u32 + 100)
+        .map(|i| (1, v4(i), 1 + i % 7))
+        .collect();
+    routes.extend((0..10).map(|i| (1, v6(i), 3)));
+    routes.extend((0..10).map(|i| (2, v4(i), 4)));
+    routes.push((1, v4(5), 9));
+    let (written, result) = dp.upsert_route_batch(&routes);
+    result?;
+    assert_eq!(written, routes.len());
+    assert_eq!(
+        dp.lookup(1, Ipv4Addr::from(0x0b00_0000 + ROUTE_BATCH as u32 + 50))?,
+        Some(1 + (ROUTE_BATCH as u32 + 50) % 7)
+    );
+    assert_eq!(
+        dp.lookup(1, Ipv4Addr::from(0x0b00_0005))?,
+        Some(9),
+        "the later write of a prefix stays"
+    );
+    assert_eq!(
+        dp.lookup(2, Ipv4Addr::from(0x0b00_0003))?,
+        Some(4),
+        "gateways apart"
+    );
+    assert_eq!(
+        dp.lookup(1, Ipv6Addr::new(0x2001, 0xdb8, 7, 0, 0, 0, 0, 1))?,
+        Some(3)
+    );
+    assert_eq!(dp.lookup(1, Ipv4Addr::from(0x0b00_0000 + 5000))?, None);
+
+    // The IPv4 map holds 3000: 1134 routes are in (1124 of gateway 1, 10 of gateway 2); of
+    // 2000 more, 1866 fit.
+    let more: Vec<(u32, IpNet, u32)> = (0..2000).map(|i| (3, v4(i), 2)).collect();
+    let (written, result) = dp.upsert_route_batch(&more);
+    let room = 3000 - (ROUTE_BATCH + 100) - 10;
+    assert_eq!(written, room, "what fits is written");
+    assert!(matches!(result, Err(Error::RouteMapFull)), "{result:?}");
+    assert_eq!(
+        dp.lookup(3, Ipv4Addr::from(0x0b00_0000 + room as u32 - 1))?,
+        Some(2)
+    );
+    assert_eq!(
+        dp.lookup(3, Ipv4Addr::from(0x0b00_0000 + room as u32))?,
+        None,
+        "nothing after the first failure"
+    );
+    Ok(())
+}
+
 #[test]
 fn the_same_prefix_in_two_gateways_stays_apart() -> anyhow::Result<()> {
     let mut f = Fixture::new()?;

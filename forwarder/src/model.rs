@@ -236,18 +236,21 @@ impl Model {
             .iter()
             .map(|r| (&r.border_gateway, r.prefix, &r.via, false))
             .chain(cli.iter().map(|r| (&r.gateway, r.prefix, &r.via, true)));
-        for (gateway, prefix, via, cli) in routes {
-            let (Some(gateway), Some(target)) = (m.gateway_id(gateway), m.target(via)) else {
-                continue;
-            };
-            m.statics.insert(
-                (gateway, prefix),
-                Static {
-                    target: target.for_prefix(prefix),
-                    cli,
-                },
-            );
-        }
+        // Built in bulk (full B-tree nodes); a CLI route replaces a config route of its
+        // prefix, as inserting them in this order would.
+        let statics: Vec<((GatewayId, IpNet), Static)> = routes
+            .filter_map(|(gateway, prefix, via, cli)| {
+                let (gateway, target) = (m.gateway_id(gateway)?, m.target(via)?);
+                Some((
+                    (gateway, prefix),
+                    Static {
+                        target: target.for_prefix(prefix),
+                        cli,
+                    },
+                ))
+            })
+            .collect();
+        m.statics = statics.into_iter().collect();
         Ok(m)
     }
 

@@ -12,6 +12,7 @@ use forwarder_common::vif_state;
 use ipnet::IpNet;
 
 use crate::{
+    FastMap, FastSet,
     config::Routing,
     ids::{AttachmentId, GatewayId, NextHopKey, PathSet, VifId},
     model::Model,
@@ -25,7 +26,7 @@ pub use multipath::Multipaths;
 pub type SessionKey = (VifId, u8);
 
 /// BGP routes held: per (VIF, prefix), the mask of the VIF's sessions that announced it.
-pub type BgpMasks = HashMap<(VifId, IpNet), VifPaths>;
+pub type BgpMasks = FastMap<(VifId, IpNet), VifPaths>;
 
 /// A VIF's BGP paths to one prefix: the sessions (bit i = peer i) whose path ranks best
 /// within the VIF, and that path.
@@ -126,7 +127,7 @@ pub struct Desired {
     pub vifs: BTreeMap<VifId, VifState>,
     pub next_hops: BTreeMap<NextHopKey, NextHop>,
     /// The selected route of every prefix, per gateway.
-    pub routes: BTreeMap<GatewayId, HashMap<IpNet, Candidate>>,
+    pub routes: BTreeMap<GatewayId, FastMap<IpNet, Candidate>>,
     /// The multipath sets selected routes use.
     pub multipath: Multipaths,
 }
@@ -150,7 +151,9 @@ pub struct Dirty {
     /// Everything (start, reload).
     pub all: bool,
     pub vifs: BTreeSet<VifId>,
-    pub prefixes: BTreeSet<(GatewayId, IpNet)>,
+    /// Hashed, not ordered: a BGP table's worth arrives one prefix at a time, and the plan
+    /// sorts them once.
+    pub prefixes: FastSet<(GatewayId, IpNet)>,
 }
 
 impl Dirty {
@@ -281,29 +284,27 @@ pub fn vif_next_hops(
 
 /// Every candidate route the model and the BGP routes make.
 pub fn build_rib(model: &Model, bgp: &BgpMasks) -> Rib {
-    let mut rib = Rib::default();
-    for (id, att) in &model.attachments {
-        for prefix in &att.propagate {
-            rib.insert(
+    let propagated = model.attachments.iter().flat_map(|(id, att)| {
+        att.propagate.iter().map(move |prefix| {
+            (
                 att.gateway,
                 *prefix,
                 Candidate::new(Source::Propagated, Target::Attachment(*id)),
-            );
-        }
-    }
-    for ((gateway, prefix), s) in &model.statics {
-        rib.insert(*gateway, *prefix, Candidate::new(Source::Static, s.target));
-    }
-    for ((vif, prefix), paths) in bgp {
-        if let Some(v) = model.vifs.get(vif) {
-            rib.insert(
-                v.gateway,
-                *prefix,
-                Candidate::bgp(Target::VifPeers(*vif, paths.mask), paths.path),
-            );
-        }
-    }
-    rib
+            )
+        })
+    });
+    let statics = model.statics.iter().map(|((gateway, prefix), s)| {
+        (*gateway, *prefix, Candidate::new(Source::Static, s.target))
+    });
+    let learned = bgp.iter().filter_map(|((vif, prefix), paths)| {
+        let v = model.vifs.get(vif)?;
+        Some((
+            v.gateway,
+            *prefix,
+            Candidate::bgp(Target::VifPeers(*vif, paths.mask), paths.path),
+        ))
+    });
+    Rib::from_candidates(propagated.chain(statics).chain(learned))
 }
 
 fn vif_keys(next_hops: &BTreeMap<NextHopKey, NextHop>, vif: VifId) -> Vec<NextHopKey> {
@@ -453,7 +454,9 @@ impl Desired {
         };
         self.multipath.sweep();
         let model = inputs.model;
-        let mut prefixes: BTreeSet<(GatewayId, IpNet)> = dirty.prefixes.clone();
+        // Sorted and deduplicated once, before selection: at a million prefixes a vector
+        // costs a fraction of a B-tree set's inserts.
+        let mut prefixes: Vec<(GatewayId, IpNet)> = dirty.prefixes.iter().copied().collect();
 
         // Attachments: one next hop each, whatever happens.
         if dirty.all {
@@ -572,6 +575,8 @@ impl Desired {
                     .flat_map(|(g, t)| t.keys().map(move |p| (*g, *p))),
             );
         }
+        prefixes.sort_unstable();
+        prefixes.dedup();
         for (gateway, prefix) in prefixes {
             let new = match model.gateways.get(&gateway) {
                 Some(g) => self

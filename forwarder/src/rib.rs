@@ -4,12 +4,15 @@
 //! going down re-selects only its own prefixes). Selection is in `plan`. Pure data: no maps,
 //! no I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
-use crate::ids::{AttachmentId, GatewayId, NextHopKey, VifId};
+use crate::{
+    FastSet,
+    ids::{AttachmentId, GatewayId, NextHopKey, VifId},
+};
 
 /// Where a route came from. The order is the preference when one prefix has several: a VPC
 /// attachment's own CIDR beats a static route, which beats BGP (administrative distance).
@@ -182,11 +185,39 @@ type Candidates = SmallVec<[Candidate; 1]>;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rib {
     tables: BTreeMap<GatewayId, BTreeMap<IpNet, Candidates>>,
-    toward: HashMap<VifId, HashSet<IpNet>>,
+    toward: HashMap<VifId, FastSet<IpNet>>,
     len: usize,
 }
 
 impl Rib {
+    /// A rib of `candidates` (duplicates count once), the way `insert` one by one would
+    /// make it. Its tables are built in bulk: B-tree nodes full, where inserts in prefix
+    /// order leave each about half full (1M static routes: some 50 MB less).
+    pub fn from_candidates(
+        candidates: impl IntoIterator<Item = (GatewayId, IpNet, Candidate)>,
+    ) -> Self {
+        let mut all: Vec<(GatewayId, IpNet, Candidate)> = candidates.into_iter().collect();
+        all.sort_unstable();
+        all.dedup();
+        let mut rib = Self {
+            len: all.len(),
+            ..Self::default()
+        };
+        for (_, prefix, candidate) in &all {
+            if let Some(vif) = candidate.target.vif() {
+                rib.toward.entry(vif).or_default().insert(*prefix);
+            }
+        }
+        for by_gateway in all.chunk_by(|a, b| a.0 == b.0) {
+            let table: BTreeMap<IpNet, Candidates> = by_gateway
+                .chunk_by(|a, b| a.1 == b.1)
+                .map(|by_prefix| (by_prefix[0].1, by_prefix.iter().map(|c| c.2).collect()))
+                .collect();
+            rib.tables.insert(by_gateway[0].0, table);
+        }
+        rib
+    }
+
     /// Adds a candidate; false if it was there.
     pub fn insert(&mut self, gateway: GatewayId, prefix: IpNet, candidate: Candidate) -> bool {
         let list = self

@@ -11,7 +11,7 @@
 //! then is swept.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::PathBuf,
     time::Duration,
@@ -39,7 +39,7 @@ pub struct BgpState {
     pub bfd_handed: BTreeMap<SessionKey, forwarder_common::BfdKey>,
     /// The attributes of each session's path to each prefix it announced (absent: a route
     /// kept from before a restart, ranked as a path without attributes).
-    pub paths: HashMap<(SessionKey, IpNet), crate::rib::PathInfo>,
+    pub paths: crate::FastMap<(SessionKey, IpNet), crate::rib::PathInfo>,
     /// The VPC CIDRs each session's import filter was last given.
     pub cidrs: BTreeMap<SessionKey, Vec<IpNet>>,
     /// Sessions in Established.

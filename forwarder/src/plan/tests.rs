@@ -40,7 +40,7 @@ impl World {
         let config = config::parse(toml, "test.toml").expect("valid fixture");
         let mut ids = Ids::default();
         let model = Model::build(&config, &[], &mut ids).expect("ids");
-        let masks = BgpMasks::new();
+        let masks = BgpMasks::default();
         let rib = build_rib(&model, &masks);
         Self {
             model,
@@ -191,7 +191,7 @@ impl World {
             self.masks.remove(&(vif, prefix));
         }
         Dirty {
-            prefixes: [(gateway, prefix)].into(),
+            prefixes: [(gateway, prefix)].into_iter().collect(),
             ..Dirty::default()
         }
     }
@@ -564,7 +564,7 @@ fn every_vif_the_maps_hold_gets_its_next_hop_ids() {
             up.insert((*vif, peer));
         }
     }
-    let rib = build_rib(&model, &BgpMasks::new());
+    let rib = build_rib(&model, &BgpMasks::default());
     let inputs = Inputs {
         model: &model,
         observed: &observed,

@@ -358,7 +358,9 @@ impl Apply {
         Ok(())
     }
 
-    pub fn take_capture_ring(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
+    pub fn take_capture_ring(
+        &mut self,
+    ) -> Result<Option<aya::maps::RingBuf<aya::maps::MapData>>, Error> {
         self.dp.take_capture_ring()
     }
 

@@ -354,7 +354,9 @@ pub struct Dataplane {
     /// link that lives only in its pin is not held here).
     attached: std::collections::HashMap<String, (PortRole, Option<XdpLinkId>)>,
     /// The capture ring buffer, lent to a capture while one runs.
-    capture_ring: Option<RingBuf<MapData>>,
+    capture_ring: std::os::fd::OwnedFd,
+    /// A capture has the ring buffer.
+    capture_lent: bool,
 }
 
 impl Dataplane {
@@ -417,15 +419,23 @@ impl Dataplane {
                 source: Box::new(source),
             })?;
         }
+        // Kept as a descriptor: a ring buffer is mapped (and counts in RSS, 8 MiB) only
+        // while a capture reads it.
         let capture_ring = match ebpf.take_map(MAP_CAPTURE_RING) {
-            Some(map) => Some(RingBuf::try_from(map).map_err(map_err(MAP_CAPTURE_RING))?),
-            None => return Err(Error::MissingMap(MAP_CAPTURE_RING)),
+            Some(Map::RingBuf(data)) => std::os::fd::AsFd::as_fd(data.fd())
+                .try_clone_to_owned()
+                .map_err(|source| Error::Io {
+                    path: MAP_CAPTURE_RING.into(),
+                    source,
+                })?,
+            _ => return Err(Error::MissingMap(MAP_CAPTURE_RING)),
         };
         Ok(Self {
             ebpf,
             pin_dir: options.pin_dir.clone(),
             attached: std::collections::HashMap::new(),
             capture_ring,
+            capture_lent: false,
         })
     }
 
@@ -868,14 +878,25 @@ impl Dataplane {
         map.get(&0, 0).map_err(map_err(MAP_CAPTURE))
     }
 
-    /// Lends the capture ring buffer (None while a capture has it).
-    pub fn take_capture_ring(&mut self) -> Option<RingBuf<MapData>> {
-        self.capture_ring.take()
+    /// Lends the capture ring buffer, mapped (None while a capture has it).
+    pub fn take_capture_ring(&mut self) -> Result<Option<RingBuf<MapData>>, Error> {
+        if self.capture_lent {
+            return Ok(None);
+        }
+        let copy = self.capture_ring.try_clone().map_err(|source| Error::Io {
+            path: MAP_CAPTURE_RING.into(),
+            source,
+        })?;
+        let data = MapData::from_fd(copy).map_err(map_err(MAP_CAPTURE_RING))?;
+        let ring = RingBuf::try_from(Map::RingBuf(data)).map_err(map_err(MAP_CAPTURE_RING))?;
+        self.capture_lent = true;
+        Ok(Some(ring))
     }
 
-    /// Takes the capture ring buffer back.
+    /// Takes the capture ring buffer back (unmapped).
     pub fn return_capture_ring(&mut self, ring: RingBuf<MapData>) {
-        self.capture_ring = Some(ring);
+        drop(ring);
+        self.capture_lent = false;
     }
 
     /// Every VIF table slot in use: (id, entry).

@@ -431,7 +431,7 @@ fn main() -> anyhow::Result<()> {
     // (the frame is copied into the ring buffer, drained between rounds, outside the timing).
     let (mut encap_other, mut decap_other, mut encap_this, mut decap_this) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut ring = planes[0].0.take_capture_ring().expect("capture ring");
+    let mut ring = planes[0].0.take_capture_ring()?.expect("capture ring");
     for _ in 0..ROUNDS {
         {
             let (small, trunk, ul0, customer, vpc, _, _) = &mut planes[0];

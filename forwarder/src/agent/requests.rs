@@ -47,7 +47,7 @@ impl Agent {
             .ok_or_else(|| Error::Refused("captures are not available".into()))?;
         let ring = self
             .apply
-            .take_capture_ring()
+            .take_capture_ring()?
             .ok_or_else(|| Error::Refused("the capture buffer is busy".into()))?;
         if let Err(e) = self.apply.set_capture(id.0) {
             self.apply.return_capture_ring(ring);

@@ -18,8 +18,8 @@ use crate::{
     FastMap,
     dataplane::{self, AttachmentSpec, Dataplane, NextHopSpec, PortRole, ROUTE_BATCH, VifSpec},
     ids::{GatewayId, NextHopKey, Pool},
-    plan::{Changes, Desired, NextHop},
-    rib::{Candidate, Source},
+    plan::{Changes, Desired, NextHop, Selected},
+    rib::Source,
 };
 
 pub use dataplane::Error;
@@ -718,7 +718,7 @@ impl Apply {
         &mut self,
         gateway: GatewayId,
         prefix: IpNet,
-        candidate: Candidate,
+        candidate: Selected,
         next_hop: Option<NextHopKey>,
         pool: &Pool<NextHopKey>,
         report: &mut Report,
@@ -735,7 +735,7 @@ impl Apply {
         &mut self,
         gateway: GatewayId,
         prefix: IpNet,
-        candidate: Candidate,
+        candidate: Selected,
         next_hop: Option<NextHopKey>,
         pool: &Pool<NextHopKey>,
     ) -> Option<u32> {
@@ -987,7 +987,7 @@ impl Apply {
     ) -> Result<(), Error> {
         routes.sort_unstable();
         routes.dedup();
-        let mut writes: Vec<(Source, GatewayId, IpNet, Candidate)> = Vec::new();
+        let mut writes: Vec<(Source, GatewayId, IpNet, Selected)> = Vec::new();
         for (gateway, prefix) in routes {
             match desired.route(gateway, prefix) {
                 Some(c) => writes.push((c.source, gateway, prefix, c)),

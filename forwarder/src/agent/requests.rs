@@ -16,7 +16,7 @@ use crate::{
     ids::{GatewayId, VifId},
     model::{self, Static},
     netlink::format_mac,
-    plan::Dirty,
+    plan::{Dirty, Selected},
     rib::{Candidate, Source, Target},
     state::CliRoute,
 };
@@ -172,7 +172,7 @@ impl Agent {
         };
         let me = Candidate::bgp(Target::VifPeers(vif, mine.mask), mine.path);
         if let Some(set) = self.desired.paths_of(best)
-            && self.in_multipath(best, &me)
+            && self.in_multipath(gateway, prefix, best, &me)
         {
             return (
                 true,
@@ -215,15 +215,18 @@ impl Agent {
             .gateways
             .get(&gateway)
             .is_some_and(|g| g.multipath);
+        let best_rank = self
+            .selected_rank(gateway, prefix, best)
+            .unwrap_or_default();
         let why = if best.source != Source::Bgp {
             format!("{} route preferred to BGP", best.source.name())
-        } else if best.rank == mine.path.rank && multipath {
+        } else if best_rank == mine.path.rank && multipath {
             format!(
                 "an equal path, left out of the multipath group ({} client routers at most, in VIF id order)",
                 forwarder_common::MAX_GROUP_MEMBERS
             )
         } else {
-            best.rank.beats(mine.path.rank).to_owned()
+            best_rank.beats(mine.path.rank).to_owned()
         };
         (false, format!("{winner} wins: {why}"))
     }
@@ -402,13 +405,45 @@ impl Agent {
     }
 
     /// Whether `candidate` (a VIF's BGP path) is one of the selected route's multipath set.
-    fn in_multipath(&self, selected: &Candidate, candidate: &Candidate) -> bool {
+    fn in_multipath(
+        &self,
+        gateway: GatewayId,
+        prefix: IpNet,
+        selected: &Selected,
+        candidate: &Candidate,
+    ) -> bool {
         let (Some(set), Target::VifPeers(vif, mask)) =
             (self.desired.paths_of(selected), candidate.target)
         else {
             return false;
         };
-        selected.rank == candidate.rank && set.as_slice().contains(&(vif, mask))
+        self.selected_rank(gateway, prefix, selected) == Some(candidate.rank)
+            && set.as_slice().contains(&(vif, mask))
+    }
+
+    /// The rank of the rib candidate a selected route came from (for a multipath set: of
+    /// its paths, which rank equal).
+    fn selected_rank(
+        &self,
+        gateway: GatewayId,
+        prefix: IpNet,
+        selected: &Selected,
+    ) -> Option<crate::rib::Rank> {
+        let set = self.desired.paths_of(selected);
+        self.rib
+            .candidates(gateway, prefix)
+            .iter()
+            .find(|c| {
+                c.source == selected.source
+                    && match (&set, c.target) {
+                        (Some(set), Target::VifPeers(vif, mask)) => {
+                            set.as_slice().contains(&(vif, mask))
+                        }
+                        (Some(_), _) => false,
+                        (None, target) => target == selected.target,
+                    }
+            })
+            .map(|c| c.rank)
     }
 
     /// Why a candidate is not the installed route, if it is not.
@@ -420,7 +455,7 @@ impl Agent {
     ) -> Option<String> {
         let selected = self.desired.route(gateway, prefix);
         if let Some(s) = selected
-            && (s == candidate || self.in_multipath(&s, &candidate))
+            && (s == candidate.into() || self.in_multipath(gateway, prefix, &s, &candidate))
         {
             let nh = self
                 .desired
@@ -461,7 +496,7 @@ impl Agent {
                     let multipath = self
                         .desired
                         .route(*id, prefix)
-                        .filter(|s| reason.is_none() && self.in_multipath(s, c))
+                        .filter(|s| reason.is_none() && self.in_multipath(*id, prefix, s, c))
                         .and_then(|s| self.desired.paths_of(&s))
                         .map(|set| self.multipath_names(&set))
                         .unwrap_or_default();

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::Agent;
 use crate::{
+    FastMap, FastSet,
     bgp::{Event, Family, SessionConfig},
     config::Routing,
     ids::VifId,
@@ -39,13 +40,13 @@ pub struct BgpState {
     pub bfd_handed: BTreeMap<SessionKey, forwarder_common::BfdKey>,
     /// The attributes of each session's path to each prefix it announced (absent: a route
     /// kept from before a restart, ranked as a path without attributes).
-    pub paths: crate::FastMap<(SessionKey, IpNet), crate::rib::PathInfo>,
+    pub paths: FastMap<(SessionKey, IpNet), crate::rib::PathInfo>,
     /// The VPC CIDRs each session's import filter was last given.
     pub cidrs: BTreeMap<SessionKey, Vec<IpNet>>,
     /// Sessions in Established.
     pub up: BTreeSet<SessionKey>,
-    /// Accepted prefixes per session.
-    pub routes: BTreeMap<SessionKey, BTreeSet<IpNet>>,
+    /// Accepted prefixes per session (hashed: a full table arrives one prefix at a time).
+    pub routes: BTreeMap<SessionKey, FastSet<IpNet>>,
     /// Per (VIF, prefix): the sessions holding it.
     pub masks: BgpMasks,
     /// Sessions that came up and get their whole export after the next plan.
@@ -69,7 +70,7 @@ pub enum StaleCause {
 #[derive(Debug)]
 pub struct Stale {
     /// Routes not announced again since they went stale.
-    pub prefixes: BTreeSet<IpNet>,
+    pub prefixes: FastSet<IpNet>,
     /// When whatever is still stale is swept.
     pub until: Instant,
     pub cause: StaleCause,
@@ -283,7 +284,7 @@ impl Agent {
                 .stale
                 .entry(key)
                 .or_insert_with(|| Stale {
-                    prefixes: BTreeSet::new(),
+                    prefixes: FastSet::default(),
                     until,
                     cause: StaleCause::AgentRestart,
                 })

@@ -235,7 +235,7 @@ pub(super) struct Session {
     /// What the data plane answered for our BFD while the agent restarted.
     bfd_resume: Option<forwarder_common::BfdAnswer>,
     /// The attributes of every prefix the peer announced (the Adj-RIB-In's paths).
-    paths: std::collections::HashMap<IpNet, crate::rib::PathInfo>,
+    paths: crate::FastMap<IpNet, crate::rib::PathInfo>,
     /// Stopping because the agent restarts: BFD stops without AdminDown (the next agent's
     /// data plane answers for it).
     restarting: bool,
@@ -456,7 +456,7 @@ impl Session {
             bfd_up: false,
             bfd_task: None,
             bfd_resume: None,
-            paths: std::collections::HashMap::new(),
+            paths: crate::FastMap::default(),
             restarting: false,
         }
     }

@@ -146,9 +146,9 @@ struct Programmed {
     bgp: BTreeSet<(GatewayId, IpNet)>,
     next_hops: HashMap<u32, NextHopSpec>,
     /// Routes pointing to each next hop.
-    route_refs: HashMap<u32, u32>,
+    route_refs: FastMap<u32, u32>,
     /// Groups listing each next hop.
-    member_refs: HashMap<u32, u32>,
+    member_refs: FastMap<u32, u32>,
     vifs: BTreeMap<u32, Vif>,
     /// Non-default policy slots.
     policies: BTreeMap<u32, VifPolicy>,
@@ -162,7 +162,7 @@ struct Programmed {
     ports: BTreeMap<String, Port>,
 }
 
-fn bump(refs: &mut HashMap<u32, u32>, id: u32, up: bool) {
+fn bump(refs: &mut FastMap<u32, u32>, id: u32, up: bool) {
     if up {
         *refs.entry(id).or_default() += 1;
     } else if let Some(n) = refs.get_mut(&id) {
@@ -723,10 +723,18 @@ impl Apply {
         pool: &Pool<NextHopKey>,
         report: &mut Report,
     ) -> Result<(), Error> {
-        if let Some(nh) = self.stage(gateway, prefix, candidate, next_hop, pool) {
+        let slot = self.next_hop_slot(next_hop, pool);
+        if let Some(nh) = self.stage(gateway, prefix, candidate, slot) {
             self.write_route(gateway, prefix, nh, candidate.source, report)?;
         }
         Ok(())
+    }
+
+    /// The slot of a route's next hop, if it has one and it is written.
+    fn next_hop_slot(&self, next_hop: Option<NextHopKey>, pool: &Pool<NextHopKey>) -> Option<u32> {
+        next_hop
+            .and_then(|key| pool.get(&key))
+            .filter(|id| self.programmed.next_hops.contains_key(id))
     }
 
     /// What a route's write needs: its next-hop slot, or None when there is nothing to
@@ -736,18 +744,14 @@ impl Apply {
         gateway: GatewayId,
         prefix: IpNet,
         candidate: Selected,
-        next_hop: Option<NextHopKey>,
-        pool: &Pool<NextHopKey>,
+        next_hop: Option<u32>,
     ) -> Option<u32> {
         if !self.pending.is_empty() {
             for s in [Source::Propagated, Source::Static, Source::Bgp] {
                 self.pending.remove(&(s, gateway, prefix));
             }
         }
-        let Some(nh) = next_hop
-            .and_then(|key| pool.get(&key))
-            .filter(|id| self.programmed.next_hops.contains_key(id))
-        else {
+        let Some(nh) = next_hop else {
             self.pending.insert(
                 (candidate.source, gateway, prefix),
                 Pending::Failed("its next hop could not be written".into()),
@@ -906,11 +910,16 @@ impl Apply {
         let removals = self.write_next_hops(keys, desired, pool, &mut report);
 
         // Routes: removals first (they also make room), then writes by preference.
-        let mut routes: Vec<(GatewayId, IpNet)> = changes
-            .routes
-            .iter()
-            .map(|c| (c.gateway, c.prefix))
-            .collect();
+        // A full plan's changes are among what the maps and the plan hold: not listed twice.
+        let mut routes: Vec<(GatewayId, IpNet)> = if changes.full {
+            Vec::new()
+        } else {
+            changes
+                .routes
+                .iter()
+                .map(|c| (c.gateway, c.prefix))
+                .collect()
+        };
         if changes.full {
             routes.extend(self.programmed.routes.keys().copied());
             routes.extend(self.pending.keys().map(|(_, g, p)| (*g, *p)));
@@ -1013,12 +1022,22 @@ impl Apply {
         }
         writes.sort_unstable_by_key(|(s, g, p, _)| (*s, *g, *p));
         let mut staged = Vec::with_capacity(writes.len().min(ROUTE_BATCH));
+        // Routes in a row mostly share a target: its slot is looked up once for them.
+        let mut last: Option<(crate::rib::Target, Option<u32>)> = None;
         for (_, gateway, prefix, candidate) in writes {
             if !self.failed_routes.is_empty() {
                 self.failed_routes.remove(&(gateway, prefix));
             }
-            let key = desired.next_hop_key(candidate.target);
-            if let Some(nh) = self.stage(gateway, prefix, candidate, key, pool) {
+            let slot = match last {
+                Some((target, slot)) if target == candidate.target => slot,
+                _ => {
+                    let key = desired.next_hop_key(candidate.target);
+                    let slot = self.next_hop_slot(key, pool);
+                    last = Some((candidate.target, slot));
+                    slot
+                }
+            };
+            if let Some(nh) = self.stage(gateway, prefix, candidate, slot) {
                 staged.push((gateway, prefix, nh, candidate.source));
                 if staged.len() == ROUTE_BATCH {
                     self.write_staged(&mut staged, report)?;

@@ -157,6 +157,9 @@ impl Default for Model {
     }
 }
 
+/// The gateway and via names of the last static route resolved, and what they resolved to.
+type LastNames<'a> = (&'a str, &'a str, Option<(GatewayId, Target)>);
+
 impl Model {
     /// Resolves `config` and the CLI routes, giving ids to objects that have none yet. Ids
     /// are never released here: the agent releases those of removed objects once they are
@@ -238,9 +241,21 @@ impl Model {
             .chain(cli.iter().map(|r| (&r.gateway, r.prefix, &r.via, true)));
         // Built in bulk (full B-tree nodes); a CLI route replaces a config route of its
         // prefix, as inserting them in this order would.
+        // Routes in a row mostly name the same gateway and via: each is looked up once.
+        let mut names: Option<LastNames<'_>> = None;
         let statics: Vec<((GatewayId, IpNet), Static)> = routes
             .filter_map(|(gateway, prefix, via, cli)| {
-                let (gateway, target) = (m.gateway_id(gateway)?, m.target(via)?);
+                let resolved = match names {
+                    Some((g, v, resolved)) if g == gateway.as_str() && v == via.as_str() => {
+                        resolved
+                    }
+                    _ => {
+                        let resolved = m.gateway_id(gateway).zip(m.target(via));
+                        names = Some((gateway.as_str(), via.as_str(), resolved));
+                        resolved
+                    }
+                };
+                let (gateway, target) = resolved?;
                 Some((
                     (gateway, prefix),
                     Static {

@@ -23,30 +23,45 @@ use super::{Config, StaticRoute};
 pub(super) const PIECE: usize = 16_384;
 
 /// `text` parsed in pieces, or None when it has to be parsed in one go (see the module).
+/// Pieces are parsed on worker threads as the lexer finds them, while it goes on.
 pub(super) fn parse(text: &str, piece: usize) -> Option<Config> {
-    let cut = cut(text, piece)?;
+    // A quick count decides whether to start at all; the lexer has the last word.
+    if piece == 0 || text.matches("[[static_route]]").count() < 2 * piece {
+        return None;
+    }
     let workers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .clamp(1, 8);
-    let pieces = &cut.pieces;
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, &str)>();
+    let rx = std::sync::Mutex::new(rx);
     let (main, routes) = std::thread::scope(|scope| {
+        let rx = &rx;
         // A thread that cannot start leaves the file to be parsed in one go.
         let handles: Vec<_> = (0..workers)
-            .map(|w| {
+            .map(|_| {
                 std::thread::Builder::new()
                     .name("config".into())
                     .spawn_scoped(scope, move || {
-                        pieces
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| i % workers == w)
-                            .map(|(i, p)| Some((i, toml::from_str::<Routes>(p).ok()?.routes)))
-                            .collect::<Option<Vec<_>>>()
+                        let mut done: Vec<Numbered> = Vec::new();
+                        loop {
+                            let job = rx.lock().ok()?.recv();
+                            let Ok((i, p)) = job else {
+                                return Some(done);
+                            };
+                            done.push((i, toml::from_str::<Routes>(p).ok()?.routes));
+                        }
                     })
                     .ok()
             })
             .collect();
-        let main = toml::from_str::<Config>(&cut.main).ok();
+        let mut next = 0;
+        let main = cut(text, piece, |p| {
+            // Workers that gave up leave the rest unread; the result is None then anyway.
+            tx.send((next, p)).ok();
+            next += 1;
+        });
+        drop(tx);
+        let main = main.and_then(|m| toml::from_str::<Config>(&m).ok());
         let routes: Option<Vec<Vec<Numbered>>> = handles
             .into_iter()
             .map(|h| h?.join().ok().flatten())
@@ -57,7 +72,7 @@ pub(super) fn parse(text: &str, piece: usize) -> Option<Config> {
     if !config.static_routes.is_empty() {
         return None;
     }
-    let mut pieces: Vec<(usize, Vec<StaticRoute>)> = routes?.into_iter().flatten().collect();
+    let mut pieces: Vec<Numbered> = routes?.into_iter().flatten().collect();
     pieces.sort_unstable_by_key(|(i, _)| *i);
     config.static_routes = Vec::with_capacity(pieces.iter().map(|(_, r)| r.len()).sum());
     for (_, routes) in pieces {
@@ -77,56 +92,68 @@ struct Routes {
     routes: Vec<StaticRoute>,
 }
 
-/// A file cut at its table headers.
-#[derive(Debug, PartialEq, Eq)]
-struct Cut<'a> {
-    /// Everything but the route tables, in order.
+/// The segments of a file as its headers arrive: the top (before any header), then each
+/// header to the next. Route segments go out in pieces of `piece`, the others into `main`.
+struct Cutter<'a, F: FnMut(&'a str)> {
+    text: &'a str,
+    piece: usize,
     main: String,
-    /// The route tables, in order, `piece` to a slice.
-    pieces: Vec<&'a str>,
+    /// The segment being read: its start and whether it is a route table.
+    segment: (usize, bool),
+    /// The start of the piece being gathered, and its route tables so far.
+    piece_start: Option<usize>,
+    in_piece: usize,
+    emit: F,
 }
 
-/// A table header: where its line starts and whether it is exactly `[[static_route]]`.
-struct Header {
-    start: usize,
-    route: bool,
-}
-
-fn cut(text: &str, piece: usize) -> Option<Cut<'_>> {
-    let headers = headers(text)?;
-    let routes = headers.iter().filter(|h| h.route).count();
-    if piece == 0 || routes < 2 * piece {
-        return None;
+impl<'a, F: FnMut(&'a str)> Cutter<'a, F> {
+    /// A header at `start`: the segment before it ends there.
+    fn header(&mut self, start: usize, route: bool) -> Option<()> {
+        self.close(start, route)?;
+        self.segment = (start, route);
+        Some(())
     }
-    let mut main = String::new();
-    let mut pieces = Vec::new();
-    // Segments: the top (before any header), then each header to the next.
-    let mut bounds: Vec<(usize, bool)> = vec![(0, false)];
-    bounds.extend(headers.iter().map(|h| (h.start, h.route)));
-    let mut in_piece = 0;
-    let mut piece_start: Option<usize> = None;
-    for (i, &(start, route)) in bounds.iter().enumerate() {
-        let end = bounds.get(i + 1).map_or(text.len(), |b| b.0);
+
+    fn close(&mut self, end: usize, next_is_route: bool) -> Option<()> {
+        let (start, route) = self.segment;
         if route {
-            let from = *piece_start.get_or_insert(start);
-            in_piece += 1;
-            let next_is_route = bounds.get(i + 1).is_some_and(|b| b.1);
-            if in_piece == piece || !next_is_route {
-                pieces.push(text.get(from..end)?);
-                piece_start = None;
-                in_piece = 0;
+            let from = *self.piece_start.get_or_insert(start);
+            self.in_piece += 1;
+            if self.in_piece == self.piece || !next_is_route {
+                (self.emit)(self.text.get(from..end)?);
+                self.piece_start = None;
+                self.in_piece = 0;
             }
         } else {
-            main.push_str(text.get(start..end)?);
+            self.main.push_str(self.text.get(start..end)?);
         }
+        Some(())
     }
-    Some(Cut { main, pieces })
 }
 
-/// The table headers of `text`, or None when one of them, or a key before the first, names
-/// `static_route` other than as `[[static_route]]`.
-fn headers(text: &str) -> Option<Vec<Header>> {
-    let mut headers = Vec::new();
+/// Cuts `text` at its table headers: each piece of route tables goes to `emit` as soon as it
+/// is complete; the rest, in order, is returned. None: the file is not one to cut (see
+/// [`headers`]).
+fn cut<'a>(text: &'a str, piece: usize, emit: impl FnMut(&'a str)) -> Option<String> {
+    let mut cutter = Cutter {
+        text,
+        piece: piece.max(1),
+        main: String::new(),
+        segment: (0, false),
+        piece_start: None,
+        in_piece: 0,
+        emit,
+    };
+    headers(text, |start, route| cutter.header(start, route))?;
+    cutter.close(text.len(), false)?;
+    Some(cutter.main)
+}
+
+/// Finds the table headers of `text` in order and hands each to `found` (where its line
+/// starts, and whether it is exactly `[[static_route]]`); None when one of them, or a key
+/// before the first, names `static_route` in another way.
+fn headers(text: &str, mut found: impl FnMut(usize, bool) -> Option<()>) -> Option<()> {
+    let mut any = false;
     let mut tokens = Source::new(text).lex();
     // Open `[` and `{` of values: a line inside a value is never a header.
     let mut depth = 0usize;
@@ -166,13 +193,11 @@ fn headers(text: &str) -> Option<Vec<Header>> {
             if !route && parts.iter().any(|(k, raw)| names_routes(*k, raw)) {
                 return None;
             }
-            headers.push(Header {
-                start: token.span().start(),
-                route,
-            });
+            any = true;
+            found(token.span().start(), route)?;
             continue;
         }
-        if first && headers.is_empty() && names_routes(kind, raw) {
+        if first && !any && names_routes(kind, raw) {
             return None;
         }
         match kind {
@@ -183,7 +208,7 @@ fn headers(text: &str) -> Option<Vec<Header>> {
             _ => {}
         }
     }
-    Some(headers)
+    Some(())
 }
 
 /// A key part that may name the route tables: `static_route` itself, or any quoted key
@@ -225,6 +250,13 @@ name = "bgw-1"
         (from..from + n).map(route).collect()
     }
 
+    /// The cut of `text`: what is left, and the pieces.
+    fn cut_all(text: &str, piece: usize) -> Option<(String, Vec<&str>)> {
+        let mut pieces = Vec::new();
+        let main = cut(text, piece, |p| pieces.push(p))?;
+        Some((main, pieces))
+    }
+
     fn whole(text: &str) -> Config {
         toml::from_str(text).expect("the file parses in one go")
     }
@@ -237,9 +269,9 @@ name = "bgw-1"
             routes(0, 4),
             routes(4, 6)
         );
-        let cut = cut(&text, 3).expect("cut");
-        assert_eq!(cut.pieces.len(), 4, "4 routes: 3 + 1, then 6: 3 + 3");
-        assert!(!cut.main.contains("static_route"));
+        let (main, pieces) = cut_all(&text, 3).expect("cut");
+        assert_eq!(pieces.len(), 4, "4 routes: 3 + 1, then 6: 3 + 3");
+        assert!(!main.contains("static_route"));
         let config = parse(&text, 3).expect("parsed in pieces");
         assert_eq!(config.static_routes.len(), 10);
         assert_eq!(config, whole(&text));
@@ -259,9 +291,14 @@ name = "bgw-1"
             "{TOP}description = \"\"\"\n[[static_route]]\n\"\"\"\nmatrix = [\n[1, 2],\n]\n{}",
             routes(0, 4)
         );
-        let headers = headers(&text).expect("headers");
-        assert_eq!(headers.iter().filter(|h| h.route).count(), 4);
-        assert_eq!(headers.len(), 7);
+        let mut found = Vec::new();
+        headers(&text, |start, route| {
+            found.push((start, route));
+            Some(())
+        })
+        .expect("headers");
+        assert_eq!(found.iter().filter(|(_, route)| *route).count(), 4);
+        assert_eq!(found.len(), 7);
     }
 
     #[test]
@@ -273,12 +310,12 @@ name = "bgw-1"
             "[ [ 'static_route' ] ]\n",
         ] {
             let text = format!("{TOP}{}\n{odd}{}", routes(0, 4), routes(4, 4));
-            assert!(cut(&text, 2).is_none(), "{odd}");
+            assert!(cut_all(&text, 2).is_none(), "{odd}");
         }
         let top_level = format!("static_route = []\n{TOP}{}", routes(0, 8));
-        assert!(cut(&top_level, 2).is_none());
+        assert!(cut_all(&top_level, 2).is_none());
         let quoted = format!("\"static\\u005froute\" = []\n{TOP}{}", routes(0, 8));
-        assert!(cut(&quoted, 2).is_none());
+        assert!(cut_all(&quoted, 2).is_none());
     }
 
     #[test]
@@ -288,7 +325,7 @@ name = "bgw-1"
             routes(0, 4),
             routes(4, 4)
         );
-        assert!(cut(&text, 2).is_some());
+        assert!(cut_all(&text, 2).is_some());
         assert!(parse(&text, 2).is_none());
         let unknown = format!("{TOP}{}\n[[static_route]]\nnext_hop = 1\n", routes(0, 8));
         assert!(parse(&unknown, 2).is_none());

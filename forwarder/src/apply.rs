@@ -162,6 +162,18 @@ struct Programmed {
     ports: BTreeMap<String, Port>,
 }
 
+impl Programmed {
+    /// Keeps the set of installed BGP routes (those to give up for room) in step with a
+    /// route's source.
+    fn note_bgp(&mut self, gateway: GatewayId, prefix: IpNet, source: Source) {
+        if source == Source::Bgp {
+            self.bgp.insert((gateway, prefix));
+        } else if !self.bgp.is_empty() {
+            self.bgp.remove(&(gateway, prefix));
+        }
+    }
+}
+
 fn bump(refs: &mut FastMap<u32, u32>, id: u32, up: bool) {
     if up {
         *refs.entry(id).or_default() += 1;
@@ -833,11 +845,7 @@ impl Apply {
                     }
                 }
                 bump(&mut p.route_refs, nh, true);
-                if source == Source::Bgp {
-                    p.bgp.insert((gateway, prefix));
-                } else if !p.bgp.is_empty() {
-                    p.bgp.remove(&(gateway, prefix));
-                }
+                p.note_bgp(gateway, prefix, source);
                 report.written += 1;
             }
             Err(Error::RouteMapFull) => {
@@ -857,11 +865,7 @@ impl Apply {
     fn note_source(&mut self, gateway: GatewayId, prefix: IpNet, nh: u32, source: Source) {
         let p = &mut self.programmed;
         p.routes.insert((gateway, prefix), (nh, source));
-        if source == Source::Bgp {
-            p.bgp.insert((gateway, prefix));
-        } else {
-            p.bgp.remove(&(gateway, prefix));
-        }
+        p.note_bgp(gateway, prefix, source);
     }
 
     /// Writes what `changes` moved (everything, for a full plan) so that the maps hold

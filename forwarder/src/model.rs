@@ -240,8 +240,8 @@ impl Model {
             .map(|r| (&r.border_gateway, r.prefix, &r.via, false))
             .chain(cli.iter().map(|r| (&r.gateway, r.prefix, &r.via, true)));
         // Built in bulk (full B-tree nodes); a CLI route replaces a config route of its
-        // prefix, as inserting them in this order would.
-        // Routes in a row mostly name the same gateway and via: each is looked up once.
+        // prefix, as inserting them in this order would. Routes in a row mostly name the
+        // same gateway and via: those names are looked up once for the run.
         let mut names: Option<LastNames<'_>> = None;
         let statics: Vec<((GatewayId, IpNet), Static)> = routes
             .filter_map(|(gateway, prefix, via, cli)| {

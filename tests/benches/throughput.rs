@@ -15,7 +15,9 @@
 //! paces frame by frame (each run is a time slot; a frame whose time has come is written from
 //! a template and redirected out of `c0` or `v0`, the others are dropped), so the frames enter
 //! the gateway's port as a NIC's would, without a socket or an skb on the sending side. It
-//! runs on CPU 0 at SCHED_IDLE. Sink: an XDP program on `c0` and `v0` that counts and drops
+//! runs on CPU 0 at SCHED_IDLE. A kernel that refuses live frames gets an AF_XDP socket
+//! instead ([`GenKind::Xsk`]): it sends on a veth whose peer runs `xdp_paced_gen` unpaced, so
+//! the frames still reach the gateway as a redirect, counted by the same program. Sink: an XDP program on `c0` and `v0` that counts and drops
 //! the forwarded frames and answers (or passes) ARP. Every port's NAPI is threaded at
 //! SCHED_FIFO: the gateway's two ports on CPU 1, the sinks' on CPU 0; so everything the
 //! gateway does per packet (forwarder's XDP, or the kernel's receive, routing, TC and VXLAN)
@@ -58,6 +60,7 @@ use forwarder_tests::{
     median_min_max, per_cpu_sums, require_root,
     topology::{TempDir, cli_json, sh, wait_for},
     veth,
+    xsk::XskTx,
 };
 
 /// Loss allowed at the zero-loss rate (RFC 2544 asks for none; 0.1 % forgives a frame lost to
@@ -120,12 +123,15 @@ struct Knobs {
 const EXIT_UNSUPPORTED: u8 = 3;
 
 fn main() -> std::process::ExitCode {
-    if let Err(why) = live_frames_allowed() {
-        // The reason on stdout, where `cargo xtask bench` reads it.
-        println!("{why}");
-        return std::process::ExitCode::from(EXIT_UNSUPPORTED);
-    }
-    match bench() {
+    let kind = match generator_kind() {
+        Ok(kind) => kind,
+        Err(why) => {
+            // The reason on stdout, where `cargo xtask bench` reads it.
+            println!("{why}");
+            return std::process::ExitCode::from(EXIT_UNSUPPORTED);
+        }
+    };
+    match bench(kind) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("throughput bench: {e:#}");
@@ -134,8 +140,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// The generator is a BPF_PROG_TEST_RUN in live-frames mode: some kernels refuse it (EPERM,
-/// whatever the capabilities). One run of the sink program, which drops what it gets, says.
+/// Live frames where the kernel allows them, else AF_XDP; neither: why not.
+fn generator_kind() -> std::result::Result<GenKind, String> {
+    let Err(live) = live_frames_allowed() else {
+        return Ok(GenKind::LiveFrames);
+    };
+    // SAFETY: plain socket(2); the descriptor is closed at once.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "{live}, and it has no AF_XDP sockets ({}), the other one",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the descriptor just opened.
+    unsafe { libc::close(fd) };
+    eprintln!("throughput bench: {live}: generating with an AF_XDP socket instead");
+    Ok(GenKind::Xsk)
+}
+
+/// Some kernels refuse BPF_PROG_TEST_RUN in live-frames mode (EPERM, whatever the
+/// capabilities). One run of the sink program, which drops what it gets, says.
 fn live_frames_allowed() -> std::result::Result<(), String> {
     let mut ebpf = Ebpf::load(SHIM_OBJECT).map_err(|e| format!("loading the test object: {e}"))?;
     let prog: &mut Xdp = ebpf
@@ -295,25 +320,50 @@ impl Sink {
     }
 }
 
-/// The live-frames generator: the test object's `xdp_paced_gen`, sending out of one port of
-/// its namespace at the rate in its `GEN_PACE` map.
+/// How the generator puts frames on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GenKind {
+    /// BPF_PROG_TEST_RUN with live frames runs `xdp_paced_gen`, which paces in the kernel.
+    LiveFrames,
+    /// An AF_XDP socket sends on a veth `g0`; on its peer `g1`, `xdp_paced_gen` (without a
+    /// pace) counts each frame and redirects it out of the port toward the gateway.
+    Xsk,
+}
+
+/// The generator: the test object's `xdp_paced_gen` sending out of one port of its namespace,
+/// counting what it sends in `GEN_PACE[2]`; run by live-frames test runs, or attached to the
+/// far end of a veth that an AF_XDP socket feeds ([`GenKind`]). Either way the frames reach
+/// the gateway's port as an XDP redirect, as a NIC's frames do: as `xdp_frame`s, with no skb
+/// until the gateway's side builds one.
 struct Generator {
     ebpf: Ebpf,
     pace: RefCell<Array<MapData, u64>>,
     /// What the program writes into each frame it sends.
     frame: RefCell<Array<MapData, GenFrame>>,
-    /// Frames per test run, adjusted so that a run takes about [`RUN_TIME`].
+    /// Live frames: frames per test run, adjusted so that a run takes about [`RUN_TIME`].
     repeat: Cell<u32>,
+    /// AF_XDP: the socket, and the frame its UMEM holds.
+    xsk: Option<RefCell<(XskTx, Vec<u8>)>>,
 }
 
 /// How long one live-frames test run should last. Each run costs about 20 ms of setup and
 /// teardown in the kernel, during which nothing is sent; long runs keep that gap small.
 const RUN_TIME: Duration = Duration::from_millis(1000);
 
+/// AF_XDP descriptors queued per `sendto` at most (the kernel's own batch is 32): a paced
+/// stream comes in bursts of at most this many frames.
+const XSK_BATCH: u32 = 64;
+
 impl Generator {
-    fn new(ns: &NetNs, ifname: &str) -> Result<Self> {
+    fn new(kind: GenKind, ns: &NetNs, ifname: &str) -> Result<Self> {
+        if kind == GenKind::Xsk {
+            sh(
+                ns,
+                "ip link add g0 type veth peer name g1 && ip link set g0 up && ip link set g1 up",
+            )?;
+        }
         let name = ifname.to_owned();
-        let mut ebpf = ns.enter(move || {
+        let (mut ebpf, xsk) = ns.enter(move || {
             let ifindex = forwarder_tests::if_index(&name)?;
             let mut ebpf = Ebpf::load(SHIM_OBJECT).context("loading the test object")?;
             // Device map entries are looked up in the namespace of the writer: write here.
@@ -327,8 +377,20 @@ impl Generator {
                 .context("xdp_paced_gen")?
                 .try_into()?;
             prog.load()?;
-            Ok(ebpf)
+            let xsk = match kind {
+                GenKind::LiveFrames => None,
+                GenKind::Xsk => {
+                    prog.attach("g1", XdpMode::Driver)
+                        .context("attaching xdp_paced_gen to g1")?;
+                    Some(XskTx::bind(forwarder_tests::if_index("g0")?)?)
+                }
+            };
+            Ok((ebpf, xsk))
         })?;
+        if xsk.is_some() {
+            // g1's NAPI (the redirect toward the gateway) is the generator's: CPU 0.
+            threaded_napi(ns, "g1", 0)?;
+        }
         let pace = Array::try_from(ebpf.take_map("GEN_PACE").context("GEN_PACE")?)?;
         let frame = Array::try_from(ebpf.take_map("GEN_FRAME").context("GEN_FRAME")?)?;
         Ok(Self {
@@ -336,6 +398,7 @@ impl Generator {
             pace: RefCell::new(pace),
             frame: RefCell::new(frame),
             repeat: Cell::new(1 << 20),
+            xsk: xsk.map(|x| RefCell::new((x, Vec::new()))),
         })
     }
 
@@ -350,7 +413,6 @@ impl Generator {
     /// Sends `frame` at `rate` frames/s (`None`: as fast as it can) for about `duration`, from
     /// the calling thread; returns (frames sent, seconds taken).
     fn send(&self, frame: &[u8], rate: Option<f64>, duration: Duration) -> Result<(u64, f64)> {
-        let prog = self.program()?;
         ensure!(
             frame.len() <= GEN_FRAME_MAX,
             "a frame of {} bytes",
@@ -363,9 +425,33 @@ impl Generator {
         template.bytes[..frame.len()].copy_from_slice(frame);
         self.frame.borrow_mut().set(0, template, 0)?;
         let mut pace = self.pace.borrow_mut();
-        pace.set(0, rate.map_or(0, |r| (1e9 / r) as u64), 0)?;
+        // AF_XDP: the program sends every frame it gets; the socket's sender paces.
+        let interval = match (&self.xsk, rate) {
+            (None, Some(r)) => (1e9 / r) as u64,
+            _ => 0,
+        };
+        pace.set(0, interval, 0)?;
         pace.set(1, 0, 0)?;
         let sent_before = pace.get(&2, 0)?;
+        let started = Instant::now();
+        match &self.xsk {
+            None => self.live_frames(frame, duration)?,
+            Some(xsk) => {
+                let (xsk, packet) = &mut *xsk.borrow_mut();
+                if packet.as_slice() != frame {
+                    xsk.set_packet(frame)?;
+                    *packet = frame.to_vec();
+                }
+                xsk_stream(xsk, rate, duration)?;
+            }
+        }
+        let sent = pace.get(&2, 0)? - sent_before;
+        Ok((sent, started.elapsed().as_secs_f64()))
+    }
+
+    /// Live-frames test runs of `xdp_paced_gen` for `duration`.
+    fn live_frames(&self, frame: &[u8], duration: Duration) -> Result<()> {
+        let prog = self.program()?;
         let started = Instant::now();
         while started.elapsed() < duration {
             let left = duration.saturating_sub(started.elapsed());
@@ -384,9 +470,31 @@ impl Generator {
             let next = (f64::from(repeat) * target.max(0.05) / took).clamp(4096.0, 1e9);
             self.repeat.set(next as u32);
         }
-        let sent = pace.get(&2, 0)? - sent_before;
-        Ok((sent, started.elapsed().as_secs_f64()))
+        Ok(())
     }
+}
+
+/// Feeds the AF_XDP socket for `duration`: as fast as the kernel takes frames, or paced to
+/// `rate` (the frames due by now, at most [`XSK_BATCH`] at a time), then lets it drain.
+fn xsk_stream(xsk: &mut XskTx, rate: Option<f64>, duration: Duration) -> Result<()> {
+    let started = Instant::now();
+    let mut queued = 0u64;
+    loop {
+        let elapsed = started.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        let want = match rate {
+            None => XSK_BATCH,
+            Some(r) => {
+                let due = (r * elapsed.as_secs_f64()) as u64;
+                due.saturating_sub(queued).min(u64::from(XSK_BATCH)) as u32
+            }
+        };
+        // With nothing due this still hands the kernel what it left in the ring.
+        queued += u64::from(xsk.send(want));
+    }
+    xsk.drain(Duration::from_secs(1))
 }
 
 /// One gateway with its two neighbours, generators and sinks.
@@ -438,7 +546,7 @@ fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
-fn forwarder_side(bin: &Path) -> Result<Side> {
+fn forwarder_side(kind: GenKind, bin: &Path) -> Result<Side> {
     let (cust, gw, vpc) = namespaces("tpf", "hc1", "ul0")?;
     let v0_mac = interface_mac(&vpc, "v0")?;
     // The sink drops what the VTEP would answer ARP for only after the first frames: keep the
@@ -485,8 +593,8 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
     let port_mac =
         forwarder_tests::customer::parse_mac(vif["mac"].as_str().context("vif show: mac")?)?;
     let underlay_mac = interface_mac(&gw, "ul0")?;
-    let cust_gen = Generator::new(&cust, "c0")?;
-    let vpc_gen = Generator::new(&vpc, "v0")?;
+    let cust_gen = Generator::new(kind, &cust, "c0")?;
+    let vpc_gen = Generator::new(kind, &vpc, "v0")?;
     let side = Side {
         gateway: Gateway::Forwarder,
         ports: ["hc1", "ul0"],
@@ -507,7 +615,7 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
     Ok(side)
 }
 
-fn kernel_side() -> Result<Side> {
+fn kernel_side(kind: GenKind) -> Result<Side> {
     let (cust, gw, vpc) = namespaces("tpk", "khc1", "kul0")?;
     let v0_mac = interface_mac(&vpc, "v0")?;
     sh(
@@ -551,8 +659,8 @@ fn kernel_side() -> Result<Side> {
     let vpc_sink = Sink::attach(&vpc, "v0")?;
     let port_mac = interface_mac(&gw, "khc1")?;
     let underlay_mac = interface_mac(&gw, "kul0")?;
-    let cust_gen = Generator::new(&cust, "c0")?;
-    let vpc_gen = Generator::new(&vpc, "v0")?;
+    let cust_gen = Generator::new(kind, &cust, "c0")?;
+    let vpc_gen = Generator::new(kind, &vpc, "v0")?;
     let side = Side {
         gateway: Gateway::Kernel,
         ports: ["khc1", "kul0"],
@@ -792,7 +900,7 @@ struct Results {
     cpu_loss: Vec<f64>,
 }
 
-fn bench() -> Result<()> {
+fn bench(kind: GenKind) -> Result<()> {
     require_root()?;
     ensure!(
         std::thread::available_parallelism()?.get() >= 2,
@@ -824,7 +932,7 @@ fn bench() -> Result<()> {
         "sched_setscheduler(SCHED_IDLE): {}",
         std::io::Error::last_os_error()
     );
-    let sides = [forwarder_side(&bin)?, kernel_side()?];
+    let sides = [forwarder_side(kind, &bin)?, kernel_side(kind)?];
     // Both paths carry a first few frames end to end, or nothing below would mean anything.
     for side in &sides {
         for size in SIZES {
@@ -912,7 +1020,7 @@ fn bench() -> Result<()> {
             }
         }
     }
-    print!("{}", report(&cells, &knobs, &idle_cpu)?);
+    print!("{}", report(kind, &cells, &knobs, &idle_cpu)?);
     Ok(())
 }
 
@@ -925,7 +1033,12 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| a / b).collect()
 }
 
-fn report(cells: &[Vec<Vec<Results>>], knobs: &Knobs, idle_cpu: &[f64]) -> Result<String> {
+fn report(
+    kind: GenKind,
+    cells: &[Vec<Vec<Results>>],
+    knobs: &Knobs,
+    idle_cpu: &[f64],
+) -> Result<String> {
     let mut out = String::from(
         "## Throughput: forwarder against the kernel's own parts (zero-loss rate, CPU per packet)\n\n",
     );
@@ -1006,7 +1119,11 @@ fn report(cells: &[Vec<Vec<Results>>], knobs: &Knobs, idle_cpu: &[f64]) -> Resul
         steal.last().copied().unwrap_or(0.0) * 100.0,
     )?;
     out.push_str("- Frames: 802.1Q-tagged (VLAN 100) IPv4 UDP of 64 and 1400 bytes on the customer port (without FCS), 192.168.50.10 ↔ 10.0.1.10, one flow; toward the VPC they leave as VXLAN (VNI 1001, 46 bytes more), and VPC → IDC frames enter as that VXLAN.\n");
-    out.push_str("- Generator: BPF_PROG_TEST_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES` running the test object's `xdp_paced_gen` on CPU 0 at SCHED_IDLE: each program run is a time slot, and a frame whose time has come (`bpf_ktime_get_ns`, one interval after the last) is written from a template and redirected out of the veth facing the gateway's port, the others are dropped at once; so the stream is paced frame by frame (at most 8 back to back after a delay), not in bursts. Each test run lasts about 1 s and costs about 20 ms of kernel setup in which nothing is sent; the offered rate is frames sent over the whole trial. Sink: an XDP program on the far veth that counts and drops the forwarded frames and answers ARP. Every port's NAPI is threaded at SCHED_FIFO 50: the gateway's two ports pinned to CPU 1, the sinks' to CPU 0; interrupt moderation (20 µs) on all four only in the CPU trials (without it on the sinks, each wake-up of a sink's thread, about 1 µs, is billed to the gateway's CPU; with it outside those trials, the sinks' timer-driven polls leave the generator too little of CPU 0 to reach the asked rates: 88–255 kpps achieved of 300–600 asked, in a diagnostic run); so CPU 1 does the gateway's work and nothing else of the bench. A veth ring holds 256 frames: at 1 Mpps a stall of a quarter millisecond anywhere loses frames, so on this shared VM the zero-loss rate is bounded by scheduling jitter as much as by the gateway's cost, and the overload table shows what each gateway can carry. Underlay neighbours are permanent entries in both gateways.\n");
+    out.push_str(match kind {
+        GenKind::LiveFrames => "- Generator: BPF_PROG_TEST_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES` running the test object's `xdp_paced_gen` on CPU 0 at SCHED_IDLE: each program run is a time slot, and a frame whose time has come (`bpf_ktime_get_ns`, one interval after the last) is written from a template and redirected out of the veth facing the gateway's port, the others are dropped at once; so the stream is paced frame by frame (at most 8 back to back after a delay), not in bursts. Each test run lasts about 1 s and costs about 20 ms of kernel setup in which nothing is sent; the offered rate is frames sent over the whole trial.",
+        GenKind::Xsk => "- Generator (this kernel refuses BPF_PROG_TEST_RUN with live frames): an AF_XDP socket in copy mode on CPU 0 at SCHED_IDLE sends on a veth `g0` in the sending namespace, at most 64 frames per `sendto`, paced by the clock (the frames due by now); on its peer `g1`, whose NAPI thread is on CPU 0, the test object's `xdp_paced_gen` counts each frame and redirects it out of the veth facing the gateway's port, so the gateway receives `xdp_frame`s as from a NIC's driver and not the socket's skbs. The offered rate is the frames that program redirected over the trial: frames lost on the way from the socket to `g1` are not offered. The generator's own ceiling is the overload table's offered rate.",
+    });
+    out.push_str(" Sink: an XDP program on the far veth that counts and drops the forwarded frames and answers ARP. Every port's NAPI is threaded at SCHED_FIFO 50: the gateway's two ports pinned to CPU 1, the sinks' to CPU 0; interrupt moderation (20 µs) on all four only in the CPU trials (without it on the sinks, each wake-up of a sink's thread, about 1 µs, is billed to the gateway's CPU; with it outside those trials, the sinks' timer-driven polls leave the generator too little of CPU 0 to reach the asked rates: 88–255 kpps achieved of 300–600 asked, in a diagnostic run); so CPU 1 does the gateway's work and nothing else of the bench. A veth ring holds 256 frames: at 1 Mpps a stall of a quarter millisecond anywhere loses frames, so on this shared VM the zero-loss rate is bounded by scheduling jitter as much as by the gateway's cost, and the overload table shows what each gateway can carry. Underlay neighbours are permanent entries in both gateways.\n");
     out.push_str("- Forwarder: the `forwarder agent` binary, DESIGN's static VIF (VLAN 100, 169.254.10.1/30) and attachment (VNI 1001), started with `nsenter`; the underlay next hop resolved by the agent. Kernel reference: the connection port with a TC VLAN pop on ingress and a push of VLAN 100 on egress (cls_bpf programs calling `bpf_skb_vlan_pop`/`bpf_skb_vlan_push`, what `act_vlan` does: this kernel has neither `act_vlan` nor the 802.1Q module), `ip_forward`, a route to the IDC via the client address, a VXLAN device (VNI 1001, same VTEPs) with the VPC route; GRO on both ports (it is what gives a veth without XDP its NAPI).\n");
     Ok(out)
 }

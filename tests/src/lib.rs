@@ -22,6 +22,7 @@ pub mod fixture;
 pub mod probe;
 pub mod speaker;
 pub mod topology;
+pub mod xsk;
 pub use customer::{CustomerRouter, ShimCounters, SubInterface};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);

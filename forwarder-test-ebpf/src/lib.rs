@@ -136,28 +136,10 @@ pub mod sink_counter {
         ["vxlan", "tagged", "other", "arp_replied", "arp_passed"];
 }
 
-/// The longest frame the benchmark's generator (`xdp_paced_gen`) sends.
-pub const GEN_FRAME_MAX: usize = 2048;
-const _: () = assert!(GEN_FRAME_MAX.is_power_of_two());
-
-/// The frame the generator writes into each slot before sending it (live-frames mode reuses
-/// pages without resetting their bytes, and the gateway rewrites the frames it forwards).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct GenFrame {
-    /// Bytes of `bytes` in use: the length of the test run's frame.
-    pub len: u32,
-    pub bytes: [u8; GEN_FRAME_MAX],
-}
-
-const _: () = assert!(size_of::<GenFrame>() == 4 + GEN_FRAME_MAX);
-
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are #[repr(C)] structs of two u32s: no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::SubIf {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::TrunkVlan {}
-    // SAFETY: #[repr(C)], a u32 then bytes: no padding, every bit pattern valid.
-    unsafe impl aya::Pod for super::GenFrame {}
 }

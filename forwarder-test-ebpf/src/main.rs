@@ -2,8 +2,9 @@
 //! veth without the 8021q module (see `lib.rs` for the wiring). Both run on TC ingress hooks
 //! and redirect to the egress of the other side; every drop is counted in `SHIM_COUNTERS`.
 //! And `xdp_arp_reply`, an XDP ARP responder for a trunk: it stands in for the client routers
-//! of many VLANs at once; `xdp_redirect_floor`, the benchmark's cheapest forwarding (and its
-//! traffic generator); `xdp_sink`, the benchmark's counting sink (see the end of this file).
+//! of many VLANs at once; `xdp_redirect_floor`, the benchmark's cheapest forwarding;
+//! `xdp_loop_gen` and `xdp_loop_bounce`, its traffic generator; `xdp_sink`, its counting sink
+//! (see the end of this file).
 //!
 //! The tag goes into skb metadata (`bpf_skb_vlan_push`); the trunk needs `txvlan off` so the
 //! kernel writes it inline before the frame leaves. On receive the kernel lifts an inline tag
@@ -15,17 +16,14 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::{
-        bpf_ktime_get_ns, bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push, bpf_xdp_store_bytes,
-    },
+    bindings::{BPF_F_BROADCAST, xdp_action},
+    helpers::generated::{bpf_ktime_get_ns, bpf_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     macros::{classifier, map, xdp},
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use forwarder_test_ebpf::{
-    GEN_FRAME_MAX, GenFrame, MAX_SUBIFS, SubIf, TrunkVlan, arp_counter, arp_reply_mac, counter,
-    sink_counter,
+    MAX_SUBIFS, SubIf, TrunkVlan, arp_counter, arp_reply_mac, counter, sink_counter,
 };
 
 const ETH_P_8021Q: u16 = 0x8100;
@@ -183,74 +181,83 @@ pub fn xdp_redirect_floor(_ctx: XdpContext) -> u32 {
         .unwrap_or(xdp_action::XDP_DROP)
 }
 
-/// [`xdp_paced_gen`]'s pacing, written by the bench: `[0]` the interval between frames in ns
+/// [`xdp_loop_gen`]'s pacing, written by the bench: `[0]` the interval between frames in ns
 /// (0: every frame goes), `[1]` when the next frame is due (ns, monotonic clock), `[2]` frames
-/// sent so far.
+/// sent so far, `[3]` whether the loop's frames keep circulating (0: they are dropped).
 #[map(name = "GEN_PACE")]
-static GEN_PACE: Array<u64> = Array::with_max_entries(3, 0);
-
-#[map(name = "GEN_FRAME")]
-static GEN_FRAME: Array<GenFrame> = Array::with_max_entries(1, 0);
+static GEN_PACE: Array<u64> = Array::with_max_entries(4, 0);
 
 /// Frames a late generator may send back to back to catch up; later than that, it skips the
 /// slots it missed (the offered rate is measured, not assumed).
-const GEN_CATCH_UP: u64 = 8;
+const GEN_CATCH_UP: u64 = 32;
 
-/// The throughput benchmark's generator, run with BPF_PROG_TEST_RUN in live-frames mode:
-/// each run is one slot of the offered stream. A frame whose time has come leaves through
-/// `FLOOR_TO[0]` (as [`xdp_redirect_floor`] sends it) and is counted; the others are dropped
-/// at once, so the stream is paced frame by frame rather than in bursts of a test run.
-#[xdp]
-pub fn xdp_paced_gen(ctx: XdpContext) -> u32 {
-    let (Some(interval), Some(next), Some(sent), Some(to)) = (
-        GEN_PACE.get(0),
-        GEN_PACE.get_ptr_mut(1),
-        GEN_PACE.get_ptr_mut(2),
-        FLOOR_TO.get(0),
-    ) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    let interval = *interval;
-    if interval != 0 {
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        // SAFETY: map values stay valid while the program runs; one generator thread writes.
-        let due = unsafe { *next };
-        if now < due {
-            return xdp_action::XDP_DROP;
-        }
-        let following = if now - due > GEN_CATCH_UP * interval {
-            now + interval
-        } else {
-            due + interval
-        };
-        // SAFETY: as above.
-        unsafe { *next = following };
+/// Whether a frame is due now by `GEN_PACE` (and then the next one's time is set); `None`:
+/// the map is missing.
+#[inline(always)]
+fn due() -> Option<bool> {
+    let (interval, next) = (*GEN_PACE.get(0)?, GEN_PACE.get_ptr_mut(1)?);
+    if interval == 0 {
+        return Some(true);
     }
-    let Some(frame) = GEN_FRAME.get(0) else {
-        return xdp_action::XDP_ABORTED;
-    };
-    // 1..=GEN_FRAME_MAX in a form the verifier follows (a power of two: mask, then add one);
-    // the bench writes the exact length of the test run's frame.
-    let len = (frame.len.wrapping_sub(1) & (GEN_FRAME_MAX as u32 - 1)) + 1;
-    // SAFETY: ctx.ctx is the program's context; `len` bytes of the map value are readable (the
-    // verifier checks the bound), and the helper fails rather than write past the frame.
-    let written = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            0,
-            frame.bytes.as_ptr() as *mut core::ffi::c_void,
-            len,
-        )
-    };
-    if written != 0 {
-        return xdp_action::XDP_ABORTED;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: map values stay valid while the program runs; one generator writes at a time.
+    let due = unsafe { *next };
+    if now < due {
+        return Some(false);
     }
+    let following = if now - due > GEN_CATCH_UP * interval {
+        now + interval
+    } else {
+        due + interval
+    };
     // SAFETY: as above.
+    unsafe { *next = following };
+    Some(true)
+}
+
+/// The loop generator's broadcast targets: the port toward the gateway and the loop's own veth
+/// (`g1`), so that a frame sent keeps circulating.
+#[map(name = "LOOP_PORTS")]
+static LOOP_PORTS: DevMapHash = DevMapHash::with_max_entries(4, 0);
+
+/// The throughput benchmark's generator: a few frames circulate between the two ends of a
+/// veth pair (`g1` runs this, `g0` runs [`xdp_loop_bounce`]), each pass a slot of the offered
+/// stream. A frame whose time has come is counted and broadcast through `LOOP_PORTS`: a copy
+/// leaves toward the gateway, as an XDP redirect (a NIC driver's path: no skb), and the frame
+/// goes on circulating; the others go straight back (XDP_TX), so the stream is paced frame by
+/// frame and not in bursts. With `GEN_PACE[3]` at 0 every frame is dropped and the loop
+/// empties.
+#[xdp]
+pub fn xdp_loop_gen(_ctx: XdpContext) -> u32 {
+    let (Some(running), Some(sent)) = (GEN_PACE.get(3), GEN_PACE.get_ptr_mut(2)) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    if *running == 0 {
+        return xdp_action::XDP_DROP;
+    }
+    match due() {
+        Some(true) => {}
+        Some(false) => return xdp_action::XDP_TX,
+        None => return xdp_action::XDP_ABORTED,
+    }
+    // SAFETY: map values stay valid while the program runs; one generator writes at a time.
     unsafe { *sent += 1 };
-    FLOOR_PORTS
-        .redirect(*to, u64::from(xdp_action::XDP_DROP))
+    LOOP_PORTS
+        .redirect(
+            0,
+            u64::from(BPF_F_BROADCAST) | u64::from(xdp_action::XDP_DROP),
+        )
         .unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// The other end of [`xdp_loop_gen`]'s loop: every frame goes back, until the loop stops.
+#[xdp]
+pub fn xdp_loop_bounce(_ctx: XdpContext) -> u32 {
+    match GEN_PACE.get(3) {
+        Some(0) | None => xdp_action::XDP_DROP,
+        Some(_) => xdp_action::XDP_TX,
+    }
 }
 
 #[map(name = "ARP_COUNTERS")]

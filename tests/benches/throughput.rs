@@ -11,13 +11,12 @@
 //! of the test object, `ref_vlan_pop` and `ref_vlan_push`: `bpf_skb_vlan_pop`/`_push` are the
 //! functions `act_vlan` calls.)
 //!
-//! Generator: BPF_PROG_TEST_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES` on `xdp_paced_gen`, which
-//! paces frame by frame (each run is a time slot; a frame whose time has come is written from
-//! a template and redirected out of `c0` or `v0`, the others are dropped), so the frames enter
-//! the gateway's port as a NIC's would, without a socket or an skb on the sending side. It
-//! runs on CPU 0 at SCHED_IDLE. A kernel that refuses live frames gets an AF_XDP socket
-//! instead ([`GenKind::Xsk`]): it sends on a veth whose peer runs `xdp_paced_gen` unpaced, so
-//! the frames still reach the gateway as a redirect, counted by the same program. Sink: an XDP program on `c0` and `v0` that counts and drops
+//! Generator ([`Generator`]): a few frames circulate between the two ends of a veth pair in
+//! XDP; each pass is a time slot, and a frame whose time has come is counted and a copy of it
+//! redirected out of `c0` or `v0`. So the stream is paced frame by frame and the frames enter
+//! the gateway's port as a NIC's would, without a socket or an skb on the sending side. (It
+//! replaced BPF_PROG_TEST_RUN with live frames, which kernel 6.18.44-fc-v1300 refuses with
+//! EPERM.) It runs on CPU 0. Sink: an XDP program on `c0` and `v0` that counts and drops
 //! the forwarded frames and answers (or passes) ARP. Every port's NAPI is threaded at
 //! SCHED_FIFO: the gateway's two ports on CPU 1, the sinks' on CPU 0; so everything the
 //! gateway does per packet (forwarder's XDP, or the kernel's receive, routing, TC and VXLAN)
@@ -33,7 +32,7 @@
 //! section on stdout (BENCHMARKS.md), progress on stderr. Needs root and 2 CPUs.
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::RefCell,
     fmt::Write as _,
     path::{Path, PathBuf},
     process::Child,
@@ -45,22 +44,20 @@ use aya::{
     Ebpf,
     maps::{Array, DevMapHash, MapData},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunAttrs, TestRunOptions,
-        Xdp, XdpMode,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, TcError},
     },
 };
 use etherparse::{PacketBuilder, VlanId};
-use forwarder_test_ebpf::{GEN_FRAME_MAX, GenFrame, MAP_SINK_COUNTERS, PROG_SINK, sink_counter};
+use forwarder_test_ebpf::{MAP_SINK_COUNTERS, PROG_SINK, sink_counter};
 use forwarder_tests::{
-    NetNs,
+    NetNs, RawSender,
     bench::{kill_agent, private_agent, spawn_agent},
     customer::{SHIM_OBJECT, interface_mac},
     fixture::{Fixture, Vif},
     median_min_max, per_cpu_sums, require_root,
     topology::{TempDir, cli_json, sh, wait_for},
     veth,
-    xsk::XskTx,
 };
 
 /// Loss allowed at the zero-loss rate (RFC 2544 asks for none; 0.1 % forgives a frame lost to
@@ -118,73 +115,13 @@ struct Knobs {
     steps: usize,
 }
 
-/// Exit code for "this machine cannot run the bench" (as opposed to a bench that failed):
-/// `cargo xtask bench` keeps the section it had and says why.
-const EXIT_UNSUPPORTED: u8 = 3;
-
 fn main() -> std::process::ExitCode {
-    let kind = match generator_kind() {
-        Ok(kind) => kind,
-        Err(why) => {
-            // The reason on stdout, where `cargo xtask bench` reads it.
-            println!("{why}");
-            return std::process::ExitCode::from(EXIT_UNSUPPORTED);
-        }
-    };
-    match bench(kind) {
+    match bench() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("throughput bench: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// Live frames where the kernel allows them, else AF_XDP; neither: why not.
-fn generator_kind() -> std::result::Result<GenKind, String> {
-    let Err(live) = live_frames_allowed() else {
-        return Ok(GenKind::LiveFrames);
-    };
-    // SAFETY: plain socket(2); the descriptor is closed at once.
-    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(format!(
-            "{live}, and it has no AF_XDP sockets ({}), the other one",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: the descriptor just opened.
-    unsafe { libc::close(fd) };
-    eprintln!("throughput bench: {live}: generating with an AF_XDP socket instead");
-    Ok(GenKind::Xsk)
-}
-
-/// Some kernels refuse BPF_PROG_TEST_RUN in live-frames mode (EPERM, whatever the
-/// capabilities). One run of the sink program, which drops what it gets, says.
-fn live_frames_allowed() -> std::result::Result<(), String> {
-    let mut ebpf = Ebpf::load(SHIM_OBJECT).map_err(|e| format!("loading the test object: {e}"))?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(PROG_SINK)
-        .ok_or(PROG_SINK)?
-        .try_into()
-        .map_err(|e| format!("{PROG_SINK}: {e}"))?;
-    prog.load()
-        .map_err(|e| format!("loading {PROG_SINK}: {e}"))?;
-    let frame = [0u8; 64];
-    match prog.test_run(TestRunOptions {
-        data_in: Some(&frame),
-        attrs: TestRunAttrs::new().xdp_live_frames(1),
-        ..TestRunOptions::new()
-    }) {
-        Ok(_) => Ok(()),
-        Err(ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EPERM) => {
-            Err(format!(
-                "this kernel refuses BPF_PROG_TEST_RUN with live frames ({}), the bench's packet generator",
-                e.io_error
-            ))
-        }
-        // Anything else is the bench's to report.
-        Err(_) => Ok(()),
     }
 }
 
@@ -209,21 +146,18 @@ fn pin(tid: i32, cpu: usize) -> Result<()> {
 /// its CPU) for a fraction of a millisecond loses frames that no gateway could have saved.
 const NAPI_PRIORITY: i32 = 50;
 
-/// `gro_flush_timeout` of the gateway's ports in the CPU trials: 20 µs, within the range of
-/// NICs' receive interrupt moderation (`rx-usecs`). Without it a NAPI thread that keeps up
-/// wakes once per frame, and the CPU per frame at a moderate rate measures wake-ups
-/// (2.2–2.6 µs for forwarder at 150 kpps, against 250–330 ns per frame under load). The
-/// zero-loss and overload trials run without it, as Linux does by default: polling after a
-/// timer adds the timer's lateness to how long a ring must hold frames.
+/// `gro_flush_timeout` of the bench's ports: 20 µs, within the range of NICs' receive
+/// interrupt moderation (`rx-usecs`). Without it a NAPI thread that keeps up wakes once per
+/// frame: the CPU per frame at a moderate rate measures wake-ups (2.2–2.6 µs for forwarder at
+/// 150 kpps, against 250–330 ns per frame under load), and each wake-up on the other CPU is
+/// an interprocessor interrupt, which on this VM stalls long enough to overrun a ring.
 const COALESCE_NS: u32 = 20_000;
 
-/// Interrupt moderation, [`COALESCE_NS`] or none, on the gateway's two ports and on the
-/// sinks' (a NIC's transmit does not wake a thread on another CPU per frame, and a sink woken
-/// per frame bills that wake-up, about 1 µs, to the gateway's CPU). Only for the CPU trials:
-/// the sinks' timer-driven polls, at SCHED_FIFO on CPU 0, leave the SCHED_IDLE generator too
-/// little of it to reach the rates a zero-loss search asks for.
-fn moderation(side: &Side, on: bool) -> Result<()> {
-    let (timeout, defer) = if on { (COALESCE_NS, 2) } else { (0, 0) };
+/// Interrupt moderation, [`COALESCE_NS`], on the gateway's two ports and on the sinks' (a
+/// NIC's transmit does not wake a thread on another CPU per frame, and a sink woken per frame
+/// bills that wake-up, about 1 µs, to the gateway's CPU), for every trial.
+fn moderation(side: &Side) -> Result<()> {
+    let (timeout, defer) = (COALESCE_NS, 2);
     let ports = [
         (&side.gw, side.ports[0]),
         (&side.gw, side.ports[1]),
@@ -243,8 +177,10 @@ fn moderation(side: &Side, on: bool) -> Result<()> {
 }
 
 /// Turns on GRO (which gives a veth its NAPI when no XDP program does) and threaded NAPI on
-/// `ifname` in `ns`, and pins its NAPI threads to `cpu` at SCHED_FIFO [`NAPI_PRIORITY`].
-fn threaded_napi(ns: &NetNs, ifname: &str, cpu: usize) -> Result<()> {
+/// `ifname` in `ns`, and pins its NAPI threads to `cpu`, at SCHED_FIFO [`NAPI_PRIORITY`] if
+/// `fifo`. (Another namespace's NAPI threads of an interface of the same name are pinned
+/// too: the bench gives same-named interfaces the same CPU and priority.)
+fn threaded_napi(ns: &NetNs, ifname: &str, cpu: usize, fifo: bool) -> Result<()> {
     sh(
         ns,
         &format!(
@@ -268,6 +204,10 @@ fn threaded_napi(ns: &NetNs, ifname: &str, cpu: usize) -> Result<()> {
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
             if comm.trim_end().starts_with(&prefix) {
                 pin(pid, cpu)?;
+                found += 1;
+                if !fifo {
+                    continue;
+                }
                 let param = libc::sched_param {
                     sched_priority: NAPI_PRIORITY,
                 };
@@ -278,7 +218,6 @@ fn threaded_napi(ns: &NetNs, ifname: &str, cpu: usize) -> Result<()> {
                     "SCHED_FIFO for {comm}: {}",
                     std::io::Error::last_os_error()
                 );
-                found += 1;
             }
         }
         if found == 0 {
@@ -320,181 +259,77 @@ impl Sink {
     }
 }
 
-/// How the generator puts frames on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum GenKind {
-    /// BPF_PROG_TEST_RUN with live frames runs `xdp_paced_gen`, which paces in the kernel.
-    LiveFrames,
-    /// An AF_XDP socket sends on a veth `g0`; on its peer `g1`, `xdp_paced_gen` (without a
-    /// pace) counts each frame and redirects it out of the port toward the gateway.
-    Xsk,
-}
-
-/// The generator: the test object's `xdp_paced_gen` sending out of one port of its namespace,
-/// counting what it sends in `GEN_PACE[2]`; run by live-frames test runs, or attached to the
-/// far end of a veth that an AF_XDP socket feeds ([`GenKind`]). Either way the frames reach
-/// the gateway's port as an XDP redirect, as a NIC's frames do: as `xdp_frame`s, with no skb
-/// until the gateway's side builds one.
+/// The generator: a loop of frames between the two ends of a veth pair in the sending
+/// namespace, `g0` (the test object's `xdp_loop_bounce`) and `g1` (`xdp_loop_gen`), which
+/// sends a copy out of the port toward the gateway each time a frame is due and counts it in
+/// `GEN_PACE[2]`. The copies reach the gateway's port as an XDP redirect, as a NIC driver's
+/// frames do: as `xdp_frame`s, with no skb until the gateway's side builds one.
 struct Generator {
-    ebpf: Ebpf,
+    _ebpf: Ebpf,
     pace: RefCell<Array<MapData, u64>>,
-    /// What the program writes into each frame it sends.
-    frame: RefCell<Array<MapData, GenFrame>>,
-    /// Live frames: frames per test run, adjusted so that a run takes about [`RUN_TIME`].
-    repeat: Cell<u32>,
-    /// AF_XDP: the socket, and the frame its UMEM holds.
-    xsk: Option<RefCell<(XskTx, Vec<u8>)>>,
+    /// An AF_PACKET socket on `g0`: the frames that start the loop.
+    seeder: RefCell<RawSender>,
 }
 
-/// How long one live-frames test run should last. Each run costs about 20 ms of setup and
-/// teardown in the kernel, during which nothing is sent; long runs keep that gap small.
-const RUN_TIME: Duration = Duration::from_millis(1000);
-
-/// AF_XDP descriptors queued per `sendto` at most (the kernel's own batch is 32): a paced
-/// stream comes in bursts of at most this many frames.
-const XSK_BATCH: u32 = 64;
+/// Frames circulating in the loop: enough for NAPI batches of a useful size (unpaced into a
+/// bare sink, 64 make 3.2 Mpps where 8 make 1.6), few against a veth ring's 256.
+const LOOP_FRAMES: usize = 64;
 
 impl Generator {
-    fn new(kind: GenKind, ns: &NetNs, ifname: &str) -> Result<Self> {
-        if kind == GenKind::Xsk {
-            sh(
-                ns,
-                "ip link add g0 type veth peer name g1 && ip link set g0 up && ip link set g1 up",
-            )?;
-        }
+    fn new(ns: &NetNs, ifname: &str) -> Result<Self> {
+        sh(
+            ns,
+            "ip link add g0 type veth peer name g1 && ip link set g0 up && ip link set g1 up",
+        )?;
         let name = ifname.to_owned();
-        let (mut ebpf, xsk) = ns.enter(move || {
-            let ifindex = forwarder_tests::if_index(&name)?;
+        let (mut ebpf, seeder) = ns.enter(move || {
+            let port = forwarder_tests::if_index(&name)?;
+            let g1 = forwarder_tests::if_index("g1")?;
             let mut ebpf = Ebpf::load(SHIM_OBJECT).context("loading the test object")?;
             // Device map entries are looked up in the namespace of the writer: write here.
-            let mut ports = DevMapHash::try_from(ebpf.map_mut("FLOOR_PORTS").context("map")?)?;
-            ports.insert(ifindex, ifindex, None, 0)?;
-            let mut to: Array<_, u32> =
-                Array::try_from(ebpf.map_mut("FLOOR_TO").context("FLOOR_TO")?)?;
-            to.set(0, ifindex, 0)?;
-            let prog: &mut Xdp = ebpf
-                .program_mut("xdp_paced_gen")
-                .context("xdp_paced_gen")?
-                .try_into()?;
-            prog.load()?;
-            let xsk = match kind {
-                GenKind::LiveFrames => None,
-                GenKind::Xsk => {
-                    prog.attach("g1", XdpMode::Driver)
-                        .context("attaching xdp_paced_gen to g1")?;
-                    Some(XskTx::bind(forwarder_tests::if_index("g0")?)?)
-                }
-            };
-            Ok((ebpf, xsk))
+            let mut ports = DevMapHash::try_from(ebpf.map_mut("LOOP_PORTS").context("map")?)?;
+            ports.insert(port, port, None, 0)?;
+            ports.insert(g1, g1, None, 0)?;
+            for (program, dev) in [("xdp_loop_gen", "g1"), ("xdp_loop_bounce", "g0")] {
+                let prog: &mut Xdp = ebpf.program_mut(program).context(program)?.try_into()?;
+                prog.load()?;
+                prog.attach(dev, XdpMode::Driver)
+                    .with_context(|| format!("attaching {program} to {dev}"))?;
+            }
+            Ok((ebpf, RawSender::open("g0")?))
         })?;
-        if xsk.is_some() {
-            // g1's NAPI (the redirect toward the gateway) is the generator's: CPU 0.
-            threaded_napi(ns, "g1", 0)?;
-        }
+        // The loop runs on CPU 0 at normal priority: below the sinks' NAPI threads.
+        threaded_napi(ns, "g0", 0, false)?;
+        threaded_napi(ns, "g1", 0, false)?;
         let pace = Array::try_from(ebpf.take_map("GEN_PACE").context("GEN_PACE")?)?;
-        let frame = Array::try_from(ebpf.take_map("GEN_FRAME").context("GEN_FRAME")?)?;
         Ok(Self {
-            ebpf,
+            _ebpf: ebpf,
             pace: RefCell::new(pace),
-            frame: RefCell::new(frame),
-            repeat: Cell::new(1 << 20),
-            xsk: xsk.map(|x| RefCell::new((x, Vec::new()))),
+            seeder: RefCell::new(seeder),
         })
     }
 
-    fn program(&self) -> Result<&Xdp> {
-        Ok(self
-            .ebpf
-            .program("xdp_paced_gen")
-            .context("xdp_paced_gen")?
-            .try_into()?)
-    }
-
-    /// Sends `frame` at `rate` frames/s (`None`: as fast as it can) for about `duration`, from
-    /// the calling thread; returns (frames sent, seconds taken).
+    /// Sends `frame` at `rate` frames/s (`None`: as fast as it can) for `duration`; returns
+    /// (frames sent, seconds taken).
     fn send(&self, frame: &[u8], rate: Option<f64>, duration: Duration) -> Result<(u64, f64)> {
-        ensure!(
-            frame.len() <= GEN_FRAME_MAX,
-            "a frame of {} bytes",
-            frame.len()
-        );
-        let mut template = GenFrame {
-            len: frame.len() as u32,
-            bytes: [0; GEN_FRAME_MAX],
-        };
-        template.bytes[..frame.len()].copy_from_slice(frame);
-        self.frame.borrow_mut().set(0, template, 0)?;
         let mut pace = self.pace.borrow_mut();
-        // AF_XDP: the program sends every frame it gets; the socket's sender paces.
-        let interval = match (&self.xsk, rate) {
-            (None, Some(r)) => (1e9 / r) as u64,
-            _ => 0,
-        };
-        pace.set(0, interval, 0)?;
+        pace.set(0, rate.map_or(0, |r| (1e9 / r) as u64), 0)?;
         pace.set(1, 0, 0)?;
+        pace.set(3, 1, 0)?;
         let sent_before = pace.get(&2, 0)?;
         let started = Instant::now();
-        match &self.xsk {
-            None => self.live_frames(frame, duration)?,
-            Some(xsk) => {
-                let (xsk, packet) = &mut *xsk.borrow_mut();
-                if packet.as_slice() != frame {
-                    xsk.set_packet(frame)?;
-                    *packet = frame.to_vec();
-                }
-                xsk_stream(xsk, rate, duration)?;
-            }
+        let mut seeder = self.seeder.borrow_mut();
+        for _ in 0..LOOP_FRAMES {
+            seeder.send(frame)?;
         }
+        std::thread::sleep(duration);
+        pace.set(3, 0, 0)?;
+        let seconds = started.elapsed().as_secs_f64();
+        // The loop empties within microseconds, and nothing is counted once it stops.
+        std::thread::sleep(Duration::from_millis(10));
         let sent = pace.get(&2, 0)? - sent_before;
-        Ok((sent, started.elapsed().as_secs_f64()))
+        Ok((sent, seconds))
     }
-
-    /// Live-frames test runs of `xdp_paced_gen` for `duration`.
-    fn live_frames(&self, frame: &[u8], duration: Duration) -> Result<()> {
-        let prog = self.program()?;
-        let started = Instant::now();
-        while started.elapsed() < duration {
-            let left = duration.saturating_sub(started.elapsed());
-            let target = left.min(RUN_TIME).as_secs_f64();
-            let repeat = self.repeat.get();
-            let run = Instant::now();
-            prog.test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                attrs: TestRunAttrs::new().xdp_live_frames(64),
-                ..TestRunOptions::new()
-            })
-            .context("live-frames test run")?;
-            // Aim the next run at RUN_TIME (or what is left of the trial).
-            let took = run.elapsed().as_secs_f64().max(1e-3);
-            let next = (f64::from(repeat) * target.max(0.05) / took).clamp(4096.0, 1e9);
-            self.repeat.set(next as u32);
-        }
-        Ok(())
-    }
-}
-
-/// Feeds the AF_XDP socket for `duration`: as fast as the kernel takes frames, or paced to
-/// `rate` (the frames due by now, at most [`XSK_BATCH`] at a time), then lets it drain.
-fn xsk_stream(xsk: &mut XskTx, rate: Option<f64>, duration: Duration) -> Result<()> {
-    let started = Instant::now();
-    let mut queued = 0u64;
-    loop {
-        let elapsed = started.elapsed();
-        if elapsed >= duration {
-            break;
-        }
-        let want = match rate {
-            None => XSK_BATCH,
-            Some(r) => {
-                let due = (r * elapsed.as_secs_f64()) as u64;
-                due.saturating_sub(queued).min(u64::from(XSK_BATCH)) as u32
-            }
-        };
-        // With nothing due this still hands the kernel what it left in the ring.
-        queued += u64::from(xsk.send(want));
-    }
-    xsk.drain(Duration::from_secs(1))
 }
 
 /// One gateway with its two neighbours, generators and sinks.
@@ -546,7 +381,7 @@ fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
 
-fn forwarder_side(kind: GenKind, bin: &Path) -> Result<Side> {
+fn forwarder_side(bin: &Path) -> Result<Side> {
     let (cust, gw, vpc) = namespaces("tpf", "hc1", "ul0")?;
     let v0_mac = interface_mac(&vpc, "v0")?;
     // The sink drops what the VTEP would answer ARP for only after the first frames: keep the
@@ -593,8 +428,8 @@ fn forwarder_side(kind: GenKind, bin: &Path) -> Result<Side> {
     let port_mac =
         forwarder_tests::customer::parse_mac(vif["mac"].as_str().context("vif show: mac")?)?;
     let underlay_mac = interface_mac(&gw, "ul0")?;
-    let cust_gen = Generator::new(kind, &cust, "c0")?;
-    let vpc_gen = Generator::new(kind, &vpc, "v0")?;
+    let cust_gen = Generator::new(&cust, "c0")?;
+    let vpc_gen = Generator::new(&vpc, "v0")?;
     let side = Side {
         gateway: Gateway::Forwarder,
         ports: ["hc1", "ul0"],
@@ -615,7 +450,7 @@ fn forwarder_side(kind: GenKind, bin: &Path) -> Result<Side> {
     Ok(side)
 }
 
-fn kernel_side(kind: GenKind) -> Result<Side> {
+fn kernel_side() -> Result<Side> {
     let (cust, gw, vpc) = namespaces("tpk", "khc1", "kul0")?;
     let v0_mac = interface_mac(&vpc, "v0")?;
     sh(
@@ -659,8 +494,8 @@ fn kernel_side(kind: GenKind) -> Result<Side> {
     let vpc_sink = Sink::attach(&vpc, "v0")?;
     let port_mac = interface_mac(&gw, "khc1")?;
     let underlay_mac = interface_mac(&gw, "kul0")?;
-    let cust_gen = Generator::new(kind, &cust, "c0")?;
-    let vpc_gen = Generator::new(kind, &vpc, "v0")?;
+    let cust_gen = Generator::new(&cust, "c0")?;
+    let vpc_gen = Generator::new(&vpc, "v0")?;
     let side = Side {
         gateway: Gateway::Kernel,
         ports: ["khc1", "kul0"],
@@ -683,10 +518,10 @@ fn kernel_side(kind: GenKind) -> Result<Side> {
 
 /// The gateway's two ports on CPU 1; the sinks' ports on CPU 0 with the generator.
 fn napi_layout(side: &Side, port: &str, underlay: &str) -> Result<()> {
-    threaded_napi(&side.gw, port, 1)?;
-    threaded_napi(&side.gw, underlay, 1)?;
-    threaded_napi(&side.cust, "c0", 0)?;
-    threaded_napi(&side.vpc, "v0", 0)?;
+    threaded_napi(&side.gw, port, 1, true)?;
+    threaded_napi(&side.gw, underlay, 1, true)?;
+    threaded_napi(&side.cust, "c0", 0, true)?;
+    threaded_napi(&side.vpc, "v0", 0, true)?;
     Ok(())
 }
 
@@ -900,7 +735,7 @@ struct Results {
     cpu_loss: Vec<f64>,
 }
 
-fn bench(kind: GenKind) -> Result<()> {
+fn bench() -> Result<()> {
     require_root()?;
     ensure!(
         std::thread::available_parallelism()?.get() >= 2,
@@ -932,7 +767,10 @@ fn bench(kind: GenKind) -> Result<()> {
         "sched_setscheduler(SCHED_IDLE): {}",
         std::io::Error::last_os_error()
     );
-    let sides = [forwarder_side(kind, &bin)?, kernel_side(kind)?];
+    let sides = [forwarder_side(&bin)?, kernel_side()?];
+    for side in &sides {
+        moderation(side)?;
+    }
     // Both paths carry a first few frames end to end, or nothing below would mean anything.
     for side in &sides {
         for size in SIZES {
@@ -983,10 +821,7 @@ fn bench(kind: GenKind) -> Result<()> {
                         Direction::VpcToIdc => underlay_frame(side, *size)?,
                     };
                     let (rate, overload) = zero_loss(side, *direction, &frame, &knobs)?;
-                    moderation(side, true)?;
-                    let cpu = trial(side, *direction, &frame, Some(CPU_RATE), knobs.trial);
-                    moderation(side, false)?;
-                    let cpu = cpu?;
+                    let cpu = trial(side, *direction, &frame, Some(CPU_RATE), knobs.trial)?;
                     // CPU 1 without traffic, for 1 s, scaled to a trial (and its drain).
                     let idle_before = cpu1_busy()?;
                     std::thread::sleep(Duration::from_secs(1));
@@ -1020,7 +855,7 @@ fn bench(kind: GenKind) -> Result<()> {
             }
         }
     }
-    print!("{}", report(kind, &cells, &knobs, &idle_cpu)?);
+    print!("{}", report(&cells, &knobs, &idle_cpu)?);
     Ok(())
 }
 
@@ -1033,12 +868,7 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| a / b).collect()
 }
 
-fn report(
-    kind: GenKind,
-    cells: &[Vec<Vec<Results>>],
-    knobs: &Knobs,
-    idle_cpu: &[f64],
-) -> Result<String> {
+fn report(cells: &[Vec<Vec<Results>>], knobs: &Knobs, idle_cpu: &[f64]) -> Result<String> {
     let mut out = String::from(
         "## Throughput: forwarder against the kernel's own parts (zero-loss rate, CPU per packet)\n\n",
     );
@@ -1098,7 +928,7 @@ fn report(
     )?;
     writeln!(
         out,
-        "- CPU per packet: CPU 1's system + irq + softirq time (`/proc/stat`) over a {} s trial at {} kpps, with interrupt moderation on the gateway's two ports and the sinks' for that trial (`gro_flush_timeout` 20 µs, `napi_defer_hard_irqs` 2, as a NIC's `rx-usecs`: without it a NAPI thread that keeps up is woken per frame and the figure measures wake-ups), minus CPU 1's time without traffic right after it (1 s, scaled to the trial: median {:.3} s), divided by the frames forwarded; worst loss in those trials {:.3} %.",
+        "- CPU per packet: CPU 1's system + irq + softirq time (`/proc/stat`) over a {} s trial at {} kpps, with interrupt moderation as in every trial (below), minus CPU 1's time without traffic right after it (1 s, scaled to the trial: median {:.3} s), divided by the frames forwarded; worst loss in those trials {:.3} %.",
         knobs.trial.as_secs(),
         CPU_RATE / 1e3,
         {
@@ -1119,11 +949,8 @@ fn report(
         steal.last().copied().unwrap_or(0.0) * 100.0,
     )?;
     out.push_str("- Frames: 802.1Q-tagged (VLAN 100) IPv4 UDP of 64 and 1400 bytes on the customer port (without FCS), 192.168.50.10 ↔ 10.0.1.10, one flow; toward the VPC they leave as VXLAN (VNI 1001, 46 bytes more), and VPC → IDC frames enter as that VXLAN.\n");
-    out.push_str(match kind {
-        GenKind::LiveFrames => "- Generator: BPF_PROG_TEST_RUN with `BPF_F_TEST_XDP_LIVE_FRAMES` running the test object's `xdp_paced_gen` on CPU 0 at SCHED_IDLE: each program run is a time slot, and a frame whose time has come (`bpf_ktime_get_ns`, one interval after the last) is written from a template and redirected out of the veth facing the gateway's port, the others are dropped at once; so the stream is paced frame by frame (at most 8 back to back after a delay), not in bursts. Each test run lasts about 1 s and costs about 20 ms of kernel setup in which nothing is sent; the offered rate is frames sent over the whole trial.",
-        GenKind::Xsk => "- Generator (this kernel refuses BPF_PROG_TEST_RUN with live frames): an AF_XDP socket in copy mode on CPU 0 at SCHED_IDLE sends on a veth `g0` in the sending namespace, at most 64 frames per `sendto`, paced by the clock (the frames due by now); on its peer `g1`, whose NAPI thread is on CPU 0, the test object's `xdp_paced_gen` counts each frame and redirects it out of the veth facing the gateway's port, so the gateway receives `xdp_frame`s as from a NIC's driver and not the socket's skbs. The offered rate is the frames that program redirected over the trial: frames lost on the way from the socket to `g1` are not offered. The generator's own ceiling is the overload table's offered rate.",
-    });
-    out.push_str(" Sink: an XDP program on the far veth that counts and drops the forwarded frames and answers ARP. Every port's NAPI is threaded at SCHED_FIFO 50: the gateway's two ports pinned to CPU 1, the sinks' to CPU 0; interrupt moderation (20 µs) on all four only in the CPU trials (without it on the sinks, each wake-up of a sink's thread, about 1 µs, is billed to the gateway's CPU; with it outside those trials, the sinks' timer-driven polls leave the generator too little of CPU 0 to reach the asked rates: 88–255 kpps achieved of 300–600 asked, in a diagnostic run); so CPU 1 does the gateway's work and nothing else of the bench. A veth ring holds 256 frames: at 1 Mpps a stall of a quarter millisecond anywhere loses frames, so on this shared VM the zero-loss rate is bounded by scheduling jitter as much as by the gateway's cost, and the overload table shows what each gateway can carry. Underlay neighbours are permanent entries in both gateways.\n");
+    out.push_str("- Generator: 64 frames circulate between the two ends of a veth pair on CPU 0 (the test object's `xdp_loop_bounce` sends each back with XDP_TX; `xdp_loop_gen` on the other end treats each pass as a time slot): a frame whose time has come (`bpf_ktime_get_ns`, one interval after the last; at most 32 back to back after a delay, later slots are skipped) is counted and broadcast through a device map, a copy out of the veth facing the gateway's port and the frame back into the loop; the others go straight back. So the stream is paced frame by frame, and it reaches the gateway's port as an XDP redirect, as a NIC driver's frames do (`xdp_frame`s, no skb on the sending side). Unpaced into a bare XDP sink on CPU 1 it offers about 3 Mpps. The offered rate is the frames counted over the trial. The loop's NAPI threads are on CPU 0 at normal priority, below the sinks'.");
+    out.push_str(" Sink: an XDP program on the far veth that counts and drops the forwarded frames and answers ARP. Every port's NAPI is threaded at SCHED_FIFO 50: the gateway's two ports pinned to CPU 1, the sinks' to CPU 0; interrupt moderation on all four in every trial (`gro_flush_timeout` 20 µs, `napi_defer_hard_irqs` 2, as a NIC's `rx-usecs`: without it a NAPI thread that keeps up is woken per frame, the CPU figure measures wake-ups, and a sink's wake-ups, about 1 µs each, are billed to the gateway's CPU); so CPU 1 does the gateway's work and nothing else of the bench. A veth ring holds 256 frames: at 1 Mpps a stall of a quarter millisecond anywhere loses frames, so on this shared VM the zero-loss rate is bounded by scheduling jitter as much as by the gateway's cost, and the overload table shows what each gateway can carry. Underlay neighbours are permanent entries in both gateways.\n");
     out.push_str("- Forwarder: the `forwarder agent` binary, DESIGN's static VIF (VLAN 100, 169.254.10.1/30) and attachment (VNI 1001), started with `nsenter`; the underlay next hop resolved by the agent. Kernel reference: the connection port with a TC VLAN pop on ingress and a push of VLAN 100 on egress (cls_bpf programs calling `bpf_skb_vlan_pop`/`bpf_skb_vlan_push`, what `act_vlan` does: this kernel has neither `act_vlan` nor the 802.1Q module), `ip_forward`, a route to the IDC via the client address, a VXLAN device (VNI 1001, same VTEPs) with the VPC route; GRO on both ports (it is what gives a veth without XDP its NAPI).\n");
     Ok(out)
 }

@@ -22,7 +22,6 @@ pub mod fixture;
 pub mod probe;
 pub mod speaker;
 pub mod topology;
-pub mod xsk;
 pub use customer::{CustomerRouter, ShimCounters, SubInterface};
 
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
@@ -183,13 +182,14 @@ pub fn if_index(ifname: &str) -> Result<u32> {
 
 /// An AF_PACKET socket sending whole frames (Ethernet header included, an inline 802.1Q tag
 /// stays inline) out of one interface of the namespace the calling thread is in.
-struct RawSender {
+pub struct RawSender {
     fd: std::os::fd::OwnedFd,
     addr: libc::sockaddr_ll,
 }
 
 impl RawSender {
-    fn open(ifname: &str) -> Result<Self> {
+    /// Opens the socket on `ifname`, in the calling thread's namespace (the socket keeps it).
+    pub fn open(ifname: &str) -> Result<Self> {
         use std::os::fd::FromRawFd as _;
         let ifindex = if_index(ifname)?;
         // SAFETY: plain socket(2) call; the fd is owned at once.
@@ -207,7 +207,8 @@ impl RawSender {
         Ok(Self { fd, addr })
     }
 
-    fn send(&mut self, frame: &[u8]) -> Result<()> {
+    /// Sends `frame` as it is.
+    pub fn send(&mut self, frame: &[u8]) -> Result<()> {
         self.addr.sll_addr[..6].copy_from_slice(&frame[..6]);
         // SAFETY: frame and addr outlive the call; lengths are theirs.
         let sent = unsafe {

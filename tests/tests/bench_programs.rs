@@ -1,7 +1,7 @@
 //! The throughput bench's own programs (forwarder-test-ebpf) through BPF_PROG_TEST_RUN, so
 //! that what the bench counts is what it claims: the sink counts each kind of frame and
-//! drops it, answers tagged ARP and passes untagged ARP; the paced generator writes its
-//! template into the frame, counts what it sends and holds back a frame that is not due. (The
+//! drops it, answers tagged ARP and passes untagged ARP; the loop generator counts what it
+//! sends, sends a frame that is not due back into the loop and drops everything once stopped. (The
 //! reference gateway's VLAN pop and push work on skb metadata, which a test run cannot set:
 //! the bench checks them end to end before it measures.) Needs root.
 
@@ -11,9 +11,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use etherparse::{PacketBuilder, VlanId};
-use forwarder_test_ebpf::{
-    GEN_FRAME_MAX, GenFrame, MAP_SINK_COUNTERS, PROG_SINK, arp_reply_mac, sink_counter,
-};
+use forwarder_test_ebpf::{MAP_SINK_COUNTERS, PROG_SINK, arp_reply_mac, sink_counter};
 use forwarder_tests::{NetNs, customer::SHIM_OBJECT, per_cpu_sums, require_root, veth};
 
 const XDP_DROP: u32 = 1;
@@ -129,57 +127,52 @@ fn the_sink_counts_each_kind_and_keeps_arp_working() {
 }
 
 #[test]
-fn the_generator_writes_its_template_and_paces() {
+fn the_loop_generator_paces_counts_and_stops() {
     require_root().expect("root");
     let ns = NetNs::new("benchgen").expect("namespace");
     let peer = NetNs::new("benchgenpeer").expect("namespace");
-    veth(&ns, "g0", &peer, "p0").expect("veth");
+    veth(&ns, "g1", &peer, "p0").expect("veth");
     let mut ebpf = ns
         .enter(|| {
-            let mut ebpf = load(&["xdp_paced_gen"]);
-            let ifindex = forwarder_tests::if_index("g0")?;
-            let mut ports = DevMapHash::try_from(ebpf.map_mut("FLOOR_PORTS").expect("map"))?;
+            let mut ebpf = load(&["xdp_loop_gen", "xdp_loop_bounce"]);
+            let ifindex = forwarder_tests::if_index("g1")?;
+            let mut ports = DevMapHash::try_from(ebpf.map_mut("LOOP_PORTS").expect("map"))?;
             ports.insert(ifindex, ifindex, None, 0)?;
-            let mut to: Array<_, u32> = Array::try_from(ebpf.map_mut("FLOOR_TO").expect("map"))?;
-            to.set(0, ifindex, 0)?;
             Ok(ebpf)
         })
         .expect("generator");
-    let template = udp(Some(100), 5001, 64);
-    let mut gen_frame = GenFrame {
-        len: template.len() as u32,
-        bytes: [0; GEN_FRAME_MAX],
-    };
-    gen_frame.bytes[..template.len()].copy_from_slice(&template);
-    Array::<_, GenFrame>::try_from(ebpf.map_mut("GEN_FRAME").expect("map"))
-        .expect("GEN_FRAME")
-        .set(0, gen_frame, 0)
-        .expect("set");
-    let set_pace = |ebpf: &mut Ebpf, interval: u64, next: u64| {
+    let set_pace = |ebpf: &mut Ebpf, interval: u64, next: u64, running: u64| {
         let mut pace: Array<_, u64> =
             Array::try_from(ebpf.map_mut("GEN_PACE").expect("map")).expect("GEN_PACE");
         pace.set(0, interval, 0).expect("interval");
         pace.set(1, next, 0).expect("next");
+        pace.set(3, running, 0).expect("running");
     };
     let sent = |ebpf: &Ebpf| -> u64 {
         let pace: Array<_, u64> =
             Array::try_from(ebpf.map("GEN_PACE").expect("map")).expect("GEN_PACE");
         pace.get(&2, 0).expect("sent")
     };
-    // Whatever the slot held (here: a different frame of the same length), the template
-    // leaves, and is counted.
-    let stale = vec![0xab; template.len()];
-    set_pace(&mut ebpf, 0, 0);
-    let (action, out) = run(&ebpf, "xdp_paced_gen", &stale);
+    let frame = udp(Some(100), 5001, 64);
+    // Stopped: both ends drop, so the loop empties, and nothing is counted.
+    set_pace(&mut ebpf, 0, 0, 0);
+    assert_eq!(run(&ebpf, "xdp_loop_gen", &frame).0, XDP_DROP);
+    assert_eq!(run(&ebpf, "xdp_loop_bounce", &frame).0, XDP_DROP);
+    assert_eq!(sent(&ebpf), 0);
+    // Running without a pace: every pass sends (a broadcast redirect), unchanged, counted; the
+    // bounce sends every frame back.
+    set_pace(&mut ebpf, 0, 0, 1);
+    let (action, out) = run(&ebpf, "xdp_loop_gen", &frame);
     assert_eq!(action, XDP_REDIRECT);
-    assert_eq!(out, template);
+    assert_eq!(out, frame);
     assert_eq!(sent(&ebpf), 1);
+    assert_eq!(run(&ebpf, "xdp_loop_bounce", &frame).0, XDP_TX);
     // An interval of 36 years (longer than any uptime, which the monotonic clock counts): the
-    // first frame is due at once, the next is not.
-    set_pace(&mut ebpf, 1 << 60, 0);
-    assert_eq!(run(&ebpf, "xdp_paced_gen", &stale).0, XDP_REDIRECT);
-    let (action, out) = run(&ebpf, "xdp_paced_gen", &stale);
-    assert_eq!(action, XDP_DROP);
-    assert_eq!(out, stale, "a frame held back is left alone");
+    // first frame is due at once, the next is not and goes back into the loop untouched.
+    set_pace(&mut ebpf, 1 << 60, 0, 1);
+    assert_eq!(run(&ebpf, "xdp_loop_gen", &frame).0, XDP_REDIRECT);
+    let (action, out) = run(&ebpf, "xdp_loop_gen", &frame);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out, frame, "a frame held back is left alone");
     assert_eq!(sent(&ebpf), 2);
 }

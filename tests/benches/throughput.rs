@@ -9,7 +9,9 @@
 //! ingress and a push on its egress, kernel routing, the kernel's VXLAN device. (This kernel
 //! has no `act_vlan` and no 802.1Q module, so pop and push are two-helper cls_bpf programs
 //! of the test object, `ref_vlan_pop` and `ref_vlan_push`: `bpf_skb_vlan_pop`/`_push` are the
-//! functions `act_vlan` calls.)
+//! functions `act_vlan` calls.) A third gateway is the floor: `xdp_redirect_floor` on both
+//! ports, every frame out of the other port unchanged; it gets the overload and CPU trials
+//! only, to price forwarder's path against the cheapest XDP forwarding between the same ports.
 //!
 //! Generator ([`Generator`]): a few frames circulate between the two ends of a veth pair in
 //! XDP; each pass is a time slot, and a frame whose time has come is counted and a copy of it
@@ -79,6 +81,8 @@ const CLIENT_MAC: [u8; 6] = forwarder_test_ebpf::arp_reply_mac(100);
 enum Gateway {
     Forwarder,
     Kernel,
+    /// The floor: a bare XDP redirect between the same two ports, frames left unchanged.
+    Floor,
 }
 
 impl Gateway {
@@ -86,6 +90,7 @@ impl Gateway {
         match self {
             Self::Forwarder => "forwarder",
             Self::Kernel => "kernel reference",
+            Self::Floor => "floor",
         }
     }
 }
@@ -341,8 +346,9 @@ struct Side {
     gw: NetNs,
     vpc: NetNs,
     agent: Option<(Child, TempDir, PathBuf)>,
-    /// The reference gateway's VLAN pop and push (TC programs, attached while it lives).
-    _vlan_tc: Option<Ebpf>,
+    /// The reference gateway's VLAN pop and push (TC programs), or the floor's redirects:
+    /// attached while they live.
+    _programs: Vec<Ebpf>,
     /// Sinks on c0 (customer side) and v0 (VPC side).
     cust_sink: Sink,
     vpc_sink: Sink,
@@ -437,7 +443,7 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
         gw,
         vpc,
         agent: side_agent,
-        _vlan_tc: None,
+        _programs: Vec::new(),
         cust_sink,
         vpc_sink,
         cust_gen,
@@ -503,7 +509,7 @@ fn kernel_side() -> Result<Side> {
         gw,
         vpc,
         agent: None,
-        _vlan_tc: Some(vlan_tc),
+        _programs: vec![vlan_tc],
         cust_sink,
         vpc_sink,
         cust_gen,
@@ -513,6 +519,60 @@ fn kernel_side() -> Result<Side> {
         v0_mac,
     };
     napi_layout(&side, "khc1", "kul0")?;
+    Ok(side)
+}
+
+/// The floor: the test object's `xdp_redirect_floor` on both ports, each sending every frame
+/// unchanged out of the other, through a device map as forwarder's frames are; the cheapest
+/// forwarding XDP can do between these ports.
+fn floor_side() -> Result<Side> {
+    let (cust, gw, vpc) = namespaces("tpr", "rhc1", "rul0")?;
+    let v0_mac = interface_mac(&vpc, "v0")?;
+    let programs = gw.enter(|| {
+        let mut programs = Vec::new();
+        for (from, to) in [("rhc1", "rul0"), ("rul0", "rhc1")] {
+            let ifindex = forwarder_tests::if_index(to)?;
+            let mut ebpf = Ebpf::load(SHIM_OBJECT).context("loading the test object")?;
+            // Device map entries are looked up in the namespace of the writer: write here.
+            let mut ports = DevMapHash::try_from(ebpf.map_mut("FLOOR_PORTS").context("map")?)?;
+            ports.insert(ifindex, ifindex, None, 0)?;
+            let mut out: Array<_, u32> =
+                Array::try_from(ebpf.map_mut("FLOOR_TO").context("FLOOR_TO")?)?;
+            out.set(0, ifindex, 0)?;
+            let prog: &mut Xdp = ebpf
+                .program_mut("xdp_redirect_floor")
+                .context("xdp_redirect_floor")?
+                .try_into()?;
+            prog.load()?;
+            prog.attach(from, XdpMode::Driver)
+                .with_context(|| format!("attaching xdp_redirect_floor to {from}"))?;
+            programs.push(ebpf);
+        }
+        Ok(programs)
+    })?;
+    let cust_sink = Sink::attach(&cust, "c0")?;
+    let vpc_sink = Sink::attach(&vpc, "v0")?;
+    let port_mac = interface_mac(&gw, "rhc1")?;
+    let underlay_mac = interface_mac(&gw, "rul0")?;
+    let cust_gen = Generator::new(&cust, "c0")?;
+    let vpc_gen = Generator::new(&vpc, "v0")?;
+    let side = Side {
+        gateway: Gateway::Floor,
+        ports: ["rhc1", "rul0"],
+        cust,
+        gw,
+        vpc,
+        agent: None,
+        _programs: programs,
+        cust_sink,
+        vpc_sink,
+        cust_gen,
+        vpc_gen,
+        port_mac,
+        underlay_mac,
+        v0_mac,
+    };
+    napi_layout(&side, "rhc1", "rul0")?;
     Ok(side)
 }
 
@@ -656,10 +716,27 @@ fn cpu1_times() -> Result<(f64, f64)> {
     Ok((ticks as f64 / hz, steal as f64 / hz))
 }
 
+/// The frames of the trial's kind counted at the far sink: VXLAN toward the VPC and tagged
+/// frames toward the IDC, or, through the floor, the frames as they were sent.
 fn received(side: &Side, direction: Direction) -> Result<u64> {
+    let floor = side.gateway == Gateway::Floor;
     Ok(match direction {
-        Direction::IdcToVpc => side.vpc_sink.counters()?[sink_counter::VXLAN as usize],
-        Direction::VpcToIdc => side.cust_sink.counters()?[sink_counter::TAGGED as usize],
+        Direction::IdcToVpc => {
+            let kind = if floor {
+                sink_counter::TAGGED
+            } else {
+                sink_counter::VXLAN
+            };
+            side.vpc_sink.counters()?[kind as usize]
+        }
+        Direction::VpcToIdc => {
+            let kind = if floor {
+                sink_counter::VXLAN
+            } else {
+                sink_counter::TAGGED
+            };
+            side.cust_sink.counters()?[kind as usize]
+        }
     })
 }
 
@@ -676,8 +753,7 @@ fn trial(
     };
     let before = received(side, direction)?;
     let (cpu_before, steal_before) = cpu1_times()?;
-    // In this thread (pinned, SCHED_IDLE): the device map already holds the port, so the
-    // generator need not be inside its namespace.
+    // From this thread: the generator's maps and socket already belong to its namespace.
     let (sent, seconds) = generator.send(frame, rate, duration)?;
     // Let the rings drain before counting.
     std::thread::sleep(Duration::from_millis(200));
@@ -767,7 +843,7 @@ fn bench() -> Result<()> {
         "sched_setscheduler(SCHED_IDLE): {}",
         std::io::Error::last_os_error()
     );
-    let sides = [forwarder_side(&bin)?, kernel_side()?];
+    let sides = [forwarder_side(&bin)?, kernel_side()?, floor_side()?];
     for side in &sides {
         moderation(side)?;
     }
@@ -801,7 +877,7 @@ fn bench() -> Result<()> {
             }
         }
     }
-    let mut cells: Vec<Vec<Vec<Results>>> = (0..2)
+    let mut cells: Vec<Vec<Vec<Results>>> = (0..sides.len())
         .map(|_| {
             (0..SIZES.len())
                 .map(|_| (0..2).map(|_| Results::default()).collect())
@@ -810,8 +886,10 @@ fn bench() -> Result<()> {
         .collect();
     let mut idle_cpu = Vec::new();
     for round in 0..knobs.rounds {
-        // Alternate which gateway goes first.
-        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        // Rotate which gateway goes first.
+        let order: Vec<usize> = (0..sides.len())
+            .map(|g| (g + round) % sides.len())
+            .collect();
         for (s, size) in SIZES.iter().enumerate() {
             for (d, direction) in DIRECTIONS.iter().enumerate() {
                 for &g in &order {
@@ -820,7 +898,14 @@ fn bench() -> Result<()> {
                         Direction::IdcToVpc => customer_frame(side, *size)?,
                         Direction::VpcToIdc => underlay_frame(side, *size)?,
                     };
-                    let (rate, overload) = zero_loss(side, *direction, &frame, &knobs)?;
+                    // The floor's zero-loss rate would say nothing the overload trial does not.
+                    let (rate, overload) = if side.gateway == Gateway::Floor {
+                        let overload = trial(side, *direction, &frame, None, knobs.trial)?;
+                        (None, overload)
+                    } else {
+                        let (rate, overload) = zero_loss(side, *direction, &frame, &knobs)?;
+                        (Some(rate), overload)
+                    };
                     let cpu = trial(side, *direction, &frame, Some(CPU_RATE), knobs.trial)?;
                     // CPU 1 without traffic, for 1 s, scaled to a trial (and its drain).
                     let idle_before = cpu1_busy()?;
@@ -831,11 +916,11 @@ fn bench() -> Result<()> {
                     let overload_idle = idle / (cpu.seconds + 0.2) * (overload.seconds + 0.2);
                     let overload_ns = overload.cpu_ns(overload_idle);
                     eprintln!(
-                        "throughput bench: round {} {} {size} B {}: zero-loss {:.0} kpps; overload offered {:.0} delivered {:.0} kpps, CPU {:.0} ns/packet; CPU {:.0} ns/packet at {:.0} kpps (loss {:.4} %, idle CPU {:.3} s)",
+                        "throughput bench: round {} {} {size} B {}: zero-loss {} kpps; overload offered {:.0} delivered {:.0} kpps, CPU {:.0} ns/packet; CPU {:.0} ns/packet at {:.0} kpps (loss {:.4} %, idle CPU {:.3} s)",
                         round + 1,
                         side.gateway.name(),
                         direction.name(),
-                        rate / 1e3,
+                        rate.map_or("-".to_owned(), |r| format!("{:.0}", r / 1e3)),
                         overload.offered / 1e3,
                         overload.delivered() / 1e3,
                         overload_ns,
@@ -845,7 +930,7 @@ fn bench() -> Result<()> {
                         idle,
                     );
                     let cell = &mut cells[g][s][d];
-                    cell.zero_loss.push(rate);
+                    cell.zero_loss.extend(rate);
                     cell.overload_offered.push(overload.offered);
                     cell.overload_delivered.push(overload.delivered());
                     cell.overload_cpu_ns.push(overload_ns);
@@ -863,7 +948,7 @@ fn kpps(v: &[f64]) -> Vec<f64> {
     v.iter().map(|r| r / 1e3).collect()
 }
 
-/// Per round, forwarder's figure over the kernel's.
+/// Per round, one gateway's figure over another's.
 fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| a / b).collect()
 }
@@ -908,6 +993,22 @@ fn report(cells: &[Vec<Vec<Results>>], knobs: &Knobs, idle_cpu: &[f64]) -> Resul
             )?;
         }
     }
+    out.push_str("\nForwarder against the floor, a bare XDP redirect between the same two ports (`xdp_redirect_floor` on both, frames unchanged: the cheapest forwarding XDP can do here), in the same rounds; CPU 1's time per packet at the CPU trials' rate and under overload:\n\n| frame | direction | CPU ns/packet, floor | forwarder / floor | CPU ns/packet under overload, floor | forwarder / floor, under overload | delivered kpps under overload, floor |\n|---:|---|---:|---:|---:|---:|---:|\n");
+    for (s, size) in SIZES.iter().enumerate() {
+        for (d, direction) in DIRECTIONS.iter().enumerate() {
+            let (f, r) = (&cells[0][s][d], &cells[2][s][d]);
+            writeln!(
+                out,
+                "| {size} B | {} | {} | {} | {} | {} | {} |",
+                direction.name(),
+                median_min_max(r.cpu_ns.clone(), 0),
+                median_min_max(ratios(&f.cpu_ns, &r.cpu_ns), 2),
+                median_min_max(r.overload_cpu_ns.clone(), 0),
+                median_min_max(ratios(&f.overload_cpu_ns, &r.overload_cpu_ns), 2),
+                median_min_max(kpps(&r.overload_delivered), 0),
+            )?;
+        }
+    }
     let worst_cpu_loss = cells
         .iter()
         .flatten()
@@ -916,7 +1017,7 @@ fn report(cells: &[Vec<Vec<Results>>], knobs: &Knobs, idle_cpu: &[f64]) -> Resul
         .fold(0.0f64, f64::max);
     writeln!(
         out,
-        "\nMedian (min–max) over {} rounds; each round measures every cell, the two gateways in turn (which goes first alternates). Ratios are taken within a round.\n",
+        "\nMedian (min–max) over {} rounds; each round measures every cell, the three gateways in turn (which goes first rotates). Ratios are taken within a round.\n",
         knobs.rounds
     )?;
     writeln!(

@@ -360,6 +360,47 @@ struct Side {
     v0_mac: [u8; 6],
 }
 
+impl Side {
+    /// A gateway whose ports are set up, with its sinks (on `c0` and `v0`), its generators
+    /// and their NAPI layout: the gateway's two ports on CPU 1, the sinks' and the
+    /// generators' on CPU 0. Customer frames go to `port_mac`, or to the connection port's
+    /// own MAC.
+    fn assemble(
+        gateway: Gateway,
+        ports: [&'static str; 2],
+        (cust, gw, vpc): (NetNs, NetNs, NetNs),
+        [cust_sink, vpc_sink]: [Sink; 2],
+        agent: Option<(Child, TempDir, PathBuf)>,
+        programs: Vec<Ebpf>,
+        port_mac: Option<[u8; 6]>,
+    ) -> Result<Self> {
+        let side = Self {
+            gateway,
+            ports,
+            port_mac: match port_mac {
+                Some(mac) => mac,
+                None => interface_mac(&gw, ports[0])?,
+            },
+            underlay_mac: interface_mac(&gw, ports[1])?,
+            v0_mac: interface_mac(&vpc, "v0")?,
+            cust_gen: Generator::new(&cust, "c0")?,
+            vpc_gen: Generator::new(&vpc, "v0")?,
+            cust,
+            gw,
+            vpc,
+            agent,
+            _programs: programs,
+            cust_sink,
+            vpc_sink,
+        };
+        threaded_napi(&side.gw, ports[0], 1, true)?;
+        threaded_napi(&side.gw, ports[1], 1, true)?;
+        threaded_napi(&side.cust, "c0", 0, true)?;
+        threaded_napi(&side.vpc, "v0", 0, true)?;
+        Ok(side)
+    }
+}
+
 impl Drop for Side {
     fn drop(&mut self) {
         if let Some((mut child, _, pin_dir)) = self.agent.take() {
@@ -433,27 +474,15 @@ fn forwarder_side(bin: &Path) -> Result<Side> {
     let vif = cli_json(bin, &socket, &["vif", "show", "vif-100"])?;
     let port_mac =
         forwarder_tests::customer::parse_mac(vif["mac"].as_str().context("vif show: mac")?)?;
-    let underlay_mac = interface_mac(&gw, "ul0")?;
-    let cust_gen = Generator::new(&cust, "c0")?;
-    let vpc_gen = Generator::new(&vpc, "v0")?;
-    let side = Side {
-        gateway: Gateway::Forwarder,
-        ports: ["hc1", "ul0"],
-        cust,
-        gw,
-        vpc,
-        agent: side_agent,
-        _programs: Vec::new(),
-        cust_sink,
-        vpc_sink,
-        cust_gen,
-        vpc_gen,
-        port_mac,
-        underlay_mac,
-        v0_mac,
-    };
-    napi_layout(&side, "hc1", "ul0")?;
-    Ok(side)
+    Side::assemble(
+        Gateway::Forwarder,
+        ["hc1", "ul0"],
+        (cust, gw, vpc),
+        [cust_sink, vpc_sink],
+        side_agent,
+        Vec::new(),
+        Some(port_mac),
+    )
 }
 
 fn kernel_side() -> Result<Side> {
@@ -496,30 +525,16 @@ fn kernel_side() -> Result<Side> {
         }
         Ok(ebpf)
     })?;
-    let cust_sink = Sink::attach(&cust, "c0")?;
-    let vpc_sink = Sink::attach(&vpc, "v0")?;
-    let port_mac = interface_mac(&gw, "khc1")?;
-    let underlay_mac = interface_mac(&gw, "kul0")?;
-    let cust_gen = Generator::new(&cust, "c0")?;
-    let vpc_gen = Generator::new(&vpc, "v0")?;
-    let side = Side {
-        gateway: Gateway::Kernel,
-        ports: ["khc1", "kul0"],
-        cust,
-        gw,
-        vpc,
-        agent: None,
-        _programs: vec![vlan_tc],
-        cust_sink,
-        vpc_sink,
-        cust_gen,
-        vpc_gen,
-        port_mac,
-        underlay_mac,
-        v0_mac,
-    };
-    napi_layout(&side, "khc1", "kul0")?;
-    Ok(side)
+    let sinks = [Sink::attach(&cust, "c0")?, Sink::attach(&vpc, "v0")?];
+    Side::assemble(
+        Gateway::Kernel,
+        ["khc1", "kul0"],
+        (cust, gw, vpc),
+        sinks,
+        None,
+        vec![vlan_tc],
+        None,
+    )
 }
 
 /// The floor: the test object's `xdp_redirect_floor` on both ports, each sending every frame
@@ -527,7 +542,6 @@ fn kernel_side() -> Result<Side> {
 /// forwarding XDP can do between these ports.
 fn floor_side() -> Result<Side> {
     let (cust, gw, vpc) = namespaces("tpr", "rhc1", "rul0")?;
-    let v0_mac = interface_mac(&vpc, "v0")?;
     let programs = gw.enter(|| {
         let mut programs = Vec::new();
         for (from, to) in [("rhc1", "rul0"), ("rul0", "rhc1")] {
@@ -550,39 +564,16 @@ fn floor_side() -> Result<Side> {
         }
         Ok(programs)
     })?;
-    let cust_sink = Sink::attach(&cust, "c0")?;
-    let vpc_sink = Sink::attach(&vpc, "v0")?;
-    let port_mac = interface_mac(&gw, "rhc1")?;
-    let underlay_mac = interface_mac(&gw, "rul0")?;
-    let cust_gen = Generator::new(&cust, "c0")?;
-    let vpc_gen = Generator::new(&vpc, "v0")?;
-    let side = Side {
-        gateway: Gateway::Floor,
-        ports: ["rhc1", "rul0"],
-        cust,
-        gw,
-        vpc,
-        agent: None,
-        _programs: programs,
-        cust_sink,
-        vpc_sink,
-        cust_gen,
-        vpc_gen,
-        port_mac,
-        underlay_mac,
-        v0_mac,
-    };
-    napi_layout(&side, "rhc1", "rul0")?;
-    Ok(side)
-}
-
-/// The gateway's two ports on CPU 1; the sinks' ports on CPU 0 with the generator.
-fn napi_layout(side: &Side, port: &str, underlay: &str) -> Result<()> {
-    threaded_napi(&side.gw, port, 1, true)?;
-    threaded_napi(&side.gw, underlay, 1, true)?;
-    threaded_napi(&side.cust, "c0", 0, true)?;
-    threaded_napi(&side.vpc, "v0", 0, true)?;
-    Ok(())
+    let sinks = [Sink::attach(&cust, "c0")?, Sink::attach(&vpc, "v0")?];
+    Side::assemble(
+        Gateway::Floor,
+        ["rhc1", "rul0"],
+        (cust, gw, vpc),
+        sinks,
+        None,
+        programs,
+        None,
+    )
 }
 
 /// What the ports and the agent counted, for a bench that could not start.

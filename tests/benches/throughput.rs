@@ -944,62 +944,65 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| a / b).collect()
 }
 
+/// A table's rows, one per frame size and direction: the cells that `row` makes of the
+/// results of forwarder, the kernel reference and the floor.
+fn rows(
+    out: &mut String,
+    cells: &[Vec<Vec<Results>>],
+    row: impl Fn(&Results, &Results, &Results) -> Vec<String>,
+) -> Result<()> {
+    for (s, size) in SIZES.iter().enumerate() {
+        for (d, direction) in DIRECTIONS.iter().enumerate() {
+            let row = row(&cells[0][s][d], &cells[1][s][d], &cells[2][s][d]);
+            writeln!(
+                out,
+                "| {size} B | {} | {} |",
+                direction.name(),
+                row.join(" | ")
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn report(cells: &[Vec<Vec<Results>>], knobs: &Knobs, idle_cpu: &[f64]) -> Result<String> {
     let mut out = String::from(
         "## Throughput: forwarder against the kernel's own parts (zero-loss rate, CPU per packet)\n\n",
     );
     out.push_str("| frame | direction | zero-loss kpps, forwarder | zero-loss kpps, kernel reference | forwarder / kernel | CPU ns/packet, forwarder | CPU ns/packet, kernel | kernel / forwarder |\n|---:|---|---:|---:|---:|---:|---:|---:|\n");
-    for (s, size) in SIZES.iter().enumerate() {
-        for (d, direction) in DIRECTIONS.iter().enumerate() {
-            let (f, k) = (&cells[0][s][d], &cells[1][s][d]);
-            writeln!(
-                out,
-                "| {size} B | {} | {} | {} | {} | {} | {} | {} |",
-                direction.name(),
-                median_min_max(kpps(&f.zero_loss), 0),
-                median_min_max(kpps(&k.zero_loss), 0),
-                median_min_max(ratios(&f.zero_loss, &k.zero_loss), 2),
-                median_min_max(f.cpu_ns.clone(), 0),
-                median_min_max(k.cpu_ns.clone(), 0),
-                median_min_max(ratios(&k.cpu_ns, &f.cpu_ns), 2),
-            )?;
-        }
-    }
+    rows(&mut out, cells, |f, k, _| {
+        vec![
+            median_min_max(kpps(&f.zero_loss), 0),
+            median_min_max(kpps(&k.zero_loss), 0),
+            median_min_max(ratios(&f.zero_loss, &k.zero_loss), 2),
+            median_min_max(f.cpu_ns.clone(), 0),
+            median_min_max(k.cpu_ns.clone(), 0),
+            median_min_max(ratios(&k.cpu_ns, &f.cpu_ns), 2),
+        ]
+    })?;
     out.push_str("\nUnder overload (the generator as fast as it goes), what each gateway delivered, and CPU 1's time per frame delivered (the gateway's cost per packet with its NAPI batches full):\n\n| frame | direction | offered kpps (forwarder's trials) | delivered kpps, forwarder | offered kpps (kernel's trials) | delivered kpps, kernel | forwarder / kernel | CPU ns/packet, forwarder | CPU ns/packet, kernel | kernel / forwarder |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-    for (s, size) in SIZES.iter().enumerate() {
-        for (d, direction) in DIRECTIONS.iter().enumerate() {
-            let (f, k) = (&cells[0][s][d], &cells[1][s][d]);
-            writeln!(
-                out,
-                "| {size} B | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                direction.name(),
-                median_min_max(kpps(&f.overload_offered), 0),
-                median_min_max(kpps(&f.overload_delivered), 0),
-                median_min_max(kpps(&k.overload_offered), 0),
-                median_min_max(kpps(&k.overload_delivered), 0),
-                median_min_max(ratios(&f.overload_delivered, &k.overload_delivered), 2),
-                median_min_max(f.overload_cpu_ns.clone(), 0),
-                median_min_max(k.overload_cpu_ns.clone(), 0),
-                median_min_max(ratios(&k.overload_cpu_ns, &f.overload_cpu_ns), 2),
-            )?;
-        }
-    }
+    rows(&mut out, cells, |f, k, _| {
+        vec![
+            median_min_max(kpps(&f.overload_offered), 0),
+            median_min_max(kpps(&f.overload_delivered), 0),
+            median_min_max(kpps(&k.overload_offered), 0),
+            median_min_max(kpps(&k.overload_delivered), 0),
+            median_min_max(ratios(&f.overload_delivered, &k.overload_delivered), 2),
+            median_min_max(f.overload_cpu_ns.clone(), 0),
+            median_min_max(k.overload_cpu_ns.clone(), 0),
+            median_min_max(ratios(&k.overload_cpu_ns, &f.overload_cpu_ns), 2),
+        ]
+    })?;
     out.push_str("\nForwarder against the floor, a bare XDP redirect between the same two ports (`xdp_redirect_floor` on both, frames unchanged: the cheapest forwarding XDP can do here), in the same rounds; CPU 1's time per packet at the CPU trials' rate and under overload:\n\n| frame | direction | CPU ns/packet, floor | forwarder / floor | CPU ns/packet under overload, floor | forwarder / floor, under overload | delivered kpps under overload, floor |\n|---:|---|---:|---:|---:|---:|---:|\n");
-    for (s, size) in SIZES.iter().enumerate() {
-        for (d, direction) in DIRECTIONS.iter().enumerate() {
-            let (f, r) = (&cells[0][s][d], &cells[2][s][d]);
-            writeln!(
-                out,
-                "| {size} B | {} | {} | {} | {} | {} | {} |",
-                direction.name(),
-                median_min_max(r.cpu_ns.clone(), 0),
-                median_min_max(ratios(&f.cpu_ns, &r.cpu_ns), 2),
-                median_min_max(r.overload_cpu_ns.clone(), 0),
-                median_min_max(ratios(&f.overload_cpu_ns, &r.overload_cpu_ns), 2),
-                median_min_max(kpps(&r.overload_delivered), 0),
-            )?;
-        }
-    }
+    rows(&mut out, cells, |f, _, r| {
+        vec![
+            median_min_max(r.cpu_ns.clone(), 0),
+            median_min_max(ratios(&f.cpu_ns, &r.cpu_ns), 2),
+            median_min_max(r.overload_cpu_ns.clone(), 0),
+            median_min_max(ratios(&f.overload_cpu_ns, &r.overload_cpu_ns), 2),
+            median_min_max(kpps(&r.overload_delivered), 0),
+        ]
+    })?;
     let worst_cpu_loss = cells
         .iter()
         .flatten()

@@ -111,18 +111,25 @@ fn lock_dir(what: &'static str, dir: &Path, pid: Option<u32>) -> Result<File, Er
     Ok(file)
 }
 
-/// Takes the state directory's, the control socket's and the pin directory's locks, in that
-/// order (the pid of a holder is read from the first two). The pin directory must already
-/// be on a bpf filesystem.
-pub fn acquire(state_dir: &Path, socket: &Path, pin_dir: &Path) -> Result<Locks, Error> {
+/// Takes the state directory's and the control socket's locks, in that order (the pid of a
+/// holder is read from either). The pin directory's follows with [`Locks::lock_pins`] once
+/// that directory exists: an agent refused here has created nothing on the bpf filesystem.
+pub fn acquire(state_dir: &Path, socket: &Path) -> Result<Locks, Error> {
     let state = lock_file("state_dir", state_dir, &state_dir.join("agent.lock"))?;
     let mut socket_lock = socket.as_os_str().to_owned();
     socket_lock.push(".lock");
     let socket_file = lock_file("control_socket", socket, Path::new(&socket_lock))?;
-    let pins = lock_dir("pin_dir", pin_dir, None)?;
     Ok(Locks {
-        _files: vec![state, socket_file, pins],
+        _files: vec![state, socket_file],
     })
+}
+
+impl Locks {
+    /// Adds the pin directory's lock. The directory must be on a bpf filesystem.
+    pub fn lock_pins(&mut self, pin_dir: &Path) -> Result<(), Error> {
+        self._files.push(lock_dir("pin_dir", pin_dir, None)?);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -133,20 +140,25 @@ mod tests {
     fn a_second_holder_is_refused_with_the_first_ones_pid() -> Result<(), Error> {
         let dir = std::env::temp_dir().join(format!("forwarder-lock-{}", std::process::id()));
         let (state, socket, pins) = (dir.join("state"), dir.join("run/f.sock"), dir.join("pins"));
-        let first = acquire(&state, &socket, &pins)?;
-        let err = acquire(&state, &socket, &pins).expect_err("second lock");
+        let lock = |state: &Path, socket: &Path| -> Result<Locks, Error> {
+            let mut locks = acquire(state, socket)?;
+            locks.lock_pins(&pins)?;
+            Ok(locks)
+        };
+        let first = lock(&state, &socket)?;
+        let err = lock(&state, &socket).expect_err("second lock");
         let text = err.to_string();
         assert!(
             text.contains(&format!("(pid {})", std::process::id())) && text.contains("state_dir"),
             "{text}"
         );
         // Another state dir but the same socket: the socket is what is refused.
-        let err = acquire(&dir.join("state2"), &socket, &pins).expect_err("socket");
+        let err = lock(&dir.join("state2"), &socket).expect_err("socket");
         assert!(err.to_string().contains("control_socket"), "{err}");
-        let err = acquire(&dir.join("state3"), &dir.join("other.sock"), &pins).expect_err("pins");
+        let err = lock(&dir.join("state3"), &dir.join("other.sock")).expect_err("pins");
         assert!(err.to_string().contains("pin_dir"), "{err}");
         drop(first);
-        drop(acquire(&state, &socket, &pins)?);
+        drop(lock(&state, &socket)?);
         fs::remove_dir_all(&dir).map_err(|source| Error::Io { path: dir, source })?;
         Ok(())
     }

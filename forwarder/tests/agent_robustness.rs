@@ -210,8 +210,13 @@ fn a_second_agent_is_refused_and_the_first_keeps_running() -> Result<()> {
         "{refusal}"
     );
 
-    // Another state directory and pin directory, the same control socket: refused too, and
-    // the live socket is not replaced.
+    // Another state directory and pin directory, the same control socket: refused too, the
+    // live socket is not replaced, and the refused agent leaves nothing on the bpf filesystem.
+    let other_pins = std::path::Path::new("/sys/fs/bpf/fwt-other-pins");
+    // What an older build's run of this test left.
+    if other_pins.exists() {
+        std::fs::remove_dir(other_pins)?;
+    }
     let other = t
         .fixture()
         .agent(
@@ -231,6 +236,11 @@ fn a_second_agent_is_refused_and_the_first_keeps_running() -> Result<()> {
     ensure!(
         !out.status.success() && err.contains("control_socket"),
         "{err}"
+    );
+    ensure!(
+        !other_pins.exists(),
+        "the refused agent created its pin_dir {}",
+        other_pins.display()
     );
     let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
     ensure!(

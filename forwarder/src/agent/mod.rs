@@ -254,13 +254,11 @@ impl Agent {
         net_tx: mpsc::Sender<observe::Stamped>,
     ) -> Result<Self, Error> {
         let agent_cfg = &config.agent;
-        Dataplane::prepare_pin_dir(&agent_cfg.pin_dir)?;
-        let locks = lock::acquire(
-            &agent_cfg.state_dir,
-            &agent_cfg.control_socket,
-            &agent_cfg.pin_dir,
-        )?;
+        let mut locks = lock::acquire(&agent_cfg.state_dir, &agent_cfg.control_socket)?;
         control::check_free(&agent_cfg.control_socket)?;
+        // Only an agent that holds the other two locks creates the pin directory.
+        Dataplane::prepare_pin_dir(&agent_cfg.pin_dir)?;
+        locks.lock_pins(&agent_cfg.pin_dir)?;
         let mut state = State::load(&agent_cfg.state_dir)?;
         let mut host = Netlink::open()?;
         check_local_vtep(&config, &mut host)?;

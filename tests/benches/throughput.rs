@@ -823,17 +823,9 @@ fn bench() -> Result<()> {
         },
         steps: if quick { 4 } else { 5 },
     };
+    // This thread only sleeps through a trial; it stays off the gateway's CPU, and so does the
+    // agent it spawns (which inherits the affinity and does nothing per packet).
     pin(0, 0)?;
-    // The generator spins in the kernel for its whole trial: at SCHED_IDLE it yields CPU 0 at
-    // once to the sinks' NAPI threads (and anything else), which then cannot fall behind.
-    // SAFETY: a zeroed sched_param is valid for SCHED_IDLE (priority 0).
-    let param: libc::sched_param = unsafe { std::mem::zeroed() };
-    // SAFETY: `param` is a valid sched_param.
-    ensure!(
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0,
-        "sched_setscheduler(SCHED_IDLE): {}",
-        std::io::Error::last_os_error()
-    );
     let sides = [forwarder_side(&bin)?, kernel_side()?, floor_side()?];
     for side in &sides {
         moderation(side)?;

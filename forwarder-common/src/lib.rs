@@ -25,6 +25,16 @@ pub const MAP_VTEPS: &str = "VTEPS";
 pub const MAP_UNDERLAY: &str = "UNDERLAY";
 /// `LpmTrie<RouteKey, u32>`: (border gateway id, IPv4 prefix) → next-hop id.
 pub const MAP_ROUTES: &str = "ROUTES";
+/// `HashMap<RouteKey, u32>`: (border gateway id, IPv4 /24 with its last octet 0) → next-hop id
+/// of the longest [`MAP_ROUTES`] prefix of [`ROUTES24_SHORTEST`]..=24 bits covering that /24,
+/// for a /24 that no longer prefix splits. The data plane looks here first and walks the
+/// trie only on a miss: one hash probe instead of a walk that grows with the table. Written
+/// only by the agent, from the routes it wrote to [`MAP_ROUTES`]; a /24 with no entry is
+/// answered by the trie alone, so an entry is only ever a shortcut to the trie's answer.
+pub const MAP_ROUTES24: &str = "ROUTES24";
+/// The shortest prefix length [`MAP_ROUTES24`] holds: a prefix of `len` bits takes up to
+/// `2^(24 - len)` entries (8 at most); shorter ones are left to the trie.
+pub const ROUTES24_SHORTEST: u8 = 21;
 /// `LpmTrie<RouteKey6, u32>`: (border gateway id, IPv6 prefix) → next-hop id. Next hops are
 /// shared with [`MAP_ROUTES`]: a VIF next hop of an IPv6 route carries the MAC the client
 /// router's IPv6 address resolves to (Neighbor Discovery).
@@ -85,6 +95,9 @@ pub const MAX_ATTACHMENTS: u32 = 4_096;
 /// group and three BGP session groups), plus one per attachment.
 pub const MAX_NEXT_HOPS: u32 = 131_072;
 pub const MAX_ROUTES: u32 = 1_048_576;
+/// Entries of [`MAP_ROUTES24`] for each entry of [`MAP_ROUTES`] (a public IPv4 table of 1M
+/// routes needs about 1.6M /24 entries); a /24 that finds no room is left to the trie.
+pub const ROUTES24_PER_ROUTE: u32 = 2;
 /// IPv6 routes of all border gateways together (the whole IPv6 Internet table is about a
 /// fifth of this); entries are allocated as they are used.
 pub const MAX_ROUTES6: u32 = 524_288;
@@ -301,6 +314,10 @@ impl RouteKey {
             gateway_be: gateway_id.to_be_bytes(),
             addr,
         }
+    }
+    /// The [`MAP_ROUTES24`] key of the /24 holding `addr`.
+    pub const fn slash24(gateway_id: u32, addr: [u8; 4]) -> Self {
+        Self::new(gateway_id, [addr[0], addr[1], addr[2], 0])
     }
     /// LPM prefix length for an IPv4 prefix of `len` bits in this key.
     pub const fn lpm_len(prefix_len: u8) -> u32 {

@@ -1,6 +1,6 @@
 //! Every map of the data plane. Names, key and value types and capacities come from
 //! `forwarder-common`; the agent may pin them (maps are created unpinned here and pinned by
-//! path at load time) and may resize `ROUTES` at load time.
+//! path at load time) and may resize `ROUTES` (and `ROUTES24` with it) at load time.
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -10,8 +10,8 @@ use aya_ebpf::{
 use forwarder_common::{
     Attachment, BfdAnswer, BfdKey, CAPTURE_RING_BYTES, ControlBuckets, DROP_SLOTS, MAX_ATTACHMENTS,
     MAX_BFD_ANSWERS, MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES, MAX_ROUTES6, MAX_VIFS, NextHop,
-    PASS_SLOTS, RouteKey, RouteKey6, TrafficCounters, UnderlayHop, Vif, VifAddrs6, VifDrops,
-    VifKey, VifPolicy, VtepKey,
+    PASS_SLOTS, ROUTES24_PER_ROUTE, RouteKey, RouteKey6, TrafficCounters, UnderlayHop, Vif,
+    VifAddrs6, VifDrops, VifKey, VifPolicy, VtepKey,
 };
 
 #[map(name = "VIFS")]
@@ -35,6 +35,10 @@ pub static VTEPS: HashMap<VtepKey, u32> = HashMap::with_max_entries(MAX_ATTACHME
 #[map(name = "ROUTES")]
 pub static ROUTES: LpmTrie<RouteKey, u32> =
     LpmTrie::with_max_entries(MAX_ROUTES, BPF_F_NO_PREALLOC);
+
+#[map(name = "ROUTES24")]
+pub static ROUTES24: HashMap<RouteKey, u32> =
+    HashMap::with_max_entries(ROUTES24_PER_ROUTE * MAX_ROUTES, BPF_F_NO_PREALLOC);
 
 #[map(name = "ROUTES6")]
 pub static ROUTES6: LpmTrie<RouteKey6, u32> =

@@ -6,7 +6,7 @@ use forwarder_common::{RouteKey, RouteKey6, group_member, next_hop_kind};
 
 use crate::{
     Drop,
-    maps::{NEXT_HOPS, ROUTES, ROUTES6},
+    maps::{NEXT_HOPS, ROUTES, ROUTES6, ROUTES24},
 };
 
 /// A next hop after group resolution: an attachment or a VIF, never a group.
@@ -19,8 +19,19 @@ pub struct Resolved {
 
 #[inline(always)]
 pub fn lookup(gateway_id: u32, dst: [u8; 4], hash: u32) -> Result<Resolved, Drop> {
-    let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, dst));
-    resolve(*ROUTES.get(&key).ok_or(Drop::NoRoute)?, hash)
+    resolve(longest_match(gateway_id, dst).ok_or(Drop::NoRoute)?, hash)
+}
+
+/// The next-hop id of the longest prefix holding `addr` in `gateway_id`'s table: the /24
+/// shortcut when the agent wrote one, else the trie.
+#[inline(always)]
+fn longest_match(gateway_id: u32, addr: [u8; 4]) -> Option<u32> {
+    // SAFETY: the value is a u32 read at once; the agent replaces entries whole.
+    if let Some(id) = unsafe { ROUTES24.get(RouteKey::slash24(gateway_id, addr)) } {
+        return Some(*id);
+    }
+    let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, addr));
+    ROUTES.get(&key).copied()
 }
 
 /// [`lookup`] in the gateway's IPv6 table.
@@ -59,10 +70,7 @@ fn resolve(id: u32, hash: u32) -> Result<Resolved, Drop> {
 /// a group with a member on it?
 #[inline(always)]
 pub fn reaches_vif(gateway_id: u32, src: [u8; 4], vif: u32) -> bool {
-    let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, src));
-    ROUTES
-        .get(&key)
-        .is_some_and(|id| next_hop_reaches_vif(*id, vif))
+    longest_match(gateway_id, src).is_some_and(|id| next_hop_reaches_vif(id, vif))
 }
 
 /// [`reaches_vif`] in the gateway's IPv6 table.

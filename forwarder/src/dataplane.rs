@@ -25,12 +25,13 @@ use aya::{
 use forwarder_common::{
     Attachment, BfdAnswer, BfdKey, ControlBuckets, DROP_SLOTS, MAP_ATTACHMENT_STATS,
     MAP_ATTACHMENTS, MAP_BFD_ANSWER, MAP_CAPTURE, MAP_CAPTURE_RING, MAP_CONTROL_BUCKETS,
-    MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES, MAP_ROUTES, MAP_ROUTES6, MAP_TX_PORTS,
-    MAP_UNDERLAY, MAP_VIF_ADDRS6, MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS, MAP_VIF_TABLE,
-    MAP_VIFS, MAP_VTEPS, MAX_ATTACHMENTS, MAX_BFD_ANSWERS, MAX_GROUP_MEMBERS, MAX_NEXT_HOPS,
-    MAX_PORTS, MAX_ROUTES6, MAX_VIFS, NextHop, PASS_SLOTS, PacketCounter, RouteKey, RouteKey6,
-    TrafficCounters, UnderlayHop, VLAN_COUNTERS, VLAN_UNTAGGED_SLOT, Vif, VifAddrs6, VifDrops,
-    VifKey, VifPolicy, VtepKey, drop_reason, next_hop_kind, outer_ipv4_partial_csum, pass_reason,
+    MAP_CONTROL_PORTS, MAP_DROPS, MAP_NEXT_HOPS, MAP_PASSES, MAP_ROUTES, MAP_ROUTES6, MAP_ROUTES24,
+    MAP_TX_PORTS, MAP_UNDERLAY, MAP_VIF_ADDRS6, MAP_VIF_DROPS, MAP_VIF_POLICY, MAP_VIF_STATS,
+    MAP_VIF_TABLE, MAP_VIFS, MAP_VTEPS, MAX_ATTACHMENTS, MAX_BFD_ANSWERS, MAX_GROUP_MEMBERS,
+    MAX_NEXT_HOPS, MAX_PORTS, MAX_ROUTES6, MAX_VIFS, NextHop, PASS_SLOTS, PacketCounter, RouteKey,
+    RouteKey6, TrafficCounters, UnderlayHop, VLAN_COUNTERS, VLAN_UNTAGGED_SLOT, Vif, VifAddrs6,
+    VifDrops, VifKey, VifPolicy, VtepKey, drop_reason, next_hop_kind, outer_ipv4_partial_csum,
+    pass_reason,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -42,7 +43,8 @@ pub static EBPF_OBJECT: &[u8] =
 
 /// Every map the agent pins and re-adopts (the capture flag too, so that a new agent turns
 /// off a capture a killed one left on).
-const PINNED_MAPS: [&str; 20] = [
+const PINNED_MAPS: [&str; 21] = [
+    MAP_ROUTES24,
     MAP_ROUTES6,
     MAP_VIF_ADDRS6,
     MAP_UNDERLAY,
@@ -69,7 +71,9 @@ const PINNED_MAPS: [&str; 20] = [
 /// 0 = any). The kernel does not compare a pinned map with the program's definition, and
 /// aya adopts whatever the pin holds, so an upgrade that changed a map would run the new
 /// program on the old map.
-const MAP_SHAPES: [(&str, usize, usize, u32); 20] = [
+const MAP_SHAPES: [(&str, usize, usize, u32); 21] = [
+    // Sized with the route map.
+    (MAP_ROUTES24, size_of::<RouteKey>(), 4, 0),
     (MAP_ROUTES6, 4 + size_of::<RouteKey6>(), 4, MAX_ROUTES6),
     (MAP_VIF_ADDRS6, 4, size_of::<VifAddrs6>(), MAX_VIFS),
     (MAP_UNDERLAY, 4, size_of::<UnderlayHop>(), MAX_ATTACHMENTS),
@@ -109,10 +113,11 @@ const MAP_SHAPES: [(&str, usize, usize, u32); 20] = [
     (MAP_PASSES, 4, 8, PASS_SLOTS),
 ];
 
-/// Maps that hold only counters, rate-limit state or what the agent resolves again at start
-/// (the underlay next hops): one of another shape is replaced by a new, empty one (counts
-/// start again from zero). Any other mismatch stops the load.
-const REPLACEABLE_MAPS: [&str; 8] = [
+/// Maps that hold only counters, rate-limit state or what the agent writes again at start
+/// (the underlay next hops, the /24 shortcuts): one of another shape is replaced by a new,
+/// empty one (counts start again from zero). Any other mismatch stops the load.
+const REPLACEABLE_MAPS: [&str; 9] = [
+    MAP_ROUTES24,
     MAP_UNDERLAY,
     MAP_CONTROL_BUCKETS,
     MAP_VIF_DROPS,
@@ -407,6 +412,10 @@ impl Dataplane {
         }
         if let Some(max) = options.max_routes {
             loader.map_max_entries(MAP_ROUTES, max);
+            loader.map_max_entries(
+                MAP_ROUTES24,
+                max.saturating_mul(forwarder_common::ROUTES24_PER_ROUTE),
+            );
         }
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|source| Error::Load {
             pin_dir: options.pin_dir.clone(),
@@ -1001,6 +1010,86 @@ impl Dataplane {
         }
     }
 
+    /// Writes /24 shortcuts ((gateway id, /24 first address, next hop), see
+    /// [`crate::routes24`]) and removes others ((gateway id, /24); one not there is not an
+    /// error), [`ROUTE_BATCH`] to a system call. A shortcut that finds the map full is left
+    /// out (the trie answers for its /24, as it would without it); returns how many were.
+    pub fn write_routes24(
+        &mut self,
+        writes: &[(u32, u32, u32)],
+        removals: &[(u32, u32)],
+    ) -> Result<usize, Error> {
+        let key = |g: u32, net: u32| RouteKey::slash24(g, net.to_be_bytes());
+        let data = match self.map(MAP_ROUTES24)? {
+            Map::HashMap(d) => d,
+            _ => return Err(Error::MissingMap(MAP_ROUTES24)),
+        };
+        let mut left_out = 0;
+        for chunk in writes.chunks(ROUTE_BATCH) {
+            let keys: Vec<RouteKey> = chunk.iter().map(|(g, n, _)| key(*g, *n)).collect();
+            let values: Vec<u32> = chunk.iter().map(|w| w.2).collect();
+            let mut at = 0;
+            while at < keys.len() {
+                let (done, result) = update_batch(data, &keys[at..], &values[at..]);
+                at += done;
+                if result.is_ok() {
+                    break;
+                }
+                // A full map (replacing a key never needs room: this /24 had no shortcut)
+                // or a failed allocation: the /24 is left to the trie, which answers the
+                // same. A shortcut that could not be removed either might be stale.
+                if let Err(e) = result {
+                    let (_, removed) = delete_batch(data, &keys[at..=at]);
+                    if let Err(MapError::SyscallError(d)) = &removed
+                        && d.io_error.raw_os_error() != Some(libc::ENOENT)
+                    {
+                        return Err(route_write_error(MAP_ROUTES24, e));
+                    }
+                }
+                left_out += 1;
+                at += 1;
+            }
+        }
+        for chunk in removals.chunks(ROUTE_BATCH) {
+            let keys: Vec<RouteKey> = chunk.iter().map(|(g, n)| key(*g, *n)).collect();
+            let mut at = 0;
+            while at < keys.len() {
+                let (done, result) = delete_batch(data, &keys[at..]);
+                at += done;
+                match result {
+                    Ok(()) => break,
+                    Err(MapError::SyscallError(e))
+                        if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        at += 1;
+                    }
+                    Err(e) => return Err(map_err(MAP_ROUTES24)(e)),
+                }
+            }
+        }
+        Ok(left_out)
+    }
+
+    /// Every /24 shortcut: (gateway id, /24 first address, next hop). The agent reads this
+    /// once at start and puts right what a killed agent left half written.
+    pub fn routes24(&self) -> Result<Vec<(u32, u32, u32)>, Error> {
+        let data = match self.map(MAP_ROUTES24)? {
+            Map::HashMap(d) => d,
+            _ => return Err(Error::MissingMap(MAP_ROUTES24)),
+        };
+        let entries: Vec<(RouteKey, u32)> = lookup_batch(data).map_err(map_err(MAP_ROUTES24))?;
+        Ok(entries
+            .into_iter()
+            .map(|(k, nh)| {
+                (
+                    u32::from_be_bytes(k.gateway_be),
+                    u32::from_be_bytes(k.addr),
+                    nh,
+                )
+            })
+            .collect())
+    }
+
     /// Removes a route; a route that is not there is not an error.
     pub fn remove_route(&mut self, gateway_id: u32, prefix: impl Into<IpNet>) -> Result<(), Error> {
         match prefix.into() {
@@ -1030,6 +1119,14 @@ impl Dataplane {
     pub fn lookup(&self, gateway_id: u32, addr: impl Into<IpAddr>) -> Result<Option<u32>, Error> {
         let (result, name) = match addr.into() {
             IpAddr::V4(a) => {
+                // As the programs do: the /24 shortcut first, then the trie.
+                let front: HashMap<&MapData, RouteKey, u32> =
+                    HashMap::try_from(self.map(MAP_ROUTES24)?).map_err(map_err(MAP_ROUTES24))?;
+                match front.get(&RouteKey::slash24(gateway_id, a.octets()), 0) {
+                    Ok(nh) => return Ok(Some(nh)),
+                    Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(MAP_ROUTES24)(e)),
+                }
                 let map: LpmTrie<&MapData, RouteKey, u32> =
                     LpmTrie::try_from(self.map(MAP_ROUTES)?).map_err(map_err(MAP_ROUTES))?;
                 let key = Key::new(RouteKey::lpm_len(32), RouteKey::new(gateway_id, a.octets()));
@@ -1262,7 +1359,8 @@ fn check_pinned_shape(name: &str, path: &Path) -> Result<bool, Error> {
             map = name,
             found = %describe(found),
             wanted = %describe((key, value, entries)),
-            "a pinned counters map of an older shape is replaced: its counts start from zero"
+            "a pinned map of an older shape is replaced by an empty one: counts start from \
+             zero, and what the agent writes at start is written again"
         );
         return Ok(true);
     }
@@ -1377,19 +1475,6 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(
     keys: &[K],
     values: &[V],
 ) -> (usize, Result<(), MapError>) {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let count = keys.len().min(values.len());
     if count == 0 {
@@ -1401,33 +1486,127 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
         count: u32::try_from(count).unwrap_or(u32::MAX),
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        map_fd: map_fd(map),
         elem_flags: 0, // BPF_ANY
         flags: 0,
     };
-    // SAFETY: `attr` is a valid `bpf_attr.batch` of the size passed; `keys` and `values`
-    // hold `count` elements of the map's key and value size (K and V are the map's types),
-    // and the kernel only reads them and writes `attr.count`.
+    match batch_call(BPF_MAP_UPDATE_BATCH, &mut attr, "bpf_map_update_batch") {
+        Ok(()) => (count, Ok(())),
+        Err(e) => ((attr.count as usize).min(count), Err(e)),
+    }
+}
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Runs batch command `cmd` on `attr`; the kernel's error, if any.
+fn batch_call(cmd: libc::c_long, attr: &mut BatchAttr, call: &'static str) -> Result<(), MapError> {
+    // SAFETY: `attr` is a valid `bpf_attr.batch` of the size passed; each caller makes its
+    // pointers refer to buffers of `count` elements of the map's key and value sizes.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
+            cmd,
+            attr as *mut BatchAttr,
             std::mem::size_of::<BatchAttr>() as u32,
         )
     };
     if rc == 0 {
-        return (count, Ok(()));
+        return Ok(());
     }
-    let io_error = std::io::Error::last_os_error();
-    let done = (attr.count as usize).min(count);
-    (
-        done,
-        Err(MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_update_batch",
-            io_error,
-        })),
-    )
+    Err(MapError::SyscallError(aya::sys::SyscallError {
+        call,
+        io_error: std::io::Error::last_os_error(),
+    }))
+}
+
+fn map_fd(map: &MapData) -> u32 {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    map.fd().as_fd().as_raw_fd() as u32
+}
+
+/// `BPF_MAP_DELETE_BATCH` of a hash map: removes `keys` in order, stopping at the first
+/// error (ENOENT for a key that is not there). Returns how many were removed, and the error.
+fn delete_batch<K: aya::Pod>(map: &MapData, keys: &[K]) -> (usize, Result<(), MapError>) {
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+    if keys.is_empty() {
+        return (0, Ok(()));
+    }
+    let count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: 0,
+        count,
+        map_fd: map_fd(map),
+        elem_flags: 0,
+        flags: 0,
+    };
+    match batch_call(BPF_MAP_DELETE_BATCH, &mut attr, "bpf_map_delete_batch") {
+        Ok(()) => (keys.len(), Ok(())),
+        Err(e) => ((attr.count as usize).min(keys.len()), Err(e)),
+    }
+}
+
+/// Every entry of a hash map by `BPF_MAP_LOOKUP_BATCH`, 4096 to a system call (aya reads
+/// a map two system calls per entry).
+fn lookup_batch<K: aya::Pod, V: aya::Pod>(map: &MapData) -> Result<Vec<(K, V)>, MapError> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const CHUNK: usize = 4096;
+    // SAFETY: Pod types are plain data, valid for any bytes, zero included.
+    let mut keys: Vec<K> = vec![unsafe { std::mem::zeroed() }; CHUNK];
+    // SAFETY: as above.
+    let mut values: Vec<V> = vec![unsafe { std::mem::zeroed() }; CHUNK];
+    let mut out = Vec::new();
+    // The hash map's position token (a bucket index, 4 bytes); 8 to spare.
+    let mut position: u64 = 0;
+    let mut next: u64 = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                &position as *const u64 as u64
+            },
+            out_batch: &mut next as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map_fd(map),
+            elem_flags: 0,
+            flags: 0,
+        };
+        let result = batch_call(BPF_MAP_LOOKUP_BATCH, &mut attr, "bpf_map_lookup_batch");
+        let got = (attr.count as usize).min(CHUNK);
+        out.extend(
+            keys[..got]
+                .iter()
+                .copied()
+                .zip(values[..got].iter().copied()),
+        );
+        match result {
+            Ok(()) => {}
+            // The end of the map.
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        }
+        position = next;
+        first = false;
+    }
 }
 
 fn route_key6(gateway_id: u32, prefix: Ipv6Net) -> Key<RouteKey6> {

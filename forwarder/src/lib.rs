@@ -24,6 +24,7 @@ pub mod netns;
 pub mod observe;
 pub mod plan;
 pub mod rib;
+pub mod routes24;
 pub mod state;
 pub mod timer;
 pub mod underlay;

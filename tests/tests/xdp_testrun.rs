@@ -95,6 +95,12 @@ const ROUTES: &[(u32, &str, u32)] = &[
     (1, "192.168.70.0/24", 20),
     (1, "192.168.80.0/24", 11),
     (1, "192.168.90.0/24", 12),
+    // A /21 in /24 shortcuts, a /24 inside it, a /25 that splits another /24 of it (no
+    // shortcut there), and a /16 around them that only the trie holds.
+    (1, "10.5.8.0/21", 1),
+    (1, "10.5.10.0/24", 8),
+    (1, "10.5.12.0/25", 9),
+    (1, "10.5.0.0/16", 7),
     (2, "10.0.0.0/16", 2),
     (2, "192.168.50.0/24", 5),
 ];
@@ -328,6 +334,9 @@ impl Fixture {
             .map(|(gw, prefix, nh)| (*gw, prefix.parse::<Ipv4Net>().expect("prefix"), *nh))
             .collect();
         self.dp.upsert_routes(&routes)?;
+        // The /24 shortcuts, as the agent writes them.
+        self.dp
+            .write_routes24(&forwarder::routes24::build(&routes), &[])?;
         let routes6: Vec<_> = ROUTES6
             .iter()
             .map(|(gw, prefix, nh)| (*gw, prefix.parse::<Ipv6Net>().expect("prefix"), *nh))
@@ -679,6 +688,56 @@ fn longest_prefix_wins_among_overlapping_routes() -> anyhow::Result<()> {
     assert_eq!(f.dp.lookup(1, Ipv4Addr::new(10, 0, 128, 8))?, Some(8));
     assert_eq!(f.dp.lookup(1, Ipv4Addr::new(10, 0, 1, 1))?, Some(1));
     assert_eq!(f.dp.lookup(1, Ipv4Addr::new(10, 99, 0, 1))?, None);
+    Ok(())
+}
+
+/// The /24 shortcuts answer before the trie, and answer as the trie does: a /24 inside a
+/// /21, the /21 around it, a /24 that a /25 splits (the trie's), a /16 (the trie's).
+#[test]
+fn the_24_shortcuts_answer_as_the_trie_does() -> anyhow::Result<()> {
+    let mut f = Fixture::new()?;
+    let vni_to = |f: &mut Fixture, dst: [u8; 4]| {
+        let packet = ipv4_udp(IDC_HOST, dst, 64, 7, 7, b"24");
+        let (action, out) = f.customer(&tagged(VIF_MAC[1], CLIENT1, 100, 0x0800, &packet));
+        assert_eq!(action, XDP_REDIRECT, "{dst:?}");
+        u32::from_be_bytes([0, out[46], out[47], out[48]])
+    };
+    let cases = [
+        ([10, 5, 10, 200], 1005, Some(8)), // the /24
+        ([10, 5, 9, 1], 1001, Some(1)),    // the /21
+        ([10, 5, 15, 255], 1001, Some(1)), // the /21's last /24
+        ([10, 5, 12, 5], 1006, None),      // the /25: its /24 has no shortcut
+        ([10, 5, 12, 200], 1001, None),    // the /21, through the trie
+        ([10, 5, 16, 1], 1004, None),      // the /16, trie only
+    ];
+    let shortcuts: std::collections::HashMap<(u32, u32), u32> =
+        f.dp.routes24()?
+            .into_iter()
+            .map(|(g, n, nh)| ((g, n), nh))
+            .collect();
+    for (dst, vni, shortcut) in cases {
+        assert_eq!(vni_to(&mut f, dst), vni, "VNI for {dst:?}");
+        let net = u32::from_be_bytes([dst[0], dst[1], dst[2], 0]);
+        assert_eq!(
+            shortcuts.get(&(1, net)).copied(),
+            shortcut,
+            "shortcut of {dst:?}"
+        );
+        assert_eq!(
+            f.dp.lookup(1, Ipv4Addr::from(dst))?,
+            model_lookup(1, dst),
+            "lookup of {dst:?}"
+        );
+    }
+    // The programs look at the shortcut first: one that names another next hop is followed
+    // (the agent never writes one that disagrees with the trie; this shows it is used).
+    f.dp.write_routes24(&[(1, u32::from_be_bytes([10, 5, 9, 0]), 8)], &[])?;
+    assert_eq!(vni_to(&mut f, [10, 5, 9, 1]), 1005);
+    // Removed, the trie answers again; removing one that is not there is no error.
+    let gone = [(1, u32::from_be_bytes([10, 5, 9, 0])), (1, 7)];
+    f.dp.write_routes24(&[], &gone)?;
+    assert_eq!(vni_to(&mut f, [10, 5, 9, 1]), 1001);
+    assert_eq!(f.dp.routes24()?.len(), shortcuts.len() - 1);
     Ok(())
 }
 

@@ -15,11 +15,12 @@ use forwarder_common::{
 use ipnet::IpNet;
 
 use crate::{
-    FastMap,
+    FastMap, FastSet,
     dataplane::{self, AttachmentSpec, Dataplane, NextHopSpec, PortRole, ROUTE_BATCH, VifSpec},
     ids::{GatewayId, NextHopKey, Pool},
     plan::{Changes, Desired, NextHop, Selected},
     rib::Source,
+    routes24,
 };
 
 pub use dataplane::Error;
@@ -160,6 +161,8 @@ struct Programmed {
     attachments: BTreeMap<u32, Attachment>,
     vtep_keys: Keys<VtepKey>,
     ports: BTreeMap<String, Port>,
+    /// IPv4 routes longer than /24 in each /24 (a /24 they split has no shortcut).
+    split24: FastMap<(GatewayId, u32), u32>,
 }
 
 impl Programmed {
@@ -171,6 +174,33 @@ impl Programmed {
         } else if !self.bgp.is_empty() {
             self.bgp.remove(&(gateway, prefix));
         }
+    }
+
+    /// Counts a route in or out of the /24 it splits, if it is longer than /24.
+    fn note_split(&mut self, gateway: GatewayId, prefix: IpNet, added: bool) {
+        let IpNet::V4(p) = prefix else { return };
+        if !routes24::splits(p) {
+            return;
+        }
+        for net in routes24::touched(p) {
+            let key = (gateway, net);
+            if added {
+                *self.split24.entry(key).or_default() += 1;
+            } else if let Some(n) = self.split24.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.split24.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The /24 shortcut `net` of `gateway` must have, from the routes in the trie.
+    fn entry24(&self, gateway: GatewayId, net: u32) -> Option<u32> {
+        let split = self.split24.contains_key(&(gateway, net));
+        routes24::entry(net, split, |p| {
+            self.routes.get(&(gateway, IpNet::V4(p))).map(|(nh, _)| *nh)
+        })
     }
 }
 
@@ -196,6 +226,8 @@ pub struct Apply {
     /// Next hops whose write failed, and routes whose removal failed: written again.
     failed_next_hops: BTreeSet<NextHopKey>,
     failed_routes: BTreeSet<(GatewayId, IpNet)>,
+    /// /24 shortcuts to write again: their routes changed since the last write.
+    dirty24: FastSet<(GatewayId, u32)>,
     route_capacity: u32,
     next_hop_capacity: u32,
 }
@@ -213,7 +245,30 @@ impl Apply {
             *p.per_gateway.entry(gateway).or_default() += 1;
             p.routes6 += usize::from(prefix.addr().is_ipv6());
             bump(&mut p.route_refs, nh, true);
+            p.note_split(gateway, prefix, true);
         }
+        // The /24 shortcuts a killed agent (or an older version) left out of step with the
+        // trie are written again at the first pass; the others are left alone.
+        let mut dirty24 = FastSet::default();
+        let mut have: FastMap<(GatewayId, u32), u32> = FastMap::default();
+        for (gw, net, nh) in dp.routes24()? {
+            let key = (GatewayId(gw), net);
+            have.insert(key, nh);
+            if p.entry24(key.0, net) != Some(nh) {
+                dirty24.insert(key);
+            }
+        }
+        for (gateway, prefix) in p.routes.keys() {
+            if let IpNet::V4(v4) = prefix {
+                for net in routes24::touched(*v4) {
+                    let want = p.entry24(*gateway, net);
+                    if want.is_some() && have.get(&(*gateway, net)).copied() != want {
+                        dirty24.insert((*gateway, net));
+                    }
+                }
+            }
+        }
+        drop(have);
         for (id, entry) in dp.next_hops()? {
             if let Some(spec) = NextHopSpec::from_entry(&entry) {
                 if let NextHopSpec::Group(members) = &spec {
@@ -243,6 +298,7 @@ impl Apply {
             deferred: BTreeSet::new(),
             failed_next_hops: BTreeSet::new(),
             failed_routes: BTreeSet::new(),
+            dirty24,
             route_capacity,
             next_hop_capacity,
         })
@@ -338,6 +394,7 @@ impl Apply {
             || !self.deferred.is_empty()
             || !self.failed_next_hops.is_empty()
             || !self.failed_routes.is_empty()
+            || !self.dirty24.is_empty()
     }
 
     // ---- capture ---------------------------------------------------------------------
@@ -689,10 +746,12 @@ impl Apply {
     }
 
     fn forget_route(&mut self, gateway: GatewayId, prefix: IpNet, nh: u32) {
-        let p = &mut self.programmed;
-        if p.routes.remove(&(gateway, prefix)).is_some() {
-            p.routes6 -= usize::from(prefix.addr().is_ipv6());
+        if self.programmed.routes.remove(&(gateway, prefix)).is_some() {
+            self.programmed.routes6 -= usize::from(prefix.addr().is_ipv6());
+            self.programmed.note_split(gateway, prefix, false);
+            self.touch24(gateway, prefix);
         }
+        let p = &mut self.programmed;
         p.bgp.remove(&(gateway, prefix));
         bump(&mut p.route_refs, nh, false);
         if let Some(n) = p.per_gateway.get_mut(&gateway) {
@@ -842,10 +901,12 @@ impl Apply {
                     None => {
                         *p.per_gateway.entry(gateway).or_default() += 1;
                         p.routes6 += usize::from(prefix.addr().is_ipv6());
+                        p.note_split(gateway, prefix, true);
                     }
                 }
                 bump(&mut p.route_refs, nh, true);
                 p.note_bgp(gateway, prefix, source);
+                self.touch24(gateway, prefix);
                 report.written += 1;
             }
             Err(Error::RouteMapFull) => {
@@ -859,6 +920,47 @@ impl Apply {
                     Pending::Failed(crate::agent::error_chain(&e)),
                 );
             }
+        }
+    }
+
+    /// Marks the /24 shortcuts a change of `prefix` can alter, to be written by
+    /// [`Self::write_routes24`].
+    fn touch24(&mut self, gateway: GatewayId, prefix: IpNet) {
+        if let IpNet::V4(p) = prefix {
+            self.dirty24
+                .extend(routes24::touched(p).map(|net| (gateway, net)));
+        }
+    }
+
+    /// Brings the /24 shortcuts of the routes written or removed since the last call in line
+    /// with the trie. Runs after a pass's route writes and before its next hops are cleared,
+    /// so that no shortcut outlives the next hop it names.
+    fn write_routes24(&mut self, report: &mut Report) {
+        if self.dirty24.is_empty() {
+            return;
+        }
+        let mut writes = Vec::new();
+        let mut removals = Vec::new();
+        for &(gateway, net) in &self.dirty24 {
+            match self.programmed.entry24(gateway, net) {
+                Some(nh) => writes.push((gateway.0, net, nh)),
+                None => removals.push((gateway.0, net)),
+            }
+        }
+        match self.dp.write_routes24(&writes, &removals) {
+            Ok(left_out) => {
+                self.dirty24.clear();
+                if left_out > 0 {
+                    tracing::warn!(
+                        left_out,
+                        "the /24 shortcut map is full: the route trie alone answers for \
+                         these /24s (same forwarding, slower lookups)"
+                    );
+                }
+            }
+            // Kept dirty, written again at the next retry; the trie still answers right
+            // for every /24 without a shortcut.
+            Err(e) => report.error(format!("/24 shortcuts: {e}")),
         }
     }
 
@@ -938,6 +1040,7 @@ impl Apply {
         if report.removed > 0 && !self.pending.is_empty() {
             self.retry_pending(desired, pool, &mut report)?;
         }
+        self.write_routes24(&mut report);
         self.clear_next_hops(removals, desired, pool, &mut report);
         Ok(report)
     }
@@ -1140,6 +1243,7 @@ impl Apply {
         let routes: Vec<(GatewayId, IpNet)> = self.failed_routes.iter().copied().collect();
         self.write_routes(routes, desired, pool, &mut report)?;
         self.retry_pending(desired, pool, &mut report)?;
+        self.write_routes24(&mut report);
         self.clear_next_hops(removals, desired, pool, &mut report);
         Ok(report)
     }

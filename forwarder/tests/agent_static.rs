@@ -637,3 +637,133 @@ fn encapsulation_follows_the_resolved_underlay_next_hop() -> Result<()> {
     println!("{}", String::from_utf8_lossy(&text.stdout));
     Ok(())
 }
+
+/// The /24 shortcuts (`ROUTES24`) in the pinned maps of 198.51.0.0/16 and 203.0.113.0/24
+/// (the test's; the VPC's propagated route has its own): (first address of the /24, next hop).
+fn shortcuts(t: &Topology) -> Result<std::collections::BTreeMap<std::net::Ipv4Addr, u32>> {
+    let data = aya::maps::MapData::from_pin(t.pin_dir().join("maps/ROUTES24"))?;
+    let map: aya::maps::HashMap<_, forwarder_common::RouteKey, u32> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
+    let mut out = std::collections::BTreeMap::new();
+    for entry in map.iter() {
+        let (key, nh) = entry?;
+        if key.addr[..2] == [198, 51] || key.addr[..3] == [203, 0, 113] {
+            out.insert(std::net::Ipv4Addr::from(key.addr), nh);
+        }
+    }
+    Ok(out)
+}
+
+/// The next-hop id and name the data plane answers for `addr` in bgw-1.
+fn answer(t: &Topology, addr: &str) -> Result<(u32, String)> {
+    let a = cli_json(&t.socket(), &["lookup", "--gateway", "bgw-1", addr])?;
+    Ok((
+        a["next_hop_id"].as_u64().context("no route")? as u32,
+        a["next_hop"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+fn route(t: &Topology, verb: &str, prefix: &str, via: Option<&str>) -> Result<()> {
+    let mut args = vec!["route", verb, "--gateway", "bgw-1", prefix];
+    if let Some(via) = via {
+        args.extend(["--via", via]);
+    }
+    let out = cli(&t.socket(), &args)?;
+    ensure!(
+        out.status.success(),
+        "route {verb} {prefix}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The agent keeps the /24 shortcuts in step with the routes (added, removed, split by a
+/// longer prefix) and puts right, at start, shortcuts a killed agent left wrong.
+#[test]
+fn the_24_shortcuts_follow_route_changes_and_a_restart() -> Result<()> {
+    use std::net::Ipv4Addr;
+    let t = Topology::new("short24")?;
+    let _customer = t.customer_router()?;
+    t.write_config(VIF)?;
+    let mut agent = t.start_agent(common::bin())?;
+    wait_available(&t)?;
+    route(&t, "add", "198.51.96.0/21", Some("att-a"))?;
+    route(&t, "add", "198.51.98.0/24", Some("vif-100"))?;
+    route(&t, "add", "198.51.100.128/25", Some("vif-100"))?;
+    let (att, att_name) = answer(&t, "198.51.97.1")?;
+    let (vif, vif_name) = answer(&t, "198.51.98.1")?;
+    ensure!(
+        att_name.contains("att-a") && vif_name.contains("vif-100"),
+        "{att_name} / {vif_name}"
+    );
+    ensure!(
+        answer(&t, "198.51.100.1")?.0 == att,
+        "the /21 around the /25"
+    );
+    ensure!(answer(&t, "198.51.100.200")?.0 == vif, "the /25");
+    let net = |c: u8| Ipv4Addr::new(198, 51, c, 0);
+    // Eight /24s of the /21 less the one the /25 splits; the /24 route's own shortcut.
+    let mut want: std::collections::BTreeMap<Ipv4Addr, u32> = (96..104)
+        .filter(|c| *c != 100)
+        .map(|c| (net(c), att))
+        .collect();
+    want.insert(net(98), vif);
+    ensure!(shortcuts(&t)? == want, "shortcuts {:?}", shortcuts(&t)?);
+
+    route(&t, "del", "198.51.98.0/24", None)?;
+    route(&t, "del", "198.51.100.128/25", None)?;
+    ensure!(
+        answer(&t, "198.51.98.1")?.0 == att,
+        "the /21 after the /24 went"
+    );
+    ensure!(
+        answer(&t, "198.51.100.200")?.0 == att,
+        "the /21 after the /25 went"
+    );
+    let want: std::collections::BTreeMap<Ipv4Addr, u32> =
+        (96..104).map(|c| (net(c), att)).collect();
+    ensure!(shortcuts(&t)? == want, "shortcuts {:?}", shortcuts(&t)?);
+
+    // Killed; a shortcut left wrong (as by a kill between a route's removal and its
+    // shortcut's) and one with no route at all. The next agent puts both right.
+    agent.kill()?;
+    drop(agent);
+    {
+        let data = aya::maps::MapData::from_pin(t.pin_dir().join("maps/ROUTES24"))?;
+        let mut map: aya::maps::HashMap<_, forwarder_common::RouteKey, u32> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
+        let gw = u32::from_be_bytes(map.keys().next().context("a shortcut")??.gateway_be);
+        map.insert(
+            forwarder_common::RouteKey::slash24(gw, [198, 51, 97, 0]),
+            vif,
+            0,
+        )?;
+        map.insert(
+            forwarder_common::RouteKey::slash24(gw, [203, 0, 113, 0]),
+            vif,
+            0,
+        )?;
+    }
+    let agent = t.start_agent(common::bin())?;
+    wait_available(&t)?;
+    ensure!(
+        wait_for(Duration::from_secs(10), || shortcuts(&t)
+            .is_ok_and(|s| s == want)),
+        "shortcuts after the restart {:?}\n{}",
+        shortcuts(&t)?,
+        agent.log_text()
+    );
+    ensure!(
+        answer(&t, "198.51.97.1")?.0 == att,
+        "the /21 after the restart"
+    );
+    ensure!(answer(&t, "203.0.113.1").is_err(), "no route, no answer");
+
+    route(&t, "del", "198.51.96.0/21", None)?;
+    ensure!(
+        shortcuts(&t)?.is_empty(),
+        "shortcuts left {:?}",
+        shortcuts(&t)?
+    );
+    Ok(())
+}

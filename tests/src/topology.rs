@@ -353,7 +353,8 @@ impl Topology {
         bail!("agent did not answer within 20 s: {}", agent.log_text())
     }
 
-    fn pin_dir(&self) -> PathBuf {
+    /// Where the agent pins its maps and links.
+    pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from(format!(
             "/sys/fs/bpf/fwt-{}",
             self.gw.name().replace("fwt-gw-", "")

@@ -2,7 +2,7 @@
 //! the `forwarder agent` binary under test and to a BIRD receiver, in alternation. Reported:
 //! seconds from the sender's session being Established until the last prefix is in the agent's route
 //! map (`forwarder status`: installed) or in the BIRD receiver's table (`Routes: N imported`),
-//! their ratio within a round, and the agent's RSS and route map memory then.
+//! their ratio within a round, and the agent's RSS and route maps' memory then.
 //!
 //! The sender (`bird` in its own namespace) loads its prefixes as static routes first, with
 //! both BGP sessions disabled; a round then starts a fresh receiver, enables the sender's
@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use forwarder_tests::{
     NetNs,
-    bench::{kill_agent, pinned_map_mib, private_agent, rss_mib, spawn_agent},
+    bench::{kill_agent, private_agent, route_maps_mib, rss_mib, spawn_agent},
     customer::CustomerRouter,
     fixture::{Fixture, Vif},
     median_min_max, require_root,
@@ -272,7 +272,7 @@ fn agent_round(
                     seconds: started.elapsed().as_secs_f64(),
                     first: first.unwrap_or_default(),
                     rss_mib: rss_mib(child.id()),
-                    map_mib: pinned_map_mib(&pin_dir.join("maps/ROUTES")),
+                    map_mib: route_maps_mib(&pin_dir),
                 });
             }
             ensure!(
@@ -397,7 +397,7 @@ fn bench() -> Result<()> {
     }
     let mut out =
         String::from("## BGP ingest: one BIRD sender, the agent against a BIRD receiver\n\n");
-    out.push_str("| prefixes | rounds (agent / BIRD) | agent: Established → all in the map (s) | BIRD receiver: Established → all imported (s) | agent / BIRD | first prefix in, agent / BIRD (s) | agent RSS then (MiB) | route map memory (MiB) | BIRD receiver RSS then (MiB) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| prefixes | rounds (agent / BIRD) | agent: Established → all in the map (s) | BIRD receiver: Established → all imported (s) | agent / BIRD | first prefix in, agent / BIRD (s) | agent RSS then (MiB) | route maps memory (MiB, trie and /24 shortcuts) | BIRD receiver RSS then (MiB) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (s, size) in SIZES.iter().enumerate() {
         let [agent, bird] = &results[s];
         writeln!(
@@ -417,7 +417,7 @@ fn bench() -> Result<()> {
     }
     writeln!(
         out,
-        "\nMedian (min–max); the ratio is taken within a round. The sender (BIRD {}) held the prefixes as static routes (/24s from 11.0.0.0; loading them took {} s for 100k and {} s for 1M, not counted), both its sessions disabled; each round starts a fresh receiver, runs `birdc enable` on the sender's session to it, starts the clock when the sender shows that session Established (polled every 20 ms; BIRD waits its 5 s `start delay time` before connecting) and polls the receiver every 50 ms: the agent's `forwarder --json status` (installed, in the route map) or the BIRD receiver's `birdc show protocols all` (`Routes: N imported`). Which receiver goes first alternates. BGP timers are both daemons' defaults. The agent: DESIGN's BGP VIF through the customer router's VLAN shim (`max_prefixes = 2000000`), started with `nsenter` with nothing pinned; the BIRD receiver: `import all`, no kernel protocol.",
+        "\nMedian (min–max); the ratio is taken within a round. The sender (BIRD {}) held the prefixes as static routes (/24s from 11.0.0.0; loading them took {} s for 100k and {} s for 1M, not counted), both its sessions disabled; each round starts a fresh receiver, runs `birdc enable` on the sender's session to it, starts the clock when the sender shows that session Established (polled every 20 ms; BIRD waits its 5 s `start delay time` before connecting) and polls the receiver every 50 ms: the agent's `forwarder --json status` (installed, in the route map; the route maps' memory then counts the trie and the /24 shortcuts written by that time) or the BIRD receiver's `birdc show protocols all` (`Routes: N imported`). Which receiver goes first alternates. BGP timers are both daemons' defaults. The agent: DESIGN's BGP VIF through the customer router's VLAN shim (`max_prefixes = 2000000`), started with `nsenter` with nothing pinned; the BIRD receiver: `import all`, no kernel protocol.",
         bird_version(),
         median_min_max(load_seconds[0].clone(), 1),
         median_min_max(load_seconds[1].clone(), 1),

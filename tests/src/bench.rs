@@ -72,6 +72,12 @@ pub fn rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// The IPv4 route maps an agent pinned under `pin_dir`, the trie and its /24 shortcuts, in
+/// MiB of the kernel's accounting.
+pub fn route_maps_mib(pin_dir: &Path) -> f64 {
+    pinned_map_mib(&pin_dir.join("maps/ROUTES")) + pinned_map_mib(&pin_dir.join("maps/ROUTES24"))
+}
+
 /// The kernel's accounting of a pinned map (`bpftool map show pinned`: memlock), in MiB.
 pub fn pinned_map_mib(pin: &Path) -> f64 {
     Command::new("bpftool")

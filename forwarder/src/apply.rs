@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use aya::programs::XdpMode;
 use forwarder_common::{
-    Attachment, MAP_NEXT_HOPS, MAP_ROUTES, Vif, VifAddrs6, VifKey, VifPolicy, VtepKey,
+    Attachment, MAP_NEXT_HOPS, MAP_ROUTES, MAP_ROUTES24, Vif, VifAddrs6, VifKey, VifPolicy, VtepKey,
 };
 use ipnet::IpNet;
 
@@ -226,9 +226,16 @@ pub struct Apply {
     /// Next hops whose write failed, and routes whose removal failed: written again.
     failed_next_hops: BTreeSet<NextHopKey>,
     failed_routes: BTreeSet<(GatewayId, IpNet)>,
-    /// /24 shortcuts to write again: their routes changed since the last write.
-    dirty24: FastSet<(GatewayId, u32)>,
+    /// /24s whose routes changed since the last write of shortcuts (repeats allowed: a
+    /// push costs less than a set insert, and a full table pushes a million).
+    dirty24: Vec<(GatewayId, u32)>,
+    /// /24s that have a shortcut in the map.
+    have24: FastSet<(GatewayId, u32)>,
+    /// /24s that have none and may get one (repeats allowed): written when the agent is
+    /// idle ([`Self::write_new_routes24`]); until then the trie answers for them.
+    new24: Vec<(GatewayId, u32)>,
     route_capacity: u32,
+    routes24_capacity: u32,
     next_hop_capacity: u32,
 }
 
@@ -249,13 +256,13 @@ impl Apply {
         }
         // The /24 shortcuts a killed agent (or an older version) left out of step with the
         // trie are written again at the first pass; the others are left alone.
-        let mut dirty24 = FastSet::default();
+        let mut dirty24 = Vec::new();
         let mut have: FastMap<(GatewayId, u32), u32> = FastMap::default();
         for (gw, net, nh) in dp.routes24()? {
             let key = (GatewayId(gw), net);
             have.insert(key, nh);
             if p.entry24(key.0, net) != Some(nh) {
-                dirty24.insert(key);
+                dirty24.push(key);
             }
         }
         for (gateway, prefix) in p.routes.keys() {
@@ -263,12 +270,12 @@ impl Apply {
                 for net in routes24::touched(*v4) {
                     let want = p.entry24(*gateway, net);
                     if want.is_some() && have.get(&(*gateway, net)).copied() != want {
-                        dirty24.insert((*gateway, net));
+                        dirty24.push((*gateway, net));
                     }
                 }
             }
         }
-        drop(have);
+        let have24: FastSet<(GatewayId, u32)> = have.into_keys().collect();
         for (id, entry) in dp.next_hops()? {
             if let Some(spec) = NextHopSpec::from_entry(&entry) {
                 if let NextHopSpec::Group(members) = &spec {
@@ -287,6 +294,7 @@ impl Apply {
         p.attachments = dp.attachment_entries()?.into_iter().collect();
         p.vtep_keys = Keys::load(dp.vtep_keys()?);
         let route_capacity = dp.capacity(MAP_ROUTES)?;
+        let routes24_capacity = dp.capacity(MAP_ROUTES24)?;
         let next_hop_capacity = dp
             .capacity(MAP_NEXT_HOPS)?
             .min(forwarder_common::MAX_NEXT_HOPS);
@@ -299,7 +307,10 @@ impl Apply {
             failed_next_hops: BTreeSet::new(),
             failed_routes: BTreeSet::new(),
             dirty24,
+            have24,
+            new24: Vec::new(),
             route_capacity,
+            routes24_capacity,
             next_hop_capacity,
         })
     }
@@ -320,6 +331,12 @@ impl Apply {
     /// IPv4 routes in the map.
     pub fn routes_installed(&self) -> usize {
         self.programmed.routes.len() - self.programmed.routes6
+    }
+
+    /// /24 shortcuts in their map (at most; a write that found no room may be counted) and
+    /// the map's capacity.
+    pub fn routes24(&self) -> (usize, u32) {
+        (self.have24.len(), self.routes24_capacity)
     }
 
     /// IPv6 routes in their map (of [`forwarder_common::MAX_ROUTES6`]).
@@ -933,15 +950,23 @@ impl Apply {
     }
 
     /// Brings the /24 shortcuts of the routes written or removed since the last call in line
-    /// with the trie. Runs after a pass's route writes and before its next hops are cleared,
-    /// so that no shortcut outlives the next hop it names.
+    /// with the trie: those in the map are rewritten or removed at once; a /24 that has none
+    /// waits in `new24` for an idle moment. Runs after a pass's route writes and before its
+    /// next hops are cleared, so that no shortcut outlives the next hop it names.
     fn write_routes24(&mut self, report: &mut Report) {
         if self.dirty24.is_empty() {
             return;
         }
+        let mut dirty = std::mem::take(&mut self.dirty24);
+        dirty.sort_unstable();
+        dirty.dedup();
         let mut writes = Vec::new();
         let mut removals = Vec::new();
-        for &(gateway, net) in &self.dirty24 {
+        for &key @ (gateway, net) in &dirty {
+            if !self.have24.contains(&key) {
+                self.new24.push(key);
+                continue;
+            }
             match self.programmed.entry24(gateway, net) {
                 Some(nh) => writes.push((gateway.0, net, nh)),
                 None => removals.push((gateway.0, net)),
@@ -949,19 +974,69 @@ impl Apply {
         }
         match self.dp.write_routes24(&writes, &removals) {
             Ok(left_out) => {
-                self.dirty24.clear();
-                if left_out > 0 {
-                    tracing::warn!(
-                        left_out,
-                        "the /24 shortcut map is full: the route trie alone answers for \
-                         these /24s (same forwarding, slower lookups)"
-                    );
+                for (g, net) in removals {
+                    self.have24.remove(&(GatewayId(g), net));
                 }
+                // A write that found no room removed the shortcut: which one is not known
+                // here, and a /24 in `have24` without one only costs a removal later.
+                Self::note_left_out(left_out);
             }
             // Kept dirty, written again at the next retry; the trie still answers right
             // for every /24 without a shortcut.
-            Err(e) => report.error(format!("/24 shortcuts: {e}")),
+            Err(e) => {
+                self.dirty24 = dirty;
+                report.error(format!("/24 shortcuts: {e}"));
+            }
         }
+    }
+
+    fn note_left_out(left_out: usize) {
+        if left_out > 0 {
+            tracing::warn!(
+                left_out,
+                "the /24 shortcut map is full: the route trie alone answers for these /24s \
+                 (same forwarding, slower lookups)"
+            );
+        }
+    }
+
+    /// /24s waiting for a first shortcut.
+    pub fn new_routes24(&self) -> usize {
+        self.new24.len()
+    }
+
+    /// Writes up to `max` of the /24 shortcuts that wait for an idle moment (each as the
+    /// routes are now); returns how many wait still.
+    pub fn write_new_routes24(&mut self, max: usize) -> Result<usize, Error> {
+        let mut writes = Vec::new();
+        while writes.len() < max
+            && let Some(key @ (gateway, net)) = self.new24.pop()
+        {
+            // A repeat, or a /24 split or left without a route meanwhile.
+            if self.have24.contains(&key) {
+                continue;
+            }
+            if let Some(nh) = self.programmed.entry24(gateway, net) {
+                // Noted before the write: `have24` may name a /24 the map has no shortcut
+                // for (a removal then finds nothing), never the other way round (a
+                // shortcut no removal would reach).
+                self.have24.insert(key);
+                writes.push((gateway.0, net, nh));
+            }
+        }
+        if self.new24.is_empty() {
+            self.new24.shrink_to_fit();
+        }
+        match self.dp.write_routes24(&writes, &[]) {
+            Ok(left_out) => Self::note_left_out(left_out),
+            Err(e) => {
+                // Written again, as shortcuts the map may have, by the next retry.
+                self.dirty24
+                    .extend(writes.iter().map(|&(g, net, _)| (GatewayId(g), net)));
+                return Err(e);
+            }
+        }
+        Ok(self.new24.len())
     }
 
     fn note_source(&mut self, gateway: GatewayId, prefix: IpNet, nh: u32, source: Source) {

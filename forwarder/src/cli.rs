@@ -634,7 +634,7 @@ fn render(request: &Request, data: &serde_json::Value) -> String {
                 );
             }
             out += "\nmaps:\n";
-            for map in ["routes", "next_hops", "vifs"] {
+            for map in ["routes", "routes6", "routes24", "next_hops", "vifs"] {
                 let usage = &data["maps"][map];
                 out += &format!(
                     "  {map:<10} {} of {}\n",

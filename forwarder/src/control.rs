@@ -143,6 +143,9 @@ pub struct MapUsage {
     /// IPv6 routes (`ROUTES6`).
     #[serde(default)]
     pub routes6: Usage,
+    /// /24 shortcuts in front of the IPv4 routes (`ROUTES24`).
+    #[serde(default)]
+    pub routes24: Usage,
     pub next_hops: Usage,
     pub vifs: Usage,
 }

@@ -405,6 +405,7 @@ impl Agent {
                 self.apply.routes6_installed(),
                 forwarder_common::MAX_ROUTES6,
             ),
+            ("routes24", self.apply.routes24().0, self.apply.routes24().1),
             (
                 "next_hops",
                 self.state.ids.next_hops.len(),

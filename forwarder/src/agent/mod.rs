@@ -1119,6 +1119,15 @@ const BGP_EVENT_BATCH: usize = 256;
 /// Route changes in one plan from which the agent returns freed memory afterwards.
 const LARGE_BATCH: usize = 50_000;
 
+/// New /24 shortcuts wait for the owner loop to be this long without other work (a table
+/// arriving goes into the trie first, at full speed)...
+const NEW24_QUIET: Duration = Duration::from_millis(20);
+/// ...or, under constant churn, this long at most; they are then written a few at a time.
+const NEW24_MAX_WAIT: Duration = Duration::from_secs(1);
+/// Shortcuts written in one go when idle (tens of ms of work), and when the wait ran out.
+const NEW24_IDLE_CHUNK: usize = 65_536;
+const NEW24_BUSY_CHUNK: usize = 4_096;
+
 /// The config's static routes, once the model holds them: nothing reads them again (a reload
 /// reads the new file's), and at a million routes they are the largest thing the agent would
 /// keep (two names and a prefix each).
@@ -1218,8 +1227,20 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
     );
     // The retry timer is armed once and runs out whatever else arrives meanwhile.
     let mut retry_at: Option<tokio::time::Instant> = None;
+    // When the loop last did other work, and when new /24 shortcuts must go in regardless.
+    let mut busy_at = tokio::time::Instant::now();
+    let mut new24_deadline: Option<tokio::time::Instant> = None;
     loop {
         let sweep_at = agent.bgp.next_sweep();
+        let new24_at = if agent.apply.new_routes24() > 0 {
+            let deadline =
+                *new24_deadline.get_or_insert_with(|| tokio::time::Instant::now() + NEW24_MAX_WAIT);
+            Some((busy_at + NEW24_QUIET).min(deadline))
+        } else {
+            new24_deadline = None;
+            None
+        };
+        let mut idle_work = false;
         match (retry_at, agent.retry_due()) {
             (None, Some(after)) => retry_at = Some(tokio::time::Instant::now() + after),
             (Some(_), None) => retry_at = None,
@@ -1283,7 +1304,23 @@ async fn run(config_path: PathBuf, config: Config) -> Result<(), Error> {
                 notify(&[sd_notify::NotifyState::Watchdog]);
                 Ok(())
             }
+            () = sleep_until_or_never(new24_at) => {
+                idle_work = true;
+                let idle = tokio::time::Instant::now() >= busy_at + NEW24_QUIET;
+                new24_deadline = None;
+                let max = if idle { NEW24_IDLE_CHUNK } else { NEW24_BUSY_CHUNK };
+                // They stay waiting; the trie answers for their /24s meanwhile.
+                if let Err(e) = agent.apply.write_new_routes24(max) {
+                    tracing::error!(error = %error_chain(&e), "writing /24 shortcuts; retrying");
+                    // Not again before a second has gone by.
+                    busy_at = tokio::time::Instant::now() + NEW24_MAX_WAIT;
+                }
+                Ok(())
+            }
         };
+        if !idle_work {
+            busy_at = tokio::time::Instant::now();
+        }
         if let Err(e) = outcome {
             tracing::error!(error = %error_chain(&e), "applying a change failed; retrying");
             // What failed is not known here: the whole model is applied again, which writes

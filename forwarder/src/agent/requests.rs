@@ -335,6 +335,10 @@ impl Agent {
                     used: self.apply.routes6_installed() as u64,
                     capacity: u64::from(forwarder_common::MAX_ROUTES6),
                 },
+                routes24: control::Usage {
+                    used: self.apply.routes24().0 as u64,
+                    capacity: u64::from(self.apply.routes24().1),
+                },
                 next_hops: control::Usage {
                     used: self.state.ids.next_hops.len() as u64,
                     capacity: u64::from(self.apply.next_hop_capacity()),

@@ -182,23 +182,7 @@ fn the_agent_can_be_killed_and_restarted_without_losing_a_ping() -> Result<()> {
     t.write_config(VIF)?;
     let mut agent = t.start_agent(common::bin())?;
     wait_available(&t)?;
-    let out = cli(
-        &t.socket(),
-        &[
-            "route",
-            "add",
-            "--gateway",
-            "bgw-1",
-            "192.168.50.0/24",
-            "--via",
-            "vif-100",
-        ],
-    )?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    route(&t, "add", "192.168.50.0/24", Some("vif-100"))?;
     let (sent, received) = t.ping(VPC_HOST, 3, "0.2")?;
     ensure!(sent == received, "no traffic before the restart");
 

@@ -771,3 +771,98 @@ fn the_24_shortcuts_follow_route_changes_and_a_restart() -> Result<()> {
     );
     Ok(())
 }
+
+/// Random route changes through the CLI, among overlapping prefixes of /20 to /26: after
+/// each, the data plane answers as a longest-prefix match over what is installed (a stale
+/// shortcut would answer for a route that is gone or beaten), and once the agent is idle
+/// the shortcut map holds exactly what the routes call for.
+#[test]
+fn random_route_changes_keep_the_24_shortcuts_exact() -> Result<()> {
+    use std::net::Ipv4Addr;
+
+    use ipnet::Ipv4Net;
+    let t = Topology::new("rand24")?;
+    let _customer = t.customer_router()?;
+    t.write_config(VIF)?;
+    let _agent = t.start_agent(common::bin())?;
+    wait_available(&t)?;
+    let seed = std::env::var("FORWARDER_TEST_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0x24_5eed ^ u64::from(std::process::id()));
+    println!("seed {seed:#x}");
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // 24 prefixes inside 198.51.96.0/20, /20 to /26: they overlap often.
+    let pool: Vec<Ipv4Net> = (0..24)
+        .map(|_| {
+            let len = 20 + (next() % 7) as u8;
+            let addr = u32::from(Ipv4Addr::new(198, 51, 96, 0)) + (next() % (1 << 12)) as u32;
+            Ipv4Net::new(Ipv4Addr::from(addr), len)
+                .expect("prefix")
+                .trunc()
+        })
+        .collect();
+    let vias = ["att-a", "vif-100"];
+    // Each next hop's id, from a route of its own outside the test's range.
+    let mut ids: std::collections::HashMap<&str, u32> = Default::default();
+    for (via, net) in vias.iter().zip(["192.0.2.0/24", "192.0.3.0/24"]) {
+        route(&t, "add", net, Some(via))?;
+        ids.insert(*via, answer(&t, &net.replace("0/24", "1"))?.0);
+    }
+    let mut model: std::collections::BTreeMap<Ipv4Net, &str> = Default::default();
+    for step in 0..60 {
+        let prefix = pool[(next() % pool.len() as u64) as usize];
+        if let Some(old) = model.get(&prefix).copied() {
+            // Gone, or moved to the other next hop.
+            route(&t, "del", &prefix.to_string(), None)?;
+            model.remove(&prefix);
+            if next() % 2 == 0 {
+                let via = if old == vias[0] { vias[1] } else { vias[0] };
+                route(&t, "add", &prefix.to_string(), Some(via))?;
+                model.insert(prefix, via);
+            }
+        } else {
+            let via = vias[(next() % 2) as usize];
+            route(&t, "add", &prefix.to_string(), Some(via))?;
+            model.insert(prefix, via);
+        }
+        for _ in 0..8 {
+            let addr = Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(198, 51, 96, 0)) + (next() % (1 << 12)) as u32,
+            );
+            let want = model
+                .iter()
+                .filter(|(p, _)| p.contains(&addr))
+                .max_by_key(|(p, _)| p.prefix_len())
+                .map(|(_, via)| ids[via]);
+            let got = cli_json(
+                &t.socket(),
+                &["lookup", "--gateway", "bgw-1", &addr.to_string()],
+            )?;
+            ensure!(
+                got["next_hop_id"].as_u64().map(|id| id as u32) == want,
+                "step {step}: {addr} answered {got}, the routes say {want:?}: {model:?}"
+            );
+        }
+    }
+    // Once idle: the shortcuts the routes call for, and no other.
+    let routes: Vec<(u32, Ipv4Net, u32)> = model.iter().map(|(p, via)| (0, *p, ids[via])).collect();
+    let want: std::collections::BTreeMap<Ipv4Addr, u32> = forwarder::routes24::build(&routes)
+        .into_iter()
+        .map(|(_, net, nh)| (Ipv4Addr::from(net), nh))
+        .collect();
+    ensure!(
+        wait_for(Duration::from_secs(5), || shortcuts(&t)
+            .is_ok_and(|s| s == want)),
+        "shortcuts {:?}, the routes {model:?} call for {want:?}",
+        shortcuts(&t)?
+    );
+    println!("{} routes, {} shortcuts", model.len(), want.len());
+    Ok(())
+}

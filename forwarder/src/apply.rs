@@ -241,7 +241,7 @@ pub struct Apply {
 
 impl Apply {
     /// Takes the data plane and reads what its (possibly re-adopted) maps hold.
-    pub fn new(dp: Dataplane, mode: XdpMode) -> Result<Self, Error> {
+    pub fn new(mut dp: Dataplane, mode: XdpMode) -> Result<Self, Error> {
         let mut p = Programmed::default();
         for (gw, prefix, nh) in dp.routes()? {
             // The source is not in the map; BGP is the safe guess (never kept over a
@@ -254,15 +254,34 @@ impl Apply {
             bump(&mut p.route_refs, nh, true);
             p.note_split(gateway, prefix, true);
         }
-        // The /24 shortcuts a killed agent (or an older version) left out of step with the
-        // trie are written again at the first pass; the others are left alone.
+        // The /24 shortcuts a killed agent (or another version) left out of step with the
+        // trie are removed before the programs see this map again (a removal never changes
+        // an answer, and a wrong one may name a next hop given back since); the trie's
+        // answers get shortcuts again when the agent is idle. The others are left alone.
         let mut dirty24 = Vec::new();
         let mut have: FastMap<(GatewayId, u32), u32> = FastMap::default();
+        let mut wrong = Vec::new();
         for (gw, net, nh) in dp.routes24()? {
             let key = (GatewayId(gw), net);
-            have.insert(key, nh);
-            if p.entry24(key.0, net) != Some(nh) {
-                dirty24.push(key);
+            if p.entry24(key.0, net) == Some(nh) {
+                have.insert(key, nh);
+            } else {
+                wrong.push(key);
+            }
+        }
+        if !wrong.is_empty() {
+            tracing::info!(
+                count = wrong.len(),
+                "removing /24 shortcuts out of step with the routes"
+            );
+            let removals: Vec<(u32, u32)> = wrong.iter().map(|(g, n)| (g.0, *n)).collect();
+            if let Err(e) = dp.write_routes24(&[], &removals) {
+                // Rewritten at the first pass instead.
+                tracing::error!(error = %e, "removing /24 shortcuts; the first pass rewrites them");
+                for key in wrong {
+                    have.insert(key, u32::MAX);
+                    dirty24.push(key);
+                }
             }
         }
         for (gateway, prefix) in p.routes.keys() {
@@ -724,7 +743,8 @@ impl Apply {
     /// Whether next-hop slot `id` holds anything or is referred to.
     pub fn next_hop_in_use(&self, id: u32) -> bool {
         let p = &self.programmed;
-        p.next_hops.contains_key(&id)
+        !self.dirty24.is_empty()
+            || p.next_hops.contains_key(&id)
             || p.route_refs.contains_key(&id)
             || p.member_refs.contains_key(&id)
     }
@@ -897,6 +917,7 @@ impl Apply {
                 self.write_route(gateway, prefix, nh, source, report)?;
             }
         }
+        self.write_routes24(report);
         Ok(())
     }
 
@@ -953,9 +974,12 @@ impl Apply {
     /// with the trie: those in the map are rewritten or removed at once; a /24 that has none
     /// waits in `new24` for an idle moment. Runs after a pass's route writes and before its
     /// next hops are cleared, so that no shortcut outlives the next hop it names.
-    fn write_routes24(&mut self, report: &mut Report) {
+    /// Also runs after each batch of route writes and after a pass's removals, so that a
+    /// shortcut lags its routes by one batch at most. False if a write failed (the /24s stay
+    /// dirty, retried).
+    fn write_routes24(&mut self, report: &mut Report) -> bool {
         if self.dirty24.is_empty() {
-            return;
+            return true;
         }
         let mut dirty = std::mem::take(&mut self.dirty24);
         dirty.sort_unstable();
@@ -980,14 +1004,22 @@ impl Apply {
                 // A write that found no room removed the shortcut: which one is not known
                 // here, and a /24 in `have24` without one only costs a removal later.
                 Self::note_left_out(left_out);
+                true
             }
-            // Kept dirty, written again at the next retry; the trie still answers right
-            // for every /24 without a shortcut.
+            // Kept dirty, written again at the next retry.
             Err(e) => {
                 self.dirty24 = dirty;
                 report.error(format!("/24 shortcuts: {e}"));
+                false
             }
         }
+    }
+
+    /// Whether every /24 shortcut that exists agrees with the routes (none failed to be
+    /// written): until then no next hop or gateway id may be given back, as a shortcut
+    /// may still name it.
+    pub fn routes24_settled(&self) -> bool {
+        self.dirty24.is_empty()
     }
 
     fn note_left_out(left_out: usize) {
@@ -1111,13 +1143,33 @@ impl Apply {
                     .flat_map(|(g, t)| t.keys().map(move |p| (*g, *p))),
             );
         }
-        self.write_routes(routes, desired, pool, &mut report)?;
-        if report.removed > 0 && !self.pending.is_empty() {
-            self.retry_pending(desired, pool, &mut report)?;
+        let mut result = self.write_routes(routes, desired, pool, &mut report);
+        if result.is_ok() && report.removed > 0 && !self.pending.is_empty() {
+            result = self.retry_pending(desired, pool, &mut report);
         }
-        self.write_routes24(&mut report);
-        self.clear_next_hops(removals, desired, pool, &mut report);
+        self.finish_pass(result, removals, desired, pool, &mut report)?;
         Ok(report)
+    }
+
+    /// The end of a pass that wrote routes: the /24 shortcuts follow them (also when the
+    /// pass stopped at an error), then next hops nothing refers to are cleared, unless a
+    /// shortcut could not be written (it may still name one of them): then they wait.
+    fn finish_pass(
+        &mut self,
+        result: Result<(), Error>,
+        removals: Vec<NextHopKey>,
+        desired: &Desired,
+        pool: &mut Pool<NextHopKey>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let shortcuts_written = self.write_routes24(report);
+        result?;
+        if shortcuts_written {
+            self.clear_next_hops(removals, desired, pool, report);
+        } else {
+            self.deferred.extend(removals);
+        }
+        Ok(())
     }
 
     /// Writes the next hops of `keys` that `desired` has (members before the groups that
@@ -1202,6 +1254,7 @@ impl Apply {
                 }
             }
         }
+        self.write_routes24(report);
         writes.sort_unstable_by_key(|(s, g, p, _)| (*s, *g, *p));
         let mut staged = Vec::with_capacity(writes.len().min(ROUTE_BATCH));
         // Routes in a row mostly share a target: its slot is looked up once for them.
@@ -1316,10 +1369,10 @@ impl Apply {
         let keys = std::mem::take(&mut self.failed_next_hops);
         let removals = self.write_next_hops(keys, desired, pool, &mut report);
         let routes: Vec<(GatewayId, IpNet)> = self.failed_routes.iter().copied().collect();
-        self.write_routes(routes, desired, pool, &mut report)?;
-        self.retry_pending(desired, pool, &mut report)?;
-        self.write_routes24(&mut report);
-        self.clear_next_hops(removals, desired, pool, &mut report);
+        let result = self
+            .write_routes(routes, desired, pool, &mut report)
+            .and_then(|()| self.retry_pending(desired, pool, &mut report));
+        self.finish_pass(result, removals, desired, pool, &mut report)?;
         Ok(report)
     }
 }

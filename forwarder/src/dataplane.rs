@@ -1039,7 +1039,12 @@ impl Dataplane {
                 // or a failed allocation: the /24 is left to the trie, which answers the
                 // same. A shortcut that could not be removed either might be stale.
                 if let Err(e) = result {
-                    let (_, removed) = delete_batch(data, &keys[at..=at]);
+                    // A kernel that failed before counting says all were done: which one
+                    // failed is not known, so nothing is left out on a guess.
+                    let Some(failed) = keys.get(at..=at) else {
+                        return Err(route_write_error(MAP_ROUTES24, e));
+                    };
+                    let (_, removed) = delete_batch(data, failed);
                     if let Err(MapError::SyscallError(d)) = &removed
                         && d.io_error.raw_os_error() != Some(libc::ENOENT)
                     {

@@ -779,9 +779,11 @@ impl Agent {
             .collect::<Vec<_>>()
         {
             let routes = self.apply.gateway_routes(crate::ids::GatewayId(id));
+            // A shortcut that failed to go may still be keyed by the gateway's id.
             if self.model.gateway_id(&name).is_none()
                 && routes.installed == 0
                 && routes.pending == 0
+                && self.apply.routes24_settled()
             {
                 ids.gateways.release(&name);
             }

@@ -259,12 +259,12 @@ impl Apply {
         // an answer, and a wrong one may name a next hop given back since); the trie's
         // answers get shortcuts again when the agent is idle. The others are left alone.
         let mut dirty24 = Vec::new();
-        let mut have: FastMap<(GatewayId, u32), u32> = FastMap::default();
+        let mut have24: FastSet<(GatewayId, u32)> = FastSet::default();
         let mut wrong = Vec::new();
         for (gw, net, nh) in dp.routes24()? {
             let key = (GatewayId(gw), net);
             if p.entry24(key.0, net) == Some(nh) {
-                have.insert(key, nh);
+                have24.insert(key);
             } else {
                 wrong.push(key);
             }
@@ -278,23 +278,21 @@ impl Apply {
             if let Err(e) = dp.write_routes24(&[], &removals) {
                 // Rewritten at the first pass instead.
                 tracing::error!(error = %e, "removing /24 shortcuts; the first pass rewrites them");
-                for key in wrong {
-                    have.insert(key, u32::MAX);
-                    dirty24.push(key);
-                }
+                have24.extend(wrong.iter().copied());
+                dirty24.extend(wrong);
             }
         }
         for (gateway, prefix) in p.routes.keys() {
             if let IpNet::V4(v4) = prefix {
+                // Those in `have24` are right already (or dirty, above).
                 for net in routes24::touched(*v4) {
-                    let want = p.entry24(*gateway, net);
-                    if want.is_some() && have.get(&(*gateway, net)).copied() != want {
-                        dirty24.push((*gateway, net));
+                    let key = (*gateway, net);
+                    if !have24.contains(&key) && p.entry24(*gateway, net).is_some() {
+                        dirty24.push(key);
                     }
                 }
             }
         }
-        let have24: FastSet<(GatewayId, u32)> = have.into_keys().collect();
         for (id, entry) in dp.next_hops()? {
             if let Some(spec) = NextHopSpec::from_entry(&entry) {
                 if let NextHopSpec::Group(members) = &spec {
@@ -972,11 +970,10 @@ impl Apply {
 
     /// Brings the /24 shortcuts of the routes written or removed since the last call in line
     /// with the trie: those in the map are rewritten or removed at once; a /24 that has none
-    /// waits in `new24` for an idle moment. Runs after a pass's route writes and before its
-    /// next hops are cleared, so that no shortcut outlives the next hop it names.
-    /// Also runs after each batch of route writes and after a pass's removals, so that a
-    /// shortcut lags its routes by one batch at most. False if a write failed (the /24s stay
-    /// dirty, retried).
+    /// waits in `new24` for an idle moment. Runs after a pass's removals, after each batch of
+    /// route writes (a shortcut lags its routes by one batch at most) and before next hops
+    /// are cleared (none outlives the next hop it names). False if a write failed: the /24s
+    /// stay dirty and are retried.
     fn write_routes24(&mut self, report: &mut Report) -> bool {
         if self.dirty24.is_empty() {
             return true;

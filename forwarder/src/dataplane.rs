@@ -1003,6 +1003,13 @@ impl Dataplane {
         (written, Ok(()))
     }
 
+    fn routes24_data(&self) -> Result<&MapData, Error> {
+        match self.map(MAP_ROUTES24)? {
+            Map::HashMap(d) => Ok(d),
+            _ => Err(Error::MissingMap(MAP_ROUTES24)),
+        }
+    }
+
     fn lpm_data(&self, name: &'static str) -> Result<&MapData, Error> {
         match self.map(name)? {
             Map::LpmTrie(d) => Ok(d),
@@ -1020,10 +1027,7 @@ impl Dataplane {
         removals: &[(u32, u32)],
     ) -> Result<usize, Error> {
         let key = |g: u32, net: u32| RouteKey::slash24(g, net.to_be_bytes());
-        let data = match self.map(MAP_ROUTES24)? {
-            Map::HashMap(d) => d,
-            _ => return Err(Error::MissingMap(MAP_ROUTES24)),
-        };
+        let data = self.routes24_data()?;
         let mut left_out = 0;
         for chunk in writes.chunks(ROUTE_BATCH) {
             let keys: Vec<RouteKey> = chunk.iter().map(|(g, n, _)| key(*g, *n)).collect();
@@ -1078,11 +1082,8 @@ impl Dataplane {
     /// Every /24 shortcut: (gateway id, /24 first address, next hop). The agent reads this
     /// once at start and puts right what a killed agent left half written.
     pub fn routes24(&self) -> Result<Vec<(u32, u32, u32)>, Error> {
-        let data = match self.map(MAP_ROUTES24)? {
-            Map::HashMap(d) => d,
-            _ => return Err(Error::MissingMap(MAP_ROUTES24)),
-        };
-        let entries: Vec<(RouteKey, u32)> = lookup_batch(data).map_err(map_err(MAP_ROUTES24))?;
+        let entries: Vec<(RouteKey, u32)> =
+            lookup_batch(self.routes24_data()?).map_err(map_err(MAP_ROUTES24))?;
         Ok(entries
             .into_iter()
             .map(|(k, nh)| {

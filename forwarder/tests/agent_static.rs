@@ -622,14 +622,19 @@ fn encapsulation_follows_the_resolved_underlay_next_hop() -> Result<()> {
     Ok(())
 }
 
+/// The agent's pinned `ROUTES24` map, the /24 shortcuts.
+fn routes24_map(
+    t: &Topology,
+) -> Result<aya::maps::HashMap<aya::maps::MapData, forwarder_common::RouteKey, u32>> {
+    let data = aya::maps::MapData::from_pin(t.pin_dir().join("maps/ROUTES24"))?;
+    Ok(aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?)
+}
+
 /// The /24 shortcuts (`ROUTES24`) in the pinned maps of 198.51.0.0/16 and 203.0.113.0/24
 /// (the test's; the VPC's propagated route has its own): (first address of the /24, next hop).
 fn shortcuts(t: &Topology) -> Result<std::collections::BTreeMap<std::net::Ipv4Addr, u32>> {
-    let data = aya::maps::MapData::from_pin(t.pin_dir().join("maps/ROUTES24"))?;
-    let map: aya::maps::HashMap<_, forwarder_common::RouteKey, u32> =
-        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
     let mut out = std::collections::BTreeMap::new();
-    for entry in map.iter() {
+    for entry in routes24_map(t)?.iter() {
         let (key, nh) = entry?;
         if key.addr[..2] == [198, 51] || key.addr[..3] == [203, 0, 113] {
             out.insert(std::net::Ipv4Addr::from(key.addr), nh);
@@ -719,9 +724,7 @@ fn the_24_shortcuts_follow_route_changes_and_a_restart() -> Result<()> {
     agent.kill()?;
     drop(agent);
     {
-        let data = aya::maps::MapData::from_pin(t.pin_dir().join("maps/ROUTES24"))?;
-        let mut map: aya::maps::HashMap<_, forwarder_common::RouteKey, u32> =
-            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
+        let mut map = routes24_map(&t)?;
         let gw = u32::from_be_bytes(map.keys().next().context("a shortcut")??.gateway_be);
         map.insert(
             forwarder_common::RouteKey::slash24(gw, [198, 51, 97, 0]),
@@ -748,12 +751,7 @@ fn the_24_shortcuts_follow_route_changes_and_a_restart() -> Result<()> {
     );
     ensure!(answer(&t, "203.0.113.1").is_err(), "no route, no answer");
     // `status` counts them all (the VPC's propagated /24 has one too).
-    let in_map = {
-        let data = aya::maps::MapData::from_pin(t.pin_dir().join("maps/ROUTES24"))?;
-        let map: aya::maps::HashMap<_, forwarder_common::RouteKey, u32> =
-            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(data))?;
-        map.keys().count() as u64
-    };
+    let in_map = routes24_map(&t)?.keys().count() as u64;
     let status = cli_json(&t.socket(), &["status"])?;
     ensure!(
         status["maps"]["routes24"]["used"].as_u64() == Some(in_map)

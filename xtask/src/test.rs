@@ -22,6 +22,49 @@ struct Tally {
     passed: u64,
     failed: u64,
     failures: Vec<String>,
+    /// What each failed test printed (its panic or `Error:` last), repeated at the end so
+    /// that the tail of a CI log says why, not only which.
+    failure_output: Vec<(String, Vec<String>)>,
+}
+
+/// Lines of a failed test's output repeated in the summary (its last ones: the error).
+const FAILURE_TAIL: usize = 60;
+/// Failed tests whose output the summary repeats.
+const FAILURE_OUTPUTS: usize = 3;
+
+/// Picks the failed tests' sections out of libtest's output: `---- name stdout ----` up to
+/// the next section, `failures:`/`successes:` or the `test result:` line. With
+/// `--show-output` passing tests have sections too; only those named `... FAILED` before
+/// are kept.
+#[derive(Default)]
+struct FailureSections {
+    current: Option<(String, Vec<String>)>,
+}
+
+impl FailureSections {
+    /// Feeds one line; returns a finished section of a failed test.
+    fn line(&mut self, line: &str, failed: &[String]) -> Option<(String, Vec<String>)> {
+        let header = line
+            .strip_prefix("---- ")
+            .and_then(|r| r.strip_suffix(" stdout ----"));
+        let ends = header.is_some()
+            || line == "failures:"
+            || line == "successes:"
+            || line.starts_with("test result: ");
+        if !ends {
+            if let Some((_, lines)) = &mut self.current {
+                lines.push(line.to_owned());
+            }
+            return None;
+        }
+        let done = self.current.take();
+        if let Some(name) = header
+            && failed.iter().any(|f| f == name)
+        {
+            self.current = Some((name.to_owned(), Vec::new()));
+        }
+        done
+    }
 }
 
 impl Tally {
@@ -75,6 +118,16 @@ pub fn run() -> Result<ExitCode> {
 
     println!();
     println!("xtask test: {:.0} s", started.elapsed().as_secs_f64());
+    for (name, lines) in tally.failure_output.iter().take(FAILURE_OUTPUTS) {
+        let skip = lines.len().saturating_sub(FAILURE_TAIL);
+        println!(
+            "---- {name}: the last {} lines it printed ----",
+            lines.len() - skip
+        );
+        for line in &lines[skip..] {
+            println!("{line}");
+        }
+    }
     for failure in &tally.failures {
         println!("FAILED: {failure}");
     }
@@ -139,9 +192,13 @@ fn cargo_test(tally: &mut Tally, root: &std::path::Path) -> Result<()> {
         .context("spawning cargo test")?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
     let mut counted = 0u64;
+    let mut sections = FailureSections::default();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
+        if let Some(section) = sections.line(&line, &tally.failures) {
+            tally.failure_output.push(section);
+        }
         if let Some(rest) = line.strip_prefix("test ") {
             // `test name ... FAILED` lines name the failures for the summary.
             if let Some(name) = rest.strip_suffix(" ... FAILED") {
@@ -222,7 +279,32 @@ pub fn demo() -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_result;
+    use super::{FailureSections, parse_result};
+
+    #[test]
+    fn keeps_only_the_failed_tests_output() {
+        let out = "test a ... ok\ntest b ... FAILED\n\nsuccesses:\n\n---- a stdout ----\n\
+                   a says hi\n\nsuccesses:\n    a\n\nfailures:\n\n---- b stdout ----\n\
+                   b went on\nError: b broke\n\nfailures:\n    b\n\n\
+                   test result: FAILED. 1 passed; 1 failed; 0 ignored";
+        let failed = vec!["b".to_owned()];
+        let mut sections = FailureSections::default();
+        let found: Vec<_> = out
+            .lines()
+            .filter_map(|l| sections.line(l, &failed))
+            .collect();
+        assert_eq!(
+            found,
+            vec![(
+                "b".to_owned(),
+                vec![
+                    "b went on".to_owned(),
+                    "Error: b broke".to_owned(),
+                    String::new()
+                ]
+            )]
+        );
+    }
 
     #[test]
     fn parses_libtest_summary_lines() {

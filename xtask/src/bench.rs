@@ -93,19 +93,28 @@ pub fn run(only: Option<Part>, quick: bool) -> Result<ExitCode> {
         }
     }
     let path = root.join("BENCHMARKS.md");
-    let mut doc = match only {
-        Some(_) => std::fs::read_to_string(&path).unwrap_or_default(),
-        None => String::new(),
+    // Each part's section replaces its old one as soon as the part is done, so a run stopped
+    // or failed half-way keeps what it measured (and the file stays whole). A full run
+    // rewrites the header too.
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut doc = match (only, old.find("\n## ")) {
+        (Some(_), _) if !old.is_empty() => old,
+        (_, sections) => {
+            let mut doc = String::from("# Benchmarks\n\n");
+            writeln!(
+                doc,
+                "Written by `cargo xtask bench` (`--only PART` refreshes one section); rerun it \
+                 to refresh. Machine: {}.",
+                machine()
+            )?;
+            if let Some(at) = sections {
+                doc.push_str(&old[at..]);
+            } else {
+                doc.push('\n');
+            }
+            doc
+        }
     };
-    if doc.is_empty() {
-        doc = String::from("# Benchmarks\n\n");
-        writeln!(
-            doc,
-            "Written by `cargo xtask bench` (`--only PART` refreshes one section); rerun it to \
-             refresh. Machine: {}.\n",
-            machine()
-        )?;
-    }
     let mut all_ok = true;
     for part in parts {
         let (section, ok) = match part {
@@ -159,8 +168,8 @@ pub fn run(only: Option<Part>, quick: bool) -> Result<ExitCode> {
             Some(why) => keep_section(&doc, part.heading(), why),
             None => replace_section(&doc, part.heading(), &section),
         };
+        std::fs::write(&path, &doc).context("writing BENCHMARKS.md")?;
     }
-    std::fs::write(&path, &doc).context("writing BENCHMARKS.md")?;
     print!("{doc}");
     Ok(if all_ok {
         ExitCode::SUCCESS

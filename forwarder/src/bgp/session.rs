@@ -191,6 +191,10 @@ enum Close {
     Lost(String),
     /// We send this NOTIFICATION.
     Notify(Notification),
+    /// Collision resolution closes an Established connection (Cease / Connection Collision
+    /// Resolution, sent) in favour of the peer's other one, already past its OPEN: a
+    /// graceful-restart peer's routes are kept for the moment that one takes to come up.
+    Collision(Notification),
     /// The peer sent a NOTIFICATION, or we close without one for another reason.
     Other(String),
 }
@@ -209,6 +213,10 @@ pub(super) struct Session {
     inbound_rx: mpsc::Receiver<(u64, Inbound)>,
     conns: Vec<Conn>,
     next_id: u64,
+    /// `next_id` when the session last became Established: a connection with a smaller id
+    /// was up before that, so its OPEN is the peer's side of a collision (both connected at
+    /// once), never a restarted peer's new connection.
+    established_from: u64,
     listener: Option<TcpListener>,
     listen_at: Option<Instant>,
     connecting: Option<JoinHandle<Result<TcpStream, Error>>>,
@@ -440,6 +448,7 @@ impl Session {
             inbound_rx,
             conns: Vec::new(),
             next_id: 0,
+            established_from: 0,
             listener: None,
             listen_at: Some(Instant::now()),
             connecting: None,
@@ -777,6 +786,7 @@ impl Session {
         let (error, notification, lost) = match how {
             Close::Lost(text) => (text, None, true),
             Close::Notify(n) => (format!("sent NOTIFICATION {n}"), Some(n), false),
+            Close::Collision(n) => (format!("sent NOTIFICATION {n}"), Some(n), true),
             Close::Other(text) => (text, None, false),
         };
         conn.close(notification.as_ref());
@@ -982,7 +992,13 @@ impl Session {
                 "connection collision",
             );
             let other_phase = self.conns[other].phase;
-            if let Phase::Established(old) = other_phase {
+            // Up before the session became Established: the peer opened this connection
+            // while ours was still in OpenConfirm on its side, and it resolves the collision
+            // by identifiers (below), as we must, or the two sides close different ones.
+            let twin = this_id < self.established_from;
+            if let Phase::Established(old) = other_phase
+                && !twin
+            {
                 if old.peer_restart.is_some() && !self.conns[i].outbound {
                     // RFC 4724 §4.2: a peer with graceful restart that opens a new
                     // connection while the old one looks Established has restarted; the
@@ -1019,6 +1035,12 @@ impl Session {
                 keep = self.conns[if loser == i { other } else { i }].id,
                 "BGP connection collision"
             );
+            if loser == other && matches!(other_phase, Phase::Established(_)) {
+                // The session carries on over this connection.
+                self.drop_conn(other, Close::Collision(collision)).await;
+                let Some(j) = self.index(this_id) else { return };
+                return self.enter_open_confirm(j, neg);
+            }
             let text = format!("sent NOTIFICATION {collision}");
             let survivor = if loser == i { None } else { Some(this_id) };
             // The other connection carries on: a normal event, not the session's last error.
@@ -1043,6 +1065,7 @@ impl Session {
 
     async fn established_on(&mut self, i: usize, neg: Negotiated) {
         self.conns[i].phase = Phase::Established(neg);
+        self.established_from = self.next_id;
         self.failures = 0;
         // Our R and F bits were for the first session after the restart only.
         if self.restarted {

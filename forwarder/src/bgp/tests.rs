@@ -699,6 +699,88 @@ async fn collision_keeps_the_higher_identifiers_connection() {
     }
 }
 
+/// Both sides connect at once, and the peer (with graceful restart, as BIRD by default)
+/// answers our connection first: it is Established here while the peer, which still had it
+/// in OpenConfirm, resolves the collision by identifiers. Its OPEN on its own connection is
+/// not taken for a restart: the side with the higher identifier keeps its connection as the
+/// peer does; when that is the peer's, the session moves to it with the peer's routes kept.
+#[tokio::test]
+async fn a_collision_with_a_just_established_connection_is_resolved_by_identifiers() {
+    for (client_id, outbound_survives) in [
+        (Ipv4Addr::new(10, 0, 0, 1), true),
+        (Ipv4Addr::new(203, 0, 113, 9), false),
+    ] {
+        let n = if outbound_survives { 18 } else { 19 };
+        let listener = TcpListener::bind(SocketAddrV4::new(addr(n, 2), PORT))
+            .await
+            .expect("listen");
+        let (mut gw, mut gw_rx) = speaker();
+        gw.add_session(gateway(n), vec![]);
+        let (out_stream, _) = timeout(Duration::from_secs(3), listener.accept())
+            .await
+            .expect("speaker connects")
+            .expect("accept");
+        let mut outbound = Fake {
+            stream: out_stream,
+            framer: Framer::default(),
+        };
+        let Some(Message::Open(_)) = outbound.recv().await else {
+            panic!("no OPEN")
+        };
+        let mut inbound = Fake::connect(addr(n, 2), addr(n, 1)).await;
+        let Some(Message::Open(_)) = inbound.recv().await else {
+            panic!("no OPEN")
+        };
+        // Our connection comes up first...
+        outbound
+            .send(&Fake::open_gr(90, client_id, 120, false))
+            .await;
+        assert_eq!(outbound.recv().await, Some(Message::Keepalive));
+        outbound.send(&wire::keepalive()).await;
+        assert!(
+            wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
+                .await
+                .is_some()
+        );
+        // ...then the OPEN the peer sent on its own before it saw ours up.
+        inbound
+            .send(&Fake::open_gr(90, client_id, 120, false))
+            .await;
+        if outbound_survives {
+            assert_eq!(
+                inbound.notification().await,
+                Some((6, 7)),
+                "collision loser"
+            );
+            let down = wait_for(&mut gw_rx, Duration::from_millis(500), is_down).await;
+            assert!(down.is_none(), "the session went down: {down:?}");
+            assert_eq!(one_status(&gw).state, SessionState::Established);
+        } else {
+            assert_eq!(
+                outbound.notification().await,
+                Some((6, 7)),
+                "collision loser"
+            );
+            let Some(Event::Down { retain, reason, .. }) =
+                wait_for(&mut gw_rx, Duration::from_secs(3), is_down).await
+            else {
+                panic!("the established connection stayed")
+            };
+            assert_eq!(retain, Some(Duration::from_secs(120)), "{reason}");
+            assert_eq!(inbound.recv().await, Some(Message::Keepalive));
+            inbound.send(&wire::keepalive()).await;
+            assert!(
+                wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
+                    .await
+                    .is_some(),
+                "{:?}",
+                one_status(&gw)
+            );
+        }
+        assert_eq!(one_status(&gw).remote_id, Some(client_id));
+    }
+}
+
 impl Fake {
     /// OPEN with graceful restart (IPv4 unicast, F bit = `restarted`).
     fn open_gr(hold: u16, id: Ipv4Addr, restart_time: u16, restarted: bool) -> bytes::Bytes {

@@ -641,6 +641,44 @@ async fn route_refresh_and_malformed_update() {
     );
 }
 
+/// A session of `gateway(n)` with two connections, each past the speaker's OPEN: its own
+/// (it connects within connect_retry/4) and one from the client.
+async fn both_connected(n: u8) -> (Speaker, mpsc::Receiver<Event>, Fake, Fake) {
+    let listener = TcpListener::bind(SocketAddrV4::new(addr(n, 2), PORT))
+        .await
+        .expect("listen");
+    let (mut gw, gw_rx) = speaker();
+    gw.add_session(gateway(n), vec![]);
+    let (out_stream, _) = timeout(Duration::from_secs(3), listener.accept())
+        .await
+        .expect("speaker connects")
+        .expect("accept");
+    let mut outbound = Fake {
+        stream: out_stream,
+        framer: Framer::default(),
+    };
+    let Some(Message::Open(_)) = outbound.recv().await else {
+        panic!("no OPEN")
+    };
+    let mut inbound = Fake::connect(addr(n, 2), addr(n, 1)).await;
+    let Some(Message::Open(_)) = inbound.recv().await else {
+        panic!("no OPEN")
+    };
+    (gw, gw_rx, outbound, inbound)
+}
+
+/// The client's KEEPALIVE on `fake` (in OpenConfirm): the session is Established.
+async fn keepalive_to_established(fake: &mut Fake, gw: &Speaker, rx: &mut mpsc::Receiver<Event>) {
+    fake.send(&wire::keepalive()).await;
+    assert!(
+        wait_for(rx, Duration::from_secs(3), is_established)
+            .await
+            .is_some(),
+        "{:?}",
+        one_status(gw)
+    );
+}
+
 /// We connect out while the client connects in; both OPENs arrive. The connection opened by
 /// the side with the higher BGP identifier survives, the other gets Cease / collision.
 #[tokio::test]
@@ -650,27 +688,7 @@ async fn collision_keeps_the_higher_identifiers_connection() {
         (Ipv4Addr::new(203, 0, 113, 9), false),
     ] {
         let n = if outbound_survives { 10 } else { 11 };
-        let listener = TcpListener::bind(SocketAddrV4::new(addr(n, 2), PORT))
-            .await
-            .expect("listen");
-        let (mut gw, mut gw_rx) = speaker();
-        gw.add_session(gateway(n), vec![]);
-        // The speaker's own connection (it connects within connect_retry/4).
-        let (out_stream, _) = timeout(Duration::from_secs(3), listener.accept())
-            .await
-            .expect("speaker connects")
-            .expect("accept");
-        let mut outbound = Fake {
-            stream: out_stream,
-            framer: Framer::default(),
-        };
-        let Some(Message::Open(_)) = outbound.recv().await else {
-            panic!("no OPEN")
-        };
-        let mut inbound = Fake::connect(addr(n, 2), addr(n, 1)).await;
-        let Some(Message::Open(_)) = inbound.recv().await else {
-            panic!("no OPEN")
-        };
+        let (gw, mut gw_rx, mut outbound, mut inbound) = both_connected(n).await;
 
         outbound.send(&Fake::open(90, CLIENT_ASN, client_id)).await;
         assert_eq!(outbound.recv().await, Some(Message::Keepalive));
@@ -682,19 +700,10 @@ async fn collision_keeps_the_higher_identifiers_connection() {
         };
         let mut winner = winner;
         assert_eq!(loser.notification().await, Some((6, 7)), "collision loser");
-        if outbound_survives {
-            winner.send(&wire::keepalive()).await;
-        } else {
+        if !outbound_survives {
             assert_eq!(winner.recv().await, Some(Message::Keepalive));
-            winner.send(&wire::keepalive()).await;
         }
-        assert!(
-            wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
-                .await
-                .is_some(),
-            "{:?}",
-            one_status(&gw)
-        );
+        keepalive_to_established(&mut winner, &gw, &mut gw_rx).await;
         assert_eq!(one_status(&gw).remote_id, Some(client_id));
     }
 }
@@ -711,26 +720,7 @@ async fn a_collision_with_a_just_established_connection_is_resolved_by_identifie
         (Ipv4Addr::new(203, 0, 113, 9), false),
     ] {
         let n = if outbound_survives { 18 } else { 19 };
-        let listener = TcpListener::bind(SocketAddrV4::new(addr(n, 2), PORT))
-            .await
-            .expect("listen");
-        let (mut gw, mut gw_rx) = speaker();
-        gw.add_session(gateway(n), vec![]);
-        let (out_stream, _) = timeout(Duration::from_secs(3), listener.accept())
-            .await
-            .expect("speaker connects")
-            .expect("accept");
-        let mut outbound = Fake {
-            stream: out_stream,
-            framer: Framer::default(),
-        };
-        let Some(Message::Open(_)) = outbound.recv().await else {
-            panic!("no OPEN")
-        };
-        let mut inbound = Fake::connect(addr(n, 2), addr(n, 1)).await;
-        let Some(Message::Open(_)) = inbound.recv().await else {
-            panic!("no OPEN")
-        };
+        let (gw, mut gw_rx, mut outbound, mut inbound) = both_connected(n).await;
         // Our connection comes up first...
         outbound
             .send(&Fake::open_gr(90, client_id, 120, false))
@@ -768,14 +758,7 @@ async fn a_collision_with_a_just_established_connection_is_resolved_by_identifie
             };
             assert_eq!(retain, Some(Duration::from_secs(120)), "{reason}");
             assert_eq!(inbound.recv().await, Some(Message::Keepalive));
-            inbound.send(&wire::keepalive()).await;
-            assert!(
-                wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
-                    .await
-                    .is_some(),
-                "{:?}",
-                one_status(&gw)
-            );
+            keepalive_to_established(&mut inbound, &gw, &mut gw_rx).await;
         }
         assert_eq!(one_status(&gw).remote_id, Some(client_id));
     }

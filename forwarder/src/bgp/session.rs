@@ -105,6 +105,13 @@ struct Conn {
     overflow: AtomicBool,
     /// The mark queued after the last full export sent for a ROUTE-REFRESH.
     refresh_mark: u64,
+    /// The session's next connection id when this one entered OpenConfirm (our KEEPALIVE
+    /// sent): connections with smaller ids sent their OPEN before that KEEPALIVE, and are
+    /// this one's collision twins.
+    twins_below: u64,
+    /// The session's next connection id when this one became Established: a connection
+    /// with a larger id opened after that (a restarted peer's new connection may).
+    established_below: u64,
 }
 
 impl Conn {
@@ -128,6 +135,8 @@ impl Conn {
             hold_deadline: Some(Instant::now() + OPEN_HOLD),
             overflow: AtomicBool::new(false),
             refresh_mark: 0,
+            twins_below: 0,
+            established_below: 0,
         }
     }
 
@@ -213,10 +222,6 @@ pub(super) struct Session {
     inbound_rx: mpsc::Receiver<(u64, Inbound)>,
     conns: Vec<Conn>,
     next_id: u64,
-    /// `next_id` when the session last became Established: a connection with a smaller id
-    /// was up before that, so its OPEN is the peer's side of a collision (both connected at
-    /// once), never a restarted peer's new connection.
-    established_from: u64,
     listener: Option<TcpListener>,
     listen_at: Option<Instant>,
     connecting: Option<JoinHandle<Result<TcpStream, Error>>>,
@@ -448,7 +453,6 @@ impl Session {
             inbound_rx,
             conns: Vec::new(),
             next_id: 0,
-            established_from: 0,
             listener: None,
             listen_at: Some(Instant::now()),
             connecting: None,
@@ -992,14 +996,16 @@ impl Session {
                 "connection collision",
             );
             let other_phase = self.conns[other].phase;
-            // Up before the session became Established: the peer opened this connection
-            // while ours was still in OpenConfirm on its side, and it resolves the collision
-            // by identifiers (below), as we must, or the two sides close different ones.
-            let twin = this_id < self.established_from;
+            // Our OPEN on this connection went out before our KEEPALIVE on the other: the
+            // peer had that one in OpenConfirm at most when it read this one's OPEN, so it
+            // resolves the collision by identifiers (below), as we must, or the two sides
+            // close different ones. It is not a restarted peer's new connection.
+            let twin = this_id < self.conns[other].twins_below;
+            let opened_after = this_id >= self.conns[other].established_below;
             if let Phase::Established(old) = other_phase
                 && !twin
             {
-                if old.peer_restart.is_some() && !self.conns[i].outbound {
+                if opened_after && old.peer_restart.is_some() && !self.conns[i].outbound {
                     // RFC 4724 §4.2: a peer with graceful restart that opens a new
                     // connection while the old one looks Established has restarted; the
                     // old one goes (its routes kept stale), the new one carries on.
@@ -1014,7 +1020,9 @@ impl Session {
                     let Some(j) = self.index(this_id) else { return };
                     return self.enter_open_confirm(j, neg);
                 }
-                // Without graceful restart the Established connection survives.
+                // Otherwise the Established connection survives (RFC 4271 §6.8): the peer
+                // read our KEEPALIVE on it before this OPEN of ours, so it has it Established
+                // too.
                 let conn = self.conns.remove(i);
                 conn.close(Some(&collision));
                 self.record_connect_error(format!("sent NOTIFICATION {collision}"));
@@ -1055,8 +1063,10 @@ impl Session {
     }
 
     fn enter_open_confirm(&mut self, i: usize, neg: Negotiated) {
+        let next_id = self.next_id;
         let conn = &mut self.conns[i];
         conn.phase = Phase::OpenConfirm(neg);
+        conn.twins_below = next_id;
         conn.hold_deadline = hold_deadline(neg.hold_time);
         conn.send(wire::keepalive());
         conn.set_timers(neg.hold_time);
@@ -1065,7 +1075,7 @@ impl Session {
 
     async fn established_on(&mut self, i: usize, neg: Negotiated) {
         self.conns[i].phase = Phase::Established(neg);
-        self.established_from = self.next_id;
+        self.conns[i].established_below = self.next_id;
         self.failures = 0;
         // Our R and F bits were for the first session after the restart only.
         if self.restarted {

@@ -641,9 +641,9 @@ async fn route_refresh_and_malformed_update() {
     );
 }
 
-/// A session of `gateway(n)` with two connections, each past the speaker's OPEN: its own
-/// (it connects within connect_retry/4) and one from the client.
-async fn both_connected(n: u8) -> (Speaker, mpsc::Receiver<Event>, Fake, Fake) {
+/// A session of `gateway(n)` and its own connection (it connects within connect_retry/4),
+/// past the speaker's OPEN.
+async fn outbound_connected(n: u8) -> (Speaker, mpsc::Receiver<Event>, Fake) {
     let listener = TcpListener::bind(SocketAddrV4::new(addr(n, 2), PORT))
         .await
         .expect("listen");
@@ -660,11 +660,23 @@ async fn both_connected(n: u8) -> (Speaker, mpsc::Receiver<Event>, Fake, Fake) {
     let Some(Message::Open(_)) = outbound.recv().await else {
         panic!("no OPEN")
     };
+    (gw, gw_rx, outbound)
+}
+
+/// A client connection to the speaker of `gateway(n)`, past the speaker's OPEN.
+async fn inbound_connected(n: u8) -> Fake {
     let mut inbound = Fake::connect(addr(n, 2), addr(n, 1)).await;
     let Some(Message::Open(_)) = inbound.recv().await else {
         panic!("no OPEN")
     };
-    (gw, gw_rx, outbound, inbound)
+    inbound
+}
+
+/// A session of `gateway(n)` with two connections, each past the speaker's OPEN: its own
+/// and one from the client.
+async fn both_connected(n: u8) -> (Speaker, mpsc::Receiver<Event>, Fake, Fake) {
+    let (gw, gw_rx, outbound) = outbound_connected(n).await;
+    (gw, gw_rx, outbound, inbound_connected(n).await)
 }
 
 /// The client's KEEPALIVE on `fake` (in OpenConfirm): the session is Established.
@@ -679,14 +691,26 @@ async fn keepalive_to_established(fake: &mut Fake, gw: &Speaker, rx: &mut mpsc::
     );
 }
 
+/// `loser` gets Cease / Connection Collision Resolution; the session stays Established.
+async fn closed_as_collision_loser(loser: &mut Fake, gw: &Speaker, rx: &mut mpsc::Receiver<Event>) {
+    assert_eq!(loser.notification().await, Some((6, 7)), "collision loser");
+    let down = wait_for(rx, Duration::from_millis(500), is_down).await;
+    assert!(down.is_none(), "the session went down: {down:?}");
+    assert_eq!(one_status(gw).state, SessionState::Established);
+}
+
+/// A client identifier below ours (our connection wins a collision by identifiers) and one
+/// above it.
+const COLLISION_IDS: [(Ipv4Addr, bool); 2] = [
+    (Ipv4Addr::new(10, 0, 0, 1), true),
+    (Ipv4Addr::new(203, 0, 113, 9), false),
+];
+
 /// We connect out while the client connects in; both OPENs arrive. The connection opened by
 /// the side with the higher BGP identifier survives, the other gets Cease / collision.
 #[tokio::test]
 async fn collision_keeps_the_higher_identifiers_connection() {
-    for (client_id, outbound_survives) in [
-        (Ipv4Addr::new(10, 0, 0, 1), true),
-        (Ipv4Addr::new(203, 0, 113, 9), false),
-    ] {
+    for (client_id, outbound_survives) in COLLISION_IDS {
         let n = if outbound_survives { 10 } else { 11 };
         let (gw, mut gw_rx, mut outbound, mut inbound) = both_connected(n).await;
 
@@ -715,10 +739,7 @@ async fn collision_keeps_the_higher_identifiers_connection() {
 /// peer does; when that is the peer's, the session moves to it with the peer's routes kept.
 #[tokio::test]
 async fn a_collision_with_a_just_established_connection_is_resolved_by_identifiers() {
-    for (client_id, outbound_survives) in [
-        (Ipv4Addr::new(10, 0, 0, 1), true),
-        (Ipv4Addr::new(203, 0, 113, 9), false),
-    ] {
+    for (client_id, outbound_survives) in COLLISION_IDS {
         let n = if outbound_survives { 18 } else { 19 };
         let (gw, mut gw_rx, mut outbound, mut inbound) = both_connected(n).await;
         // Our connection comes up first...
@@ -726,25 +747,13 @@ async fn a_collision_with_a_just_established_connection_is_resolved_by_identifie
             .send(&Fake::open_gr(90, client_id, 120, false))
             .await;
         assert_eq!(outbound.recv().await, Some(Message::Keepalive));
-        outbound.send(&wire::keepalive()).await;
-        assert!(
-            wait_for(&mut gw_rx, Duration::from_secs(3), is_established)
-                .await
-                .is_some()
-        );
+        keepalive_to_established(&mut outbound, &gw, &mut gw_rx).await;
         // ...then the OPEN the peer sent on its own before it saw ours up.
         inbound
             .send(&Fake::open_gr(90, client_id, 120, false))
             .await;
         if outbound_survives {
-            assert_eq!(
-                inbound.notification().await,
-                Some((6, 7)),
-                "collision loser"
-            );
-            let down = wait_for(&mut gw_rx, Duration::from_millis(500), is_down).await;
-            assert!(down.is_none(), "the session went down: {down:?}");
-            assert_eq!(one_status(&gw).state, SessionState::Established);
+            closed_as_collision_loser(&mut inbound, &gw, &mut gw_rx).await;
         } else {
             assert_eq!(
                 outbound.notification().await,
@@ -762,6 +771,27 @@ async fn a_collision_with_a_just_established_connection_is_resolved_by_identifie
         }
         assert_eq!(one_status(&gw).remote_id, Some(client_id));
     }
+}
+
+/// The peer connects after our KEEPALIVE went out on our connection (and before its
+/// KEEPALIVE made that one Established here): it reads our KEEPALIVE before our OPEN on its
+/// connection, has ours Established, and keeps it whatever the identifiers; so do we, and
+/// that late OPEN is no restart either.
+#[tokio::test]
+async fn a_connection_opened_while_ours_was_confirming_loses_to_the_established_one() {
+    let (gw, mut gw_rx, mut outbound) = outbound_connected(20).await;
+    // A higher identifier than ours: by identifiers, the peer's connection would win.
+    let client_id = Ipv4Addr::new(203, 0, 113, 9);
+    outbound
+        .send(&Fake::open_gr(90, client_id, 120, false))
+        .await;
+    assert_eq!(outbound.recv().await, Some(Message::Keepalive));
+    let mut inbound = inbound_connected(20).await;
+    keepalive_to_established(&mut outbound, &gw, &mut gw_rx).await;
+    inbound
+        .send(&Fake::open_gr(90, client_id, 120, false))
+        .await;
+    closed_as_collision_loser(&mut inbound, &gw, &mut gw_rx).await;
 }
 
 impl Fake {

@@ -200,9 +200,9 @@ enum Close {
     Lost(String),
     /// We send this NOTIFICATION.
     Notify(Notification),
-    /// Collision resolution closes an Established connection (Cease / Connection Collision
-    /// Resolution, sent) in favour of the peer's other one, already past its OPEN: a
-    /// graceful-restart peer's routes are kept for the moment that one takes to come up.
+    /// Collision resolution closes an Established connection that routes came over (Cease /
+    /// Connection Collision Resolution, sent) in favour of the peer's other one, already past
+    /// its OPEN: a graceful-restart peer's routes are kept for the moment that one takes.
     Collision(Notification),
     /// The peer sent a NOTIFICATION, or we close without one for another reason.
     Other(String),
@@ -1044,8 +1044,20 @@ impl Session {
                 "BGP connection collision"
             );
             if loser == other && matches!(other_phase, Phase::Established(_)) {
-                // The session carries on over this connection.
-                self.drop_conn(other, Close::Collision(collision)).await;
+                if self.paths.is_empty() {
+                    // The peer never had that one Established (it sent nothing on it): the
+                    // session moves to this connection without going down, and the agent
+                    // sends its export again when this one is Established.
+                    tracing::info!(
+                        keep = this_id,
+                        "BGP connection collision: the session moves to the peer's connection"
+                    );
+                    let conn = self.conns.remove(other);
+                    conn.close(Some(&collision));
+                    self.record_connect_error(format!("sent NOTIFICATION {collision}"));
+                } else {
+                    self.drop_conn(other, Close::Collision(collision)).await;
+                }
                 let Some(j) = self.index(this_id) else { return };
                 return self.enter_open_confirm(j, neg);
             }

@@ -736,7 +736,7 @@ async fn collision_keeps_the_higher_identifiers_connection() {
 /// answers our connection first: it is Established here while the peer, which still had it
 /// in OpenConfirm, resolves the collision by identifiers. Its OPEN on its own connection is
 /// not taken for a restart: the side with the higher identifier keeps its connection as the
-/// peer does; when that is the peer's, the session moves to it with the peer's routes kept.
+/// peer does; when that is the peer's, the session moves to it without going down.
 #[tokio::test]
 async fn a_collision_with_a_just_established_connection_is_resolved_by_identifiers() {
     for (client_id, outbound_survives) in COLLISION_IDS {
@@ -760,14 +760,20 @@ async fn a_collision_with_a_just_established_connection_is_resolved_by_identifie
                 Some((6, 7)),
                 "collision loser"
             );
-            let Some(Event::Down { retain, reason, .. }) =
-                wait_for(&mut gw_rx, Duration::from_secs(3), is_down).await
-            else {
-                panic!("the established connection stayed")
-            };
-            assert_eq!(retain, Some(Duration::from_secs(120)), "{reason}");
             assert_eq!(inbound.recv().await, Some(Message::Keepalive));
-            keepalive_to_established(&mut inbound, &gw, &mut gw_rx).await;
+            inbound.send(&wire::keepalive()).await;
+            // Established again over the peer's connection, without a Down between: the
+            // agent keeps the peer's routes and sends its export again.
+            let mut before = Vec::new();
+            while let Ok(Some(ev)) = timeout(Duration::from_secs(3), gw_rx.recv()).await {
+                if is_established(&ev) {
+                    break;
+                }
+                before.push(ev);
+            }
+            assert!(before.iter().all(|e| !is_down(e)), "{before:?}");
+            assert_eq!(one_status(&gw).state, SessionState::Established);
+            assert_eq!(one_status(&gw).established_count, 2);
         }
         assert_eq!(one_status(&gw).remote_id, Some(client_id));
     }

@@ -112,6 +112,12 @@ struct Conn {
     /// The session's next connection id when this one became Established: a connection
     /// with a larger id opened after that (a restarted peer's new connection may).
     established_below: u64,
+    /// Established and something other than a KEEPALIVE came over it: the peer has it
+    /// Established too.
+    heard: bool,
+    /// The session moved to this connection from an Established one that lost a collision:
+    /// losing this one before it is Established takes the session down.
+    inherits: bool,
 }
 
 impl Conn {
@@ -137,6 +143,8 @@ impl Conn {
             refresh_mark: 0,
             twins_below: 0,
             established_below: 0,
+            heard: false,
+            inherits: false,
         }
     }
 
@@ -200,10 +208,6 @@ enum Close {
     Lost(String),
     /// We send this NOTIFICATION.
     Notify(Notification),
-    /// Collision resolution closes an Established connection that routes came over (Cease /
-    /// Connection Collision Resolution, sent) in favour of the peer's other one, already past
-    /// its OPEN: a graceful-restart peer's routes are kept for the moment that one takes.
-    Collision(Notification),
     /// The peer sent a NOTIFICATION, or we close without one for another reason.
     Other(String),
 }
@@ -784,13 +788,12 @@ impl Session {
     /// stale when the peer has graceful restart and the connection was merely lost).
     async fn drop_conn(&mut self, i: usize, how: Close) {
         let conn = self.conns.remove(i);
-        let was_up = matches!(conn.phase, Phase::Established(_));
+        let was_up = matches!(conn.phase, Phase::Established(_)) || conn.inherits;
         let got_open = conn.negotiated().is_some();
         let peer_restart = conn.negotiated().and_then(|n| n.peer_restart);
         let (error, notification, lost) = match how {
             Close::Lost(text) => (text, None, true),
             Close::Notify(n) => (format!("sent NOTIFICATION {n}"), Some(n), false),
-            Close::Collision(n) => (format!("sent NOTIFICATION {n}"), Some(n), true),
             Close::Other(text) => (text, None, false),
         };
         conn.close(notification.as_ref());
@@ -899,6 +902,11 @@ impl Session {
                 .await;
             return;
         }
+        if matches!(self.conns[i].phase, Phase::Established(_))
+            && !matches!(msg, Message::Keepalive)
+        {
+            self.conns[i].heard = true;
+        }
         match (self.conns[i].phase, msg) {
             (Phase::OpenSent, Message::Open(open)) => {
                 match wire::check_open(&open, &self.local, self.cfg.remote_asn) {
@@ -996,33 +1004,35 @@ impl Session {
                 "connection collision",
             );
             let other_phase = self.conns[other].phase;
-            // Our OPEN on this connection went out before our KEEPALIVE on the other: the
-            // peer had that one in OpenConfirm at most when it read this one's OPEN, so it
-            // resolves the collision by identifiers (below), as we must, or the two sides
-            // close different ones. It is not a restarted peer's new connection.
-            let twin = this_id < self.conns[other].twins_below;
-            let opened_after = this_id >= self.conns[other].established_below;
-            if let Phase::Established(old) = other_phase
-                && !twin
-            {
-                if opened_after && old.peer_restart.is_some() && !self.conns[i].outbound {
-                    // RFC 4724 §4.2: a peer with graceful restart that opens a new
-                    // connection while the old one looks Established has restarted; the
-                    // old one goes (its routes kept stale), the new one carries on.
-                    tracing::info!(
-                        "the peer restarted: its new connection replaces the established one"
-                    );
-                    self.drop_conn(
-                        other,
-                        Close::Lost("replaced by the peer's new connection (it restarted)".into()),
-                    )
-                    .await;
-                    let Some(j) = self.index(this_id) else { return };
-                    return self.enter_open_confirm(j, neg);
-                }
-                // Otherwise the Established connection survives (RFC 4271 §6.8): the peer
-                // read our KEEPALIVE on it before this OPEN of ours, so it has it Established
-                // too.
+            let other_conn = &self.conns[other];
+            // Our OPEN on this connection went out before our KEEPALIVE on the other (a
+            // twin): the peer had that one in OpenConfirm at most when it read this OPEN, so
+            // it decides by identifiers (below), as we must, or the two sides close different
+            // ones; unless something came over the other one since (the peer has it
+            // Established). Our OPEN here went out after that KEEPALIVE: the peer read the
+            // KEEPALIVE first, has the other one Established and keeps it (RFC 4271 §6.8).
+            let twin = this_id < other_conn.twins_below;
+            let other_up = matches!(other_phase, Phase::Established(_));
+            let restarted = matches!(other_phase, Phase::Established(old) if old.peer_restart.is_some())
+                && this_id >= other_conn.established_below
+                && !self.conns[i].outbound;
+            let other_stays = !twin || (other_up && other_conn.heard);
+            if restarted {
+                // RFC 4724 §4.2: a peer with graceful restart that opens a new connection
+                // after the session came up, while it still looks Established, has
+                // restarted; the old one goes (its routes kept stale), the new one carries on.
+                tracing::info!(
+                    "the peer restarted: its new connection replaces the established one"
+                );
+                self.drop_conn(
+                    other,
+                    Close::Lost("replaced by the peer's new connection (it restarted)".into()),
+                )
+                .await;
+                let Some(j) = self.index(this_id) else { return };
+                return self.enter_open_confirm(j, neg);
+            }
+            if other_stays {
                 let conn = self.conns.remove(i);
                 conn.close(Some(&collision));
                 self.record_connect_error(format!("sent NOTIFICATION {collision}"));
@@ -1043,22 +1053,19 @@ impl Session {
                 keep = self.conns[if loser == i { other } else { i }].id,
                 "BGP connection collision"
             );
-            if loser == other && matches!(other_phase, Phase::Established(_)) {
-                if self.paths.is_empty() {
-                    // The peer never had that one Established (it sent nothing on it): the
-                    // session moves to this connection without going down, and the agent
-                    // sends its export again when this one is Established.
-                    tracing::info!(
-                        keep = this_id,
-                        "BGP connection collision: the session moves to the peer's connection"
-                    );
-                    let conn = self.conns.remove(other);
-                    conn.close(Some(&collision));
-                    self.record_connect_error(format!("sent NOTIFICATION {collision}"));
-                } else {
-                    self.drop_conn(other, Close::Collision(collision)).await;
-                }
+            if loser == other && other_up {
+                // The peer never had that one Established: the session moves to this
+                // connection without going down, and the agent sends its export again when
+                // this one is Established (or hears of a Down if it fails first).
+                tracing::info!(
+                    keep = this_id,
+                    "BGP connection collision: the session moves to the peer's connection"
+                );
+                let conn = self.conns.remove(other);
+                conn.close(Some(&collision));
+                self.record_connect_error(format!("sent NOTIFICATION {collision}"));
                 let Some(j) = self.index(this_id) else { return };
+                self.conns[j].inherits = true;
                 return self.enter_open_confirm(j, neg);
             }
             let text = format!("sent NOTIFICATION {collision}");

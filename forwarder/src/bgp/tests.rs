@@ -699,6 +699,12 @@ async fn closed_as_collision_loser(loser: &mut Fake, gw: &Speaker, rx: &mut mpsc
     assert_eq!(one_status(gw).state, SessionState::Established);
 }
 
+/// The session moved from `from` (Cease / collision) to `to` (our KEEPALIVE: OpenConfirm).
+async fn moved_to(to: &mut Fake, from: &mut Fake) {
+    assert_eq!(from.notification().await, Some((6, 7)), "collision loser");
+    assert_eq!(to.recv().await, Some(Message::Keepalive));
+}
+
 /// A client identifier below ours (our connection wins a collision by identifiers) and one
 /// above it.
 const COLLISION_IDS: [(Ipv4Addr, bool); 2] = [
@@ -743,10 +749,7 @@ async fn a_collision_with_a_just_established_connection_is_resolved_by_identifie
         let n = if outbound_survives { 18 } else { 19 };
         let (gw, mut gw_rx, mut outbound, mut inbound) = both_connected(n).await;
         // Our connection comes up first...
-        outbound
-            .send(&Fake::open_gr(90, client_id, 120, false))
-            .await;
-        assert_eq!(outbound.recv().await, Some(Message::Keepalive));
+        outbound.open_gr_confirmed(client_id).await;
         keepalive_to_established(&mut outbound, &gw, &mut gw_rx).await;
         // ...then the OPEN the peer sent on its own before it saw ours up.
         inbound
@@ -755,12 +758,7 @@ async fn a_collision_with_a_just_established_connection_is_resolved_by_identifie
         if outbound_survives {
             closed_as_collision_loser(&mut inbound, &gw, &mut gw_rx).await;
         } else {
-            assert_eq!(
-                outbound.notification().await,
-                Some((6, 7)),
-                "collision loser"
-            );
-            assert_eq!(inbound.recv().await, Some(Message::Keepalive));
+            moved_to(&mut inbound, &mut outbound).await;
             inbound.send(&wire::keepalive()).await;
             // Established again over the peer's connection, without a Down between: the
             // agent keeps the peer's routes and sends its export again.
@@ -788,16 +786,42 @@ async fn a_connection_opened_while_ours_was_confirming_loses_to_the_established_
     let (gw, mut gw_rx, mut outbound) = outbound_connected(20).await;
     // A higher identifier than ours: by identifiers, the peer's connection would win.
     let client_id = Ipv4Addr::new(203, 0, 113, 9);
-    outbound
-        .send(&Fake::open_gr(90, client_id, 120, false))
-        .await;
-    assert_eq!(outbound.recv().await, Some(Message::Keepalive));
+    outbound.open_gr_confirmed(client_id).await;
     let mut inbound = inbound_connected(20).await;
     keepalive_to_established(&mut outbound, &gw, &mut gw_rx).await;
     inbound
         .send(&Fake::open_gr(90, client_id, 120, false))
         .await;
     closed_as_collision_loser(&mut inbound, &gw, &mut gw_rx).await;
+}
+
+/// Twin connections, the peer's identifier higher. Routes already came over ours: the peer
+/// has it Established and keeps it, so do we. Nothing came yet: the session moves to the
+/// peer's connection, and losing that one before it is Established is a Down.
+#[tokio::test]
+async fn a_collision_twin_after_routes_loses_and_a_lost_successor_is_a_down() {
+    let client_id = COLLISION_IDS[1].0;
+    for (n, routes_first) in [(21, true), (22, false)] {
+        let (gw, mut gw_rx, mut outbound, mut inbound) = both_connected(n).await;
+        outbound.open_gr_confirmed(client_id).await;
+        keepalive_to_established(&mut outbound, &gw, &mut gw_rx).await;
+        if routes_first {
+            outbound.announce(&[net("192.168.77.0/24")]).await;
+            until_status(&gw, Duration::from_secs(3), |s| s.prefixes_received == 1).await;
+        }
+        inbound
+            .send(&Fake::open_gr(90, client_id, 120, false))
+            .await;
+        if routes_first {
+            closed_as_collision_loser(&mut inbound, &gw, &mut gw_rx).await;
+            assert_eq!(one_status(&gw).prefixes_received, 1);
+        } else {
+            moved_to(&mut inbound, &mut outbound).await;
+            drop(inbound);
+            let down = wait_for(&mut gw_rx, Duration::from_secs(3), is_down).await;
+            assert!(down.is_some(), "no Down: {:?}", one_status(&gw));
+        }
+    }
 }
 
 impl Fake {
@@ -815,6 +839,13 @@ impl Fake {
             allow_hold_time_zero: false,
         })
         .expect("open")
+    }
+
+    /// Our side of an OPEN exchange with graceful restart as `id`, up to the speaker's
+    /// KEEPALIVE (OpenConfirm).
+    async fn open_gr_confirmed(&mut self, id: Ipv4Addr) {
+        self.send(&Self::open_gr(90, id, 120, false)).await;
+        assert_eq!(self.recv().await, Some(Message::Keepalive));
     }
 
     /// OPEN exchange up to Established, with graceful restart.

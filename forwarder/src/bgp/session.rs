@@ -1032,50 +1032,34 @@ impl Session {
                 let Some(j) = self.index(this_id) else { return };
                 return self.enter_open_confirm(j, neg);
             }
-            if other_stays {
-                let conn = self.conns.remove(i);
-                conn.close(Some(&collision));
-                self.record_connect_error(format!("sent NOTIFICATION {collision}"));
-                return;
-            }
-            // The connection opened by the side with the higher BGP identifier survives
-            // (ASN breaks a tie, RFC 6286 §2.3).
+            // Otherwise the connection opened by the side with the higher BGP identifier
+            // survives (ASN breaks a tie, RFC 6286 §2.3).
             let we_win = (u32::from(self.local.router_id), self.local.asn)
                 > (u32::from(neg.remote_id), neg.remote_asn);
-            let loser = if self.conns[i].outbound == self.conns[other].outbound {
+            let loser = if other_stays || self.conns[i].outbound == self.conns[other].outbound {
                 i
             } else if self.conns[i].outbound == we_win {
                 other
             } else {
                 i
             };
+            // An Established loser: the peer never had it Established, so the session moves
+            // to this connection without going down, and the agent sends its export again
+            // when this one is Established (or hears of a Down if it fails first).
+            let inherits = loser == other && other_up;
             tracing::info!(
                 keep = self.conns[if loser == i { other } else { i }].id,
+                inherits,
                 "BGP connection collision"
             );
-            if loser == other && other_up {
-                // The peer never had that one Established: the session moves to this
-                // connection without going down, and the agent sends its export again when
-                // this one is Established (or hears of a Down if it fails first).
-                tracing::info!(
-                    keep = this_id,
-                    "BGP connection collision: the session moves to the peer's connection"
-                );
-                let conn = self.conns.remove(other);
-                conn.close(Some(&collision));
-                self.record_connect_error(format!("sent NOTIFICATION {collision}"));
-                let Some(j) = self.index(this_id) else { return };
-                self.conns[j].inherits = true;
-                return self.enter_open_confirm(j, neg);
-            }
-            let text = format!("sent NOTIFICATION {collision}");
             let survivor = if loser == i { None } else { Some(this_id) };
             // The other connection carries on: a normal event, not the session's last error.
             let conn = self.conns.remove(loser);
             conn.close(Some(&collision));
-            self.record_connect_error(text);
+            self.record_connect_error(format!("sent NOTIFICATION {collision}"));
             let Some(id) = survivor else { return };
             let Some(j) = self.index(id) else { return };
+            self.conns[j].inherits = inherits;
             return self.enter_open_confirm(j, neg);
         }
         self.enter_open_confirm(i, neg);

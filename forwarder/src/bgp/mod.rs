@@ -266,13 +266,21 @@ pub enum Error {
     Md5KeyTooLong(usize),
 }
 
+/// One prefix of a session's Adj-RIB-In.
+#[derive(Clone, Debug)]
+struct Held {
+    verdict: Verdict,
+    path: crate::rib::PathInfo,
+}
+
 /// What a session task publishes; read by [`Speaker::status`] and friends.
 #[derive(Debug)]
 struct Shared {
     status: NeighborStatus,
     established_at: Option<Instant>,
-    /// Adj-RIB-In with verdicts.
-    received: BTreeMap<IpNet, Verdict>,
+    /// Adj-RIB-In: every prefix the peer announced, with its verdict and its path's
+    /// attributes (one map: a full table is a million entries).
+    received: BTreeMap<IpNet, Held>,
     /// Adj-RIB-Out.
     advertised: BTreeSet<IpNet>,
     /// The session's BFD task, to be stopped at once (no AdminDown) when the agent hands
@@ -531,10 +539,10 @@ impl Speaker {
                 shared
                     .received
                     .iter()
-                    .map(|(prefix, verdict)| ReceivedRoute {
+                    .map(|(prefix, held)| ReceivedRoute {
                         prefix: *prefix,
                         peer_index,
-                        verdict: verdict.clone(),
+                        verdict: held.verdict.clone(),
                     })
                     .collect::<Vec<_>>()
             })

@@ -34,7 +34,7 @@ use tracing::Instrument;
 use crate::timer::sleep_until_or_never;
 
 use super::{
-    Command, Error, Event, SessionConfig, SessionState, SharedRef, lock,
+    Command, Error, Event, Held, SessionConfig, SessionState, SharedRef, lock,
     policy::{ImportPolicy, Reject, Verdict},
     socket::{self, SocketSpec},
     wire::{self, ExportAttrs, LocalRestart, LocalSide, Negotiated, Notification, code, subcode},
@@ -251,8 +251,6 @@ pub(super) struct Session {
     bfd_task: Option<JoinHandle<()>>,
     /// What the data plane answered for our BFD while the agent restarted.
     bfd_resume: Option<forwarder_common::BfdAnswer>,
-    /// The attributes of every prefix the peer announced (the Adj-RIB-In's paths).
-    paths: crate::FastMap<IpNet, crate::rib::PathInfo>,
     /// Stopping because the agent restarts: BFD stops without AdminDown (the next agent's
     /// data plane answers for it).
     restarting: bool,
@@ -473,7 +471,6 @@ impl Session {
             bfd_up: false,
             bfd_task: None,
             bfd_resume: None,
-            paths: crate::FastMap::default(),
             restarting: false,
         }
     }
@@ -856,7 +853,6 @@ impl Session {
             shared.established_at = None;
             shared.received.clear();
             shared.advertised.clear();
-            self.paths.clear();
             shared.status.prefixes_received = 0;
             shared.status.prefixes_accepted = 0;
             shared.status.prefixes_advertised = 0;
@@ -1243,11 +1239,10 @@ impl Session {
         {
             let mut shared = lock(&self.shared);
             for prefix in &received.withdrawn {
-                self.paths.remove(prefix);
                 if shared
                     .received
                     .remove(prefix)
-                    .is_some_and(|v| v.is_accepted())
+                    .is_some_and(|h| h.verdict.is_accepted())
                 {
                     withdrawn.push(*prefix);
                 }
@@ -1259,11 +1254,15 @@ impl Session {
                     over = Some(shared.received.len() + 1);
                     break;
                 }
-                let before = shared
-                    .received
-                    .insert(*prefix, verdict)
-                    .is_some_and(|v| v.is_accepted());
-                let changed = self.paths.insert(*prefix, info) != Some(info);
+                let old = shared.received.insert(
+                    *prefix,
+                    Held {
+                        verdict,
+                        path: info,
+                    },
+                );
+                let before = old.as_ref().is_some_and(|h| h.verdict.is_accepted());
+                let changed = old.is_none_or(|h| h.path != info);
                 match (before, now) {
                     (false, true) => {
                         newly += 1;
@@ -1334,24 +1333,27 @@ impl Session {
         let mut withdrawn = Vec::new();
         {
             let mut shared = lock(&self.shared);
-            for (prefix, verdict) in shared.received.iter_mut() {
+            for (prefix, held) in shared.received.iter_mut() {
                 // Verdicts that do not come from the policy stay.
                 if matches!(
-                    verdict,
+                    held.verdict,
                     Verdict::Rejected(Reject::TreatAsWithdraw(_) | Reject::AsPathLoop(_))
                 ) {
                     continue;
                 }
                 let new = self.policy.judge(prefix);
-                match (verdict.is_accepted(), new.is_accepted()) {
-                    (false, true) => announced
-                        .push((*prefix, self.paths.get(prefix).copied().unwrap_or_default())),
+                match (held.verdict.is_accepted(), new.is_accepted()) {
+                    (false, true) => announced.push((*prefix, held.path)),
                     (true, false) => withdrawn.push(*prefix),
                     _ => {}
                 }
-                *verdict = new;
+                held.verdict = new;
             }
-            let accepted = shared.received.values().filter(|v| v.is_accepted()).count();
+            let accepted = shared
+                .received
+                .values()
+                .filter(|h| h.verdict.is_accepted())
+                .count();
             shared.status.prefixes_accepted = accepted;
         }
         if self.established().is_none() {

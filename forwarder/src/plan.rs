@@ -25,16 +25,7 @@ pub use multipath::Multipaths;
 /// A session: (VIF, index of its `[[vif.peer]]`).
 pub type SessionKey = (VifId, u8);
 
-/// BGP routes held: per (VIF, prefix), the mask of the VIF's sessions that announced it.
-pub type BgpMasks = FastMap<(VifId, IpNet), VifPaths>;
-
-/// A VIF's BGP paths to one prefix: the sessions (bit i = peer i) whose path ranks best
-/// within the VIF, and that path.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VifPaths {
-    pub mask: u8,
-    pub path: crate::rib::PathInfo,
-}
+pub use crate::rib::VifPaths;
 
 /// A link of the agent's namespace as last seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,7 +295,7 @@ pub fn vif_next_hops(
 }
 
 /// Every candidate route the model and the BGP routes make.
-pub fn build_rib(model: &Model, bgp: &BgpMasks) -> Rib {
+pub fn build_rib(model: &Model, bgp: impl IntoIterator<Item = (VifId, IpNet, VifPaths)>) -> Rib {
     let propagated = model.attachments.iter().flat_map(|(id, att)| {
         att.propagate.iter().map(move |prefix| {
             (
@@ -317,13 +308,9 @@ pub fn build_rib(model: &Model, bgp: &BgpMasks) -> Rib {
     let statics = model.statics.iter().map(|((gateway, prefix), s)| {
         (*gateway, *prefix, Candidate::new(Source::Static, s.target))
     });
-    let learned = bgp.iter().filter_map(|((vif, prefix), paths)| {
-        let v = model.vifs.get(vif)?;
-        Some((
-            v.gateway,
-            *prefix,
-            Candidate::bgp(Target::VifPeers(*vif, paths.mask), paths.path),
-        ))
+    let learned = bgp.into_iter().filter_map(|(vif, prefix, paths)| {
+        let v = model.vifs.get(&vif)?;
+        Some((v.gateway, prefix, paths.candidate(vif)))
     });
     Rib::from_candidates(propagated.chain(statics).chain(learned))
 }

@@ -180,6 +180,38 @@ impl Candidate {
     }
 }
 
+impl Candidate {
+    /// The VIF's BGP paths this candidate stands for, if it is `vif`'s BGP candidate.
+    pub fn vif_paths(&self, vif: VifId) -> Option<VifPaths> {
+        match self.target {
+            Target::VifPeers(v, mask) if v == vif && self.source == Source::Bgp => Some(VifPaths {
+                mask,
+                path: PathInfo {
+                    rank: self.rank,
+                    no_export: self.no_export,
+                },
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A VIF's BGP paths to one prefix: the sessions (bit i = peer i) whose path ranks best
+/// within the VIF, and that path. The rib holds it as the VIF's one BGP candidate for the
+/// prefix; nothing else keeps it (with a full table that is a million entries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VifPaths {
+    pub mask: u8,
+    pub path: PathInfo,
+}
+
+impl VifPaths {
+    /// The candidate of `vif` these paths make.
+    pub fn candidate(self, vif: VifId) -> Candidate {
+        Candidate::bgp(Target::VifPeers(vif, self.mask), self.path)
+    }
+}
+
 type Candidates = SmallVec<[Candidate; 1]>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -275,6 +307,47 @@ impl Rib {
             .map_or(&[], |c| c.as_slice())
     }
 
+    /// `vif`'s BGP candidate for `prefix`, if it has one (a VIF has at most one).
+    pub fn vif_paths(&self, gateway: GatewayId, prefix: IpNet, vif: VifId) -> Option<VifPaths> {
+        self.candidates(gateway, prefix)
+            .iter()
+            .find_map(|c| c.vif_paths(vif))
+    }
+
+    /// Makes `new` `vif`'s BGP candidate for `prefix` (`None`: it has none); returns what
+    /// it was.
+    pub fn set_vif_paths(
+        &mut self,
+        gateway: GatewayId,
+        prefix: IpNet,
+        vif: VifId,
+        new: Option<VifPaths>,
+    ) -> Option<VifPaths> {
+        let old = self.vif_paths(gateway, prefix, vif);
+        if old != new {
+            if let Some(o) = old {
+                self.remove(gateway, prefix, o.candidate(vif));
+            }
+            if let Some(n) = new {
+                self.insert(gateway, prefix, n.candidate(vif));
+            }
+        }
+        old
+    }
+
+    /// Every VIF's BGP candidate of every prefix, as (VIF, prefix, paths): what a rebuilt
+    /// rib carries over.
+    pub fn learned(&self) -> impl Iterator<Item = (VifId, IpNet, VifPaths)> + '_ {
+        self.tables.values().flat_map(|table| {
+            table.iter().flat_map(|(prefix, candidates)| {
+                candidates.iter().filter_map(move |c| match c.target {
+                    Target::VifPeers(vif, _) => c.vif_paths(vif).map(|p| (vif, *prefix, p)),
+                    _ => None,
+                })
+            })
+        })
+    }
+
     /// The prefixes with a candidate toward `vif`.
     pub fn toward(&self, vif: VifId) -> impl Iterator<Item = IpNet> + '_ {
         self.toward.get(&vif).into_iter().flatten().copied()
@@ -338,5 +411,36 @@ mod tests {
         assert!(rib.candidates(g, p).is_empty());
         assert_eq!(rib.prefixes().count(), 0);
         assert!(rib.is_empty());
+    }
+
+    #[test]
+    fn a_vifs_bgp_paths_are_its_one_candidate_and_carry_into_a_rebuild() {
+        let mut rib = Rib::default();
+        let (g, p, vif) = (GatewayId(1), net("10.9.0.0/16"), VifId(4));
+        let stat = Candidate::new(Source::Static, Target::Vif(vif));
+        rib.insert(g, p, stat);
+        let first = VifPaths {
+            mask: 1,
+            path: PathInfo::default(),
+        };
+        let better = VifPaths {
+            mask: 3,
+            path: PathInfo {
+                rank: Rank::new(MEDIUM_PREF + 10, 1, 65000, 0),
+                no_export: true,
+            },
+        };
+        assert_eq!(rib.set_vif_paths(g, p, vif, Some(first)), None);
+        assert_eq!(rib.set_vif_paths(g, p, vif, Some(better)), Some(first));
+        // One BGP candidate for the VIF, beside its static route, which it does not count.
+        assert_eq!(rib.candidates(g, p), &[stat, better.candidate(vif)]);
+        assert_eq!(rib.vif_paths(g, p, vif), Some(better));
+        assert_eq!(rib.vif_paths(g, p, VifId(5)), None);
+        assert_eq!(rib.learned().collect::<Vec<_>>(), vec![(vif, p, better)]);
+        assert_eq!(rib.set_vif_paths(g, p, vif, None), Some(better));
+        assert_eq!(rib.candidates(g, p), &[stat]);
+        assert_eq!(rib.learned().count(), 0);
+        // The static route still points the index at the VIF.
+        assert_eq!(rib.toward(vif).collect::<Vec<_>>(), vec![p]);
     }
 }

@@ -26,8 +26,7 @@ use crate::{
     bgp::{Event, Family, SessionConfig},
     config::Routing,
     ids::VifId,
-    plan::{self, BgpMasks, Changes, SessionKey},
-    rib::{Candidate, Target},
+    plan::{self, Changes, SessionKey},
 };
 
 /// BGP state the agent keeps between events.
@@ -38,17 +37,14 @@ pub struct BgpState {
     /// BFD sessions the data plane answers since the previous agent stopped, until this
     /// agent's session for them has started.
     pub bfd_handed: BTreeMap<SessionKey, forwarder_common::BfdKey>,
-    /// The attributes of each session's path to each prefix it announced (absent: a route
-    /// kept from before a restart, ranked as a path without attributes).
-    pub paths: FastMap<(SessionKey, IpNet), crate::rib::PathInfo>,
     /// The VPC CIDRs each session's import filter was last given.
     pub cidrs: BTreeMap<SessionKey, Vec<IpNet>>,
     /// Sessions in Established.
     pub up: BTreeSet<SessionKey>,
-    /// Accepted prefixes per session (hashed: a full table arrives one prefix at a time).
-    pub routes: BTreeMap<SessionKey, FastSet<IpNet>>,
-    /// Per (VIF, prefix): the sessions holding it.
-    pub masks: BgpMasks,
+    /// Accepted prefixes per session, each with its path's attributes (`None`: a route kept
+    /// from before a restart, ranked as a path without attributes). Hashed: a full table
+    /// arrives one prefix at a time. One map for both: a full table is a million entries.
+    pub routes: BTreeMap<SessionKey, FastMap<IpNet, Option<crate::rib::PathInfo>>>,
     /// Sessions that came up and get their whole export after the next plan.
     pub announce_all: BTreeSet<SessionKey>,
     /// Sessions holding stale routes (graceful restart).
@@ -79,8 +75,6 @@ pub struct Stale {
 impl BgpState {
     /// Forgets the routes of a VIF gone from the model (its sessions are stopped).
     pub fn forget_vif(&mut self, vif: VifId) {
-        self.masks.retain(|(v, _), _| *v != vif);
-        self.paths.retain(|((v, _), _), _| *v != vif);
         self.routes.retain(|(v, _), _| *v != vif);
         self.up.retain(|(v, _)| *v != vif);
         self.announce_all.retain(|(v, _)| *v != vif);
@@ -279,7 +273,12 @@ impl Agent {
                 continue;
             }
             let key = (vif, peer);
-            self.bgp.routes.entry(key).or_default().insert(prefix);
+            self.bgp
+                .routes
+                .entry(key)
+                .or_default()
+                .entry(prefix)
+                .or_insert(None);
             self.bgp
                 .stale
                 .entry(key)
@@ -291,12 +290,14 @@ impl Agent {
                 .prefixes
                 .insert(prefix);
         }
-        self.bgp.masks.insert(
-            (vif, prefix),
-            plan::VifPaths {
+        self.rib.set_vif_paths(
+            gateway,
+            prefix,
+            vif,
+            Some(plan::VifPaths {
                 mask,
                 path: crate::rib::PathInfo::default(),
-            },
+            }),
         );
         true
     }
@@ -432,9 +433,8 @@ impl Agent {
                 .bgp
                 .routes
                 .get_mut(&key)
-                .is_some_and(|held| held.remove(&prefix))
+                .is_some_and(|held| held.remove(&prefix).is_some())
             {
-                self.bgp.paths.remove(&(key, prefix));
                 self.refresh_paths(key.0, prefix);
             }
         }
@@ -477,30 +477,36 @@ impl Agent {
         }
     }
 
-    /// The mask of (vif, prefix) becomes `new`: the route tables follow (a VIF the model no
-    /// longer has keeps no mask; the tables are rebuilt without it).
     /// Which of a VIF's sessions hold `prefix`, and the best path among them: the VIF's
     /// candidate for the prefix is that path, through the sessions that have it.
     fn refresh_paths(&mut self, vif: VifId, prefix: IpNet) {
+        // A VIF gone from the model has no candidates (the rib was rebuilt without it).
+        let Some((gateway, peers)) = self
+            .model
+            .vifs
+            .get(&vif)
+            .map(|v| (v.gateway, v.peers.len() as u8))
+        else {
+            return;
+        };
         let mut best: Option<plan::VifPaths> = None;
         // Sessions holding the prefix without known attributes (routes kept from before a
         // restart) do not rank on their own: they join whichever path wins.
         let mut unknown = 0u8;
-        let peers = self.model.vifs.get(&vif).map_or(0, |v| v.peers.len()) as u8;
         for peer in 0..peers {
-            let key = (vif, peer);
-            if !self
+            let bit = 1u8 << peer;
+            let path = match self
                 .bgp
                 .routes
-                .get(&key)
-                .is_some_and(|r| r.contains(&prefix))
+                .get(&(vif, peer))
+                .and_then(|r| r.get(&prefix))
             {
-                continue;
-            }
-            let bit = 1u8 << peer;
-            let Some(path) = self.bgp.paths.get(&(key, prefix)).copied() else {
-                unknown |= bit;
-                continue;
+                None => continue,
+                Some(None) => {
+                    unknown |= bit;
+                    continue;
+                }
+                Some(Some(path)) => *path,
             };
             best = Some(match best {
                 Some(b) if b.path.rank < path.rank => b,
@@ -517,25 +523,9 @@ impl Agent {
         if unknown != 0 {
             best.get_or_insert_with(plan::VifPaths::default).mask |= unknown;
         }
-        let old = self.bgp.masks.get(&(vif, prefix)).copied();
-        if old == best {
-            return;
+        if self.rib.set_vif_paths(gateway, prefix, vif, best) != best {
+            self.dirty.prefixes.insert((gateway, prefix));
         }
-        match best {
-            Some(b) => self.bgp.masks.insert((vif, prefix), b),
-            None => self.bgp.masks.remove(&(vif, prefix)),
-        };
-        let Some(gateway) = self.model.vifs.get(&vif).map(|v| v.gateway) else {
-            return;
-        };
-        let candidate = |p: plan::VifPaths| Candidate::bgp(Target::VifPeers(vif, p.mask), p.path);
-        if let Some(o) = old {
-            self.rib.remove(gateway, prefix, candidate(o));
-        }
-        if let Some(b) = best {
-            self.rib.insert(gateway, prefix, candidate(b));
-        }
-        self.dirty.prefixes.insert((gateway, prefix));
     }
 
     /// A session's routes go with it.
@@ -543,8 +533,7 @@ impl Agent {
         let Some(prefixes) = self.bgp.routes.remove(&key) else {
             return;
         };
-        for prefix in prefixes {
-            self.bgp.paths.remove(&(key, prefix));
+        for prefix in prefixes.into_keys() {
             self.refresh_paths(key.0, prefix);
         }
     }
@@ -613,7 +602,8 @@ impl Agent {
                     Some(keep) if self.bgp.routes.get(&key).is_some_and(|r| !r.is_empty()) => {
                         // The peer restarts gracefully: its routes stay, stale, and keep
                         // carrying traffic for its restart time.
-                        let prefixes = self.bgp.routes[&key].clone();
+                        let prefixes: FastSet<IpNet> =
+                            self.bgp.routes[&key].keys().copied().collect();
                         tracing::info!(vif = %vif, peer, routes = prefixes.len(), keep_for = ?keep, "keeping the restarting peer's routes");
                         self.bgp.stale.insert(
                             key,
@@ -648,22 +638,23 @@ impl Agent {
                     }
                 }
                 for prefix in withdrawn {
-                    self.bgp.paths.remove(&(key, prefix));
                     if self
                         .bgp
                         .routes
                         .get_mut(&key)
-                        .is_some_and(|held| held.remove(&prefix))
+                        .is_some_and(|held| held.remove(&prefix).is_some())
                     {
                         self.refresh_paths(id, prefix);
                     }
                 }
-                for (prefix, path) in announced {
-                    let new_route = self.bgp.routes.entry(key).or_default().insert(prefix);
-                    let new_path = self.bgp.paths.insert((key, prefix), path) != Some(path);
-                    if new_route || new_path {
-                        self.refresh_paths(id, prefix);
-                    }
+                let held = self.bgp.routes.entry(key).or_default();
+                let changed: Vec<IpNet> = announced
+                    .into_iter()
+                    .filter(|&(prefix, path)| held.insert(prefix, Some(path)) != Some(Some(path)))
+                    .map(|(prefix, _)| prefix)
+                    .collect();
+                for prefix in changed {
+                    self.refresh_paths(id, prefix);
                 }
             }
         }

@@ -457,7 +457,10 @@ impl Agent {
             self.write_vif(id)?;
         }
         self.sync_sessions();
-        self.rib = plan::build_rib(&self.model, &self.bgp.masks);
+        // The BGP candidates carry over (the rib is where they are kept), to their VIFs'
+        // gateways now; VIFs gone from the model lose theirs.
+        let learned: Vec<_> = self.rib.learned().collect();
+        self.rib = plan::build_rib(&self.model, learned);
         self.replan(Dirty::all())?;
         // Gone from the model and from the routes: now from the maps and the host.
         while let Some((id, v)) = t.removed.pop() {

@@ -129,9 +129,8 @@ impl Agent {
                 .map(|r| {
                     let mut v = serde_json::to_value(&r).unwrap_or_default();
                     let key = ((id, r.peer_index as u8), r.prefix);
-                    if let (Some(path), serde_json::Value::Object(o)) =
-                        (self.bgp.paths.get(&key), &mut v)
-                    {
+                    let path = self.bgp.routes.get(&key.0).and_then(|h| h.get(&key.1));
+                    if let (Some(Some(path)), serde_json::Value::Object(o)) = (path, &mut v) {
                         o.insert("local_pref".into(), path.rank.local_pref().into());
                         o.insert("as_path_len".into(), path.rank.as_path_len.into());
                         o.insert("med".into(), path.rank.med.into());
@@ -156,7 +155,7 @@ impl Agent {
         peer: usize,
         prefix: IpNet,
     ) -> (bool, String) {
-        let Some(mine) = self.bgp.masks.get(&(vif, prefix)) else {
+        let Some(mine) = self.rib.vif_paths(gateway, prefix, vif) else {
             return (false, "not installed".into());
         };
         if mine.mask & (1 << peer) == 0 {

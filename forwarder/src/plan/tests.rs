@@ -26,7 +26,6 @@ struct World {
     model: Model,
     observed: Observed,
     up: BTreeSet<SessionKey>,
-    masks: BgpMasks,
     rib: Rib,
     desired: Desired,
 }
@@ -40,13 +39,11 @@ impl World {
         let config = config::parse(toml, "test.toml").expect("valid fixture");
         let mut ids = Ids::default();
         let model = Model::build(&config, &[], &mut ids).expect("ids");
-        let masks = BgpMasks::default();
-        let rib = build_rib(&model, &masks);
+        let rib = build_rib(&model, []);
         Self {
             model,
             observed: Observed::default(),
             up: BTreeSet::new(),
-            masks,
             rib,
             desired: Desired::default(),
         }
@@ -124,11 +121,15 @@ impl World {
             self.up.insert((vif, peer));
         } else {
             self.up.remove(&(vif, peer));
+            let gateway = self.model.vifs[&vif].gateway;
             let held: Vec<IpNet> = self
-                .masks
-                .iter()
-                .filter(|((v, _), m)| *v == vif && m.mask & (1 << peer) != 0)
-                .map(|((_, p), _)| *p)
+                .rib
+                .toward(vif)
+                .filter(|p| {
+                    self.rib
+                        .vif_paths(gateway, *p, vif)
+                        .is_some_and(|m| m.mask & (1 << peer) != 0)
+                })
                 .collect();
             for p in held {
                 dirty
@@ -165,31 +166,17 @@ impl World {
         path: crate::rib::PathInfo,
     ) -> Dirty {
         let gateway = self.model.vifs[&vif].gateway;
-        let old = self.masks.get(&(vif, prefix)).map_or(0, |m| m.mask);
+        let old = self
+            .rib
+            .vif_paths(gateway, prefix, vif)
+            .map_or(0, |m| m.mask);
         let new = if on {
             old | 1 << peer
         } else {
             old & !(1 << peer)
         };
-        let old_path = self.masks.get(&(vif, prefix)).map(|m| m.path);
-        if let Some(p) = old_path {
-            self.rib.remove(
-                gateway,
-                prefix,
-                Candidate::bgp(Target::VifPeers(vif, old), p),
-            );
-        }
-        if new != 0 {
-            self.rib.insert(
-                gateway,
-                prefix,
-                Candidate::bgp(Target::VifPeers(vif, new), path),
-            );
-            self.masks
-                .insert((vif, prefix), VifPaths { mask: new, path });
-        } else {
-            self.masks.remove(&(vif, prefix));
-        }
+        let paths = (new != 0).then_some(VifPaths { mask: new, path });
+        self.rib.set_vif_paths(gateway, prefix, vif, paths);
         Dirty {
             prefixes: [(gateway, prefix)].into_iter().collect(),
             ..Dirty::default()
@@ -564,7 +551,7 @@ fn every_vif_the_maps_hold_gets_its_next_hop_ids() {
             up.insert((*vif, peer));
         }
     }
-    let rib = build_rib(&model, &BgpMasks::default());
+    let rib = build_rib(&model, []);
     let inputs = Inputs {
         model: &model,
         observed: &observed,

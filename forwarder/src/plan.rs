@@ -295,7 +295,10 @@ pub fn vif_next_hops(
 }
 
 /// Every candidate route the model and the BGP routes make.
-pub fn build_rib(model: &Model, bgp: impl IntoIterator<Item = (VifId, IpNet, VifPaths)>) -> Rib {
+pub fn build_rib(
+    model: &Model,
+    bgp: impl IntoIterator<Item = (GatewayId, VifId, IpNet, VifPaths)>,
+) -> Rib {
     let propagated = model.attachments.iter().flat_map(|(id, att)| {
         att.propagate.iter().map(move |prefix| {
             (
@@ -308,9 +311,10 @@ pub fn build_rib(model: &Model, bgp: impl IntoIterator<Item = (VifId, IpNet, Vif
     let statics = model.statics.iter().map(|((gateway, prefix), s)| {
         (*gateway, *prefix, Candidate::new(Source::Static, s.target))
     });
-    let learned = bgp.into_iter().filter_map(|(vif, prefix, paths)| {
+    // A VIF moved to another gateway starts its sessions again, and its routes with them.
+    let learned = bgp.into_iter().filter_map(|(gateway, vif, prefix, paths)| {
         let v = model.vifs.get(&vif)?;
-        Some((v.gateway, prefix, paths.candidate(vif)))
+        (v.gateway == gateway).then(|| (gateway, prefix, paths.candidate(vif)))
     });
     Rib::from_candidates(propagated.chain(statics).chain(learned))
 }

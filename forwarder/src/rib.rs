@@ -335,13 +335,15 @@ impl Rib {
         old
     }
 
-    /// Every VIF's BGP candidate of every prefix, as (VIF, prefix, paths): what a rebuilt
-    /// rib carries over.
-    pub fn learned(&self) -> impl Iterator<Item = (VifId, IpNet, VifPaths)> + '_ {
-        self.tables.values().flat_map(|table| {
-            table.iter().flat_map(|(prefix, candidates)| {
+    /// Every VIF's BGP candidate of every prefix, as (gateway, VIF, prefix, paths): what a
+    /// rebuilt rib carries over.
+    pub fn learned(&self) -> impl Iterator<Item = (GatewayId, VifId, IpNet, VifPaths)> + '_ {
+        self.tables.iter().flat_map(|(gateway, table)| {
+            table.iter().flat_map(move |(prefix, candidates)| {
                 candidates.iter().filter_map(move |c| match c.target {
-                    Target::VifPeers(vif, _) => c.vif_paths(vif).map(|p| (vif, *prefix, p)),
+                    Target::VifPeers(vif, _) => {
+                        c.vif_paths(vif).map(|p| (*gateway, vif, *prefix, p))
+                    }
                     _ => None,
                 })
             })
@@ -436,7 +438,7 @@ mod tests {
         assert_eq!(rib.candidates(g, p), &[stat, better.candidate(vif)]);
         assert_eq!(rib.vif_paths(g, p, vif), Some(better));
         assert_eq!(rib.vif_paths(g, p, VifId(5)), None);
-        assert_eq!(rib.learned().collect::<Vec<_>>(), vec![(vif, p, better)]);
+        assert_eq!(rib.learned().collect::<Vec<_>>(), vec![(g, vif, p, better)]);
         assert_eq!(rib.set_vif_paths(g, p, vif, None), Some(better));
         assert_eq!(rib.candidates(g, p), &[stat]);
         assert_eq!(rib.learned().count(), 0);

@@ -407,6 +407,16 @@ impl Agent {
         }
         self.stop_sessions_of(id);
         self.bgp.forget_vif(id);
+        // Normally already out of the rib (rebuilt without the VIF); not if the id is back
+        // in the model before its removal finished.
+        if let Some(gateway) = self.model.vifs.get(&id).map(|v| v.gateway) {
+            let prefixes: Vec<ipnet::IpNet> = self.rib.toward(id).collect();
+            for prefix in prefixes {
+                if self.rib.set_vif_paths(gateway, prefix, id, None).is_some() {
+                    self.dirty.prefixes.insert((gateway, prefix));
+                }
+            }
+        }
         self.retry.vifs.remove(&id);
         self.retry.resync.remove(&id);
     }

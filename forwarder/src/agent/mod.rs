@@ -457,8 +457,8 @@ impl Agent {
             self.write_vif(id)?;
         }
         self.sync_sessions();
-        // The BGP candidates carry over (the rib is where they are kept), to their VIFs'
-        // gateways now; VIFs gone from the model lose theirs.
+        // The BGP candidates carry over (the rib is where they are kept), except those of
+        // VIFs gone from the model or moved to another gateway.
         let learned: Vec<_> = self.rib.learned().collect();
         self.rib = plan::build_rib(&self.model, learned);
         self.replan(Dirty::all())?;

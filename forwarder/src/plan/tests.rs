@@ -844,3 +844,52 @@ fn multipath_off_keeps_one_vif_per_prefix() {
             .any(|k| matches!(k, NextHopKey::Multipath { .. }))
     );
 }
+
+#[test]
+fn a_rebuilt_rib_keeps_the_bgp_routes_of_vifs_that_stayed_and_not_of_one_that_moved() {
+    let vif = |gateway: &str| {
+        Vif::bgp("vif-100", "hc-1", 100, gateway, 65001)
+            .peer("169.254.10.2", "169.254.10.1")
+            .peer("169.254.20.2", "169.254.20.1")
+    };
+    let other =
+        Vif::bgp("vif-200", "hc-1", 200, "bgw-1", 65002).peer("169.254.30.2", "169.254.30.1");
+    let fixture = |gateway: &str| {
+        Fixture::design("10.0.1.0/24")
+            .gateway("bgw-2")
+            .vif(vif(gateway))
+            .vif(other.clone())
+    };
+    let mut ids = Ids::default();
+    let mut model = |f: Fixture| {
+        let config = config::parse(&f.toml(), "test.toml").expect("valid fixture");
+        Model::build(&config, &[], &mut ids).expect("ids")
+    };
+    let before = model(fixture("bgw-1"));
+    let after = model(fixture("bgw-2"));
+    let (moved, stayed) = (
+        before.vif_id("vif-100").expect("vif-100"),
+        before.vif_id("vif-200").expect("vif-200"),
+    );
+    assert_ne!(before.vifs[&moved].gateway, after.vifs[&moved].gateway);
+    let mut rib = build_rib(&before, []);
+    let p = net("192.168.50.0/24");
+    let paths = VifPaths {
+        mask: 3,
+        path: crate::rib::PathInfo::default(),
+    };
+    for vif in [moved, stayed] {
+        rib.set_vif_paths(before.vifs[&vif].gateway, p, vif, Some(paths));
+    }
+
+    // The same model: the same rib.
+    assert_eq!(build_rib(&before, rib.learned()), rib);
+    // Moved to bgw-2: its sessions start again and bring their routes; none carry over.
+    let rebuilt = build_rib(&after, rib.learned());
+    let gateway = after.vifs[&stayed].gateway;
+    assert_eq!(rebuilt.vif_paths(gateway, p, stayed), Some(paths));
+    assert_eq!(
+        rebuilt.learned().map(|(_, v, _, _)| v).collect::<Vec<_>>(),
+        vec![stayed]
+    );
+}

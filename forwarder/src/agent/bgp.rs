@@ -647,6 +647,9 @@ impl Agent {
                         self.refresh_paths(id, prefix);
                     }
                 }
+                if announced.is_empty() {
+                    return;
+                }
                 let held = self.bgp.routes.entry(key).or_default();
                 let changed: Vec<IpNet> = announced
                     .into_iter()
